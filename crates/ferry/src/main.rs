@@ -1,1 +1,316 @@
-fn main() {}
+//! ferry: the command-line client. Every command is one API call to ferryd.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ferry_core::api::*;
+use ferry_core::container::ContainerRecord;
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde_json::json;
+
+use client::Client;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "ferry: containers that move between hosts while they run")]
+struct Cli {
+    /// ferryd's API socket.
+    #[arg(long, global = true, env = "FERRY_SOCKET", default_value = "/run/ferry/ferry.sock")]
+    socket: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the daemon's host, versions and CRIU capabilities.
+    Info,
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Create and start a container.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        /// Include stopped containers.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Print a container's output.
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        follow: bool,
+        /// Prefix each line with its time and stream.
+        #[arg(short, long)]
+        timestamps: bool,
+    },
+    /// Start a stopped container.
+    Start { name: String },
+    /// Stop a container (SIGTERM, then SIGKILL after the timeout).
+    Stop {
+        name: String,
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Send a signal to a container.
+    Kill {
+        name: String,
+        #[arg(short, long, default_value = "SIGKILL")]
+        signal: String,
+    },
+    /// Remove a container.
+    Rm {
+        names: Vec<String>,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show a container's full record.
+    Inspect { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Import an OCI image layout (dir or tar) or a rootfs tarball.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    Ls,
+    /// Remove an image.
+    Rm { reference: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Run in the background and print the container's id.
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long)]
+    name: String,
+    /// Static IP in the host's subnet (default: allocated).
+    #[arg(long)]
+    ip: Option<String>,
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Named volume: NAME:/path[:ro]
+    #[arg(short, long = "volume")]
+    volume: Vec<String>,
+    /// Memory limit in bytes (suffixes k, m, g allowed).
+    #[arg(long)]
+    memory: Option<String>,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+fn parse_bytes(s: &str) -> Result<i64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last().map(|c| c.to_ascii_lowercase()) {
+        Some('k') => (&s[..s.len() - 1], 1i64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("invalid size {s:?}: expected bytes, optionally with k/m/g"))?;
+    n.checked_mul(mult).context("size too large")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("ferry: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let c = Client::new(cli.socket.clone());
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Info => {
+            let info: Info = c.call(Method::GET, "/v1/info", None::<()>).await?;
+            output::print_json(&info)?;
+        }
+        Cmd::Image(ImageCmd::Import { path, name }) => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("{} does not exist", path.display()))?;
+            let req = ImportImageRequest {
+                path: path.display().to_string(),
+                name,
+            };
+            let img: ImageSummary = c.call(Method::POST, "/v1/images/import", Some(req)).await?;
+            if json {
+                output::print_json(&img)?;
+            } else {
+                println!("{}", img.id);
+            }
+        }
+        Cmd::Image(ImageCmd::Ls) => {
+            let list: Vec<ImageSummary> = c.call(Method::GET, "/v1/images", None::<()>).await?;
+            if json {
+                output::print_json(&list)?;
+            } else {
+                output::images_table(&list);
+            }
+        }
+        Cmd::Image(ImageCmd::Rm { reference }) => {
+            let img: ImageSummary = c
+                .call(Method::DELETE, &format!("/v1/images/{}", enc(&reference)), None::<()>)
+                .await?;
+            if json {
+                output::print_json(&img)?;
+            } else {
+                println!("removed {}", img.id);
+            }
+        }
+        Cmd::Run(a) => {
+            let req = RunRequest {
+                name: a.name.clone(),
+                image: a.image,
+                cmd: a.cmd,
+                env: a.env,
+                ip: a.ip,
+                volumes: a.volume,
+                memory: a.memory.as_deref().map(parse_bytes).transpose()?,
+            };
+            let rec: ContainerRecord = c.call(Method::POST, "/v1/containers", Some(req)).await?;
+            if json {
+                output::print_json(&rec)?;
+            } else {
+                println!("{}", rec.config.id);
+            }
+            if !a.detach {
+                logs(&c, &a.name, true, false).await?;
+            }
+        }
+        Cmd::Ps { all } => {
+            let list: Vec<ContainerRecord> =
+                c.call(Method::GET, "/v1/containers", None::<()>).await?;
+            let list: Vec<_> = list
+                .into_iter()
+                .filter(|r| all || r.status == ferry_core::container::Status::Running)
+                .collect();
+            if json {
+                output::print_json(&list)?;
+            } else {
+                output::containers_table(&list);
+            }
+        }
+        Cmd::Logs {
+            name,
+            follow,
+            timestamps,
+        } => logs(&c, &name, follow, timestamps).await?,
+        Cmd::Start { name } => {
+            let rec: ContainerRecord = c
+                .call(Method::POST, &format!("/v1/containers/{}/start", enc(&name)), Some(json!({})))
+                .await?;
+            output::record_or_name(json, &rec)?;
+        }
+        Cmd::Stop { name, time } => {
+            let rec: ContainerRecord = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{}/stop", enc(&name)),
+                    Some(StopRequest { timeout: Some(time) }),
+                )
+                .await?;
+            output::record_or_name(json, &rec)?;
+        }
+        Cmd::Kill { name, signal } => {
+            let _: serde_json::Value = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{}/kill", enc(&name)),
+                    Some(KillRequest { signal: Some(signal) }),
+                )
+                .await?;
+            if !json {
+                println!("{name}");
+            }
+        }
+        Cmd::Rm { names, force } => {
+            anyhow::ensure!(!names.is_empty(), "give at least one container name");
+            for name in names {
+                let rec: ContainerRecord = c
+                    .call(
+                        Method::DELETE,
+                        &format!("/v1/containers/{}?force={force}", enc(&name)),
+                        None::<()>,
+                    )
+                    .await?;
+                output::record_or_name(json, &rec)?;
+            }
+        }
+        Cmd::Inspect { name } => {
+            let rec: ContainerRecord = c
+                .call(Method::GET, &format!("/v1/containers/{}", enc(&name)), None::<()>)
+                .await?;
+            output::print_json(&rec)?;
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment (names are validated server-side; this keeps odd input intact).
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn logs(c: &Client, name: &str, follow: bool, timestamps: bool) -> Result<()> {
+    use std::io::Write;
+    let resp = c
+        .send(
+            Method::GET,
+            &format!("/v1/containers/{}/logs?follow={follow}", enc(name)),
+            None,
+        )
+        .await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        return Err(client::api_error(&bytes, status));
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    let stdout = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let Some(data) = frame.data_ref() else { continue };
+        pending.extend_from_slice(data);
+        let mut out = stdout.lock();
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            out.write_all(&output::render_log_line(&line, timestamps))?;
+        }
+        out.flush()?;
+    }
+    if !pending.is_empty() {
+        stdout.lock().write_all(&output::render_log_line(&pending, timestamps))?;
+    }
+    Ok(())
+}

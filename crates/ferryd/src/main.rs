@@ -1,1 +1,176 @@
-fn main() {}
+//! ferryd: the per-host daemon. Owns the host's state dir, serves the API on a unix socket,
+//! and (as `ferryd shim`) doubles as the per-container shim.
+
+mod api;
+mod error;
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ferry_core::container::{Engine, EngineConfig};
+use ferry_core::network::BridgeConfig;
+use ferry_core::paths::HostPaths;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferryd", version, about = "ferry daemon: one per host")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Internal: the per-container shim (started by ferryd itself).
+    #[command(hide = true)]
+    Shim { args_json: String },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// State directory (images, containers, volumes, checkpoints).
+    #[arg(long, default_value = "/var/lib/ferry")]
+    root: PathBuf,
+    /// API socket (mode 0660).
+    #[arg(long, default_value = "/run/ferry/ferry.sock")]
+    socket: PathBuf,
+    /// runc state directory for this host.
+    #[arg(long, default_value = "/run/ferry/runc")]
+    runc_root: PathBuf,
+    /// runc binary.
+    #[arg(long, env = "FERRY_RUNC", default_value = "runc")]
+    runc: PathBuf,
+    /// cgroup parent for this host's containers.
+    #[arg(long, default_value = "ferry")]
+    cgroup_parent: String,
+    /// Bridge the containers' veths join.
+    #[arg(long, default_value = "ferry0")]
+    bridge: String,
+    /// The bridge's address and prefix; containers get addresses in this subnet.
+    #[arg(long, default_value = "10.88.0.1/16")]
+    bridge_address: String,
+    /// Range handed out when `ferry run` has no --ip: FIRST-LAST.
+    #[arg(long)]
+    ip_range: Option<String>,
+    /// Address for peer ferryds (mutual TLS), e.g. 10.77.0.1:7470.
+    #[arg(long)]
+    peer_listen: Option<String>,
+    /// This host's name (defaults to the system hostname).
+    #[arg(long)]
+    host_name: Option<String>,
+}
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .with_context(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
+    let ip: Ipv4Addr = ip.parse().with_context(|| format!("bad address in {s:?}"))?;
+    let prefix: u8 = prefix.parse().with_context(|| format!("bad prefix in {s:?}"))?;
+    if !(8..=30).contains(&prefix) {
+        bail!("prefix /{prefix} in {s:?} must be between 8 and 30");
+    }
+    Ok((ip, prefix))
+}
+
+fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr)> {
+    let (a, b) = s.split_once('-').context("--ip-range must be FIRST-LAST")?;
+    Ok((a.trim().parse()?, b.trim().parse()?))
+}
+
+fn bridge_mac(ip: Ipv4Addr) -> [u8; 6] {
+    // Pinned so the bridge keeps one MAC while container veths come and go.
+    let o = ip.octets();
+    [0x02, 0xfb, o[0], o[1], o[2], o[3]]
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Sub::Shim { args_json }) = cli.cmd {
+        let code = ferry_core::runtime::shim::main_from_json(&args_json);
+        std::process::exit(code);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(serve(cli.daemon))
+}
+
+async fn serve(args: DaemonArgs) -> Result<()> {
+    let (addr, prefix) = parse_cidr(&args.bridge_address)?;
+    let ip_range = args.ip_range.as_deref().map(parse_range).transpose()?;
+    let host_name = match &args.host_name {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    std::fs::create_dir_all(&args.root)
+        .with_context(|| format!("creating state dir {}", args.root.display()))?;
+    std::fs::create_dir_all(&args.runc_root)?;
+    let cfg = EngineConfig {
+        paths: HostPaths::new(args.root.canonicalize()?),
+        host_name: host_name.clone(),
+        runc_binary: args.runc.clone(),
+        runc_root: args.runc_root.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        bridge: BridgeConfig {
+            name: args.bridge.clone(),
+            address: addr,
+            prefix,
+            mac: bridge_mac(addr),
+        },
+        ip_range,
+        shim_exe: std::env::current_exe()?,
+    };
+    let engine = tokio::task::spawn_blocking(move || Engine::open(cfg))
+        .await?
+        .context("opening the engine")?;
+    let state = Arc::new(api::AppState {
+        engine,
+        host_name,
+        args: args.clone(),
+    });
+
+    if let Some(dir) = args.socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    let listener = tokio::net::UnixListener::bind(&args.socket)
+        .with_context(|| format!("binding {}", args.socket.display()))?;
+    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660))?;
+    tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "ferryd ready");
+
+    let reaper = state.clone();
+    tokio::spawn(async move {
+        // Notices containers that exited on their own, so their resources are released.
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let s = reaper.clone();
+            let _ = tokio::task::spawn_blocking(move || s.engine.refresh_all()).await;
+        }
+    });
+
+    let app = api::router(state);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down; containers keep running");
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}

@@ -1,1 +1,63 @@
-//! (filled in by its owner)
+//! Containers on one host: configuration, lifecycle and persisted state.
+
+mod config;
+mod engine;
+mod rootfs;
+mod store;
+
+pub use config::{
+    merge_env, parse_volume, validate_env, validate_name, ContainerConfig, ContainerRecord,
+    ExitInfo, Status, VolumeMount,
+};
+pub use engine::{Engine, EngineConfig};
+pub use rootfs::{is_mount_point, RootfsDirs};
+pub use store::RecordStore;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("a container named {0:?} already exists")]
+    NameInUse(String),
+    #[error("invalid container name {0:?}: use letters, digits, '_', '.', '-', starting with a letter or digit (max 63)")]
+    InvalidName(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("container {name} is {status}: {why}")]
+    WrongState {
+        name: String,
+        status: Status,
+        why: String,
+    },
+    #[error("mount {path}: {reason}")]
+    Mount { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt: {reason}")]
+    CorruptState { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetError),
+    #[error(transparent)]
+    Runc(#[from] crate::runtime::runc::RuncError),
+    #[error(transparent)]
+    Spec(#[from] crate::runtime::spec::SpecError),
+    #[error(transparent)]
+    Shim(#[from] crate::runtime::shim::ShimError),
+}
+
+impl ContainerError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ContainerError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The ferryd HTTP/JSON API: request and response bodies shared by the daemon and the CLI.
+//!
+//! Paths (all under `/v1`) are listed in `ferryd`'s router; this module only holds the shapes.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error body the daemon returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: String,
+    /// A stable machine-readable category: not_found, conflict, invalid, unavailable, internal.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    pub host: String,
+    pub version: String,
+    pub root: String,
+    pub runc_version: String,
+    pub criu: serde_json::Value,
+    pub bridge: String,
+    pub subnet: String,
+    pub peer_listen: Option<String>,
+    pub containers: usize,
+    pub images: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportImageRequest {
+    /// Path on the daemon's host: an OCI layout (dir or tar) or a rootfs tarball.
+    pub path: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSummary {
+    pub id: String,
+    pub names: Vec<String>,
+    pub layers: usize,
+    pub size: u64,
+    pub created: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub name: String,
+    pub image: String,
+    /// Overrides the image's CMD (the entrypoint stays).
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub ip: Option<String>,
+    /// `NAME:/path[:ro]`
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    pub memory: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillRequest {
+    pub signal: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostAddRequest {
+    pub name: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub name: String,
+    pub addr: String,
+}

@@ -1,0 +1,215 @@
+//! What a container is: its configuration (fixed at creation, moves with it) and its
+//! lifecycle record (status on this host).
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ContainerError;
+
+/// Everything needed to recreate the container on any host. This is what a checkpoint's
+/// `config.dump` and a migration's `Prepare` carry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub name: String,
+    /// Image manifest digest (`sha256:…`) and the reference the user gave.
+    pub image: String,
+    pub image_ref: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub mac: String,
+    pub volumes: Vec<VolumeMount>,
+    pub memory: Option<i64>,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub name: String,
+    pub destination: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Being set up; not yet started.
+    Created,
+    Running,
+    /// Exited or stopped; can be started again.
+    Stopped,
+    /// Stopped by a checkpoint; can be restored.
+    Checkpointed,
+    /// Frozen or being moved by a migration; do not touch.
+    Migrating,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Checkpointed => "checkpointed",
+            Status::Migrating => "migrating",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub finished_at: Option<String>,
+}
+
+/// The persisted state of one container on this host (`containers/ID/container.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub config: ContainerConfig,
+    pub status: Status,
+    pub pid: Option<u32>,
+    pub shim_pid: Option<u32>,
+    pub started_at: Option<String>,
+    pub exit: Option<ExitInfo>,
+    /// Where the container came from, when it was restored or migrated in.
+    #[serde(default)]
+    pub restored_from: Option<String>,
+}
+
+/// Container names: the same rule Docker uses, so scripts carry over.
+pub fn validate_name(name: &str) -> Result<(), ContainerError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(ContainerError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Volume names follow the container-name rule.
+pub fn validate_volume_name(name: &str) -> Result<(), ContainerError> {
+    validate_name(name).map_err(|_| {
+        ContainerError::Invalid(format!(
+            "invalid volume name {name:?}: use letters, digits, '_', '.', '-' (max 63)"
+        ))
+    })
+}
+
+/// Parses `NAME:/path[:ro|:rw]`.
+pub fn parse_volume(spec: &str) -> Result<VolumeMount, ContainerError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (name, dest, mode) = match parts.as_slice() {
+        [n, d] => (*n, *d, "rw"),
+        [n, d, m] => (*n, *d, *m),
+        _ => {
+            return Err(ContainerError::Invalid(format!(
+                "invalid volume {spec:?}: expected NAME:/path[:ro]"
+            )))
+        }
+    };
+    if name.starts_with('/') || name.starts_with('.') {
+        return Err(ContainerError::Invalid(format!(
+            "volume {spec:?}: host paths cannot be mounted (they could not move with the container); use a named volume"
+        )));
+    }
+    validate_volume_name(name)?;
+    if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") || dest == "/" {
+        return Err(ContainerError::Invalid(format!(
+            "volume {spec:?}: the mount point must be an absolute path inside the container, not / and without '..'"
+        )));
+    }
+    let readonly = match mode {
+        "ro" => true,
+        "rw" => false,
+        other => {
+            return Err(ContainerError::Invalid(format!(
+                "volume {spec:?}: unknown mode {other:?} (use ro or rw)"
+            )))
+        }
+    };
+    Ok(VolumeMount {
+        name: name.to_owned(),
+        destination: dest.to_owned(),
+        readonly,
+    })
+}
+
+pub fn validate_env(entry: &str) -> Result<(), ContainerError> {
+    match entry.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !k.contains(char::is_whitespace) => Ok(()),
+        _ => Err(ContainerError::Invalid(format!(
+            "invalid environment entry {entry:?}: expected KEY=VALUE"
+        ))),
+    }
+}
+
+/// Image env first, then the user's; a later KEY replaces an earlier one.
+pub fn merge_env(image_env: &[String], user_env: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in image_env.iter().chain(user_env) {
+        let key = e.split('=').next().unwrap_or(e);
+        out.retain(|x| x.split('=').next() != Some(key));
+        out.push(e.clone());
+    }
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "redis", "web-1", "x.y_z", "A1"] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "-a", "a/b", "a b", "../x", &"x".repeat(64), "é"] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn volumes() {
+        let v = parse_volume("data:/data").unwrap();
+        assert_eq!(v.name, "data");
+        assert!(!v.readonly);
+        assert!(parse_volume("data:/data:ro").unwrap().readonly);
+        for bad in [
+            "/host:/data",
+            "data",
+            "data:rel",
+            "data:/a/../b",
+            "data:/",
+            "d:/x:zz",
+            "bad name:/x",
+        ] {
+            assert!(parse_volume(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn env_merge_overrides_and_adds_path() {
+        let m = merge_env(&["A=1".into(), "B=2".into()], &["A=3".into()]);
+        assert_eq!(m[0].split('=').next(), Some("PATH"));
+        assert!(m.contains(&"A=3".to_owned()));
+        assert!(!m.contains(&"A=1".to_owned()));
+        assert!(validate_env("NOEQ").is_err());
+        assert!(validate_env("=x").is_err());
+        validate_env("K=").unwrap();
+    }
+}

@@ -1,0 +1,659 @@
+//! The container engine of one host: creates, starts, stops and removes containers, and keeps
+//! their records in step with what runc and the shims report.
+//!
+//! Calls are blocking (runc, mounts, files); the daemon runs them on its blocking pool.
+//! A per-container lock serialises operations on one container; the map lock is held only
+//! briefly, so a long checkpoint or migration does not stall `ps`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::config::{merge_env, parse_volume, validate_env, validate_name};
+use super::store::RecordStore;
+use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
+use crate::api::RunRequest;
+use crate::image::ImageStore;
+use crate::network::{self, BridgeConfig, ContainerNet, Ipam};
+use crate::paths::HostPaths;
+use crate::runtime::runc::{Runc, RuncStatus};
+use crate::runtime::shim::{self, ShimArgs, ShimMode};
+use crate::runtime::spec::{self, BindMount, SpecInput};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub paths: HostPaths,
+    pub host_name: String,
+    pub runc_binary: PathBuf,
+    pub runc_root: PathBuf,
+    /// cgroup (v1, cgroupfs) parent of every container of this host.
+    pub cgroup_parent: String,
+    pub bridge: BridgeConfig,
+    /// Addresses this host hands out when `--ip` is not given.
+    pub ip_range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The `ferryd` executable, which doubles as the shim.
+    pub shim_exe: PathBuf,
+}
+
+pub type Slot = Arc<Mutex<ContainerRecord>>;
+
+pub struct Engine {
+    cfg: EngineConfig,
+    images: ImageStore,
+    runc: Runc,
+    records: RecordStore,
+    ipam: Mutex<Ipam>,
+    containers: Mutex<BTreeMap<String, Slot>>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock must not wedge the daemon; the data is re-validated anyway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one async network call to completion from blocking code.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime")
+        .block_on(fut)
+}
+
+impl Engine {
+    pub fn open(cfg: EngineConfig) -> Result<Self, ContainerError> {
+        for d in [
+            cfg.paths.containers(),
+            cfg.paths.volumes(),
+            cfg.paths.netns_dir(),
+            cfg.paths.network_state(),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| ContainerError::io(&d, e))?;
+        }
+        let images = ImageStore::open(&cfg.paths)?;
+        let ipam = Ipam::open(
+            &cfg.paths,
+            cfg.bridge.address,
+            cfg.bridge.prefix,
+            cfg.ip_range,
+            &[cfg.bridge.address],
+        )?;
+        block_on(network::ensure_bridge(&cfg.bridge))?;
+        let runc = Runc {
+            binary: cfg.runc_binary.clone(),
+            root: cfg.runc_root.clone(),
+        };
+        let records = RecordStore::new(cfg.paths.clone());
+        let mut map = BTreeMap::new();
+        for rec in records.load_all()? {
+            map.insert(rec.config.name.clone(), Arc::new(Mutex::new(rec)));
+        }
+        let engine = Engine {
+            cfg,
+            images,
+            runc,
+            records,
+            ipam: Mutex::new(ipam),
+            containers: Mutex::new(map),
+        };
+        engine.refresh_all();
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    pub fn runc(&self) -> &Runc {
+        &self.runc
+    }
+
+    pub fn paths(&self) -> &HostPaths {
+        &self.cfg.paths
+    }
+
+    pub fn slot(&self, name: &str) -> Result<Slot, ContainerError> {
+        let map = lock(&self.containers);
+        if let Some(s) = map.get(name) {
+            return Ok(s.clone());
+        }
+        // Also accept an id or a unique id prefix.
+        let hits: Vec<&Slot> = map
+            .values()
+            .filter(|s| name.len() >= 6 && lock(s).config.id.starts_with(name))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            _ => Err(ContainerError::NotFound(name.to_owned())),
+        }
+    }
+
+    pub fn list(&self) -> Vec<ContainerRecord> {
+        self.refresh_all();
+        let slots: Vec<Slot> = lock(&self.containers).values().cloned().collect();
+        slots.iter().map(|s| lock(s).clone()).collect()
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<ContainerRecord, ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        self.refresh(&mut rec);
+        Ok(rec.clone())
+    }
+
+    /// Names and IPs in use, for validation by the checkpoint/migration code.
+    pub fn name_in_use(&self, name: &str) -> bool {
+        lock(&self.containers).contains_key(name)
+    }
+
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.cfg.paths.container(id)
+    }
+
+    pub fn host_veth(id: &str) -> String {
+        format!("fv{}", &id[..id.len().min(12)])
+    }
+
+    pub fn runc_id(cfg: &ContainerConfig) -> String {
+        cfg.id.clone()
+    }
+
+    // ---- create / run ------------------------------------------------------------------
+
+    /// `ferry run`: validates everything first, so bad input changes nothing.
+    pub fn run(&self, req: &RunRequest) -> Result<ContainerRecord, ContainerError> {
+        validate_name(&req.name)?;
+        let image = self.images.resolve(&req.image)?;
+        for e in &req.env {
+            validate_env(e)?;
+        }
+        let volumes = req
+            .volumes
+            .iter()
+            .map(|v| parse_volume(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(m) = req.memory {
+            if m < 4 * 1024 * 1024 {
+                return Err(ContainerError::Invalid(format!(
+                    "memory limit {m} bytes is too small (minimum 4 MiB)"
+                )));
+            }
+        }
+        let ip: Option<Ipv4Addr> = match &req.ip {
+            Some(s) => Some(s.parse().map_err(|_| {
+                ContainerError::Invalid(format!("invalid IP address {s:?}"))
+            })?),
+            None => None,
+        };
+        let mut args = image.config.entrypoint.clone();
+        if req.cmd.is_empty() {
+            args.extend(image.config.cmd.iter().cloned());
+        } else {
+            args.extend(req.cmd.iter().cloned());
+        }
+        if args.is_empty() {
+            return Err(ContainerError::Invalid(format!(
+                "image {} has no entrypoint or command; give one after the image name",
+                req.image
+            )));
+        }
+        let id = new_id();
+        // Reserve the name before any side effect.
+        let placeholder = {
+            let mut map = lock(&self.containers);
+            if map.contains_key(&req.name) {
+                return Err(ContainerError::NameInUse(req.name.clone()));
+            }
+            let ip = {
+                let mut ipam = lock(&self.ipam);
+                match ip {
+                    Some(ip) => {
+                        ipam.reserve(&id, ip)?;
+                        ip
+                    }
+                    None => ipam.allocate(&id)?,
+                }
+            };
+            let config = ContainerConfig {
+                id: id.clone(),
+                name: req.name.clone(),
+                image: image.digest.to_string(),
+                image_ref: req.image.clone(),
+                args,
+                env: merge_env(&image.config.env, &req.env),
+                cwd: if image.config.working_dir.is_empty() {
+                    "/".to_owned()
+                } else {
+                    image.config.working_dir.clone()
+                },
+                user: image.config.user.clone(),
+                ip,
+                prefix: self.cfg.bridge.prefix,
+                mac: network::format_mac(&network::mac_for_ip(ip)),
+                volumes,
+                memory: req.memory,
+                created: now(),
+            };
+            let rec = ContainerRecord {
+                config,
+                status: Status::Created,
+                pid: None,
+                shim_pid: None,
+                started_at: None,
+                exit: None,
+                restored_from: None,
+            };
+            let slot = Arc::new(Mutex::new(rec));
+            map.insert(req.name.clone(), slot.clone());
+            slot
+        };
+        let mut rec = lock(&placeholder);
+        let result = self
+            .records
+            .save(&rec)
+            .and_then(|_| self.start_locked(&mut rec));
+        if let Err(e) = result {
+            tracing::warn!(name = %req.name, error = %e, "run failed; undoing");
+            self.teardown(&rec.config);
+            let _ = self.records.remove(&rec.config.id);
+            let _ = lock(&self.ipam).release(&rec.config.id);
+            drop(rec);
+            lock(&self.containers).remove(&req.name);
+            return Err(e);
+        }
+        Ok(rec.clone())
+    }
+
+    /// `ferry start` for a stopped container.
+    pub fn start(&self, name: &str) -> Result<ContainerRecord, ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        self.refresh(&mut rec);
+        match rec.status {
+            Status::Stopped | Status::Created => {}
+            s => {
+                return Err(ContainerError::WrongState {
+                    name: name.to_owned(),
+                    status: s,
+                    why: "only a stopped container can be started".into(),
+                })
+            }
+        }
+        if let Err(e) = self.start_locked(&mut rec) {
+            self.teardown(&rec.config);
+            rec.status = Status::Stopped;
+            let _ = self.records.save(&rec);
+            return Err(e);
+        }
+        Ok(rec.clone())
+    }
+
+    /// Prepares rootfs, volumes, bundle and network for a container (fresh start or restore).
+    /// `attach` says whether the veth joins the bridge now (a restore may keep it gated).
+    pub fn prepare(&self, cfg: &ContainerConfig, attach: bool) -> Result<PathBuf, ContainerError> {
+        let dir = self.container_dir(&cfg.id);
+        let image = self.images.resolve(&cfg.image)?;
+        let layers = self.images.layer_dirs(&image)?;
+        let rootfs = RootfsDirs::new(&dir);
+        rootfs.create()?;
+        rootfs.mount(&layers)?;
+        let mut mounts = Vec::new();
+        for v in &cfg.volumes {
+            let data = self.cfg.paths.volume_data(&v.name);
+            std::fs::create_dir_all(&data).map_err(|e| ContainerError::io(&data, e))?;
+            mounts.push(BindMount {
+                source: data,
+                destination: PathBuf::from(&v.destination),
+                readonly: v.readonly,
+            });
+        }
+        let (uid, gid) = spec::resolve_user(&rootfs.merged, &cfg.user)?;
+        let criu_conf = dir.join("criu.conf");
+        if !criu_conf.exists() {
+            std::fs::write(&criu_conf, b"").map_err(|e| ContainerError::io(&criu_conf, e))?;
+        }
+        let netns_path = self.cfg.paths.netns(&cfg.id);
+        let input = SpecInput {
+            id: cfg.id.clone(),
+            hostname: cfg.name.clone(),
+            args: cfg.args.clone(),
+            env: cfg.env.clone(),
+            cwd: cfg.cwd.clone(),
+            user: (uid, gid),
+            rootfs: rootfs.merged.clone(),
+            netns_path: netns_path.clone(),
+            cgroups_path: format!("/{}/{}", self.cfg.cgroup_parent, cfg.id),
+            memory_limit: cfg.memory,
+            mounts,
+            criu_config: criu_conf,
+        };
+        let bundle = dir.join("bundle");
+        let spec = spec::build_spec(&input)?;
+        spec::write_bundle(&bundle, &spec)?;
+        self.setup_network(cfg, attach)?;
+        Ok(bundle)
+    }
+
+    pub fn setup_network(&self, cfg: &ContainerConfig, attach: bool) -> Result<(), ContainerError> {
+        let netns_path = self.cfg.paths.netns(&cfg.id);
+        // A leftover from a crash would make veth creation fail; start clean.
+        let _ = block_on(network::delete_link(&Self::host_veth(&cfg.id)));
+        let _ = network::delete_netns(&netns_path);
+        network::create_netns(&netns_path)?;
+        let cn = self.container_net(cfg);
+        block_on(network::setup_container_net(&cn, attach))?;
+        Ok(())
+    }
+
+    pub fn container_net(&self, cfg: &ContainerConfig) -> ContainerNet {
+        ContainerNet {
+            netns_path: self.cfg.paths.netns(&cfg.id),
+            ip: cfg.ip,
+            prefix: cfg.prefix,
+            mac: network::mac_for_ip(cfg.ip),
+            gateway: Some(self.cfg.bridge.address),
+            bridge: self.cfg.bridge.name.clone(),
+            host_veth: Self::host_veth(&cfg.id),
+        }
+    }
+
+    fn start_locked(&self, rec: &mut ContainerRecord) -> Result<(), ContainerError> {
+        let bundle = self.prepare(&rec.config, true)?;
+        let dir = self.container_dir(&rec.config.id);
+        // A stale runc entry (from a crash) blocks `runc run` with the same id.
+        let _ = self.runc.delete(&rec.config.id, true);
+        clear_exit_files(&dir);
+        let args = ShimArgs {
+            id: rec.config.id.clone(),
+            runc_binary: self.runc.binary.clone(),
+            runc_root: self.runc.root.clone(),
+            bundle,
+            ctr_dir: dir,
+            mode: ShimMode::Run,
+        };
+        let started = shim::spawn_shim(&self.cfg.shim_exe, &args)?;
+        rec.status = Status::Running;
+        rec.pid = Some(started.pid);
+        rec.shim_pid = Some(started.shim_pid);
+        rec.started_at = Some(now());
+        rec.exit = None;
+        self.records.save(rec)
+    }
+
+    /// Records a container that was restored (or migrated in) and is running now.
+    pub fn adopt_running(
+        &self,
+        mut rec: ContainerRecord,
+        pid: u32,
+        shim_pid: u32,
+    ) -> Result<ContainerRecord, ContainerError> {
+        rec.status = Status::Running;
+        rec.pid = Some(pid);
+        rec.shim_pid = Some(shim_pid);
+        rec.started_at = Some(now());
+        rec.exit = None;
+        self.records.save(&rec)?;
+        lock(&self.containers).insert(rec.config.name.clone(), Arc::new(Mutex::new(rec.clone())));
+        Ok(rec)
+    }
+
+    // ---- stop / kill / rm ----------------------------------------------------------------
+
+    pub fn kill(&self, name: &str, signal: &str) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        self.refresh(&mut rec);
+        if rec.status != Status::Running {
+            return Err(ContainerError::WrongState {
+                name: name.to_owned(),
+                status: rec.status,
+                why: "only a running container can be signalled".into(),
+            });
+        }
+        let sig = normalize_signal(signal)?;
+        self.runc.kill(&rec.config.id, &sig, true)?;
+        Ok(())
+    }
+
+    pub fn stop(&self, name: &str, timeout: Duration) -> Result<ContainerRecord, ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        self.refresh(&mut rec);
+        match rec.status {
+            Status::Running => {}
+            Status::Stopped | Status::Created | Status::Checkpointed => return Ok(rec.clone()),
+            s => {
+                return Err(ContainerError::WrongState {
+                    name: name.to_owned(),
+                    status: s,
+                    why: "it cannot be stopped now".into(),
+                })
+            }
+        }
+        self.stop_locked(&mut rec, timeout)?;
+        Ok(rec.clone())
+    }
+
+    fn stop_locked(&self, rec: &mut ContainerRecord, timeout: Duration) -> Result<(), ContainerError> {
+        let id = rec.config.id.clone();
+        let _ = self.runc.kill(&id, "SIGTERM", false);
+        if !self.wait_exit(&id, timeout) {
+            let _ = self.runc.kill(&id, "SIGKILL", true);
+            self.wait_exit(&id, Duration::from_secs(10));
+        }
+        self.mark_exited(rec, Status::Stopped);
+        Ok(())
+    }
+
+    fn wait_exit(&self, id: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let exit_file = self.container_dir(id).join(shim::EXIT_FILE);
+        loop {
+            let stopped = match self.runc.state(id) {
+                Ok(Some(s)) => s.status == RuncStatus::Stopped,
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if stopped && (exit_file.exists() || Instant::now() >= deadline) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Cleans up after the container's processes ended and records the new status.
+    pub fn mark_exited(&self, rec: &mut ContainerRecord, status: Status) {
+        let dir = self.container_dir(&rec.config.id);
+        rec.exit = read_exit(&dir).or(rec.exit.take());
+        self.teardown(&rec.config);
+        rec.status = status;
+        rec.pid = None;
+        rec.shim_pid = None;
+        if let Err(e) = self.records.save(rec) {
+            tracing::error!(error = %e, "could not persist container state");
+        }
+    }
+
+    /// Releases everything a stopped container holds on this host except its state dir and IP.
+    pub fn teardown(&self, cfg: &ContainerConfig) {
+        let _ = self.runc.delete(&cfg.id, true);
+        let _ = block_on(network::delete_link(&Self::host_veth(&cfg.id)));
+        let _ = network::delete_netns(&self.cfg.paths.netns(&cfg.id));
+        let rootfs = RootfsDirs::new(&self.container_dir(&cfg.id));
+        if let Err(e) = rootfs.unmount() {
+            tracing::warn!(error = %e, "unmount");
+        }
+    }
+
+    pub fn remove(&self, name: &str, force: bool) -> Result<ContainerRecord, ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        self.refresh(&mut rec);
+        match rec.status {
+            Status::Running if force => {
+                let _ = self.runc.kill(&rec.config.id, "SIGKILL", true);
+                self.wait_exit(&rec.config.id, Duration::from_secs(10));
+            }
+            Status::Running | Status::Migrating => {
+                return Err(ContainerError::WrongState {
+                    name: name.to_owned(),
+                    status: rec.status,
+                    why: "stop it first or use --force".into(),
+                })
+            }
+            _ => {}
+        }
+        self.forget(&mut rec)?;
+        Ok(rec.clone())
+    }
+
+    /// Removes every trace of a container from this host (used by rm and after migrating away).
+    pub fn forget(&self, rec: &mut ContainerRecord) -> Result<(), ContainerError> {
+        self.teardown(&rec.config);
+        self.records.remove(&rec.config.id)?;
+        lock(&self.ipam).release(&rec.config.id)?;
+        let mut map = lock(&self.containers);
+        if map
+            .get(&rec.config.name)
+            .is_some_and(|s| s.try_lock().map(|r| r.config.id == rec.config.id).unwrap_or(true))
+        {
+            map.remove(&rec.config.name);
+        }
+        Ok(())
+    }
+
+    /// Registers a container created elsewhere (restore from an archive, migration) with its IP
+    /// reserved; the caller fills the state dir and starts it.
+    pub fn register_incoming(
+        &self,
+        config: ContainerConfig,
+        restored_from: &str,
+    ) -> Result<Slot, ContainerError> {
+        validate_name(&config.name)?;
+        let mut map = lock(&self.containers);
+        if map.contains_key(&config.name) {
+            return Err(ContainerError::NameInUse(config.name.clone()));
+        }
+        lock(&self.ipam).reserve(&config.id, config.ip)?;
+        let rec = ContainerRecord {
+            config,
+            status: Status::Created,
+            pid: None,
+            shim_pid: None,
+            started_at: None,
+            exit: None,
+            restored_from: Some(restored_from.to_owned()),
+        };
+        if let Err(e) = self.records.save(&rec) {
+            let _ = lock(&self.ipam).release(&rec.config.id);
+            return Err(e);
+        }
+        let slot = Arc::new(Mutex::new(rec.clone()));
+        map.insert(rec.config.name.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    pub fn save(&self, rec: &ContainerRecord) -> Result<(), ContainerError> {
+        self.records.save(rec)
+    }
+
+    // ---- reconciliation ----------------------------------------------------------------
+
+    pub fn refresh_all(&self) {
+        let slots: Vec<Slot> = lock(&self.containers).values().cloned().collect();
+        for s in slots {
+            // Skip containers busy in a long operation; they are refreshed when it ends.
+            if let Ok(mut rec) = s.try_lock() {
+                self.refresh(&mut rec);
+            }
+        }
+    }
+
+    /// Brings a record in line with reality: a running container whose init exited is stopped.
+    pub fn refresh(&self, rec: &mut ContainerRecord) {
+        if rec.status != Status::Running {
+            return;
+        }
+        let alive = match self.runc.state(&rec.config.id) {
+            Ok(Some(s)) => matches!(s.status, RuncStatus::Running | RuncStatus::Paused | RuncStatus::Created),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "runc state");
+                return;
+            }
+        };
+        if !alive {
+            self.mark_exited(rec, Status::Stopped);
+        }
+    }
+
+    /// The log file the shim writes.
+    pub fn log_path(&self, name: &str) -> Result<PathBuf, ContainerError> {
+        let slot = self.slot(name)?;
+        let id = lock(&slot).config.id.clone();
+        Ok(self.container_dir(&id).join(shim::LOG_FILE))
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        self.inspect(name).is_ok_and(|r| r.status == Status::Running)
+    }
+
+    pub fn images_in_use(&self) -> Vec<String> {
+        lock(&self.containers)
+            .values()
+            .map(|s| lock(s).config.image.clone())
+            .collect()
+    }
+}
+
+fn new_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn clear_exit_files(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(shim::EXIT_FILE));
+}
+
+fn read_exit(dir: &Path) -> Option<ExitInfo> {
+    let bytes = std::fs::read(dir.join(shim::EXIT_FILE)).ok()?;
+    let e: shim::ExitStatusFile = serde_json::from_slice(&bytes).ok()?;
+    Some(ExitInfo {
+        code: e.code,
+        signal: e.signal,
+        finished_at: Some(e.finished_at),
+    })
+}
+
+/// Accepts "TERM", "SIGTERM" or "15"; refuses unknown names before runc sees them.
+pub fn normalize_signal(s: &str) -> Result<String, ContainerError> {
+    use std::str::FromStr;
+    let bad = || ContainerError::Invalid(format!("unknown signal {s:?}"));
+    if let Ok(n) = s.parse::<i32>() {
+        nix::sys::signal::Signal::try_from(n).map_err(|_| bad())?;
+        return Ok(n.to_string());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())?;
+    Ok(name)
+}

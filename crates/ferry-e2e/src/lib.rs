@@ -1,0 +1,324 @@
+//! Test support for ferry's end-to-end tests: a ferryd in a private network namespace, the
+//! `ferry` CLI pointed at it, and fixture images built from what Debian installed.
+//!
+//! Everything a test creates is torn down by `Drop`, also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ferry_core::image::fixture::{build_layout, FixtureSpec};
+
+/// `target/debug` (or release), where cargo put ferry's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// Fixture OCI layouts, built once per test process.
+pub fn fixture(kind: &str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+    let out = dir.path().join(kind);
+    if !out.exists() {
+        let spec = match kind {
+            "busybox" => FixtureSpec::busybox(),
+            "redis" => FixtureSpec::redis(),
+            other => panic!("unknown fixture {other}"),
+        };
+        build_layout(&out, &spec).unwrap_or_else(|e| panic!("building fixture {kind}: {e}"));
+    }
+    out
+}
+
+fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    format!("{prefix}{:06x}", rand::thread_rng().gen::<u32>() & 0xff_ffff)
+}
+
+/// One ferryd "host" in its own network namespace, with its own state dir.
+pub struct Host {
+    pub netns: String,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub cgroup_parent: String,
+    ferryd: Option<Child>,
+}
+
+pub const BRIDGE_IP: &str = "10.78.0.1";
+
+impl Host {
+    pub fn start() -> Host {
+        let netns = unique("ferrye2e-");
+        run_ok(Command::new("ip").args(["netns", "add", &netns]));
+        run_ok(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-e2e-")
+            .tempdir_in("/var/tmp")
+            .expect("state tempdir");
+        let socket = dir.path().join("ferry.sock");
+        let cgroup_parent = netns.clone();
+        let mut h = Host {
+            netns,
+            dir,
+            socket,
+            cgroup_parent,
+            ferryd: None,
+        };
+        h.start_ferryd();
+        h
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn start_ferryd(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ferryd.log"))
+            .expect("ferryd log");
+        let child = self
+            .netns_cmd(bin("ferryd"))
+            .args(["--root"])
+            .arg(self.root())
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--runc-root")
+            .arg(self.dir.path().join("runc"))
+            .args(["--cgroup-parent", &self.cgroup_parent])
+            .args(["--bridge", "ferry0", "--bridge-address"])
+            .arg(format!("{BRIDGE_IP}/16"))
+            .args(["--ip-range", "10.78.1.1-10.78.1.254", "--host-name", "e2e"])
+            .env("FERRY_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferryd");
+        self.ferryd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.ferry(&["info"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ferryd did not become ready:\n{}", self.ferryd_log());
+    }
+
+    /// Kills ferryd (SIGKILL: no chance to clean up) and starts it again.
+    pub fn restart_ferryd(&mut self) {
+        self.kill_ferryd();
+        self.start_ferryd();
+    }
+
+    pub fn kill_ferryd(&mut self) {
+        if let Some(mut c) = self.ferryd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn ferryd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ferryd.log")).unwrap_or_default()
+    }
+
+    /// A command run inside this host's network namespace.
+    pub fn netns_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns)).arg("--").arg(program);
+        c
+    }
+
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        Command::new(bin("ferry"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferry")
+    }
+
+    /// Runs ferry and returns stdout; panics with stderr and the daemon log on failure.
+    pub fn ferry_ok(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}\n--- ferryd log tail:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.ferryd_log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs ferry expecting failure; returns stderr.
+    pub fn ferry_err(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(
+            !out.status.success(),
+            "ferry {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn import(&self, kind: &str) {
+        let layout = fixture(kind);
+        self.ferry_ok(&["image", "import", layout.to_str().expect("utf8 path")]);
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ferry_ok(&["inspect", name])).expect("inspect json")
+    }
+
+    pub fn logs(&self, name: &str) -> String {
+        self.ferry_ok(&["logs", name])
+    }
+
+    /// Waits until `f` holds, or panics after `timeout` with `what`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}\n--- ferryd log tail:\n{}",
+            tail(&self.ferryd_log(), 40)
+        );
+    }
+
+    /// Redis command from this host's namespace to a container IP.
+    pub fn redis_cli(&self, ip: &str, args: &[&str]) -> String {
+        let out = self
+            .netns_cmd("redis-cli")
+            .args(["-h", ip])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.ferryd.is_some() {
+            if let Ok(out) = std::process::Command::new(bin("ferry"))
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(["ps", "-a", "--json"])
+                .output()
+            {
+                if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
+                    for c in list {
+                        if let Some(n) = c["config"]["name"].as_str() {
+                            let _ = self.ferry(&["rm", "-f", n]);
+                        }
+                    }
+                }
+            }
+        }
+        self.kill_ferryd();
+        cleanup_runc(&self.dir.path().join("runc"));
+        unmount_under(self.dir.path());
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        remove_cgroups(&self.cgroup_parent);
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn run_ok(c: &mut Command) {
+    let out = c.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills whatever runc still knows under `root` (a test that failed half-way).
+pub fn cleanup_runc(root: &Path) {
+    let Ok(out) = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"])
+        .output()
+    else {
+        return;
+    };
+    for id in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "-f", id])
+            .output();
+    }
+}
+
+/// Unmounts every mount below `dir` (overlays, netns files), deepest first.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut mps: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| mp.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mp in mps {
+        let _ = nix_umount(&mp);
+    }
+}
+
+fn nix_umount(path: &str) -> std::io::Result<()> {
+    let out = Command::new("umount").args(["-l", path]).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+}
+
+pub fn remove_cgroups(parent: &str) {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for ctl in entries.flatten() {
+        let dir = ctl.path().join(parent);
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            for c in children.flatten() {
+                if c.path().is_dir() {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}

@@ -1,0 +1,120 @@
+//! Human output: tables and log rendering. `--json` bypasses all of this.
+
+use ferry_core::api::ImageSummary;
+use ferry_core::container::ContainerRecord;
+
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn record_or_name(json: bool, rec: &ContainerRecord) -> anyhow::Result<()> {
+    if json {
+        print_json(rec)
+    } else {
+        println!("{}", rec.config.name);
+        Ok(())
+    }
+}
+
+fn short(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn images_table(list: &[ImageSummary]) {
+    println!("{:<14} {:<32} {:>7} {:>10}", "ID", "NAMES", "LAYERS", "SIZE");
+    for i in list {
+        let names = if i.names.is_empty() {
+            "<none>".to_owned()
+        } else {
+            i.names.join(",")
+        };
+        println!(
+            "{:<14} {:<32} {:>7} {:>10}",
+            short(&i.id),
+            names,
+            i.layers,
+            human_bytes(i.size)
+        );
+    }
+}
+
+pub fn containers_table(list: &[ContainerRecord]) {
+    println!(
+        "{:<14} {:<16} {:<20} {:<14} {:<8} {:<16} COMMAND",
+        "ID", "NAME", "IMAGE", "STATUS", "PID", "IP"
+    );
+    for r in list {
+        let status = match (&r.status, &r.exit) {
+            (ferry_core::container::Status::Stopped, Some(e)) => match (e.code, e.signal) {
+                (Some(c), _) => format!("exited({c})"),
+                (_, Some(s)) => format!("killed({s})"),
+                _ => "stopped".to_owned(),
+            },
+            (s, _) => s.to_string(),
+        };
+        let mut cmd = r.config.args.join(" ");
+        if cmd.len() > 40 {
+            cmd.truncate(37);
+            cmd.push_str("...");
+        }
+        println!(
+            "{:<14} {:<16} {:<20} {:<14} {:<8} {:<16} {}",
+            short(&r.config.id),
+            r.config.name,
+            r.config.image_ref,
+            status,
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.config.ip,
+            cmd
+        );
+    }
+}
+
+/// The shim's log lines are "TIME STREAM TEXT"; users see TEXT unless they ask for more.
+pub fn render_log_line(line: &[u8], timestamps: bool) -> Vec<u8> {
+    if timestamps {
+        return line.to_vec();
+    }
+    let mut fields = line.splitn(3, |&b| b == b' ');
+    let (Some(_time), Some(stream), Some(text)) = (fields.next(), fields.next(), fields.next())
+    else {
+        return line.to_vec();
+    };
+    if stream == b"stdout" || stream == b"stderr" {
+        text.to_vec()
+    } else {
+        line.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines() {
+        assert_eq!(
+            render_log_line(b"2026-01-01T00:00:00Z stdout hello world\n", false),
+            b"hello world\n"
+        );
+        assert_eq!(render_log_line(b"raw\n", false), b"raw\n");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,275 @@
+//! The HTTP/JSON API on the unix socket. Handlers are thin: they parse, hand the work to the
+//! engine on the blocking pool, and map errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use ferry_core::api::*;
+use ferry_core::container::{ContainerRecord, Engine};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::DaemonArgs;
+
+pub struct AppState {
+    pub engine: Engine,
+    pub host_name: String,
+    pub args: DaemonArgs,
+}
+
+type S = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/images", get(images_list))
+        .route("/v1/images/import", post(images_import))
+        .route("/v1/images/{reference}", delete(images_rm))
+        .route("/v1/containers", get(containers_list).post(containers_run))
+        .route(
+            "/v1/containers/{name}",
+            get(containers_inspect).delete(containers_rm),
+        )
+        .route("/v1/containers/{name}/start", post(containers_start))
+        .route("/v1/containers/{name}/stop", post(containers_stop))
+        .route("/v1/containers/{name}/kill", post(containers_kill))
+        .route("/v1/containers/{name}/logs", get(containers_logs))
+        .with_state(state)
+}
+
+/// Runs blocking engine work off the async workers.
+async fn blocking<T, F>(state: &Arc<AppState>, f: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
+{
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || f(&s.engine)).await?
+}
+
+async fn info(State(s): S) -> ApiResult<Json<Info>> {
+    let s2 = s.clone();
+    let info = blocking(&s, move |e| {
+        let runc_version = ferry_core::tool::Tool::new(&e.runc().binary)
+            .arg("--version")
+            .run_text()
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_owned))
+            .unwrap_or_default();
+        let cfg = e.config();
+        Ok(Info {
+            host: s2.host_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            root: cfg.paths.root().display().to_string(),
+            runc_version,
+            criu: serde_json::to_value(ferry_core::criu::probe()).unwrap_or_default(),
+            bridge: cfg.bridge.name.clone(),
+            subnet: format!("{}/{}", cfg.bridge.address, cfg.bridge.prefix),
+            peer_listen: s2.args.peer_listen.clone(),
+            containers: e.list().len(),
+            images: e.images().list().map(|l| l.len()).unwrap_or(0),
+        })
+    })
+    .await?;
+    Ok(Json(info))
+}
+
+pub fn image_summary(i: &ferry_core::image::Image) -> ImageSummary {
+    ImageSummary {
+        id: i.digest.to_string(),
+        names: i.names.clone(),
+        layers: i.layers.len(),
+        size: i.size,
+        created: i.created.clone(),
+    }
+}
+
+async fn images_list(State(s): S) -> ApiResult<Json<Vec<ImageSummary>>> {
+    let list = blocking(&s, |e| Ok(e.images().list()?)).await?;
+    Ok(Json(list.iter().map(image_summary).collect()))
+}
+
+async fn images_import(
+    State(s): S,
+    Json(req): Json<ImportImageRequest>,
+) -> ApiResult<Json<ImageSummary>> {
+    let img = blocking(&s, move |e| {
+        let path = std::path::PathBuf::from(&req.path);
+        if !path.is_absolute() {
+            return Err(ApiError::invalid(format!(
+                "import path {:?} must be absolute",
+                req.path
+            )));
+        }
+        if !path.exists() {
+            return Err(ApiError::not_found(format!(
+                "import source {} does not exist",
+                path.display()
+            )));
+        }
+        Ok(e.images().import(&path, req.name.as_deref())?)
+    })
+    .await?;
+    Ok(Json(image_summary(&img)))
+}
+
+async fn images_rm(State(s): S, Path(reference): Path<String>) -> ApiResult<Json<ImageSummary>> {
+    let img = blocking(&s, move |e| {
+        let img = e.images().resolve(&reference)?;
+        let digest = img.digest.to_string();
+        if e.images_in_use().contains(&digest) {
+            return Err(ApiError::conflict(format!(
+                "image {reference} is used by a container; remove the container first"
+            )));
+        }
+        Ok(e.images().remove(&reference)?)
+    })
+    .await?;
+    Ok(Json(image_summary(&img)))
+}
+
+async fn containers_list(State(s): S) -> ApiResult<Json<Vec<ContainerRecord>>> {
+    Ok(Json(blocking(&s, |e| Ok(e.list())).await?))
+}
+
+async fn containers_run(
+    State(s): S,
+    Json(req): Json<RunRequest>,
+) -> ApiResult<(StatusCode, Json<ContainerRecord>)> {
+    let rec = blocking(&s, move |e| Ok(e.run(&req)?)).await?;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+async fn containers_inspect(
+    State(s): S,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ContainerRecord>> {
+    Ok(Json(blocking(&s, move |e| Ok(e.inspect(&name)?)).await?))
+}
+
+#[derive(Deserialize)]
+struct RmQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn containers_rm(
+    State(s): S,
+    Path(name): Path<String>,
+    Query(q): Query<RmQuery>,
+) -> ApiResult<Json<ContainerRecord>> {
+    Ok(Json(
+        blocking(&s, move |e| Ok(e.remove(&name, q.force)?)).await?,
+    ))
+}
+
+async fn containers_start(
+    State(s): S,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ContainerRecord>> {
+    Ok(Json(blocking(&s, move |e| Ok(e.start(&name)?)).await?))
+}
+
+async fn containers_stop(
+    State(s): S,
+    Path(name): Path<String>,
+    Json(req): Json<StopRequest>,
+) -> ApiResult<Json<ContainerRecord>> {
+    let timeout = Duration::from_secs(req.timeout.unwrap_or(10));
+    Ok(Json(
+        blocking(&s, move |e| Ok(e.stop(&name, timeout)?)).await?,
+    ))
+}
+
+async fn containers_kill(
+    State(s): S,
+    Path(name): Path<String>,
+    Json(req): Json<KillRequest>,
+) -> ApiResult<StatusCode> {
+    let sig = req.signal.unwrap_or_else(|| "SIGKILL".to_owned());
+    blocking(&s, move |e| Ok(e.kill(&name, &sig)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Streams the shim's log file; with `follow`, keeps streaming until the container stops.
+async fn containers_logs(
+    State(s): S,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let n = name.clone();
+    let path = blocking(&s, move |e| Ok(e.log_path(&n)?)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut idle_checks = 0u32;
+        loop {
+            match file.read(&mut buf).await {
+                Ok(0) => {
+                    if !q.follow {
+                        return;
+                    }
+                    idle_checks += 1;
+                    // Every ~second, stop following once the container is gone or stopped.
+                    if idle_checks % 10 == 0 {
+                        let s2 = s.clone();
+                        let n2 = name.clone();
+                        let running = tokio::task::spawn_blocking(move || s2.engine.is_running(&n2))
+                            .await
+                            .unwrap_or(false);
+                        if !running {
+                            // Drain what the shim wrote last, then end.
+                            if let Ok(n) = file.read(&mut buf).await {
+                                if n > 0 && tx.send(Ok(buf[..n].to_vec())).await.is_err() {
+                                    return;
+                                }
+                            }
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(n) => {
+                    idle_checks = 0;
+                    if tx.send(Ok(buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Ok(Body::from_stream(stream).into_response())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
