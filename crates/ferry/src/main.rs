@@ -74,6 +74,63 @@ enum Cmd {
     },
     /// Show a container's full record.
     Inspect { name: String },
+    /// Freeze a running container into a checkpoint (CRIU), optionally exported to a file.
+    Checkpoint(CheckpointArgs),
+    /// Bring back a container from a checkpoint or an exported archive.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct CheckpointArgs {
+    #[command(subcommand)]
+    sub: Option<CheckpointSub>,
+    /// The container to checkpoint.
+    container: Option<String>,
+    /// Keep the container running after the checkpoint.
+    #[arg(long)]
+    leave_running: bool,
+    /// Name of the checkpoint (default: a timestamp).
+    #[arg(long)]
+    name: Option<String>,
+    /// Also write the checkpoint to this archive file.
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// Archive compression: zstd or none.
+    #[arg(long, default_value = "zstd")]
+    compress: String,
+    /// Print CRIU's statistics.
+    #[arg(long)]
+    print_stats: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum CheckpointSub {
+    /// List checkpoints, of one container or of all.
+    Ls { container: Option<String> },
+    /// Remove a checkpoint.
+    Rm { container: String, snapshot: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct RestoreArgs {
+    /// The container to restore (not with --import).
+    container: Option<String>,
+    /// Checkpoint to restore (default: the newest).
+    #[arg(long)]
+    from: Option<String>,
+    /// Create a container from an exported archive.
+    #[arg(long)]
+    import: Option<PathBuf>,
+    /// With --import: a new name.
+    #[arg(long)]
+    name: Option<String>,
+    /// With --import: a new IP (impossible if the checkpoint holds established TCP connections).
+    #[arg(long)]
+    ip: Option<String>,
+    /// Print CRIU's statistics.
+    #[arg(long)]
+    print_stats: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,6 +315,8 @@ async fn run(cli: Cli) -> Result<()> {
                 output::record_or_name(json, &rec)?;
             }
         }
+        Cmd::Checkpoint(a) => checkpoint(&c, a, json).await?,
+        Cmd::Restore(a) => restore(&c, a, json).await?,
         Cmd::Inspect { name } => {
             let rec: ContainerRecord = c
                 .call(Method::GET, &format!("/v1/containers/{}", enc(&name)), None::<()>)
@@ -313,4 +372,108 @@ async fn logs(c: &Client, name: &str, follow: bool, timestamps: bool) -> Result<
         stdout.lock().write_all(&output::render_log_line(&pending, timestamps))?;
     }
     Ok(())
+}
+
+async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
+    use ferry_core::container::checkpoint::{CheckpointReport, CheckpointRequest, SnapshotInfo};
+    match a.sub {
+        Some(CheckpointSub::Ls { container }) => {
+            let q = container
+                .map(|n| format!("?container={}", enc(&n)))
+                .unwrap_or_default();
+            let list: Vec<SnapshotInfo> = c
+                .call(Method::GET, &format!("/v1/checkpoints{q}"), None::<()>)
+                .await?;
+            if json {
+                output::print_json(&list)?;
+            } else {
+                output::checkpoints_table(&list);
+            }
+        }
+        Some(CheckpointSub::Rm { container, snapshot }) => {
+            let _: serde_json::Value = c
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/containers/{}/checkpoints/{}", enc(&container), enc(&snapshot)),
+                    None::<()>,
+                )
+                .await?;
+            if !json {
+                println!("removed {container}/{snapshot}");
+            }
+        }
+        None => {
+            let name = a
+                .container
+                .context("give the container to checkpoint (or `ls` / `rm`)")?;
+            let export = match a.export {
+                Some(p) => Some(absolute(&p)?),
+                None => None,
+            };
+            let req = CheckpointRequest {
+                leave_running: a.leave_running,
+                name: a.name,
+                export,
+                compress: Some(a.compress),
+            };
+            let rep: CheckpointReport = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{}/checkpoint", enc(&name)),
+                    Some(req),
+                )
+                .await?;
+            if json {
+                output::print_json(&rep)?;
+            } else {
+                println!("{}/{}", rep.container, rep.snapshot);
+                if let Some(e) = &rep.exported {
+                    println!("exported to {e}");
+                }
+                if a.print_stats {
+                    output::checkpoint_stats(&rep);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn restore(c: &Client, a: RestoreArgs, json: bool) -> Result<()> {
+    use ferry_core::container::checkpoint::{RestoreReport, RestoreRequest};
+    let import = match &a.import {
+        Some(p) => Some(absolute(p)?),
+        None => None,
+    };
+    let req = RestoreRequest {
+        from: a.from,
+        import,
+        name: a.name,
+        ip: a.ip,
+    };
+    let path = match (&req.import, &a.container) {
+        (Some(_), None) => "/v1/restore".to_owned(),
+        (Some(_), Some(_)) => anyhow::bail!("give either a container or --import FILE, not both (use --name for a new name)"),
+        (None, Some(n)) => format!("/v1/containers/{}/restore", enc(n)),
+        (None, None) => anyhow::bail!("give the container to restore, or --import FILE"),
+    };
+    let rep: RestoreReport = c.call(Method::POST, &path, Some(req)).await?;
+    if json {
+        output::print_json(&rep)?;
+    } else {
+        println!("{}", rep.container);
+        if a.print_stats {
+            output::restore_stats(&rep);
+        }
+    }
+    Ok(())
+}
+
+fn absolute(p: &std::path::Path) -> Result<String> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    Ok(abs.display().to_string())
 }

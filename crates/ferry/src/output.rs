@@ -104,6 +104,50 @@ pub fn render_log_line(line: &[u8], timestamps: bool) -> Vec<u8> {
     }
 }
 
+pub fn checkpoints_table(list: &[ferry_core::container::checkpoint::SnapshotInfo]) {
+    println!("{:<16} {:<26} {:<32} {:>10}", "CONTAINER", "CHECKPOINT", "CREATED", "SIZE");
+    for s in list {
+        println!(
+            "{:<16} {:<26} {:<32} {:>10}",
+            s.container,
+            s.snapshot,
+            s.created,
+            human_bytes(s.bytes)
+        );
+    }
+}
+
+fn ms_us(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+pub fn checkpoint_stats(r: &ferry_core::container::checkpoint::CheckpointReport) {
+    let s = &r.stats;
+    println!("  freezing time     {}", ms_us(s.freezing_time_us));
+    println!("  frozen time       {}", ms_us(s.frozen_time_us));
+    println!("  memory dump time  {}", ms_us(s.memdump_time_us));
+    println!("  memory write time {}", ms_us(s.memwrite_time_us));
+    println!("  pages scanned     {}", s.pages_scanned);
+    println!("  pages written     {}", s.pages_written);
+    println!("  CRIU image size   {}", human_bytes(r.criu_image_bytes));
+    println!("  checkpoint size   {}", human_bytes(r.total_bytes));
+    println!("  runc checkpoint   {} ms", r.checkpoint_ms);
+    println!("  rootfs + volumes  {} ms", r.files_ms);
+    println!("  total             {} ms", r.total_ms);
+    println!("  established TCP   {}", if r.established_tcp { "yes" } else { "no" });
+}
+
+pub fn restore_stats(r: &ferry_core::container::checkpoint::RestoreReport) {
+    if let Some(s) = &r.stats {
+        println!("  forking time      {}", ms_us(s.forking_time_us));
+        println!("  restore time      {}", ms_us(s.restore_time_us));
+        println!("  pages restored    {}", s.pages_restored);
+        println!("  pages compared    {}", s.pages_compared);
+    }
+    println!("  runc restore      {} ms", r.restore_ms);
+    println!("  total             {} ms", r.total_ms);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

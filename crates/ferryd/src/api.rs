@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ferry_core::api::*;
+use ferry_core::container::checkpoint::{
+    CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
+};
 use ferry_core::container::{ContainerRecord, Engine};
 use serde::Deserialize;
 
@@ -41,6 +44,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/containers/{name}/stop", post(containers_stop))
         .route("/v1/containers/{name}/kill", post(containers_kill))
         .route("/v1/containers/{name}/logs", get(containers_logs))
+        .route("/v1/containers/{name}/checkpoint", post(checkpoint))
+        .route("/v1/containers/{name}/restore", post(restore_named))
+        .route(
+            "/v1/containers/{name}/checkpoints/{snapshot}",
+            delete(checkpoint_rm),
+        )
+        .route("/v1/checkpoints", get(checkpoint_ls))
+        .route("/v1/restore", post(restore_import))
         .with_state(state)
 }
 
@@ -272,4 +283,53 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn checkpoint(
+    State(s): S,
+    Path(name): Path<String>,
+    Json(req): Json<CheckpointRequest>,
+) -> ApiResult<Json<CheckpointReport>> {
+    Ok(Json(
+        blocking(&s, move |e| Ok(e.checkpoint(&name, &req)?)).await?,
+    ))
+}
+
+async fn restore_named(
+    State(s): S,
+    Path(name): Path<String>,
+    Json(req): Json<RestoreRequest>,
+) -> ApiResult<Json<RestoreReport>> {
+    Ok(Json(
+        blocking(&s, move |e| Ok(e.restore(Some(&name), &req)?)).await?,
+    ))
+}
+
+async fn restore_import(
+    State(s): S,
+    Json(req): Json<RestoreRequest>,
+) -> ApiResult<Json<RestoreReport>> {
+    Ok(Json(blocking(&s, move |e| Ok(e.restore(None, &req)?)).await?))
+}
+
+#[derive(Deserialize)]
+struct CheckpointLsQuery {
+    container: Option<String>,
+}
+
+async fn checkpoint_ls(
+    State(s): S,
+    Query(q): Query<CheckpointLsQuery>,
+) -> ApiResult<Json<Vec<SnapshotInfo>>> {
+    Ok(Json(
+        blocking(&s, move |e| Ok(e.list_checkpoints(q.container.as_deref())?)).await?,
+    ))
+}
+
+async fn checkpoint_rm(
+    State(s): S,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    blocking(&s, move |e| Ok(e.remove_checkpoint(&name, &snapshot)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -52,7 +52,7 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock must not wedge the daemon; the data is re-validated anyway.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -517,6 +517,7 @@ impl Engine {
             _ => {}
         }
         self.forget(&mut rec)?;
+        self.remove_all_checkpoints(&rec.config.id);
         Ok(rec.clone())
     }
 
@@ -619,7 +620,7 @@ impl Engine {
     }
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);

@@ -1,5 +1,6 @@
 //! Containers on one host: configuration, lifecycle and persisted state.
 
+pub mod checkpoint;
 mod config;
 mod engine;
 mod rootfs;
@@ -51,6 +52,19 @@ pub enum ContainerError {
     Spec(#[from] crate::runtime::spec::SpecError),
     #[error(transparent)]
     Shim(#[from] crate::runtime::shim::ShimError),
+    #[error(transparent)]
+    FsDiff(#[from] crate::fsdiff::FsDiffError),
+    #[error(transparent)]
+    Archive(#[from] crate::checkpoint::archive::ArchiveError),
+    #[error(transparent)]
+    CriuCheck(#[from] crate::criu::CriuError),
+    /// A checkpoint or restore failed; `log` names CRIU's log and quotes its first error.
+    #[error("{op} failed: {reason} ({log})")]
+    Criu {
+        op: &'static str,
+        reason: String,
+        log: String,
+    },
 }
 
 impl ContainerError {

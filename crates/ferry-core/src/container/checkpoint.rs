@@ -1,0 +1,615 @@
+//! Checkpoint and restore of a container on this host, and archives that carry a checkpoint
+//! to another host. The pieces (dump, rootfs diff, volumes, restore) are public so migration
+//! can use the same functions with other transports.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::{block_on, lock, Engine};
+use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
+use crate::checkpoint::archive::{self, Compression, Limits};
+use crate::criu;
+use crate::fsdiff::{self, DiffSummary};
+use crate::network::{self, GateKind};
+use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
+use crate::runtime::shim::{self, ShimArgs, ShimMode};
+
+/// Podman's checkpoint layout, plus our manifest.
+pub const IMAGES_DIR: &str = "checkpoint";
+pub const SPEC_DUMP: &str = "spec.dump";
+pub const CONFIG_DUMP: &str = "config.dump";
+pub const NETWORK_STATUS: &str = "network.status";
+pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
+pub const DELETED_FILES: &str = "deleted.files";
+pub const ROOTFS_SUMMARY: &str = "rootfs-diff.json";
+pub const VOLUMES_DIR: &str = "volumes";
+pub const STATS_DUMP: &str = "stats-dump";
+pub const DUMP_LOG: &str = "dump.log";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckpointRequest {
+    #[serde(default)]
+    pub leave_running: bool,
+    pub name: Option<String>,
+    /// Also write the checkpoint to this archive file.
+    pub export: Option<String>,
+    /// "zstd" (default) or "none".
+    pub compress: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    pub container: String,
+    pub snapshot: String,
+    pub dir: String,
+    pub exported: Option<String>,
+    pub leave_running: bool,
+    pub stats: criu::DumpStats,
+    /// Wall time of `runc checkpoint`, rootfs + volumes, and the whole operation.
+    pub checkpoint_ms: u64,
+    pub files_ms: u64,
+    pub total_ms: u64,
+    /// Bytes of CRIU images, and of the whole checkpoint dir.
+    pub criu_image_bytes: u64,
+    pub total_bytes: u64,
+    pub established_tcp: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// Snapshot to restore (default: the newest).
+    pub from: Option<String>,
+    /// Restore from an archive file instead, creating a new container.
+    pub import: Option<String>,
+    /// With `import`: a new name.
+    pub name: Option<String>,
+    /// With `import`: a new IP (impossible with established TCP connections).
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreReport {
+    pub container: String,
+    pub snapshot: String,
+    pub stats: Option<criu::RestoreStats>,
+    pub restore_ms: u64,
+    pub total_ms: u64,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub container: String,
+    pub container_id: String,
+    pub snapshot: String,
+    pub created: String,
+    pub bytes: u64,
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub mac: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
+    move |e| ContainerError::io(path, e)
+}
+
+fn invalid(msg: String) -> ContainerError {
+    ContainerError::Invalid(msg)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl Engine {
+    fn snapshots_dir(&self, id: &str) -> PathBuf {
+        self.paths().checkpoints().join(id)
+    }
+
+    /// The CRIU options ferry always wants: established TCP, file locks, external unix sockets.
+    pub fn checkpoint_opts(&self, images: &Path, work: &Path) -> CheckpointOpts {
+        CheckpointOpts {
+            image_path: images.to_owned(),
+            work_path: work.to_owned(),
+            leave_running: false,
+            tcp_established: true,
+            file_locks: true,
+            ext_unix_sk: true,
+            page_server: None,
+            lazy_pages: false,
+            status_fd: None,
+            manage_cgroups_mode: None,
+            parent_path: None,
+        }
+    }
+
+    pub fn restore_opts(&self, images: &Path, work: &Path, bundle: &Path) -> RestoreOpts {
+        RestoreOpts {
+            image_path: images.to_owned(),
+            work_path: work.to_owned(),
+            bundle: bundle.to_owned(),
+            tcp_established: true,
+            file_locks: true,
+            ext_unix_sk: true,
+            lazy_pages: false,
+            manage_cgroups_mode: None,
+            pid_file: None,
+        }
+    }
+
+    /// `ferry checkpoint`.
+    pub fn checkpoint(
+        &self,
+        name: &str,
+        req: &CheckpointRequest,
+    ) -> Result<CheckpointReport, ContainerError> {
+        let t0 = Instant::now();
+        let compression: Compression = req
+            .compress
+            .as_deref()
+            .unwrap_or("zstd")
+            .parse()
+            .map_err(|_| invalid(format!("unknown compression {:?}: use zstd or none", req.compress)))?;
+        if let Some(exp) = &req.export {
+            let p = Path::new(exp);
+            if !p.is_absolute() {
+                return Err(invalid(format!("export path {exp:?} must be absolute")));
+            }
+            if p.exists() {
+                return Err(invalid(format!("export target {exp} already exists")));
+            }
+        }
+        criu::require(&[])?;
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        self.refresh(&mut rec);
+        if rec.status != Status::Running {
+            return Err(ContainerError::WrongState {
+                name: name.to_owned(),
+                status: rec.status,
+                why: "only a running container can be checkpointed".into(),
+            });
+        }
+        let snap = match &req.name {
+            Some(s) => {
+                super::validate_name(s).map_err(|_| invalid(format!("invalid checkpoint name {s:?}")))?;
+                s.clone()
+            }
+            None => chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string(),
+        };
+        let dir = self.snapshots_dir(&rec.config.id).join(&snap);
+        if dir.exists() {
+            return Err(ContainerError::NameInUse(format!("{name}/{snap} (checkpoint)")));
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let result = self.checkpoint_into(&mut rec, &dir, req.leave_running);
+        let (checkpoint_ms, files_ms) = match result {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let manifest = archive::write_manifest(&dir, &rec.config.name)?;
+        let mut exported = None;
+        if let Some(exp) = &req.export {
+            archive::export(&dir, Path::new(exp), compression)?;
+            exported = Some(exp.clone());
+        }
+        let stats = criu::read_dump_stats(&dir.join(IMAGES_DIR))?;
+        let images = dir.join(IMAGES_DIR);
+        Ok(CheckpointReport {
+            container: rec.config.name.clone(),
+            snapshot: snap,
+            dir: dir.display().to_string(),
+            exported,
+            leave_running: req.leave_running,
+            stats,
+            checkpoint_ms,
+            files_ms,
+            total_ms: ms(t0.elapsed()),
+            criu_image_bytes: dir_size(&images),
+            total_bytes: manifest.members.values().map(|m| m.size).sum(),
+            established_tcp: has_established_tcp(&images),
+        })
+    }
+
+    /// Dumps `rec` into `dir` in the checkpoint layout. Returns (dump ms, files ms).
+    fn checkpoint_into(
+        &self,
+        rec: &mut ContainerRecord,
+        dir: &Path,
+        leave_running: bool,
+    ) -> Result<(u64, u64), ContainerError> {
+        let ctr_dir = self.container_dir(&rec.config.id);
+        let images = dir.join(IMAGES_DIR);
+        let work = ctr_dir.join("criu-work");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&images).map_err(io(&images))?;
+        std::fs::create_dir_all(&work).map_err(io(&work))?;
+        let mut opts = self.checkpoint_opts(&images, &work);
+        opts.leave_running = leave_running;
+        let t = Instant::now();
+        let dumped = self.runc().checkpoint(&rec.config.id, &opts);
+        let checkpoint_ms = ms(t.elapsed());
+        let _ = std::fs::copy(work.join(DUMP_LOG), dir.join(DUMP_LOG));
+        if let Err(e) = dumped {
+            // A failed dump resumes the container by itself; make sure the record says so.
+            self.refresh(rec);
+            return Err(ContainerError::Criu {
+                op: "checkpoint",
+                reason: e.to_string(),
+                log: criu::explain_log(&work.join(DUMP_LOG)).to_string(),
+            });
+        }
+        if !leave_running {
+            self.mark_exited(rec, Status::Checkpointed);
+            rec.exit = None;
+            self.save(rec)?;
+        }
+        let t = Instant::now();
+        self.write_checkpoint_files(&rec.config, dir)?;
+        Ok((checkpoint_ms, ms(t.elapsed())))
+    }
+
+    /// Everything but the CRIU images: config, spec, network, rootfs diff, volumes, stats.
+    pub fn write_checkpoint_files(
+        &self,
+        cfg: &ContainerConfig,
+        dir: &Path,
+    ) -> Result<(), ContainerError> {
+        let ctr_dir = self.container_dir(&cfg.id);
+        write_json(&dir.join(CONFIG_DUMP), cfg)?;
+        let spec_src = ctr_dir.join("bundle/config.json");
+        std::fs::copy(&spec_src, dir.join(SPEC_DUMP)).map_err(io(&spec_src))?;
+        write_json(
+            &dir.join(NETWORK_STATUS),
+            &NetworkStatus {
+                ip: cfg.ip,
+                prefix: cfg.prefix,
+                mac: cfg.mac.clone(),
+            },
+        )?;
+        let rootfs = RootfsDirs::new(&ctr_dir);
+        let tar_path = dir.join(ROOTFS_DIFF);
+        let out = BufWriter::new(File::create(&tar_path).map_err(io(&tar_path))?);
+        let summary = fsdiff::export_upper(&rootfs.upper, out, None)?;
+        write_json(&dir.join(DELETED_FILES), &summary.deleted)?;
+        write_json(&dir.join(ROOTFS_SUMMARY), &summary)?;
+        if !cfg.volumes.is_empty() {
+            let vdir = dir.join(VOLUMES_DIR);
+            std::fs::create_dir_all(&vdir).map_err(io(&vdir))?;
+            for v in &cfg.volumes {
+                let p = vdir.join(format!("{}.tar", v.name));
+                let out = BufWriter::new(File::create(&p).map_err(io(&p))?);
+                fsdiff::pack_dir(&self.paths().volume_data(&v.name), out)?;
+            }
+        }
+        let stats = dir.join(IMAGES_DIR).join("stats-dump");
+        if stats.exists() {
+            std::fs::copy(&stats, dir.join(STATS_DUMP)).map_err(io(&stats))?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the container's upper dir and volumes from a checkpoint dir.
+    pub fn apply_checkpoint_files(
+        &self,
+        cfg: &ContainerConfig,
+        dir: &Path,
+    ) -> Result<(), ContainerError> {
+        let ctr_dir = self.container_dir(&cfg.id);
+        let rootfs = RootfsDirs::new(&ctr_dir);
+        rootfs.unmount()?;
+        for d in [&rootfs.upper, &rootfs.work] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(io(d))?;
+            }
+        }
+        rootfs.create()?;
+        let summary: DiffSummary = read_json(&dir.join(ROOTFS_SUMMARY))?;
+        let tar_path = dir.join(ROOTFS_DIFF);
+        let r = BufReader::new(File::open(&tar_path).map_err(io(&tar_path))?);
+        fsdiff::apply_to_upper(&rootfs.upper, r, &summary)?;
+        for v in &cfg.volumes {
+            let p = dir.join(VOLUMES_DIR).join(format!("{}.tar", v.name));
+            let data = self.paths().volume_data(&v.name);
+            if data.exists() {
+                std::fs::remove_dir_all(&data).map_err(io(&data))?;
+            }
+            std::fs::create_dir_all(&data).map_err(io(&data))?;
+            let r = BufReader::new(File::open(&p).map_err(io(&p))?);
+            fsdiff::unpack_dir(r, &data)?;
+        }
+        Ok(())
+    }
+
+    /// `ferry restore`: from one of the container's own snapshots, or from an archive.
+    pub fn restore(&self, name: Option<&str>, req: &RestoreRequest) -> Result<RestoreReport, ContainerError> {
+        criu::require(&[])?;
+        match &req.import {
+            Some(file) => self.restore_import(Path::new(file), req),
+            None => {
+                let name = name.ok_or_else(|| invalid("restore needs a container name or --import FILE".into()))?;
+                if req.ip.is_some() {
+                    return Err(invalid("--ip is only possible with --import".into()));
+                }
+                self.restore_local(name, req.from.as_deref())
+            }
+        }
+    }
+
+    fn restore_local(&self, name: &str, from: Option<&str>) -> Result<RestoreReport, ContainerError> {
+        let t0 = Instant::now();
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        self.refresh(&mut rec);
+        if !matches!(rec.status, Status::Checkpointed | Status::Stopped) {
+            return Err(ContainerError::WrongState {
+                name: name.to_owned(),
+                status: rec.status,
+                why: "a container can only be restored while it is not running".into(),
+            });
+        }
+        let snaps = self.snapshots_of(&rec.config)?;
+        let snap = match from {
+            Some(f) => snaps
+                .iter()
+                .find(|s| s.snapshot == f)
+                .ok_or_else(|| ContainerError::NotFound(format!("checkpoint {f} of {name}")))?,
+            None => snaps
+                .last()
+                .ok_or_else(|| invalid(format!("container {name} has no checkpoint to restore")))?,
+        }
+        .clone();
+        let dir = PathBuf::from(&snap.dir);
+        archive::verify_dir(&dir)?;
+        self.apply_checkpoint_files(&rec.config, &dir)?;
+        let report = self.restore_from_dir(&mut rec, &dir, &snap.snapshot, t0)?;
+        Ok(report)
+    }
+
+    fn restore_import(&self, file: &Path, req: &RestoreRequest) -> Result<RestoreReport, ContainerError> {
+        let t0 = Instant::now();
+        if !file.is_file() {
+            return Err(ContainerError::NotFound(format!("archive {}", file.display())));
+        }
+        let tmp = self.paths().tmp().join(format!("import-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(self.paths().tmp()).map_err(io(&self.paths().tmp()))?;
+        archive::import(file, &tmp, &Limits::default())?;
+        let cleanup_tmp = TmpDir(tmp.clone());
+        let mut cfg: ContainerConfig = read_json(&tmp.join(CONFIG_DUMP))?;
+        self.images().resolve(&cfg.image).map_err(|_| {
+            invalid(format!(
+                "the checkpoint needs image {} ({}), which this host does not have; import it first",
+                cfg.image_ref, cfg.image
+            ))
+        })?;
+        let established = has_established_tcp(&tmp.join(IMAGES_DIR));
+        if let Some(ip) = &req.ip {
+            let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| invalid(format!("invalid IP address {ip:?}")))?;
+            if ip != cfg.ip {
+                if established {
+                    return Err(invalid(format!(
+                        "cannot move the container to {ip}: the checkpoint holds established TCP connections bound to {}, which only survive on the same address",
+                        cfg.ip
+                    )));
+                }
+                cfg.ip = ip;
+                cfg.mac = network::format_mac(&network::mac_for_ip(ip));
+            }
+        }
+        if let Some(n) = &req.name {
+            cfg.name = n.clone();
+        }
+        if self.paths().container(&cfg.id).exists() {
+            // The original still exists on this host: the copy needs its own identity.
+            cfg.id = super::engine::new_id();
+        }
+        let slot = self.register_incoming(cfg, &format!("archive:{}", file.display()))?;
+        let mut rec = lock(&slot);
+        let snapshot = "imported".to_owned();
+        let dir = self.snapshots_dir(&rec.config.id).join(&snapshot);
+        let result = (|| {
+            std::fs::create_dir_all(dir.parent().expect("snapshot parent")).map_err(io(&dir))?;
+            std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+            self.apply_checkpoint_files(&rec.config, &dir)?;
+            self.restore_from_dir(&mut rec, &dir, &snapshot, t0)
+        })();
+        drop(cleanup_tmp);
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let mut r = rec.clone();
+                drop(rec);
+                let _ = self.forget(&mut r);
+                let _ = std::fs::remove_dir_all(self.snapshots_dir(&r.config.id));
+                Err(e)
+            }
+        }
+    }
+
+    /// Restores a prepared container (upper dir and volumes in place) from CRIU images.
+    /// The netns gets an RST guard during the restore so a client's retransmit is not
+    /// answered with a reset before the socket exists.
+    fn restore_from_dir(
+        &self,
+        rec: &mut ContainerRecord,
+        dir: &Path,
+        snapshot: &str,
+        t0: Instant,
+    ) -> Result<RestoreReport, ContainerError> {
+        let images = dir.join(IMAGES_DIR);
+        let outcome = self.restore_images(rec, &images, GateKind::RstOnly);
+        let _ = std::fs::remove_file(images.join("stats-restore"));
+        let (pid, restore_ms, stats) = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                self.teardown(&rec.config);
+                return Err(e);
+            }
+        };
+        let cn = self.container_net(&rec.config);
+        network::remove_gate(&cn.netns_path, GateKind::RstOnly)?;
+        let _ = network::send_gratuitous_arp(&cn.netns_path, "eth0", cn.ip, cn.mac);
+        Ok(RestoreReport {
+            container: rec.config.name.clone(),
+            snapshot: snapshot.to_owned(),
+            stats,
+            restore_ms,
+            total_ms: ms(t0.elapsed()),
+            pid,
+        })
+    }
+
+    /// The shared core of restore and migration: prepare rootfs/network with `gate`, run
+    /// `runc restore` through a new shim, record the container as running.
+    /// Returns (pid, restore ms, CRIU restore stats). The gate stays installed.
+    pub fn restore_images(
+        &self,
+        rec: &mut ContainerRecord,
+        images: &Path,
+        gate: GateKind,
+    ) -> Result<(u32, u64, Option<criu::RestoreStats>), ContainerError> {
+        let ctr_dir = self.container_dir(&rec.config.id);
+        let bundle = self.prepare(&rec.config, false)?;
+        let cn = self.container_net(&rec.config);
+        network::install_gate(&cn.netns_path, gate)?;
+        block_on(network::attach_veth(&cn.host_veth, &cn.bridge))?;
+        let work = ctr_dir.join("criu-work");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).map_err(io(&work))?;
+        let _ = self.runc().delete(&rec.config.id, true);
+        let _ = std::fs::remove_file(ctr_dir.join(shim::EXIT_FILE));
+        let args = ShimArgs {
+            id: rec.config.id.clone(),
+            runc_binary: self.runc().binary.clone(),
+            runc_root: self.runc().root.clone(),
+            bundle: bundle.clone(),
+            ctr_dir: ctr_dir.clone(),
+            mode: ShimMode::Restore(self.restore_opts(images, &work, &bundle)),
+        };
+        let t = Instant::now();
+        let started = shim::spawn_shim(&self.config().shim_exe, &args).map_err(|e| ContainerError::Criu {
+            op: "restore",
+            reason: e.to_string(),
+            log: criu::explain_log(&work.join("restore.log")).to_string(),
+        })?;
+        let restore_ms = ms(t.elapsed());
+        let stats = criu::read_restore_stats(images).ok();
+        rec.status = Status::Running;
+        rec.pid = Some(started.pid);
+        rec.shim_pid = Some(started.shim_pid);
+        rec.started_at = Some(chrono::Utc::now().to_rfc3339());
+        rec.exit = None;
+        self.save(rec)?;
+        Ok((started.pid, restore_ms, stats))
+    }
+
+    pub fn snapshots_of(&self, cfg: &ContainerConfig) -> Result<Vec<SnapshotInfo>, ContainerError> {
+        let root = self.snapshots_dir(&cfg.id);
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return Ok(out);
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let Ok(m) = read_json::<archive::Manifest>(&dir.join("manifest.json")) else {
+                continue;
+            };
+            out.push(SnapshotInfo {
+                container: cfg.name.clone(),
+                container_id: cfg.id.clone(),
+                snapshot: e.file_name().to_string_lossy().into_owned(),
+                created: m.created.clone(),
+                bytes: m.members.values().map(|m| m.size).sum(),
+                dir: dir.display().to_string(),
+            });
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.snapshot.cmp(&b.snapshot)));
+        Ok(out)
+    }
+
+    /// `ferry checkpoint ls [CTR]`.
+    pub fn list_checkpoints(&self, name: Option<&str>) -> Result<Vec<SnapshotInfo>, ContainerError> {
+        let records = match name {
+            Some(n) => vec![self.inspect(n)?],
+            None => self.list(),
+        };
+        let mut out = Vec::new();
+        for r in records {
+            out.extend(self.snapshots_of(&r.config)?);
+        }
+        Ok(out)
+    }
+
+    /// `ferry checkpoint rm CTR SNAP`.
+    pub fn remove_checkpoint(&self, name: &str, snapshot: &str) -> Result<(), ContainerError> {
+        let rec = self.inspect(name)?;
+        let snaps = self.snapshots_of(&rec.config)?;
+        let s = snaps
+            .iter()
+            .find(|s| s.snapshot == snapshot)
+            .ok_or_else(|| ContainerError::NotFound(format!("checkpoint {snapshot} of {name}")))?;
+        std::fs::remove_dir_all(&s.dir).map_err(io(Path::new(&s.dir)))
+    }
+
+    /// Removes all checkpoints of a container (with `rm`).
+    pub fn remove_all_checkpoints(&self, id: &str) {
+        let _ = std::fs::remove_dir_all(self.snapshots_dir(id));
+    }
+}
+
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// CRIU writes one tcp-stream image per established connection.
+pub fn has_established_tcp(images: &Path) -> bool {
+    std::fs::read_dir(images)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn dir_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| ContainerError::CorruptState {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(path, bytes).map_err(io(path))
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ContainerError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| ContainerError::CorruptState {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
