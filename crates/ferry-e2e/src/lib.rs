@@ -3,6 +3,9 @@
 //!
 //! Everything a test creates is torn down by `Drop`, also when the test fails.
 
+pub mod redis;
+pub mod writer;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

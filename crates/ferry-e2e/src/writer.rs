@@ -1,0 +1,110 @@
+//! A client that keeps writing to Redis over one persistent connection while a container is
+//! checkpointed or migrated, and remembers exactly which writes were acknowledged.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::redis::{RedisConn, Reply};
+
+pub struct WriterReport {
+    /// SET w:<i> <i> acknowledged for i in 0..acked_sets.
+    pub acked_sets: u64,
+    /// INCR counter acknowledged this many times; each reply was the expected value.
+    pub acked_incrs: u64,
+    pub longest_stall: Duration,
+    pub error: Option<String>,
+    pub conn: RedisConn,
+}
+
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    pub acked: Arc<AtomicU64>,
+    handle: JoinHandle<WriterReport>,
+}
+
+impl Writer {
+    /// Starts writing: alternately `SET w:i i` and `INCR counter`, one at a time, each waiting
+    /// for its acknowledgement, with `pause` between rounds.
+    pub fn start(mut conn: RedisConn, pause: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let (s, a) = (stop.clone(), acked.clone());
+        let handle = std::thread::spawn(move || {
+            let mut sets = 0u64;
+            let mut incrs = 0u64;
+            let mut longest = Duration::ZERO;
+            let mut last = Instant::now();
+            let mut error = None;
+            while !s.load(Ordering::SeqCst) {
+                let i = sets.to_string();
+                match conn.cmd(&["SET", &format!("w:{i}"), &i]) {
+                    Ok(Reply::Status(ok)) if ok == "OK" => sets += 1,
+                    other => {
+                        error = Some(format!("SET w:{i}: {other:?}"));
+                        break;
+                    }
+                }
+                match conn.cmd(&["INCR", "counter"]) {
+                    Ok(Reply::Int(n)) if n as u64 == incrs + 1 => incrs += 1,
+                    other => {
+                        error = Some(format!("INCR #{}: {other:?}", incrs + 1));
+                        break;
+                    }
+                }
+                a.store(sets, Ordering::SeqCst);
+                let now = Instant::now();
+                longest = longest.max(now - last);
+                last = now;
+                std::thread::sleep(pause);
+            }
+            WriterReport {
+                acked_sets: sets,
+                acked_incrs: incrs,
+                longest_stall: longest,
+                error,
+                conn,
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            handle,
+        }
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(self) -> WriterReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("writer thread")
+    }
+}
+
+/// Asserts every acknowledged write is present, using the given connection.
+pub fn verify_acked(conn: &mut RedisConn, acked_sets: u64, acked_incrs: u64) {
+    let counter = match conn.cmd(&["GET", "counter"]).expect("GET counter") {
+        Reply::Bulk(Some(v)) => v.parse::<u64>().expect("counter value"),
+        other => panic!("GET counter: {other:?}"),
+    };
+    assert_eq!(counter, acked_incrs, "counter equals the number of acknowledged INCRs");
+    let mut i = 0;
+    while i < acked_sets {
+        let end = (i + 500).min(acked_sets);
+        let keys: Vec<String> = (i..end).map(|k| format!("w:{k}")).collect();
+        let mut args = vec!["MGET"];
+        args.extend(keys.iter().map(String::as_str));
+        match conn.cmd(&args).expect("MGET") {
+            Reply::Array(vals) => {
+                for (k, v) in (i..end).zip(vals) {
+                    assert_eq!(v, Reply::Bulk(Some(k.to_string())), "acknowledged write w:{k} present");
+                }
+            }
+            other => panic!("MGET: {other:?}"),
+        }
+        i = end;
+    }
+}
