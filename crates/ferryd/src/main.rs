@@ -29,6 +29,9 @@ enum Sub {
     /// Internal: the per-container shim (started by ferryd itself).
     #[command(hide = true)]
     Shim { args_json: String },
+    /// Internal: CRIU's action script during a migration.
+    #[command(hide = true)]
+    CriuHook,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -90,9 +93,12 @@ fn bridge_mac(ip: Ipv4Addr) -> [u8; 6] {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(Sub::Shim { args_json }) = cli.cmd {
-        let code = ferry_core::runtime::shim::main_from_json(&args_json);
-        std::process::exit(code);
+    match cli.cmd {
+        Some(Sub::Shim { args_json }) => {
+            std::process::exit(ferry_core::runtime::shim::main_from_json(&args_json))
+        }
+        Some(Sub::CriuHook) => std::process::exit(ferry_core::migration::hook::run_hook()),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -318,10 +318,8 @@ impl Engine {
             });
         }
         let (uid, gid) = spec::resolve_user(&rootfs.merged, &cfg.user)?;
-        let criu_conf = dir.join("criu.conf");
-        if !criu_conf.exists() {
-            std::fs::write(&criu_conf, b"").map_err(|e| ContainerError::io(&criu_conf, e))?;
-        }
+        let criu_conf = crate::migration::hook::write_criu_config(&dir, &self.cfg.shim_exe)
+            .map_err(|e| ContainerError::io(&dir, e))?;
         let netns_path = self.cfg.paths.netns(&cfg.id);
         let input = SpecInput {
             id: cfg.id.clone(),

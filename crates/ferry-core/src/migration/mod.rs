@@ -1,1 +1,3 @@
-//! (filled in by its owner)
+//! Live migration between hosts: the source and destination sides of the protocol.
+
+pub mod hook;

@@ -1,0 +1,256 @@
+//! Holding a dumped source container at CRIU's `post-dump` until the migration's verdict.
+//!
+//! Each container's CRIU config names an action script that runs `ferryd criu-hook`. When a
+//! migration checkpoints, it sets `FERRY_HOOK_SOCKET` in runc's environment (CRIU passes it on
+//! to the script). The hook reports every action to the socket and, at `post-dump`, waits for
+//! the verdict: `ok` lets CRIU kill the source; anything else makes CRIU unlock the network and
+//! thaw the source, so the container keeps running where it was. Without the variable (a plain
+//! `ferry checkpoint`) the hook returns at once.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const HOOK_SOCKET_ENV: &str = "FERRY_HOOK_SOCKET";
+pub const HOOK_SCRIPT: &str = "criu-hook.sh";
+pub const CRIU_CONF: &str = "criu.conf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hook socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CRIU did not reach {action} within {waited:?}")]
+    Timeout { action: String, waited: Duration },
+    #[error("the checkpoint ended before reaching {0}")]
+    Ended(String),
+}
+
+/// Writes the container's CRIU config (named by the `org.criu.config` annotation) and the
+/// action script it points to.
+pub fn write_criu_config(ctr_dir: &Path, ferryd: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = ctr_dir.join(HOOK_SCRIPT);
+    let body = format!(
+        "#!/bin/sh\n# Written by ferryd: reports CRIU actions to a migration in progress.\n[ -n \"${HOOK_SOCKET_ENV}\" ] || exit 0\nexec '{}' criu-hook\n",
+        ferryd.display()
+    );
+    std::fs::write(&script, body)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let conf = ctr_dir.join(CRIU_CONF);
+    std::fs::write(&conf, format!("action-script {}\n", script.display()))?;
+    Ok(conf)
+}
+
+/// One CRIU action reported by the hook, with the time it arrived.
+#[derive(Debug, Clone)]
+pub struct HookEvent {
+    pub action: String,
+    pub at: Instant,
+}
+
+/// The migration's side: listens for the hook and answers it.
+pub struct HookServer {
+    path: PathBuf,
+    events: mpsc::Receiver<HookEvent>,
+    verdict_tx: mpsc::Sender<bool>,
+    seen: Vec<HookEvent>,
+}
+
+impl HookServer {
+    pub fn bind(path: &Path) -> Result<Self, HookError> {
+        let _ = std::fs::remove_file(path);
+        let io_err = |source| HookError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(io_err)?;
+        let (ev_tx, events) = mpsc::channel();
+        let (verdict_tx, verdict_rx) = mpsc::channel::<bool>();
+        std::thread::spawn(move || serve(listener, ev_tx, verdict_rx));
+        Ok(HookServer {
+            path: path.to_owned(),
+            events,
+            verdict_tx,
+            seen: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every action seen so far, in order.
+    pub fn seen(&self) -> &[HookEvent] {
+        &self.seen
+    }
+
+    /// Waits for `action`; `alive` says whether the checkpoint process still runs.
+    pub fn wait_for(
+        &mut self,
+        action: &str,
+        timeout: Duration,
+        mut alive: impl FnMut() -> bool,
+    ) -> Result<HookEvent, HookError> {
+        if let Some(e) = self.seen.iter().find(|e| e.action == action) {
+            return Ok(e.clone());
+        }
+        let start = Instant::now();
+        loop {
+            match self.events.recv_timeout(Duration::from_millis(20)) {
+                Ok(ev) => {
+                    self.seen.push(ev.clone());
+                    if ev.action == action {
+                        return Ok(ev);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !alive() {
+                        // Drain anything that raced with the exit.
+                        while let Ok(ev) = self.events.try_recv() {
+                            self.seen.push(ev.clone());
+                            if ev.action == action {
+                                return Ok(ev);
+                            }
+                        }
+                        return Err(HookError::Ended(action.to_owned()));
+                    }
+                    if start.elapsed() > timeout {
+                        return Err(HookError::Timeout {
+                            action: action.to_owned(),
+                            waited: timeout,
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(HookError::Ended(action.to_owned()))
+                }
+            }
+        }
+    }
+
+    /// Answers the waiting `post-dump`: true kills the source, false resumes it.
+    pub fn verdict(&self, commit: bool) {
+        let _ = self.verdict_tx.send(commit);
+    }
+}
+
+impl Drop for HookServer {
+    fn drop(&mut self) {
+        // Never leave CRIU hanging: no verdict means resume.
+        let _ = self.verdict_tx.send(false);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: UnixListener, events: mpsc::Sender<HookEvent>, verdict: mpsc::Receiver<bool>) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut line = String::new();
+        if BufReader::new(&conn).read_line(&mut line).is_err() {
+            continue;
+        }
+        let action = line.trim().to_owned();
+        let at = Instant::now();
+        if events
+            .send(HookEvent {
+                action: action.clone(),
+                at,
+            })
+            .is_err()
+        {
+            let _ = conn.write_all(b"fail\n");
+            return;
+        }
+        let answer = if action == "post-dump" {
+            match verdict.recv() {
+                Ok(true) => "ok",
+                _ => "fail",
+            }
+        } else {
+            "ok"
+        };
+        let _ = conn.write_all(format!("{answer}\n").as_bytes());
+        if action == "post-dump" {
+            return;
+        }
+    }
+}
+
+/// The hook itself (`ferryd criu-hook`): returns the exit code CRIU should see.
+pub fn run_hook() -> i32 {
+    let Some(sock) = std::env::var_os(HOOK_SOCKET_ENV) else {
+        return 0;
+    };
+    let action = std::env::var("CRTOOLS_SCRIPT_ACTION").unwrap_or_default();
+    let Ok(mut conn) = UnixStream::connect(&sock) else {
+        // The migration is gone: resume rather than kill.
+        return i32::from(action == "post-dump");
+    };
+    if conn.write_all(format!("{action}\n").as_bytes()).is_err() {
+        return i32::from(action == "post-dump");
+    }
+    let mut answer = String::new();
+    match BufReader::new(&conn).read_line(&mut answer) {
+        Ok(_) if answer.trim() == "ok" => 0,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(sock: &Path, action: &str) -> std::thread::JoinHandle<String> {
+        let sock = sock.to_owned();
+        let action = action.to_owned();
+        std::thread::spawn(move || {
+            let mut c = UnixStream::connect(&sock).unwrap();
+            c.write_all(format!("{action}\n").as_bytes()).unwrap();
+            let mut a = String::new();
+            BufReader::new(&c).read_line(&mut a).unwrap();
+            a.trim().to_owned()
+        })
+    }
+
+    #[test]
+    fn post_dump_waits_for_verdict() {
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("hook.sock");
+        let mut srv = HookServer::bind(&sock).unwrap();
+        assert_eq!(client(&sock, "network-lock").join().unwrap(), "ok");
+        let waiting = client(&sock, "post-dump");
+        srv.wait_for("post-dump", Duration::from_secs(5), || true).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "post-dump must block until the verdict");
+        srv.verdict(true);
+        assert_eq!(waiting.join().unwrap(), "ok");
+        assert_eq!(srv.seen()[0].action, "network-lock");
+    }
+
+    #[test]
+    fn dropped_server_resumes_the_source() {
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("hook.sock");
+        let mut srv = HookServer::bind(&sock).unwrap();
+        let waiting = client(&sock, "post-dump");
+        srv.wait_for("post-dump", Duration::from_secs(5), || true).unwrap();
+        drop(srv);
+        assert_eq!(waiting.join().unwrap(), "fail");
+    }
+
+    #[test]
+    fn ended_checkpoint_is_reported() {
+        let t = tempfile::tempdir().unwrap();
+        let mut srv = HookServer::bind(&t.path().join("h.sock")).unwrap();
+        let e = srv
+            .wait_for("post-dump", Duration::from_secs(5), || false)
+            .unwrap_err();
+        assert!(matches!(e, HookError::Ended(_)));
+    }
+}
