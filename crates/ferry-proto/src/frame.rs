@@ -479,14 +479,9 @@ mod tests {
             let mut d = Decoder::new();
             for chunk in input.chunks(rng.gen_range(1..64)) {
                 d.push(chunk);
-                loop {
-                    match d.next_frame() {
-                        Ok(Some(f)) => {
-                            let _ = f.to_message();
-                            let _ = f.to_stream_end();
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(f)) = d.next_frame() {
+                    let _ = f.to_message();
+                    let _ = f.to_stream_end();
                 }
             }
             let _ = d.finish();

@@ -403,9 +403,11 @@ fn content_rules() {
     if let Message::Welcome(w) = &mut w {
         w.version = 3;
     }
-    assert!(
-        invalid(r.clone().on_send(&w)),
-        "version outside the Hello range"
+    assert!(invalid(r.on_send(&w)), "version outside the Hello range");
+    assert_eq!(
+        r.state(),
+        State::Negotiating,
+        "a rejected message changes nothing"
     );
 
     let (_, mut r) = at(State::Preparing);
