@@ -92,6 +92,20 @@ impl Header {
         })
     }
 
+    /// The header for `payload`, for writers that send a payload without building a [`Frame`].
+    /// The caller keeps `payload` within [`MAX_FRAME`] and data kinds off the control stream.
+    pub fn encode(kind: FrameKind, stream: u32, payload: &[u8]) -> [u8; HEADER_LEN] {
+        debug_assert!(payload.len() <= MAX_FRAME);
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        h[4..6].copy_from_slice(&FRAME_FORMAT.to_be_bytes());
+        h[6..8].copy_from_slice(&(kind as u16).to_be_bytes());
+        h[8..12].copy_from_slice(&stream.to_be_bytes());
+        h[12..16].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        h[16..20].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        h
+    }
+
     /// Checks a payload read after this header.
     pub fn check_payload(&self, payload: &[u8]) -> Result<(), ProtoError> {
         if payload.len() != self.length as usize {
@@ -212,14 +226,7 @@ impl Frame {
 
     /// The header this frame will be sent with.
     pub fn header(&self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
-        h[0..4].copy_from_slice(&MAGIC.to_be_bytes());
-        h[4..6].copy_from_slice(&FRAME_FORMAT.to_be_bytes());
-        h[6..8].copy_from_slice(&(self.kind as u16).to_be_bytes());
-        h[8..12].copy_from_slice(&self.stream.to_be_bytes());
-        h[12..16].copy_from_slice(&(self.payload.len() as u32).to_be_bytes());
-        h[16..20].copy_from_slice(&crc32fast::hash(&self.payload).to_be_bytes());
-        h
+        Header::encode(self.kind, self.stream, &self.payload)
     }
 }
 
