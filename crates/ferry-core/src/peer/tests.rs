@@ -1,0 +1,560 @@
+//! The peer channel over real TCP on 127.0.0.1, with real certificates.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use ferry_proto::{
+    Compression, Hello, Message, MigrationMode, ReceiverMachine, SenderMachine, State, StreamEnd,
+    MIN_SUPPORTED, PROTOCOL_VERSION, TUNNEL_STREAM,
+};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn any_port() -> SocketAddr {
+    SocketAddr::new(LOOPBACK, 0)
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    a: HostIdentity,
+    b: HostIdentity,
+    /// Signed by a different CA, but named like a cluster member.
+    stranger: HostIdentity,
+}
+
+fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::create(&dir.path().join("ca")).unwrap();
+    ca.issue_host("host-a", &[LOOPBACK], &dir.path().join("a"))
+        .unwrap();
+    ca.issue_host("host-b", &[LOOPBACK], &dir.path().join("b"))
+        .unwrap();
+    let other = ClusterCa::create(&dir.path().join("other-ca")).unwrap();
+    other
+        .issue_host("host-a", &[LOOPBACK], &dir.path().join("stranger"))
+        .unwrap();
+    let load = |n: &str| HostIdentity::load(&dir.path().join(n)).unwrap();
+    Cluster {
+        a: load("a"),
+        b: load("b"),
+        stranger: load("stranger"),
+        _dir: dir,
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn ca_files_keys_private_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca = ClusterCa::create(&ca_dir).unwrap();
+    assert_eq!(mode(&ca_dir.join("ca.key")), 0o600);
+    assert!(matches!(
+        ClusterCa::create(&ca_dir),
+        Err(PeerError::Exists { .. })
+    ));
+
+    ca.issue_host(
+        "host-a",
+        &[LOOPBACK, "10.77.0.2".parse().unwrap()],
+        &dir.path().join("a"),
+    )
+    .unwrap();
+    assert_eq!(mode(&dir.path().join("a/host.key")), 0o600);
+    assert!(matches!(
+        ca.issue_host("host-a", &[], &dir.path().join("a")),
+        Err(PeerError::Exists { .. })
+    ));
+    assert!(matches!(
+        ca.issue_host("Host_A", &[], &dir.path().join("x")),
+        Err(PeerError::BadName { .. })
+    ));
+    // The CA's own dir can hold a host identity too (ca.pem is shared, not rewritten).
+    ca.issue_host("host-z", &[], &ca_dir).unwrap();
+    assert_eq!(HostIdentity::load(&ca_dir).unwrap().name, "host-z");
+    assert_eq!(
+        HostIdentity::load(&dir.path().join("a")).unwrap().name,
+        "host-a"
+    );
+
+    // A key that does not belong to ca.pem is caught on load.
+    let other = dir.path().join("other");
+    ClusterCa::create(&other).unwrap();
+    std::fs::copy(other.join("ca.key"), dir.path().join("mixed.key")).unwrap();
+    std::fs::create_dir(dir.path().join("mixed")).unwrap();
+    std::fs::copy(ca_dir.join("ca.pem"), dir.path().join("mixed/ca.pem")).unwrap();
+    std::fs::copy(other.join("ca.key"), dir.path().join("mixed/ca.key")).unwrap();
+    let err = ClusterCa::load(&dir.path().join("mixed"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not belong"), "{err}");
+}
+
+/// Accepts one connection in the background; returns the listener's address and the result.
+async fn serve_once(
+    identity: &HostIdentity,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(PeerConn, String), PeerError>>,
+) {
+    let listener = PeerListener::bind(identity, any_port()).await.unwrap();
+    let addr = listener.local_addr();
+    (addr, tokio::spawn(async move { listener.accept().await }))
+}
+
+#[tokio::test]
+async fn mutual_auth_names_both_ends() {
+    let c = cluster();
+    let (addr, server) = serve_once(&c.b).await;
+    let conn = PeerConn::connect(&c.a, "host-b", addr).await.unwrap();
+    assert_eq!(conn.peer_name(), "host-b");
+    let (server_conn, client_name) = server.await.unwrap().unwrap();
+    assert_eq!(client_name, "host-a");
+    assert_eq!(server_conn.peer_name(), "host-a");
+
+    let (sink, _src) = conn.split();
+    let (_ssink, mut ssrc) = server_conn.split();
+    sink.send_message(&Message::Commit {}).await.unwrap();
+    let f = ssrc.recv().await.unwrap().unwrap();
+    assert_eq!(f.to_message().unwrap(), Message::Commit {});
+}
+
+#[tokio::test]
+async fn server_with_another_name_is_refused() {
+    let c = cluster();
+    let (addr, _server) = serve_once(&c.b).await;
+    // host-b's certificate does not say host-a.
+    let err = PeerConn::connect(&c.b, "host-a", addr).await.unwrap_err();
+    assert!(matches!(err, PeerError::Handshake { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn server_from_another_ca_is_refused() {
+    let c = cluster();
+    let (addr, _server) = serve_once(&c.stranger).await;
+    let err = PeerConn::connect(&c.b, "host-a", addr).await.unwrap_err();
+    assert!(
+        err.to_string().contains("UnknownIssuer") || err.to_string().contains("certificate"),
+        "{err}"
+    );
+}
+
+/// The server rejects the client; in TLS 1.3 the client may only learn it on its first read.
+async fn assert_client_rejected(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_identity: &HostIdentity,
+) {
+    let (addr, server) = serve_once(server_identity).await;
+    let client = PeerConn::connect_with(config, "host-b", addr).await;
+    let accepted = server.await.unwrap();
+    assert!(
+        accepted.is_err(),
+        "server accepted an unauthenticated client"
+    );
+    if let Ok(conn) = client {
+        let (_sink, mut src) = conn.split();
+        assert!(!matches!(src.recv().await, Ok(Some(_))));
+    }
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let c = cluster();
+    assert_client_rejected(c.a.anonymous_client_config(), &c.b).await;
+}
+
+#[tokio::test]
+async fn client_from_another_ca_is_refused() {
+    let c = cluster();
+    assert_client_rejected(c.stranger.client_config(), &c.b).await;
+}
+
+struct End {
+    sink: FrameSink,
+    demux: Demux,
+    control: ControlReceiver,
+    peer: String,
+}
+
+async fn connected(c: &Cluster) -> (End, End) {
+    let (addr, server) = serve_once(&c.b).await;
+    let client = PeerConn::connect(&c.a, "host-b", addr).await.unwrap();
+    let (server, _) = server.await.unwrap().unwrap();
+    let end = |conn: PeerConn| {
+        let peer = conn.peer_name().to_string();
+        let (sink, source) = conn.split();
+        let (demux, control) = Demux::spawn(source);
+        End {
+            sink,
+            demux,
+            control,
+            peer,
+        }
+    };
+    (end(client), end(server))
+}
+
+fn hello(host: &str, versions: (u16, u16)) -> Hello {
+    Hello {
+        versions,
+        host: host.into(),
+        criu_version: "4.2.1".into(),
+        runc_version: "1.1.5".into(),
+        kernel: "6.18".into(),
+        mode: MigrationMode::StopAndCopy,
+        features: vec![],
+    }
+}
+
+fn local_b() -> LocalVersions {
+    LocalVersions {
+        host: "host-b".into(),
+        criu_version: "4.2.1".into(),
+        runc_version: "1.1.5".into(),
+    }
+}
+
+async fn run_handshake(
+    c: &Cluster,
+    hello: Hello,
+    check: impl FnOnce(&Hello) -> Result<(), String> + Send + 'static,
+) -> (
+    Result<ferry_proto::Welcome, PeerError>,
+    Result<Hello, PeerError>,
+    SenderMachine,
+    ReceiverMachine,
+) {
+    let (mut src, mut dst) = connected(c).await;
+    let dest = tokio::spawn(async move {
+        let mut m = ReceiverMachine::new();
+        let r = handshake_destination(
+            &dst.sink,
+            &mut dst.control,
+            &mut m,
+            &dst.peer,
+            &local_b(),
+            (MIN_SUPPORTED, PROTOCOL_VERSION),
+            check,
+        )
+        .await;
+        (r, m)
+    });
+    let mut sm = SenderMachine::new();
+    let w = handshake_source(&src.sink, &mut src.control, &mut sm, &src.peer, hello).await;
+    let (h, rm) = dest.await.unwrap();
+    (w, h, sm, rm)
+}
+
+#[tokio::test]
+async fn handshake_negotiates_version() {
+    let c = cluster();
+    let (w, h, sm, rm) = run_handshake(&c, hello("host-a", (1, 7)), |_| Ok(())).await;
+    let w = w.unwrap();
+    assert_eq!(w.version, PROTOCOL_VERSION);
+    assert_eq!(w.host, "host-b");
+    assert_eq!(h.unwrap().host, "host-a");
+    assert_eq!((sm.state(), rm.state()), (State::Welcomed, State::Welcomed));
+    assert_eq!(sm.version(), Some(PROTOCOL_VERSION));
+}
+
+#[tokio::test]
+async fn handshake_refusals() {
+    let c = cluster();
+    let (w, h, sm, rm) = run_handshake(
+        &c,
+        hello("host-a", (PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3)),
+        |_| Ok(()),
+    )
+    .await;
+    let reason = match w {
+        Err(PeerError::Refused(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(reason.contains("no common protocol version"), "{reason}");
+    assert!(matches!(h, Err(PeerError::WeRefused(_))));
+    assert_eq!((sm.state(), rm.state()), (State::Refused, State::Refused));
+
+    // A Hello claiming another host than the certificate.
+    let (w, _, _, _) = run_handshake(&c, hello("host-z", (1, 1)), |_| Ok(())).await;
+    assert!(matches!(w, Err(PeerError::Refused(r)) if r.contains("certificate says")));
+
+    // The caller's own checks (tool versions, mode).
+    let (w, _, _, _) = run_handshake(&c, hello("host-a", (1, 1)), |h| {
+        Err(format!("CRIU {} too old", h.criu_version))
+    })
+    .await;
+    assert!(matches!(w, Err(PeerError::Refused(r)) if r == "CRIU 4.2.1 too old"));
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+#[tokio::test]
+async fn bulk_streams_interleave_with_control_and_verify() {
+    let c = cluster();
+    let (src, mut dst) = connected(&c).await;
+    let random = random_bytes(3 << 20);
+    let zeros = vec![0u8; 64 << 20];
+    let expect_random = hex::encode(Sha256::digest(&random));
+
+    // Two streams and control messages at once, from different tasks sharing the sink.
+    let s1 = {
+        let (sink, data) = (src.sink.clone(), random.clone());
+        tokio::spawn(async move { send_stream(&sink, 16, &data[..], Compression::None).await })
+    };
+    let s2 = {
+        let (sink, data) = (src.sink.clone(), zeros.clone());
+        tokio::spawn(async move { send_stream(&sink, 17, &data[..], Compression::Zstd).await })
+    };
+    for i in 0..20 {
+        src.sink
+            .send_message(&Message::Progress {
+                phase: "t".into(),
+                done: i,
+                total: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    let mut rx16 = dst.demux.stream(16).unwrap();
+    assert!(matches!(
+        dst.demux.stream(16),
+        Err(PeerError::StreamTaken(16))
+    ));
+    let mut rx17 = dst.demux.stream(17).unwrap();
+    let r1 = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let end = recv_stream(&mut rx16, &mut out, Compression::None)
+            .await
+            .unwrap();
+        (end, out)
+    });
+    let r2 = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let end = recv_stream(&mut rx17, &mut out, Compression::Zstd)
+            .await
+            .unwrap();
+        (end, out.len(), out.iter().all(|&b| b == 0))
+    });
+    for i in 0..20 {
+        assert!(
+            matches!(dst.control.recv().await.unwrap(), Message::Progress { done, .. } if done == i)
+        );
+    }
+    let sent1 = s1.await.unwrap().unwrap();
+    let sent2 = s2.await.unwrap().unwrap();
+    let (got1, out1) = r1.await.unwrap();
+    assert_eq!(out1, random);
+    assert_eq!(got1, sent1);
+    assert_eq!(sent1.sha256.as_deref(), Some(expect_random.as_str()));
+    let (got2, len2, all_zero) = r2.await.unwrap();
+    assert_eq!((got2.bytes, len2, all_zero), (64 << 20, 64 << 20, true));
+    assert_eq!(got2, sent2);
+}
+
+#[tokio::test]
+async fn stream_that_arrives_before_its_consumer_is_kept() {
+    let c = cluster();
+    let (src, dst) = connected(&c).await;
+    send_stream(&src.sink, 20, &b"early bytes"[..], Compression::Zstd)
+        .await
+        .unwrap();
+    src.sink.send_message(&Message::Commit {}).await.unwrap();
+    let mut control = dst.control;
+    assert_eq!(control.recv().await.unwrap(), Message::Commit {});
+    // Every frame of stream 20 is in by now; take it only now.
+    let mut rx = dst.demux.stream(20).unwrap();
+    let mut out = Vec::new();
+    recv_stream(&mut rx, &mut out, Compression::Zstd)
+        .await
+        .unwrap();
+    assert_eq!(out, b"early bytes");
+}
+
+#[tokio::test]
+async fn corrupt_or_cut_streams_are_detected() {
+    let c = cluster();
+    let (src, dst) = connected(&c).await;
+    src.sink.send_data(30, b"hello").await.unwrap();
+    src.sink
+        .send_end(
+            30,
+            &StreamEnd {
+                bytes: 5,
+                sha256: Some(hex::encode(Sha256::digest(b"HELLO"))),
+            },
+        )
+        .await
+        .unwrap();
+    src.sink.send_data(31, b"hello").await.unwrap();
+    src.sink
+        .send_end(
+            31,
+            &StreamEnd {
+                bytes: 6,
+                sha256: None,
+            },
+        )
+        .await
+        .unwrap();
+    src.sink.send_data(32, b"partial").await.unwrap();
+
+    let mut out = Vec::new();
+    let err = recv_stream(
+        &mut dst.demux.stream(30).unwrap(),
+        &mut out,
+        Compression::None,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+    let err = recv_stream(
+        &mut dst.demux.stream(31).unwrap(),
+        &mut out,
+        Compression::None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("sent 6 bytes, received 5"),
+        "{err}"
+    );
+
+    // The connection drops mid-stream: the receiver says so, control reports Closed.
+    let mut rx32 = dst.demux.stream(32).unwrap();
+    src.sink.close().await.unwrap();
+    drop(src);
+    let err = recv_stream(&mut rx32, &mut out, Compression::None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("connection ended after 7 bytes"),
+        "{err}"
+    );
+    let mut control = dst.control;
+    assert!(matches!(control.recv().await, Err(PeerError::Closed)));
+    // Streams asked for after the end report Closed rather than hanging.
+    assert!(matches!(
+        dst.demux.stream(99).unwrap().recv().await,
+        Err(PeerError::Closed)
+    ));
+}
+
+/// A plain TCP echo server on 127.0.0.1, standing in for CRIU's page server.
+async fn echo_server() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tunnel_carries_both_directions_and_counts() {
+    let c = cluster();
+    let (src, dst) = connected(&c).await;
+    // Destination: the "page server" and the bridge to it.
+    let echo = echo_server().await;
+    let far = tunnel_connect(
+        echo,
+        dst.sink.clone(),
+        dst.demux.stream(TUNNEL_STREAM).unwrap(),
+    )
+    .await
+    .unwrap();
+    // Source: the local port the "CRIU client" connects to.
+    let listener = tunnel_listen(any_port()).await.unwrap();
+    let port = listener.local_addr();
+    let near = listener.bridge(src.sink.clone(), src.demux.stream(TUNNEL_STREAM).unwrap());
+
+    let payload = random_bytes(5 << 20);
+    let client = tokio::net::TcpStream::connect(port).await.unwrap();
+    let (mut r, mut w) = client.into_split();
+    let data = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    // Control traffic keeps flowing alongside the tunnel.
+    src.sink
+        .send_message(&Message::DumpDone {
+            stats: Default::default(),
+        })
+        .await
+        .unwrap();
+    let mut echoed = Vec::new();
+    r.read_to_end(&mut echoed).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "echoed bytes differ");
+
+    let n = payload.len() as u64;
+    let near_stats = near.wait().await.unwrap();
+    let far_stats = far.wait().await.unwrap();
+    assert_eq!(
+        near_stats,
+        TunnelStats {
+            to_peer: n,
+            from_peer: n
+        }
+    );
+    assert_eq!(
+        far_stats,
+        TunnelStats {
+            to_peer: n,
+            from_peer: n
+        }
+    );
+    let mut control = dst.control;
+    assert!(matches!(
+        control.recv().await.unwrap(),
+        Message::DumpDone { .. }
+    ));
+}
+
+#[tokio::test]
+async fn tunnel_refuses_non_loopback_endpoints() {
+    let err = tunnel_listen("0.0.0.0:0".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
+
+#[test]
+fn reloaded_ca_issues_certificates_that_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    ClusterCa::create(&dir.path().join("ca")).unwrap();
+    let first = ClusterCa::load(&dir.path().join("ca")).unwrap();
+    first
+        .issue_host("host-a", &[LOOPBACK], &dir.path().join("a"))
+        .unwrap();
+    let again = ClusterCa::load(&dir.path().join("ca")).unwrap();
+    again
+        .issue_host("host-b", &[LOOPBACK], &dir.path().join("b"))
+        .unwrap();
+    let a = HostIdentity::load(&dir.path().join("a")).unwrap();
+    let b = HostIdentity::load(&dir.path().join("b")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (addr, server) = serve_once(&b).await;
+        PeerConn::connect(&a, "host-b", addr).await.unwrap();
+        assert_eq!(server.await.unwrap().unwrap().1, "host-a");
+    });
+}

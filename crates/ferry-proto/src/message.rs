@@ -1,0 +1,293 @@
+//! The messages of a migration. Unless noted, the source sends them and the destination answers.
+//!
+//! Order of a migration (see `machine` for the exact rules):
+//! 1. `Hello` → `Welcome` | `Refuse`            version, tool versions, mode
+//! 2. `CpuInfo` + stream → `CpuOk` | `Refuse`  CRIU cpuinfo image, checked before anything big moves
+//! 3. `Prepare` → `NeedBlobs` | `Refuse`       container config and image; dest says which blobs it lacks
+//! 4. `BlobStart` + stream, once per needed blob
+//! 5. `FsStart { pass: 1 }` + stream, per filesystem (overlay upper dir, each volume), container running
+//! 6. `OpenPageSink` → `PagesReady`            dest starts its page sink (page server, or nothing in post-copy)
+//! 7. source freezes and dumps; pages flow on the tunnel stream; `DumpDone`
+//! 8. `ImagesStart` + stream (non-page CRIU images as tar), `FsStart { pass: 2 }` + streams (final delta)
+//! 9. `Restore` → `Restored` | `RestoreFailed`
+//! 10. `Commit` → `Committed`; in post-copy the dest then reports `LazyComplete` once every page is pulled.
+//!
+//! `Abort` may be sent by either side at any point before the end; `Progress` by either side
+//! after the handshake.
+
+use serde::{Deserialize, Serialize};
+
+use crate::VersionRange;
+
+/// Hello.features values this build understands.
+pub const FEATURE_TCP_ESTABLISHED: &str = "tcp-established";
+pub const FEATURE_LAZY_PAGES: &str = "lazy-pages";
+pub const FEATURE_PAGE_TUNNEL: &str = "page-tunnel";
+pub const FEATURE_ZSTD: &str = "zstd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationMode {
+    /// Freeze, dump all memory to the destination, restore.
+    StopAndCopy,
+    /// Freeze, ship metadata, restore; memory is pulled from the source lazily.
+    PostCopy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Zstd,
+}
+
+/// What a filesystem stream holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "name")]
+pub enum FsTarget {
+    /// The container's overlay upper directory.
+    Upper,
+    /// A named volume.
+    Volume(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Inclusive range of protocol versions the source speaks.
+    pub versions: VersionRange,
+    pub host: String,
+    pub criu_version: String,
+    pub runc_version: String,
+    pub kernel: String,
+    pub mode: MigrationMode,
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides now speak.
+    pub version: u16,
+    pub host: String,
+    pub criu_version: String,
+    pub runc_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// "sha256:…"
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The image a container runs on, as the source holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageOffer {
+    /// Digest of the image manifest.
+    pub manifest: String,
+    /// References the image is known by (may be empty for an imported image).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Every blob the image needs (manifest, config, layers).
+    pub blobs: Vec<BlobRef>,
+}
+
+/// CRIU dump statistics, as far as the source knows them. Times in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DumpStats {
+    pub freezing_us: u64,
+    pub frozen_us: u64,
+    pub memdump_us: u64,
+    pub memwrite_us: u64,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    /// Bytes the page-server tunnel carried from source to destination.
+    pub tunnel_bytes: u64,
+}
+
+/// Restore statistics from the destination. Times in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestoreStats {
+    /// Wall time of `runc restore`.
+    pub restore_us: u64,
+    pub forking_us: u64,
+    pub pages_restored: u64,
+    /// Post-copy: bytes still to be pulled from the source when the restore returned.
+    pub lazy_remaining_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Hello(Hello),
+    /// dest: version agreed, go on.
+    Welcome(Welcome),
+    /// dest: will not take this migration (answer to Hello, CpuInfo or Prepare).
+    Refuse {
+        reason: String,
+    },
+    /// A CRIU cpuinfo image follows on `stream`.
+    CpuInfo {
+        stream: u32,
+        #[serde(default)]
+        compression: Compression,
+    },
+    /// dest: `criu cpuinfo check` accepted the source's CPU.
+    CpuOk {},
+    Prepare {
+        migration_id: String,
+        /// ferry's container config (owned by the container module).
+        container: serde_json::Value,
+        image: ImageOffer,
+    },
+    /// dest: the blobs the source must send (possibly none).
+    NeedBlobs {
+        digests: Vec<String>,
+    },
+    /// One blob follows on `stream`.
+    BlobStart {
+        digest: String,
+        size: u64,
+        stream: u32,
+        #[serde(default)]
+        compression: Compression,
+    },
+    /// A filesystem tar stream follows on `stream`: pass 1 while running, pass 2 the final
+    /// delta (with deletions) after the dump.
+    FsStart {
+        pass: u8,
+        what: FsTarget,
+        stream: u32,
+        #[serde(default)]
+        compression: Compression,
+        /// What changed (owned by the fsdiff module), for logs and checks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<serde_json::Value>,
+    },
+    /// About to freeze: dest, get the page sink ready.
+    OpenPageSink {},
+    /// dest: the page sink is ready (stop-and-copy: page server listening behind the tunnel).
+    PagesReady {},
+    /// The dump finished; memory pages are on the destination (or held for lazy pull).
+    DumpDone {
+        stats: DumpStats,
+    },
+    /// The non-page CRIU images follow on `stream` as a tar.
+    ImagesStart {
+        stream: u32,
+        #[serde(default)]
+        compression: Compression,
+    },
+    /// Everything is there: restore now (with the new copy's traffic gated).
+    Restore {},
+    /// dest: restored and running, gated until commit.
+    Restored {
+        stats: RestoreStats,
+    },
+    /// dest: restore failed; the destination has cleaned up and the source resumes.
+    RestoreFailed {
+        reason: String,
+    },
+    /// The source has let go: destination, open the gate.
+    Commit {},
+    /// dest: the gate is open; the container now lives here.
+    Committed {},
+    /// dest, post-copy only: every page has been pulled; the source may go away.
+    LazyComplete {
+        bytes: u64,
+    },
+    /// Either side: stop, roll back. Valid in every non-final state.
+    Abort {
+        reason: String,
+    },
+    /// Either side: progress for display only.
+    Progress {
+        phase: String,
+        done: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+    },
+}
+
+impl Message {
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Refuse { .. } => "Refuse",
+            Message::CpuInfo { .. } => "CpuInfo",
+            Message::CpuOk {} => "CpuOk",
+            Message::Prepare { .. } => "Prepare",
+            Message::NeedBlobs { .. } => "NeedBlobs",
+            Message::BlobStart { .. } => "BlobStart",
+            Message::FsStart { .. } => "FsStart",
+            Message::OpenPageSink {} => "OpenPageSink",
+            Message::PagesReady {} => "PagesReady",
+            Message::DumpDone { .. } => "DumpDone",
+            Message::ImagesStart { .. } => "ImagesStart",
+            Message::Restore {} => "Restore",
+            Message::Restored { .. } => "Restored",
+            Message::RestoreFailed { .. } => "RestoreFailed",
+            Message::Commit {} => "Commit",
+            Message::Committed {} => "Committed",
+            Message::LazyComplete { .. } => "LazyComplete",
+            Message::Abort { .. } => "Abort",
+            Message::Progress { .. } => "Progress",
+        }
+    }
+
+    /// The bulk stream this message announces, if any.
+    pub fn announced_stream(&self) -> Option<u32> {
+        match self {
+            Message::CpuInfo { stream, .. }
+            | Message::BlobStart { stream, .. }
+            | Message::FsStart { stream, .. }
+            | Message::ImagesStart { stream, .. } => Some(*stream),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_is_tagged_and_round_trips() {
+        let m = Message::FsStart {
+            pass: 2,
+            what: FsTarget::Volume("data".into()),
+            stream: 17,
+            compression: Compression::Zstd,
+            summary: None,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["type"], "fs_start");
+        assert_eq!(v["what"]["kind"], "volume");
+        assert_eq!(v["what"]["name"], "data");
+        assert_eq!(v["compression"], "zstd");
+        assert_eq!(serde_json::from_value::<Message>(v).unwrap(), m);
+
+        let hello = Message::Hello(Hello {
+            versions: (1, 1),
+            host: "host-a".into(),
+            criu_version: "4.2.1".into(),
+            runc_version: "1.1.5".into(),
+            kernel: "6.18".into(),
+            mode: MigrationMode::PostCopy,
+            features: vec![FEATURE_LAZY_PAGES.into()],
+        });
+        let v = serde_json::to_value(&hello).unwrap();
+        assert_eq!(v["type"], "hello");
+        assert_eq!(v["mode"], "post-copy");
+        assert_eq!(serde_json::from_value::<Message>(v).unwrap(), hello);
+
+        let m: Message = serde_json::from_str(r#"{"type":"commit"}"#).unwrap();
+        assert_eq!(m, Message::Commit {});
+        assert!(serde_json::from_str::<Message>(r#"{"type":"teleport"}"#).is_err());
+    }
+}
