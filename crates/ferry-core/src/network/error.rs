@@ -11,7 +11,7 @@ pub enum NetError {
     Netlink {
         op: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("network interface {name} does not exist")]
     LinkNotFound { name: String },
@@ -72,7 +72,10 @@ pub enum NetError {
 impl NetError {
     pub(crate) fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
         let op = op.into();
-        move |source| NetError::Netlink { op, source }
+        move |source| NetError::Netlink {
+            op,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn io(

@@ -14,7 +14,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use super::error::NetError;
 
 /// `statfs` magic of nsfs, the filesystem behind /proc/*/ns/*.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
+const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
 
 /// Runs `f` on a fresh OS thread that has entered the network namespace at `path`. The thread
 /// ends with `f`, so no pooled thread is ever left in a foreign namespace. A panic in `f` is
@@ -81,7 +81,7 @@ pub(crate) fn block_on_fresh<F: Future>(fut: F) -> F::Output {
 
 fn is_nsfs_mount(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .map(|s| s.filesystem_type() == NSFS_MAGIC)
         .unwrap_or(false)
 }
 
