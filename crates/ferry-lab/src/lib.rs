@@ -86,9 +86,19 @@ impl Lab {
             None
         };
 
-        let previous = LabState::load(&state.dir)?.unwrap_or_else(|| state.clone());
-        for w in teardown(&previous, false) {
-            tracing::warn!("cleaning an earlier lab: {w}");
+        if let Some(previous) = LabState::load(&state.dir)? {
+            for w in teardown(&previous, false) {
+                tracing::warn!("cleaning an earlier lab: {w}");
+            }
+        }
+        if let Some(ns) = netns_with_prefix(&state.prefix) {
+            bail!(
+                "{} exists: another lab with prefix {p} is up (not recorded in {}); take it down \
+                 with `ferry-lab --prefix {p} --dir <its dir> down`, or use another prefix",
+                ns.display(),
+                state.dir.display(),
+                p = state.prefix
+            );
         }
         state.save()?;
         let mut lab = Lab {
@@ -202,6 +212,16 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// A `/run/netns` entry of a lab with this prefix, if any exists.
+fn netns_with_prefix(prefix: &str) -> Option<PathBuf> {
+    let wanted = format!("{prefix}-");
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&wanted))
+        .map(|e| e.path())
 }
 
 /// See [`Lab::host_command`]; usable without a [`Lab`] (the binary).

@@ -85,6 +85,19 @@ fn hosts_and_client_share_the_fabric() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("10.77.0.200"));
 
+    // A second lab with the same prefix elsewhere is refused, and leaves the first intact.
+    let err = Lab::up_with(config(&tmp.path().join("other"), "flt1", 1)).unwrap_err();
+    assert!(
+        err.to_string().contains("another lab with prefix flt1"),
+        "{err}"
+    );
+    assert!(tcp_works(
+        &lab.client_netns(),
+        b.address,
+        &b.netns_path,
+        7103
+    ));
+
     let state = lab.state().clone();
     drop(lab);
     assert!(netns_gone(&state), "drop must remove the lab's namespaces");
