@@ -16,7 +16,7 @@ use crate::state::{HostHandle, LabState, HOST_BRIDGE, PREFIX_LEN};
 /// Finds one of the project's binaries: `$ENV`, else next to the running executable, else one
 /// directory up (test binaries live in `target/*/deps/`).
 pub fn find_binary(name: &str, env: &str) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().context("locating the running executable")?;
