@@ -1,1 +1,31 @@
-//! (filled in by its owner)
+//! Container networking: per-host bridge, per-container netns with a fixed IP and MAC, veth
+//! plumbing, gratuitous ARP, the migration traffic gate, and IP address management.
+//!
+//! Netlink sockets belong to the network namespace of the thread that opened them. The async
+//! functions here act on the caller's namespace; to act on another one, run them through
+//! [`run_in_netns`] (a fresh thread that entered that namespace), as the tests and the lab do.
+
+mod arp;
+mod error;
+mod gate;
+mod ipam;
+mod link;
+mod mac;
+mod netns;
+
+#[cfg(test)]
+mod tests;
+
+pub use arp::{garp_frame, send_gratuitous_arp, ArpOp};
+pub use error::NetError;
+pub use gate::{install_gate, remove_gate, GateKind};
+pub use ipam::Ipam;
+pub use link::{
+    attach_veth, create_veth, delete_link, detach_veth, ensure_bridge, ensure_bridge_link,
+    link_mac, set_link_up, setup_container_net, BridgeConfig, ContainerNet, CONTAINER_IFNAME,
+};
+pub use mac::{format_mac, mac_for_ip, parse_mac};
+pub use netns::{create_netns, delete_netns, in_netns, netlink_in_netns, run_in_netns};
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;

@@ -1,0 +1,151 @@
+//! The traffic gate of an uncommitted restored copy, as iptables rules in its netns.
+//!
+//! Each kind owns one chain, so removal deletes exactly the jumps and the chain it added and
+//! nothing CRIU or anyone else put there. Rules go in through `iptables-restore --noflush`
+//! (one atomic transaction) run under `nsenter --net`.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::error::NetError;
+use crate::tool::Tool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateKind {
+    /// Drops every IPv4 packet in and out except on loopback (outgoing RSTs included): the copy
+    /// is isolated while attached to the bridge.
+    Full,
+    /// Drops only outgoing TCP RSTs: a peer's retransmit cannot hit a socket that is not
+    /// restored yet and reset the connection.
+    RstOnly,
+}
+
+impl GateKind {
+    pub fn chain(self) -> &'static str {
+        match self {
+            GateKind::Full => "FERRY-GATE",
+            GateKind::RstOnly => "FERRY-RSTGUARD",
+        }
+    }
+
+    /// (built-in chain, match) pairs that jump into our chain.
+    fn jumps(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            GateKind::Full => &[("INPUT", "! -i lo"), ("OUTPUT", "! -o lo")],
+            GateKind::RstOnly => &[("OUTPUT", "")],
+        }
+    }
+
+    fn rules(self) -> &'static [&'static str] {
+        match self {
+            GateKind::Full => &["-j DROP"],
+            GateKind::RstOnly => &["-p tcp -m tcp --tcp-flags RST RST -j DROP"],
+        }
+    }
+}
+
+/// The `iptables-restore --noflush` input that adds the gate.
+pub(crate) fn install_script(kind: GateKind) -> String {
+    let chain = kind.chain();
+    let mut s = format!("*filter\n:{chain} - [0:0]\n");
+    for rule in kind.rules() {
+        s += &format!("-A {chain} {rule}\n");
+    }
+    for (builtin, matcher) in kind.jumps() {
+        let sep = if matcher.is_empty() { "" } else { " " };
+        s += &format!("-I {builtin} 1{sep}{matcher} -j {chain}\n");
+    }
+    s + "COMMIT\n"
+}
+
+/// The input that removes every trace of the gate found in `saved` (`iptables-save -t filter`
+/// output), or None when there is nothing to remove. Jumps are deleted by their saved spec, so
+/// whatever form iptables printed them in is what gets deleted.
+pub(crate) fn removal_script(kind: GateKind, saved: &str) -> Option<String> {
+    let chain = kind.chain();
+    let jump_suffix = format!(" -j {chain}");
+    let mut body = String::new();
+    let mut chain_exists = false;
+    for line in saved.lines().map(str::trim) {
+        if line.split_whitespace().next() == Some(&format!(":{chain}")) {
+            chain_exists = true;
+        }
+        if let Some(spec) = line.strip_prefix("-A ") {
+            let builtin = spec.split_whitespace().next().unwrap_or("");
+            if builtin != chain && spec.ends_with(&jump_suffix) {
+                body += &format!("-D {spec}\n");
+            }
+        }
+    }
+    if chain_exists {
+        body += &format!("-F {chain}\n-X {chain}\n");
+    }
+    (!body.is_empty()).then(|| format!("*filter\n{body}COMMIT\n"))
+}
+
+fn in_ns(netns_path: &Path, program: &str) -> Tool {
+    let mut net = std::ffi::OsString::from("--net=");
+    net.push(netns_path);
+    Tool::new("nsenter").arg(net).arg("--").arg(program)
+}
+
+fn restore(netns_path: &Path, script: &str) -> Result<(), NetError> {
+    let mut file = tempfile::NamedTempFile::new().map_err(NetError::io(
+        "create temporary rules file",
+        std::env::temp_dir(),
+    ))?;
+    file.write_all(script.as_bytes())
+        .map_err(NetError::io("write", file.path()))?;
+    in_ns(netns_path, "iptables-restore")
+        .arg("--noflush")
+        .arg(file.path())
+        .run()?;
+    Ok(())
+}
+
+/// Adds the gate (replacing an earlier one of the same kind).
+pub fn install_gate(netns_path: &Path, kind: GateKind) -> Result<(), NetError> {
+    remove_gate(netns_path, kind)?;
+    restore(netns_path, &install_script(kind))
+}
+
+/// Removes the gate of this kind; nothing to remove is fine.
+pub fn remove_gate(netns_path: &Path, kind: GateKind) -> Result<(), NetError> {
+    let saved = in_ns(netns_path, "iptables-save")
+        .args(["-t", "filter"])
+        .run_text()?;
+    match removal_script(kind, &saved) {
+        Some(script) => restore(netns_path, &script),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_script_uses_own_chain() {
+        let s = install_script(GateKind::Full);
+        assert!(s.contains(":FERRY-GATE - [0:0]\n"));
+        assert!(s.contains("-I INPUT 1 ! -i lo -j FERRY-GATE\n"));
+        assert!(s.contains("-I OUTPUT 1 ! -o lo -j FERRY-GATE\n"));
+        let r = install_script(GateKind::RstOnly);
+        assert!(r.contains("-I OUTPUT 1 -j FERRY-RSTGUARD\n"), "{r}");
+        assert!(r.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn removal_touches_only_our_rules() {
+        let saved = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:CRIU - [0:0]\n\
+                     :FERRY-GATE - [0:0]\n-A INPUT ! -i lo -j FERRY-GATE\n-A INPUT -j CRIU\n\
+                     -A OUTPUT ! -o lo -j FERRY-GATE\n-A FERRY-GATE -j DROP\nCOMMIT\n";
+        let s = removal_script(GateKind::Full, saved).unwrap();
+        assert_eq!(
+            s,
+            "*filter\n-D INPUT ! -i lo -j FERRY-GATE\n-D OUTPUT ! -o lo -j FERRY-GATE\n\
+             -F FERRY-GATE\n-X FERRY-GATE\nCOMMIT\n"
+        );
+        assert_eq!(removal_script(GateKind::RstOnly, saved), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! Network namespaces as bind-mounted files, and running code inside one.
+//!
+//! A namespace file lives wherever the caller says (a host's state dir), not in /run/netns,
+//! because several ferryd share one machine in the lab.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use super::error::NetError;
+
+/// `statfs` magic of nsfs, the filesystem behind /proc/*/ns/*.
+const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
+
+/// Runs `f` on a fresh OS thread that has entered the network namespace at `path`. The thread
+/// ends with `f`, so no pooled thread is ever left in a foreign namespace. A panic in `f` is
+/// propagated to the caller.
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetError> {
+    let ns = File::open(path).map_err(|source| NetError::Netns {
+        path: path.to_owned(),
+        op: "open",
+        source,
+    })?;
+    let ns_path = path.to_owned();
+    let worker = std::thread::Builder::new()
+        .name("ferry-netns".into())
+        .spawn(move || -> Result<T, NetError> {
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Netns {
+                path: ns_path,
+                op: "setns",
+                source: e.into(),
+            })?;
+            drop(ns);
+            Ok(f())
+        })
+        .map_err(NetError::Thread)?;
+    match worker.join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Runs the future made by `f` to completion on a private single-threaded runtime, on a thread
+/// inside the namespace at `path`. Usable from sync code and from inside another runtime.
+pub fn run_in_netns<T, F, Fut>(path: &Path, f: F) -> Result<T, NetError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    in_netns(path, move || block_on_fresh(f()))?
+}
+
+/// A netlink handle whose socket lives in the namespace at `path`, driven by the caller's tokio
+/// runtime. The socket is opened on a thread inside that namespace, then used from anywhere.
+pub async fn netlink_in_netns(path: &Path) -> Result<rtnetlink::Handle, NetError> {
+    let runtime = tokio::runtime::Handle::current();
+    let (conn, handle, _) = in_netns(path, move || {
+        let _entered = runtime.enter();
+        rtnetlink::new_connection()
+    })?
+    .map_err(NetError::NetlinkSocket)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+pub(crate) fn block_on_fresh<F: Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a single-threaded tokio runtime")
+        .block_on(fut)
+}
+
+fn is_nsfs_mount(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Creates a new network namespace and bind-mounts it at `path` (a regular file, created with
+/// its parent directories). Loopback is brought up and IPv6 is switched off inside.
+pub fn create_netns(path: &Path) -> Result<(), NetError> {
+    if is_nsfs_mount(path) {
+        return Err(NetError::NetnsExists {
+            path: path.to_owned(),
+        });
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(NetError::io("create directory", dir))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(NetError::io("create netns file", path))?;
+
+    let target = path.to_owned();
+    let worker = std::thread::Builder::new()
+        .name("ferry-netns-new".into())
+        .spawn(move || new_netns_on_this_thread(&target))
+        .map_err(NetError::Thread)?;
+    let result = match worker.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    if result.is_err() {
+        let _ = delete_netns(path);
+    }
+    result
+}
+
+fn new_netns_on_this_thread(target: &Path) -> Result<(), NetError> {
+    let fail = |op: &'static str| {
+        let path = target.to_owned();
+        move |e: nix::Error| NetError::Netns {
+            path,
+            op,
+            source: e.into(),
+        }
+    };
+    unshare(CloneFlags::CLONE_NEWNET).map_err(fail("unshare"))?;
+    mount(
+        Some("/proc/thread-self/ns/net"),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(fail("bind mount"))?;
+    // /proc/sys/net resolves against the opening thread's namespace: this one.
+    for knob in ["all", "default", "lo"] {
+        let p = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6"));
+        match std::fs::write(&p, "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {} // kernel without IPv6
+            Err(e) => return Err(NetError::io("write", p)(e)),
+        }
+    }
+    block_on_fresh(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::NetlinkSocket)?;
+        tokio::spawn(conn);
+        super::link::set_link_up_with(&handle, "lo").await
+    })
+}
+
+/// Unmounts (lazily) and removes a namespace file. Missing or already unmounted is fine.
+pub fn delete_netns(path: &Path) -> Result<(), NetError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => {
+            return Err(NetError::Netns {
+                path: path.to_owned(),
+                op: "unmount",
+                source: e.into(),
+            })
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NetError::io("remove netns file", path)(e)),
+    }
+}

@@ -1,0 +1,242 @@
+//! A multi-host ferry lab on one machine: each "host" is a network namespace with its own
+//! bridge and its own `ferryd` (in a private mount namespace), all joined by a fabric bridge on
+//! 10.77.0.0/16, plus a client namespace on the same segment.
+//!
+//! Used by the e2e tests (as [`Lab`], whose `Drop` tears everything down), the demo and the
+//! benchmarks (through the `ferry-lab` binary).
+
+mod daemon;
+mod nsexec;
+mod state;
+mod teardown;
+mod topology;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ferry_core::tool::Tool;
+
+pub use daemon::{find_binary, info_ok};
+pub use state::{
+    host_name, HostHandle, LabState, CLIENT_ADDRESS, DEFAULT_PREFIX, FABRIC_BRIDGE, HOST_BRIDGE,
+    MAX_HOSTS, PEER_PORT, PREFIX_LEN, SUBNET,
+};
+pub use teardown::teardown;
+pub use topology::UPLINK;
+
+/// How to bring a lab up.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub dir: PathBuf,
+    pub hosts: usize,
+    /// Names the lab's netns (`<prefix>-host-a`, `<prefix>-fab`, …) and cgroup parents.
+    pub prefix: String,
+    /// Start a ferryd per host (otherwise only the network is built).
+    pub daemons: bool,
+    /// ferryd binary; default `$FERRYD` or next to the running executable.
+    pub ferryd: Option<PathBuf>,
+    /// ferry CLI binary; default `$FERRY` or next to the running executable.
+    pub ferry: Option<PathBuf>,
+    pub ready_timeout: Duration,
+}
+
+impl LabConfig {
+    pub fn new(dir: impl Into<PathBuf>, hosts: usize) -> Self {
+        LabConfig {
+            dir: dir.into(),
+            hosts,
+            prefix: DEFAULT_PREFIX.into(),
+            daemons: true,
+            ferryd: None,
+            ferry: None,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running lab. Dropping it tears the lab down (unless [`Lab::keep`] was called).
+#[derive(Debug)]
+pub struct Lab {
+    state: LabState,
+    hosts: Vec<HostHandle>,
+    children: Vec<Child>,
+    armed: bool,
+}
+
+impl Lab {
+    /// `hosts` hosts with ferryds, default prefix, in `dir`.
+    pub fn up(dir: impl Into<PathBuf>, hosts: usize) -> Result<Lab> {
+        Self::up_with(LabConfig::new(dir, hosts))
+    }
+
+    /// Brings a lab up. Leftovers of an earlier lab with the same dir and prefix (a crashed
+    /// run) are cleaned first. On failure everything created so far is torn down.
+    pub fn up_with(cfg: LabConfig) -> Result<Lab> {
+        let state = LabState::new(&cfg.dir, &cfg.prefix, cfg.hosts, cfg.daemons)?;
+        let binaries = if cfg.daemons {
+            Some((
+                cfg.ferryd
+                    .map_or_else(|| find_binary("ferryd", "FERRYD"), Ok)?,
+                cfg.ferry
+                    .map_or_else(|| find_binary("ferry", "FERRY"), Ok)?,
+            ))
+        } else {
+            None
+        };
+
+        if let Some(previous) = LabState::load(&state.dir)? {
+            for w in teardown(&previous, false) {
+                tracing::warn!("cleaning an earlier lab: {w}");
+            }
+        }
+        if let Some(ns) = netns_with_prefix(&state.prefix) {
+            bail!(
+                "{} exists: another lab with prefix {p} is up (not recorded in {}); take it down \
+                 with `ferry-lab --prefix {p} --dir <its dir> down`, or use another prefix",
+                ns.display(),
+                state.dir.display(),
+                p = state.prefix
+            );
+        }
+        state.save()?;
+        let mut lab = Lab {
+            hosts: state.all_hosts(),
+            state,
+            children: Vec::new(),
+            armed: true,
+        };
+        for h in &lab.hosts {
+            std::fs::create_dir_all(&h.root)
+                .with_context(|| format!("creating {}", h.root.display()))?;
+        }
+        topology::build(&lab.state)?;
+        if let Some((ferryd, ferry)) = binaries {
+            lab.start_daemons(&ferryd, &ferry, cfg.ready_timeout)?;
+        }
+        Ok(lab)
+    }
+
+    fn start_daemons(&mut self, ferryd: &Path, ferry: &Path, timeout: Duration) -> Result<()> {
+        daemon::issue_certificates(ferry, &self.state)?;
+        for h in self.hosts.clone() {
+            let child = daemon::spawn_ferryd(ferryd, &self.state, &h)?;
+            self.children.push(child);
+            let child = self.children.last_mut().expect("just pushed");
+            daemon::wait_ready(child, &h, timeout)?;
+        }
+        daemon::register_peers(ferry, &self.state)
+    }
+
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.state.dir
+    }
+
+    pub fn hosts(&self) -> &[HostHandle] {
+        &self.hosts
+    }
+
+    /// The host named `name` (`host-a`, …).
+    pub fn host(&self, name: &str) -> Option<&HostHandle> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn client_netns(&self) -> PathBuf {
+        self.state.client_netns()
+    }
+
+    pub fn fabric_netns(&self) -> PathBuf {
+        self.state.fabric_netns()
+    }
+
+    /// A command that starts in `host`'s netns and its ferryd's mount namespace (when a
+    /// ferryd runs), with `FERRY_SOCKET` set to the host's socket.
+    pub fn host_command(
+        &self,
+        host: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<Command> {
+        let h = self
+            .host(host)
+            .with_context(|| format!("no host {host} in the lab at {}", self.dir().display()))?;
+        Ok(host_command(h, program))
+    }
+
+    /// Runs `cmd` (program and arguments) as [`Lab::host_command`] does, to completion.
+    pub fn exec(&self, host: &str, cmd: &[&str]) -> Result<Output> {
+        let Some((program, args)) = cmd.split_first() else {
+            bail!("empty command");
+        };
+        let mut c = self.host_command(host, program)?;
+        c.args(args);
+        c.output()
+            .with_context(|| format!("running {} on {host}", cmd.join(" ")))
+    }
+
+    /// A command that starts in the client netns.
+    pub fn client_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        client_command(&self.state, program)
+    }
+
+    /// Leaves the lab running when this handle is dropped (the `ferry-lab up` binary).
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+
+    /// Tears the lab down now; returns the warnings of the cleanup.
+    pub fn down(mut self) -> Vec<String> {
+        self.armed = false;
+        self.teardown_now()
+    }
+
+    fn teardown_now(&mut self) -> Vec<String> {
+        let warnings = teardown(&self.state, false);
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        warnings
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.armed {
+            for w in self.teardown_now() {
+                eprintln!("ferry-lab teardown: {w}");
+            }
+        }
+    }
+}
+
+/// A `/run/netns` entry of a lab with this prefix, if any exists.
+fn netns_with_prefix(prefix: &str) -> Option<PathBuf> {
+    let wanted = format!("{prefix}-");
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&wanted))
+        .map(|e| e.path())
+}
+
+/// See [`Lab::host_command`]; usable without a [`Lab`] (the binary).
+pub fn host_command(h: &HostHandle, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Tool::new(program).env("FERRY_SOCKET", &h.socket).command();
+    let ferryd = h
+        .pid()
+        .filter(|p| Path::new(&format!("/proc/{p}/ns/mnt")).exists());
+    nsexec::enter(&mut c, &h.netns_path, ferryd);
+    c
+}
+
+/// See [`Lab::client_command`]; usable without a [`Lab`].
+pub fn client_command(state: &LabState, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Tool::new(program).command();
+    nsexec::enter(&mut c, &state.client_netns(), None);
+    c
+}
