@@ -9,12 +9,9 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("could not start {tool}: {source}")]
-    Spawn {
-        tool: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io error is part of the message (not a #[source]) so it is shown exactly once.
+    #[error("could not start {tool}: {error}")]
+    Spawn { tool: String, error: std::io::Error },
     #[error("{tool} {args} failed ({status}): {stderr}")]
     Failed {
         tool: String,
@@ -119,9 +116,9 @@ impl Tool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
-            .map_err(|source| ToolError::Spawn {
+            .map_err(|error| ToolError::Spawn {
                 tool: self.name(),
-                source,
+                error,
             })?;
         self.check_output(out)
     }
@@ -149,10 +146,10 @@ impl Tool {
         }
     }
 
-    pub fn spawn_error(&self, source: std::io::Error) -> ToolError {
+    pub fn spawn_error(&self, error: std::io::Error) -> ToolError {
         ToolError::Spawn {
             tool: self.name(),
-            source,
+            error,
         }
     }
 }
