@@ -649,4 +649,4 @@ fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 #[path = "extract_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -219,7 +219,7 @@ pub fn build_layout(out_dir: &Path, spec: &FixtureSpec) -> Result<Digest, ImageE
     let file = File::create(&tmp_layer).map_err(io_err(&tmp_layer))?;
     let gz = flate2::GzBuilder::new()
         .mtime(0)
-        .write(HashingWriter::new(file), flate2::Compression::default());
+        .write(HashingWriter::new(file), flate2::Compression::fast());
     let mut builder = tar::Builder::new(HashingWriter::new(gz));
     let tar_err = |e: std::io::Error| io_err(&tmp_layer)(e);
     for (path, node) in &tree {
