@@ -408,7 +408,11 @@ pub fn export_upper(
 /// Rebuilds or updates a (not mounted) upper dir: removes `summary.removed`, extracts the tar
 /// with the safe extractor, recreates whiteouts for `summary.deleted` and marks
 /// `summary.opaque` directories.
-pub fn apply_to_upper(upper: &Path, tar: impl Read, summary: &DiffSummary) -> Result<(), FsDiffError> {
+pub fn apply_to_upper(
+    upper: &Path,
+    tar: impl Read,
+    summary: &DiffSummary,
+) -> Result<(), FsDiffError> {
     fs::create_dir_all(upper).map_err(io_err(upper))?;
     let mut x = Extractor::new(upper, Whiteouts::Literal);
     for r in &summary.removed {

@@ -170,7 +170,12 @@ impl Extractor {
                     fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
                         .map_err(io_err(&cur))?;
                 }
-                Err(e) => return Err(ExtractError::Io { path: cur, source: e }),
+                Err(e) => {
+                    return Err(ExtractError::Io {
+                        path: cur,
+                        source: e,
+                    })
+                }
             }
         }
         Ok(cur)
@@ -299,15 +304,11 @@ impl Extractor {
             & 0o7777;
         let uid = match pax.uid {
             Some(u) => u,
-            None => header
-                .uid()
-                .map_err(|e| corrupt(format!("bad uid: {e}")))?,
+            None => header.uid().map_err(|e| corrupt(format!("bad uid: {e}")))?,
         };
         let gid = match pax.gid {
             Some(g) => g,
-            None => header
-                .gid()
-                .map_err(|e| corrupt(format!("bad gid: {e}")))?,
+            None => header.gid().map_err(|e| corrupt(format!("bad gid: {e}")))?,
         };
         let mtime = match pax.mtime {
             Some(t) => t,
@@ -404,12 +405,12 @@ impl Extractor {
                 if target_rel == rel {
                     return Ok(());
                 }
-                let target = self
-                    .resolve(&target_rel, false)
-                    .map_err(|e| ExtractError::Unsafe {
-                        entry: name.to_owned(),
-                        why: format!("hardlink target {}: {e}", display(&target_rel)),
-                    })?;
+                let target =
+                    self.resolve(&target_rel, false)
+                        .map_err(|e| ExtractError::Unsafe {
+                            entry: name.to_owned(),
+                            why: format!("hardlink target {}: {e}", display(&target_rel)),
+                        })?;
                 match fs::symlink_metadata(&target) {
                     Ok(m) if !m.is_dir() => {}
                     Ok(_) => {
@@ -434,18 +435,8 @@ impl Extractor {
                 let (flag, dev) = if kind == EntryType::Fifo {
                     (SFlag::S_IFIFO, 0)
                 } else {
-                    let major = entry
-                        .header()
-                        .device_major()
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0);
-                    let minor = entry
-                        .header()
-                        .device_minor()
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0);
+                    let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                    let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
                     let flag = if kind == EntryType::Char {
                         SFlag::S_IFCHR
                     } else {
@@ -509,7 +500,11 @@ impl Extractor {
 }
 
 /// Extracts a whole archive into `root` (which must exist) and finalizes directory metadata.
-pub fn extract(tar: impl Read, root: &Path, whiteouts: Whiteouts) -> Result<ExtractStats, ExtractError> {
+pub fn extract(
+    tar: impl Read,
+    root: &Path,
+    whiteouts: Whiteouts,
+) -> Result<ExtractStats, ExtractError> {
     let mut x = Extractor::new(root, whiteouts);
     x.unpack(tar)?;
     x.finish()
@@ -554,8 +549,10 @@ fn read_pax<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Pax> {
         } else if key == b"gid" {
             pax.gid = ext.value().ok().and_then(|v| v.parse().ok());
         } else if let Some(name) = key.strip_prefix(XATTR_PAX_PREFIX.as_bytes()) {
-            pax.xattrs
-                .push((OsString::from_vec(name.to_vec()), ext.value_bytes().to_vec()));
+            pax.xattrs.push((
+                OsString::from_vec(name.to_vec()),
+                ext.value_bytes().to_vec(),
+            ));
         }
     }
     Ok(pax)
@@ -613,7 +610,10 @@ fn write_sparse(src: &mut impl Read, path: &Path, size: u64) -> Result<u64, Writ
         if n < want {
             return Err(WriteErr::Read(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("archive ends {} bytes into a {size}-byte file", total + n as u64),
+                format!(
+                    "archive ends {} bytes into a {size}-byte file",
+                    total + n as u64
+                ),
             )));
         }
         for chunk in buf[..n].chunks(BLOCK) {

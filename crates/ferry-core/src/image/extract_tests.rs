@@ -25,7 +25,10 @@ pub(crate) fn raw_entry(
     b.append(&h, data).unwrap();
 }
 
-pub(crate) fn tar_of(entries: &[(EntryType, &[u8], &[u8], &[u8])]) -> Vec<u8> {
+/// (kind, name, link target, data)
+pub(crate) type RawEntry<'a> = (EntryType, &'a [u8], &'a [u8], &'a [u8]);
+
+pub(crate) fn tar_of(entries: &[RawEntry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (k, n, l, d) in entries {
         raw_entry(&mut b, *k, n, l, d);
@@ -33,7 +36,7 @@ pub(crate) fn tar_of(entries: &[(EntryType, &[u8], &[u8], &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn refused(entries: &[(EntryType, &[u8], &[u8], &[u8])], needle: &str) {
+fn refused(entries: &[RawEntry], needle: &str) {
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("root");
     fs::create_dir(&root).unwrap();
@@ -73,8 +76,14 @@ fn absolute_and_inner_dotdot_stay_inside() {
 fn writing_through_symlink_refused() {
     let out = tempfile::tempdir().unwrap();
     let target = out.path().to_str().unwrap().as_bytes().to_vec();
-    refused(&[(S, b"lnk", &target, b""), (F, b"lnk/evil", b"", b"x")], "lnk/evil");
-    refused(&[(S, b"lnk", b"..", b""), (F, b"lnk/evil", b"", b"x")], "lnk/evil");
+    refused(
+        &[(S, b"lnk", &target, b""), (F, b"lnk/evil", b"", b"x")],
+        "lnk/evil",
+    );
+    refused(
+        &[(S, b"lnk", b"..", b""), (F, b"lnk/evil", b"", b"x")],
+        "lnk/evil",
+    );
     assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
 }
 
@@ -85,16 +94,28 @@ fn hardlink_escapes_refused() {
     let out = tempfile::tempdir().unwrap();
     fs::write(out.path().join("secret"), b"s").unwrap();
     let target = out.path().to_str().unwrap().as_bytes().to_vec();
-    refused(&[(S, b"lnk", &target, b""), (L, b"h", b"lnk/secret", b"")], "symlink");
+    refused(
+        &[(S, b"lnk", &target, b""), (L, b"h", b"lnk/secret", b"")],
+        "symlink",
+    );
 }
 
 #[test]
 fn symlinks_may_point_anywhere() {
     let d = tempfile::tempdir().unwrap();
-    let t = tar_of(&[(S, b"abs", b"/etc/passwd", b""), (S, b"up", b"../../x", b"")]);
+    let t = tar_of(&[
+        (S, b"abs", b"/etc/passwd", b""),
+        (S, b"up", b"../../x", b""),
+    ]);
     extract(&t[..], d.path(), Whiteouts::Overlay).unwrap();
-    assert_eq!(fs::read_link(d.path().join("abs")).unwrap(), Path::new("/etc/passwd"));
-    assert_eq!(fs::read_link(d.path().join("up")).unwrap(), Path::new("../../x"));
+    assert_eq!(
+        fs::read_link(d.path().join("abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        fs::read_link(d.path().join("up")).unwrap(),
+        Path::new("../../x")
+    );
 }
 
 #[test]
@@ -131,7 +152,9 @@ fn whiteouts_and_opaque_dirs() {
         .file_type()
         .is_char_device());
     assert_eq!(
-        xattr::get(d.path().join("dir"), OPAQUE_XATTR).unwrap().as_deref(),
+        xattr::get(d.path().join("dir"), OPAQUE_XATTR)
+            .unwrap()
+            .as_deref(),
         Some(&b"y"[..])
     );
     assert_eq!(fs::read(d.path().join("dir/keep")).unwrap(), b"k");
@@ -171,7 +194,8 @@ fn metadata_links_devices_and_sparse_files() {
     let mut data = vec![0u8; 1 << 20];
     data[(1 << 20) - 1] = 9;
     h.set_size(data.len() as u64);
-    b.append_pax_extensions([("mtime", &b"1400000000.5"[..])]).unwrap();
+    b.append_pax_extensions([("mtime", &b"1400000000.5"[..])])
+        .unwrap();
     b.append_data(&mut h, "ro/sparse", &data[..]).unwrap();
     let mut h = hdr();
     h.set_entry_type(EntryType::Link);
@@ -195,7 +219,10 @@ fn metadata_links_devices_and_sparse_files() {
     let stats = extract(&t[..], d.path(), Whiteouts::Overlay).unwrap();
     assert_eq!(stats.bytes, 1 << 20);
     let ro = fs::metadata(d.path().join("ro")).unwrap();
-    assert_eq!((ro.mode() & 0o7777, ro.uid(), ro.gid()), (0o750, 1234, 5678));
+    assert_eq!(
+        (ro.mode() & 0o7777, ro.uid(), ro.gid()),
+        (0o750, 1234, 5678)
+    );
     assert_eq!(ro.mtime(), 1_500_000_000);
     let f = fs::metadata(d.path().join("ro/sparse")).unwrap();
     assert_eq!(f.mode() & 0o7777, 0o4755, "setuid survives chown");
@@ -207,7 +234,10 @@ fn metadata_links_devices_and_sparse_files() {
     let n = fs::metadata(d.path().join("null")).unwrap();
     assert!(n.file_type().is_char_device());
     assert_eq!(n.rdev(), makedev(1, 3));
-    assert!(fs::metadata(d.path().join("fifo")).unwrap().file_type().is_fifo());
+    assert!(fs::metadata(d.path().join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 #[test]

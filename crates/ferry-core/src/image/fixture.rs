@@ -117,7 +117,8 @@ pub fn ldd_closure(bin: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let out = match Tool::new("ldd").arg(bin).run_text() {
         Ok(o) => o,
         Err(e)
-            if e.stderr().is_some_and(|s| s.contains("not a dynamic executable"))
+            if e.stderr()
+                .is_some_and(|s| s.contains("not a dynamic executable"))
                 || e.to_string().contains("not a dynamic executable") =>
         {
             return Ok(Vec::new())
@@ -128,7 +129,7 @@ pub fn ldd_closure(bin: &Path) -> Result<Vec<PathBuf>, ImageError> {
     for line in out.lines() {
         let line = line.trim();
         let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.trim().split_whitespace().next().unwrap_or(""),
+            Some((_, rest)) => rest.split_whitespace().next().unwrap_or(""),
             None => line.split_whitespace().next().unwrap_or(""),
         };
         if path.starts_with('/') {
@@ -348,13 +349,24 @@ fn write_file(p: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 
 /// Packs an OCI layout directory into a tar (optionally gzip/zstd) — the "layout as an
 /// archive" form `import` accepts.
-pub fn layout_to_tar(layout: &Path, out: &Path, compression: super::Compression) -> Result<(), ImageError> {
+pub fn layout_to_tar(
+    layout: &Path,
+    out: &Path,
+    compression: super::Compression,
+) -> Result<(), ImageError> {
     let f = File::create(out).map_err(io_err(out))?;
     let err = |e: std::io::Error| io_err(out)(e);
     let w: Box<dyn Write> = match compression {
         super::Compression::None => Box::new(f),
-        super::Compression::Gzip => Box::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast())),
-        super::Compression::Zstd => Box::new(zstd::stream::write::Encoder::new(f, 3).map_err(err)?.auto_finish()),
+        super::Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        )),
+        super::Compression::Zstd => Box::new(
+            zstd::stream::write::Encoder::new(f, 3)
+                .map_err(err)?
+                .auto_finish(),
+        ),
     };
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use super::compress::{decompress, Compression};
 use super::digest::{Digest, HashingReader};
 use super::extract::normalize;
-use super::oci::{self, ConfigFile, ContainerConfig, Descriptor, DockerSaveEntry, Index, Manifest, RootFs};
+use super::oci::{
+    self, ConfigFile, ContainerConfig, Descriptor, DockerSaveEntry, Index, Manifest, RootFs,
+};
 use super::store::{parse_digest, read_small, Staging, MAX_JSON};
 use super::{io_err, normalize_name, Image, ImageError, ImageStore};
 
@@ -102,11 +104,9 @@ fn pick<'d>(descs: &'d [Descriptor], what: &str) -> Result<&'d Descriptor, Image
     let usable: Vec<&Descriptor> = descs
         .iter()
         .filter(|d| !d.annotations.contains_key("vnd.docker.reference.type"))
-        .filter(|d| {
-            match &d.platform {
-                Some(p) => p.os == "linux" && p.architecture == arch,
-                None => true,
-            }
+        .filter(|d| match &d.platform {
+            Some(p) => p.os == "linux" && p.architecture == arch,
+            None => true,
         })
         .collect();
     let mut exact: Vec<&Descriptor> = usable
@@ -119,7 +119,9 @@ fn pick<'d>(descs: &'d [Descriptor], what: &str) -> Result<&'d Descriptor, Image
     }
     exact.dedup_by(|a, b| a.digest == b.digest);
     match exact.len() {
-        0 => Err(ImageError::NotFound(format!("a linux/{arch} manifest in {what}"))),
+        0 => Err(ImageError::NotFound(format!(
+            "a linux/{arch} manifest in {what}"
+        ))),
         1 => Ok(exact[0]),
         _ => Err(ImageError::Ambiguous {
             reference: what.to_owned(),
@@ -161,7 +163,7 @@ fn select_from_index(
         what: "index.json".into(),
         why: e.to_string(),
     })?;
-    let mut top: Vec<Descriptor> = index.manifests.clone();
+    let mut top: Vec<Descriptor> = index.manifests;
     if let Some(w) = wanted {
         let named: Vec<Descriptor> = top
             .iter()
@@ -183,7 +185,7 @@ fn select_from_index(
         {
             return Err(ImageError::UnsupportedMediaType {
                 what: format!("manifest {d}"),
-                media_type: cur.media_type.clone(),
+                media_type: cur.media_type,
             });
         }
         let path = layout_blob(layout, staging, &d)?;
@@ -385,14 +387,20 @@ fn stage_layout_archive(
             .strip_prefix("blobs/sha256/")
             .map(|hex| parse_digest(&format!("sha256:{hex}"), &ps))
             .transpose()?;
-        let (d, _) = staging.stage(expected.as_ref(), &format!("{ps} in {}", src.display()), &mut e)?;
+        let (d, _) = staging.stage(
+            expected.as_ref(),
+            &format!("{ps} in {}", src.display()),
+            &mut e,
+        )?;
         files.insert(p, d);
     }
     if let Some(index) = docs.get("index.json") {
         return select_from_index(&Layout::Staged, staging, index, wanted);
     }
     let Some(manifest_json) = docs.get("manifest.json") else {
-        return Err(corrupt("archive has neither index.json nor manifest.json".into()));
+        return Err(corrupt(
+            "archive has neither index.json nor manifest.json".into(),
+        ));
     };
     docker_save_manifest(staging, manifest_json, &files, &links, wanted)
 }

@@ -26,10 +26,11 @@ pub fn unpack_layer(
         let (_, dec) = decompress(&mut raw).map_err(|e| corrupt(e.to_string()))?;
         let mut plain = HashingReader::new(dec);
         let mut x = Extractor::new(dest, Whiteouts::Overlay);
-        x.unpack(&mut plain).map_err(|e| match ImageError::from(e) {
-            ImageError::Corrupt { why, .. } => corrupt(why),
-            other => other,
-        })?;
+        x.unpack(&mut plain)
+            .map_err(|e| match ImageError::from(e) {
+                ImageError::Corrupt { why, .. } => corrupt(why),
+                other => other,
+            })?;
         x.finish()?;
         let (actual, _) = plain
             .finish()

@@ -121,7 +121,9 @@ pub fn normalize_name(name: &str) -> Result<String, ImageError> {
         return Err(bad("empty"));
     }
     if name.contains('@') {
-        return Err(bad("digest references are not names; use the digest itself"));
+        return Err(bad(
+            "digest references are not names; use the digest itself",
+        ));
     }
     if name
         .chars()

@@ -80,7 +80,13 @@ impl Staging {
         what: &str,
         r: impl Read,
     ) -> Result<(Digest, u64), ImageError> {
-        write_verified(&self.dir.join("tmp"), &self.dir.join("blobs"), expected, what, r)
+        write_verified(
+            &self.dir.join("tmp"),
+            &self.dir.join("blobs"),
+            expected,
+            what,
+            r,
+        )
     }
 
     pub(crate) fn stage_bytes(&self, bytes: &[u8]) -> Result<Digest, ImageError> {
@@ -132,7 +138,9 @@ fn write_verified(
         why: format!("reading failed: {e}"),
     })?;
     let (buf, actual, n) = w.finish();
-    let tmp = buf.into_inner().map_err(|e| io_err(tmp_dir)(e.into_error()))?;
+    let tmp = buf
+        .into_inner()
+        .map_err(|e| io_err(tmp_dir)(e.into_error()))?;
     if let Some(expected) = expected {
         if &actual != expected {
             return Err(ImageError::DigestMismatch {
@@ -243,12 +251,11 @@ impl ImageStore {
 
     fn write_index(&self, images: Vec<Image>) -> Result<(), ImageError> {
         let p = self.index_path();
-        let bytes = serde_json::to_vec_pretty(&IndexFile { images }).map_err(|e| {
-            ImageError::Corrupt {
+        let bytes =
+            serde_json::to_vec_pretty(&IndexFile { images }).map_err(|e| ImageError::Corrupt {
                 what: "image index".into(),
                 why: e.to_string(),
-            }
-        })?;
+            })?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.root).map_err(io_err(&self.root))?;
         tmp.write_all(&bytes).map_err(io_err(tmp.path()))?;
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
@@ -355,7 +362,9 @@ impl ImageStore {
             .chain(std::iter::once(&image.config_digest))
             .chain(image.layers.iter())
             .map(|d| {
-                let size = fs::metadata(self.blob_path(d)).map(|m| m.len()).unwrap_or(0);
+                let size = fs::metadata(self.blob_path(d))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 (d.clone(), size)
             })
             .collect()
@@ -404,7 +413,11 @@ impl ImageStore {
 
     /// Parses and verifies an image whose blobs are staged or stored, and unpacks into the
     /// staging area every layer the store does not have yet. Changes nothing in the store.
-    pub(crate) fn prepare(&self, staging: &Staging, manifest: &Digest) -> Result<Image, ImageError> {
+    pub(crate) fn prepare(
+        &self,
+        staging: &Staging,
+        manifest: &Digest,
+    ) -> Result<Image, ImageError> {
         let what = format!("manifest {manifest}");
         let bytes = staging.read_json_blob(manifest, &what)?;
         let actual = Digest::of(&bytes);
@@ -430,7 +443,7 @@ impl ImageStore {
         if !oci::is_config_type(&m.config.media_type) {
             return Err(ImageError::UnsupportedMediaType {
                 what: format!("config of {what}"),
-                media_type: m.config.media_type.clone(),
+                media_type: m.config.media_type,
             });
         }
         let config_digest = parse_digest(&m.config.digest, &what)?;
@@ -471,10 +484,12 @@ impl ImageStore {
             }
             let layer = parse_digest(&desc.digest, &what)?;
             let diff_id = parse_digest(diff, &cwhat)?;
-            let blob = staging.find_blob(&layer).ok_or_else(|| ImageError::Corrupt {
-                what: what.clone(),
-                why: format!("layer blob {layer} is missing"),
-            })?;
+            let blob = staging
+                .find_blob(&layer)
+                .ok_or_else(|| ImageError::Corrupt {
+                    what: what.clone(),
+                    why: format!("layer blob {layer} is missing"),
+                })?;
             size += fs::metadata(&blob).map_err(io_err(&blob))?.len();
             let staged_dir = staging.layer_path(&layer);
             if !self.layer_path(&layer).is_dir() && !staged_dir.exists() {
@@ -607,10 +622,7 @@ fn find(images: &[Image], reference: &str) -> Result<usize, ImageError> {
             1 => Ok(hits[0]),
             _ => Err(ImageError::Ambiguous {
                 reference: reference.to_owned(),
-                candidates: hits
-                    .iter()
-                    .map(|i| images[*i].digest.to_string())
-                    .collect(),
+                candidates: hits.iter().map(|i| images[*i].digest.to_string()).collect(),
             }),
         };
     }

@@ -28,7 +28,10 @@ fn env() -> Env {
 fn small_spec(name: &str) -> FixtureSpec {
     FixtureSpec {
         name: name.into(),
-        files: vec![(PathBuf::from("/etc/hostname"), PathBuf::from("/etc/hostname-copy"))],
+        files: vec![(
+            PathBuf::from("/etc/hostname"),
+            PathBuf::from("/etc/hostname-copy"),
+        )],
         symlinks: vec![(PathBuf::from("/bin/sh"), PathBuf::from("busybox"))],
         text_files: vec![(PathBuf::from("/bin/busybox"), "#!fake\n".into(), 0o755)],
         extra_dirs: vec![(PathBuf::from("/tmp"), 0o1777)],
@@ -117,8 +120,17 @@ fn import_layout_dir_resolve_and_reimport() {
     assert_eq!(img.config.env, vec!["PATH=/bin".to_string()]);
     assert_eq!(img.layers.len(), 1);
 
-    for r in ["demo", "demo:latest", img.digest.as_str(), &img.digest.hex()[..12]] {
-        assert_eq!(e.store.resolve(r).unwrap().digest, img.digest, "resolve {r}");
+    for r in [
+        "demo",
+        "demo:latest",
+        img.digest.as_str(),
+        &img.digest.hex()[..12],
+    ] {
+        assert_eq!(
+            e.store.resolve(r).unwrap().digest,
+            img.digest,
+            "resolve {r}"
+        );
     }
     let prefixed = format!("sha256:{}", &img.digest.hex()[..16]);
     assert_eq!(e.store.resolve(&prefixed).unwrap().digest, img.digest);
@@ -126,18 +138,28 @@ fn import_layout_dir_resolve_and_reimport() {
         e.store.resolve(&img.digest.hex()[..8]),
         Err(ImageError::NotFound(_))
     ));
-    assert!(matches!(e.store.resolve("other"), Err(ImageError::NotFound(_))));
+    assert!(matches!(
+        e.store.resolve("other"),
+        Err(ImageError::NotFound(_))
+    ));
 
     let dirs = e.store.layer_dirs(&img).unwrap();
     assert_eq!(dirs.len(), 1);
-    assert_eq!(fs::read_link(dirs[0].join("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(
+        fs::read_link(dirs[0].join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
     assert_eq!(
         fs::read(dirs[0].join("etc/hostname-copy")).unwrap(),
         fs::read("/etc/hostname").unwrap()
     );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
-        fs::metadata(dirs[0].join("tmp")).unwrap().permissions().mode() & 0o7777,
+        fs::metadata(dirs[0].join("tmp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
         0o1777
     );
 
@@ -147,13 +169,19 @@ fn import_layout_dir_resolve_and_reimport() {
     let again = e.store.import(&layout, None).unwrap();
     assert_eq!(again, img);
     assert_eq!(state_listing(&e.store), before);
-    assert_eq!(fs::read(e.store.root().join("images.json")).unwrap(), index_before);
+    assert_eq!(
+        fs::read(e.store.root().join("images.json")).unwrap(),
+        index_before
+    );
     assert_eq!(e.store.list().unwrap().len(), 1);
 
     // Importing under another name adds the name to the same image.
     let tagged = e.store.import(&layout, Some("demo:v2")).unwrap();
     assert_eq!(tagged.digest, img.digest);
-    assert_eq!(tagged.names, vec!["demo:latest".to_string(), "demo:v2".to_string()]);
+    assert_eq!(
+        tagged.names,
+        vec!["demo:latest".to_string(), "demo:v2".to_string()]
+    );
 }
 
 #[test]
@@ -172,7 +200,10 @@ fn import_layout_tar_plain_gzip_zstd() {
         assert_eq!(img.names, vec!["tarred:1".to_string()]);
     }
     assert_eq!(e.store.list().unwrap().len(), 1);
-    assert!(fs::read_dir(e.store.root().join("tmp")).unwrap().next().is_none());
+    assert!(fs::read_dir(e.store.root().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 fn rootfs_tar(dir: &Path) -> Vec<u8> {
@@ -197,7 +228,10 @@ fn import_plain_rootfs_tarball() {
     assert_eq!(img.diff_ids, vec![Digest::of(&plain)]);
     let dirs = e.store.layer_dirs(&img).unwrap();
     assert_eq!(fs::read(dirs[0].join("etc/motd")).unwrap(), b"hello");
-    assert_eq!(fs::read_link(dirs[0].join("motd-link")).unwrap(), Path::new("/etc/motd"));
+    assert_eq!(
+        fs::read_link(dirs[0].join("motd-link")).unwrap(),
+        Path::new("/etc/motd")
+    );
     // Same tarball again: same image id, nothing new.
     let again = e.store.import(&zst, None).unwrap();
     assert_eq!(again.digest, img.digest);
@@ -207,7 +241,10 @@ fn import_plain_rootfs_tarball() {
     fs::write(&tar, &plain).unwrap();
     let anon = e.store.import(&tar, None).unwrap();
     assert!(anon.names.is_empty());
-    assert_ne!(anon.digest, img.digest, "different layer blob (uncompressed)");
+    assert_ne!(
+        anon.digest, img.digest,
+        "different layer blob (uncompressed)"
+    );
     assert_eq!(anon.diff_ids, img.diff_ids);
 }
 
@@ -227,7 +264,10 @@ fn remove_deletes_unshared_blobs_and_layers() {
     let mut now = state_listing(&e.store);
     now.retain(|p| p != "images.json");
     assert_eq!(now, empty);
-    assert!(matches!(e.store.remove("gone"), Err(ImageError::NotFound(_))));
+    assert!(matches!(
+        e.store.remove("gone"),
+        Err(ImageError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -248,7 +288,11 @@ fn bad_layer_digest_leaves_store_unchanged() {
     let before = state_listing(&e.store);
     let err = e.store.import(&layout, None).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
-    assert!(err.to_string().contains(&biggest.file_name().unwrap().to_string_lossy().to_string()), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&biggest.file_name().unwrap().to_string_lossy().to_string()),
+        "{err}"
+    );
     assert_eq!(state_listing(&e.store), before);
 }
 
@@ -266,20 +310,30 @@ fn wrong_diff_id_is_refused() {
     let idx: Index = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     let m_d = Digest::parse(&idx.manifests[0].digest).unwrap();
     let mut m: Manifest =
-        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(m_d.hex())).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(m_d.hex())).unwrap())
+            .unwrap();
     let fidx: Index = serde_json::from_slice(&fs::read(fake.join("index.json")).unwrap()).unwrap();
     let fm_d = Digest::parse(&fidx.manifests[0].digest).unwrap();
     let fm: Manifest =
-        serde_json::from_slice(&fs::read(fake.join("blobs/sha256").join(fm_d.hex())).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(fake.join("blobs/sha256").join(fm_d.hex())).unwrap())
+            .unwrap();
     let fc = Digest::parse(&fm.config.digest).unwrap();
-    fs::copy(fake.join("blobs/sha256").join(fc.hex()), layout.join("blobs/sha256").join(fc.hex())).unwrap();
-    m.config = fm.config.clone();
+    fs::copy(
+        fake.join("blobs/sha256").join(fc.hex()),
+        layout.join("blobs/sha256").join(fc.hex()),
+    )
+    .unwrap();
+    m.config = fm.config;
     let mbytes = serde_json::to_vec(&m).unwrap();
     let new_m = Digest::of(&mbytes);
     fs::write(layout.join("blobs/sha256").join(new_m.hex()), &mbytes).unwrap();
-    let mut idx2 = idx.clone();
+    let mut idx2 = idx;
     idx2.manifests[0].digest = new_m.to_string();
-    fs::write(layout.join("index.json"), serde_json::to_vec(&idx2).unwrap()).unwrap();
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&idx2).unwrap(),
+    )
+    .unwrap();
     let before = state_listing(&e.store);
     let err = e.store.import(&layout, None).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
@@ -291,8 +345,14 @@ fn wrong_diff_id_is_refused() {
 fn traversal_layers_refused_and_nothing_left() {
     use tar::EntryType::{Link, Regular, Symlink};
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("../escape", super::extract::tests::tar_of(&[(Regular, b"../escape", b"", b"x")])),
-        ("/../abs", super::extract::tests::tar_of(&[(Regular, b"/../abs", b"", b"x")])),
+        (
+            "../escape",
+            super::extract::tests::tar_of(&[(Regular, b"../escape", b"", b"x")]),
+        ),
+        (
+            "/../abs",
+            super::extract::tests::tar_of(&[(Regular, b"/../abs", b"", b"x")]),
+        ),
         (
             "lnk/through",
             super::extract::tests::tar_of(&[
@@ -300,7 +360,10 @@ fn traversal_layers_refused_and_nothing_left() {
                 (Regular, b"lnk/through", b"", b"x"),
             ]),
         ),
-        ("hl", super::extract::tests::tar_of(&[(Link, b"hl", b"../../etc/passwd", b"")])),
+        (
+            "hl",
+            super::extract::tests::tar_of(&[(Link, b"hl", b"../../etc/passwd", b"")]),
+        ),
         (
             "hl2",
             super::extract::tests::tar_of(&[
@@ -315,7 +378,10 @@ fn traversal_layers_refused_and_nothing_left() {
         layout_with_layer(&layout, &tar);
         let before = state_listing(&e.store);
         let err = e.store.import(&layout, Some("evil")).unwrap_err();
-        assert!(matches!(err, ImageError::Traversal { .. }), "{entry}: {err}");
+        assert!(
+            matches!(err, ImageError::Traversal { .. }),
+            "{entry}: {err}"
+        );
         assert!(err.to_string().contains(entry), "{err} should name {entry}");
         assert_eq!(state_listing(&e.store), before, "{entry}");
         assert!(!e.root.join("escape").exists() && !e.root.join("abs").exists());
@@ -361,10 +427,16 @@ fn blobs_transfer_and_register_on_another_store() {
     assert!(!b.store.has_blob(&wrong));
     for (d, size) in &blobs {
         assert!(!b.store.has_blob(d));
-        let n = b.store.write_blob(d, a.store.open_blob(d).unwrap()).unwrap();
+        let n = b
+            .store
+            .write_blob(d, a.store.open_blob(d).unwrap())
+            .unwrap();
         assert_eq!(n, *size);
     }
-    let got = b.store.register(&img.digest, &["moved".to_string()]).unwrap();
+    let got = b
+        .store
+        .register(&img.digest, &["moved".to_string()])
+        .unwrap();
     assert_eq!(got.digest, img.digest);
     assert_eq!(got.names, vec!["moved:latest".to_string()]);
     assert_eq!(got.layers, img.layers);
@@ -425,13 +497,20 @@ fn nested_index_picks_host_platform() {
     top.digest = nd.to_string();
     top.size = nbytes.len() as u64;
     top.platform = None;
-    top.annotations.insert(oci::ANNOTATION_CONTAINERD_NAME.into(), "docker.io/library/multi:3".into());
+    top.annotations.insert(
+        oci::ANNOTATION_CONTAINERD_NAME.into(),
+        "docker.io/library/multi:3".into(),
+    );
     let top_idx = Index {
         schema_version: 2,
         media_type: Some(oci::OCI_INDEX.into()),
         manifests: vec![top],
     };
-    fs::write(layout.join("index.json"), serde_json::to_vec(&top_idx).unwrap()).unwrap();
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&top_idx).unwrap(),
+    )
+    .unwrap();
     let img = e.store.import(&layout, None).unwrap();
     assert_eq!(img.digest, m_amd);
     assert_eq!(img.names, vec!["docker.io/library/multi:3".to_string()]);
@@ -440,7 +519,8 @@ fn nested_index_picks_host_platform() {
 #[test]
 fn docker_save_archive_imports() {
     let e = env();
-    let plain = super::extract::tests::tar_of(&[(tar::EntryType::Regular, b"hello", b"", b"world")]);
+    let plain =
+        super::extract::tests::tar_of(&[(tar::EntryType::Regular, b"hello", b"", b"world")]);
     let config = ConfigFile {
         architecture: "amd64".into(),
         os: "linux".into(),
@@ -452,7 +532,8 @@ fn docker_save_archive_imports() {
     };
     let cbytes = serde_json::to_vec(&config).unwrap();
     let cname = format!("{}.json", Digest::of(&cbytes).hex());
-    let manifest = format!(r#"[{{"Config":"{cname}","RepoTags":["saved:7"],"Layers":["abc/layer.tar"]}}]"#);
+    let manifest =
+        format!(r#"[{{"Config":"{cname}","RepoTags":["saved:7"],"Layers":["abc/layer.tar"]}}]"#);
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in [
         (cname.as_str(), &cbytes[..]),
@@ -478,7 +559,10 @@ fn docker_save_archive_imports() {
 #[test]
 fn names_are_normalized() {
     assert_eq!(normalize_name("busybox").unwrap(), "busybox:latest");
-    assert_eq!(normalize_name("reg:5000/a/b").unwrap(), "reg:5000/a/b:latest");
+    assert_eq!(
+        normalize_name("reg:5000/a/b").unwrap(),
+        "reg:5000/a/b:latest"
+    );
     assert_eq!(normalize_name("a/b:1.2").unwrap(), "a/b:1.2");
     assert!(normalize_name("a b").is_err());
     assert!(normalize_name("a@sha256:00").is_err());
@@ -494,11 +578,19 @@ fn busybox_and_redis_presets_build_and_import() {
     assert_eq!(img.names, vec!["busybox:latest".to_string()]);
     let dir = e.store.layer_dirs(&img).unwrap().remove(0);
     for applet in ["sh", "sleep", "echo", "cat", "nc", "date", "seq"] {
-        assert_eq!(fs::read_link(dir.join("bin").join(applet)).unwrap(), Path::new("busybox"));
+        assert_eq!(
+            fs::read_link(dir.join("bin").join(applet)).unwrap(),
+            Path::new("busybox")
+        );
     }
     // The image's shell really runs (chroot into the unpacked layer).
     let out = crate::tool::Tool::new("chroot")
-        .args([dir.to_str().unwrap(), "/bin/sh", "-c", "echo hi; seq 3 | wc -l"])
+        .args([
+            dir.to_str().unwrap(),
+            "/bin/sh",
+            "-c",
+            "echo hi; seq 3 | wc -l",
+        ])
         .run_text()
         .unwrap();
     assert_eq!(out, "hi\n3");
