@@ -1,6 +1,7 @@
 //! ferry: the command-line client. Every command is one API call to ferryd.
 
 mod client;
+mod migrate;
 mod output;
 
 use std::path::PathBuf;
@@ -78,6 +79,50 @@ enum Cmd {
     Checkpoint(CheckpointArgs),
     /// Bring back a container from a checkpoint or an exported archive.
     Restore(RestoreArgs),
+    /// Move a running container to another host while its clients keep working.
+    Migrate {
+        name: String,
+        /// The destination, as registered with `ferry host add`.
+        #[arg(long)]
+        to: String,
+    },
+    /// Peer hosts this host can migrate to.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// The cluster certificate authority (local files; no daemon needed).
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCmd {
+    /// Register a peer host: NAME and ADDR (IP:PORT of its --peer-listen).
+    Add { name: String, addr: String },
+    /// List peer hosts.
+    Ls,
+    /// Forget a peer host.
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCmd {
+    /// Create a cluster CA in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a host certificate signed by the CA into OUT (a host's <root>/tls).
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// The host's peer IP addresses.
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -316,6 +361,46 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Checkpoint(a) => checkpoint(&c, a, json).await?,
+        Cmd::Migrate { name, to } => migrate::run(&c, &name, &to, json).await?,
+        Cmd::Host(HostCmd::Add { name, addr }) => {
+            let e: HostEntry = c
+                .call(Method::POST, "/v1/hosts", Some(HostAddRequest { name, addr }))
+                .await?;
+            if json {
+                output::print_json(&e)?;
+            } else {
+                println!("{} {}", e.name, e.addr);
+            }
+        }
+        Cmd::Host(HostCmd::Ls) => {
+            let list: Vec<HostEntry> = c.call(Method::GET, "/v1/hosts", None::<()>).await?;
+            if json {
+                output::print_json(&list)?;
+            } else {
+                println!("{:<20} ADDRESS", "NAME");
+                for h in list {
+                    println!("{:<20} {}", h.name, h.addr);
+                }
+            }
+        }
+        Cmd::Host(HostCmd::Rm { name }) => {
+            let _: serde_json::Value = c
+                .call(Method::DELETE, &format!("/v1/hosts/{}", enc(&name)), None::<()>)
+                .await?;
+        }
+        Cmd::Ca(CaCmd::Init { dir }) => {
+            ferry_core::peer::tls::ClusterCa::create(&dir)?;
+            if !json {
+                println!("created cluster CA in {}", dir.display());
+            }
+        }
+        Cmd::Ca(CaCmd::Issue { dir, name, ip, out }) => {
+            let ca = ferry_core::peer::tls::ClusterCa::load(&dir)?;
+            ca.issue_host(&name, &ip, &out)?;
+            if !json {
+                println!("issued certificate for {name} into {}", out.display());
+            }
+        }
         Cmd::Restore(a) => restore(&c, a, json).await?,
         Cmd::Inspect { name } => {
             let rec: ContainerRecord = c
@@ -328,7 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Percent-encodes a path segment (names are validated server-side; this keeps odd input intact).
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {

@@ -21,9 +21,13 @@ use crate::error::ApiError;
 use crate::DaemonArgs;
 
 pub struct AppState {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     pub host_name: String,
     pub args: DaemonArgs,
+    /// CRIU's capabilities, probed once at startup (a probe runs several CRIU checks).
+    pub criu: serde_json::Value,
+    /// This host's peer identity, when `--peer-listen` is set up.
+    pub identity: Option<Arc<ferry_core::peer::tls::HostIdentity>>,
 }
 
 type S = State<Arc<AppState>>;
@@ -52,6 +56,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/checkpoints", get(checkpoint_ls))
         .route("/v1/restore", post(restore_import))
+        .route("/v1/containers/{name}/migrate", post(migrate))
+        .route("/v1/hosts", get(hosts_ls).post(hosts_add))
+        .route("/v1/hosts/{name}", delete(hosts_rm))
         .with_state(state)
 }
 
@@ -68,19 +75,14 @@ where
 async fn info(State(s): S) -> ApiResult<Json<Info>> {
     let s2 = s.clone();
     let info = blocking(&s, move |e| {
-        let runc_version = ferry_core::tool::Tool::new(&e.runc().binary)
-            .arg("--version")
-            .run_text()
-            .ok()
-            .and_then(|t| t.lines().next().map(str::to_owned))
-            .unwrap_or_default();
+        let runc_version = e.runc_version();
         let cfg = e.config();
         Ok(Info {
             host: s2.host_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             root: cfg.paths.root().display().to_string(),
             runc_version,
-            criu: serde_json::to_value(ferry_core::criu::probe()).unwrap_or_default(),
+            criu: s2.criu.clone(),
             bridge: cfg.bridge.name.clone(),
             subnet: format!("{}/{}", cfg.bridge.address, cfg.bridge.prefix),
             peer_listen: s2.args.peer_listen.clone(),
@@ -331,5 +333,95 @@ async fn checkpoint_rm(
     Path((name, snapshot)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     blocking(&s, move |e| Ok(e.remove_checkpoint(&name, &snapshot)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn migrate(
+    State(s): S,
+    Path(name): Path<String>,
+    Json(mut req): Json<ferry_core::migration::MigrateRequest>,
+) -> ApiResult<Response> {
+    use ferry_core::migration::report::{MigrationEvent, Progress};
+    req.container = name;
+    let identity = s.identity.clone().ok_or_else(|| {
+        ApiError::invalid(
+            "this host has no peer identity: start ferryd with --peer-listen and TLS material in <root>/tls",
+        )
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MigrationEvent>();
+    let engine = s.engine.clone();
+    let progress = Progress::new(tx.clone());
+    tokio::spawn(async move {
+        let ev = match ferry_core::migration::source::migrate_out(engine, identity, req, progress).await {
+            Ok(report) => MigrationEvent::Done { report },
+            Err((e, report)) => MigrationEvent::Failed {
+                error: e.to_string(),
+                report,
+            },
+        };
+        let _ = tx.send(ev);
+    });
+    // NDJSON: one event per line, so the CLI can show progress as it happens.
+    let stream = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| {
+            o.map(|ev| {
+                let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                line.push(b'\n');
+                Ok::<_, std::io::Error>(line)
+            })
+        })
+    });
+    Ok(Body::from_stream(stream).into_response())
+}
+
+async fn hosts_ls(State(s): S) -> ApiResult<Json<Vec<HostEntry>>> {
+    let list = blocking(&s, |e| {
+        let peers = ferry_core::peer::registry::Peers::load(e.paths())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(peers
+            .list()
+            .into_iter()
+            .map(|p| HostEntry {
+                name: p.name.clone(),
+                addr: p.addr.to_string(),
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+async fn hosts_add(State(s): S, Json(req): Json<HostAddRequest>) -> ApiResult<Json<HostEntry>> {
+    let entry = blocking(&s, move |e| {
+        let addr: std::net::SocketAddr = req.addr.parse().map_err(|_| {
+            ApiError::invalid(format!("invalid peer address {:?}: expected IP:PORT", req.addr))
+        })?;
+        let mut peers = ferry_core::peer::registry::Peers::load(e.paths())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        peers.add(&req.name, addr).map_err(|err| match err {
+            ferry_core::peer::PeerError::PeerExists(_) => ApiError::conflict(err.to_string()),
+            ferry_core::peer::PeerError::BadName { .. } => ApiError::invalid(err.to_string()),
+            other => ApiError::internal(other.to_string()),
+        })?;
+        Ok(HostEntry {
+            name: req.name,
+            addr: addr.to_string(),
+        })
+    })
+    .await?;
+    Ok(Json(entry))
+}
+
+async fn hosts_rm(State(s): S, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    blocking(&s, move |e| {
+        let mut peers = ferry_core::peer::registry::Peers::load(e.paths())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        peers.remove(&name).map_err(|err| match err {
+            ferry_core::peer::PeerError::UnknownPeer(_) => ApiError::not_found(err.to_string()),
+            other => ApiError::internal(other.to_string()),
+        })?;
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -102,8 +102,10 @@ fn main() -> Result<()> {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
+            // netlink-packet-route warns about every link on this kernel (a newer IFLA_INET6_CONF size).
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info".into())
+                .add_directive("netlink_packet_route=error".parse().expect("directive")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -139,10 +141,54 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg))
         .await?
         .context("opening the engine")?;
+    let engine = Arc::new(engine);
+    let criu = tokio::task::spawn_blocking(|| match ferry_core::criu::probe() {
+        Ok(caps) => serde_json::to_value(caps).unwrap_or_default(),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    })
+    .await?;
+    let identity = match &args.peer_listen {
+        Some(listen) => {
+            let tls_dir = args.root.join("tls");
+            let identity = Arc::new(
+                ferry_core::peer::tls::HostIdentity::load(&tls_dir).with_context(|| {
+                    format!(
+                        "--peer-listen needs this host's certificate in {} (see `ferry ca`)",
+                        tls_dir.display()
+                    )
+                })?,
+            );
+            let addr: std::net::SocketAddr = listen
+                .parse()
+                .with_context(|| format!("--peer-listen {listen:?} is not IP:PORT"))?;
+            let listener = ferry_core::peer::channel::PeerListener::bind(&identity, addr)
+                .await
+                .with_context(|| format!("listening for peers on {addr}"))?;
+            tracing::info!(%addr, host = %identity.name, "listening for peers (mutual TLS)");
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                loop {
+                    // Each handshake in its own task: a silent client must not hold up the next peer.
+                    match listener.accept().await {
+                        Ok((conn, remote)) => {
+                            tracing::info!(peer = %remote, "incoming migration");
+                            let engine = engine.clone();
+                            tokio::spawn(ferry_core::migration::dest::serve_incoming(engine, conn, remote));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "refused a peer connection"),
+                    }
+                }
+            });
+            Some(identity)
+        }
+        None => None,
+    };
     let state = Arc::new(api::AppState {
         engine,
         host_name,
         args: args.clone(),
+        criu,
+        identity,
     });
 
     if let Some(dir) = args.socket.parent() {

@@ -81,6 +81,9 @@ pub struct ContainerRecord {
     /// Where the container came from, when it was restored or migrated in.
     #[serde(default)]
     pub restored_from: Option<String>,
+    /// Arrived by migration and not committed yet: discarded if ferryd restarts before commit.
+    #[serde(default)]
+    pub incoming_uncommitted: bool,
 }
 
 /// Container names: the same rule Docker uses, so scripts carry over.

@@ -102,6 +102,7 @@ impl Engine {
             ipam: Mutex::new(ipam),
             containers: Mutex::new(map),
         };
+        engine.recover_migrations();
         engine.refresh_all();
         Ok(engine)
     }
@@ -136,6 +137,21 @@ impl Engine {
             [one] => Ok((*one).clone()),
             _ => Err(ContainerError::NotFound(name.to_owned())),
         }
+    }
+
+    /// Records as they are, without reconciling.
+    pub(crate) fn list_raw(&self) -> Vec<ContainerRecord> {
+        let slots: Vec<Slot> = lock(&self.containers).values().cloned().collect();
+        slots.iter().map(|s| lock(s).clone()).collect()
+    }
+
+    pub fn runc_version(&self) -> String {
+        crate::tool::Tool::new(&self.runc.binary)
+            .arg("--version")
+            .run_text()
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into())
     }
 
     pub fn list(&self) -> Vec<ContainerRecord> {
@@ -252,6 +268,7 @@ impl Engine {
                 started_at: None,
                 exit: None,
                 restored_from: None,
+                incoming_uncommitted: false,
             };
             let slot = Arc::new(Mutex::new(rec));
             map.insert(req.name.clone(), slot.clone());
@@ -555,6 +572,7 @@ impl Engine {
             started_at: None,
             exit: None,
             restored_from: Some(restored_from.to_owned()),
+            incoming_uncommitted: false,
         };
         if let Err(e) = self.records.save(&rec) {
             let _ = lock(&self.ipam).release(&rec.config.id);

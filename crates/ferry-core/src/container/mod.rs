@@ -3,6 +3,7 @@
 pub mod checkpoint;
 mod config;
 mod engine;
+mod moving;
 mod rootfs;
 mod store;
 

@@ -1,3 +1,111 @@
 //! Live migration between hosts: the source and destination sides of the protocol.
+//!
+//! `source::migrate_out` drives a migration from this host; `dest::serve_incoming` answers
+//! one from a peer. Both keep a `ferry_proto` state machine in step with every message (see
+//! `wire`). The rollback rule: until the destination has confirmed the commit, the source is
+//! either still running or frozen at CRIU's `post-dump` and resumable (see `hook`).
 
+pub mod dest;
 pub mod hook;
+pub mod report;
+pub mod source;
+mod wire;
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_proto::MigrationMode;
+use serde::{Deserialize, Serialize};
+
+use crate::container::{ContainerError, Engine};
+use crate::peer::handshake::LocalVersions;
+use crate::peer::PeerError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub container: String,
+    /// A peer registered with `ferry host add`.
+    pub to: String,
+    #[serde(default)]
+    pub mode: Option<MigrationMode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("no peer named {0:?}; register it with `ferry host add`")]
+    UnknownPeer(String),
+    #[error("the destination refused: {0}")]
+    Refused(String),
+    #[error("the destination aborted: {0}")]
+    PeerAborted(String),
+    #[error("restore failed on the destination: {0}")]
+    RestoreFailed(String),
+    #[error("dump failed: {0}")]
+    Dump(String),
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout { what: String, after: Duration },
+    #[error("protocol: expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("image: {0}")]
+    Image(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error(transparent)]
+    Proto(#[from] ferry_proto::ProtoError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Criu(#[from] crate::criu::CriuError),
+    #[error(transparent)]
+    FsDiff(#[from] crate::fsdiff::FsDiffError),
+    #[error(transparent)]
+    Hook(#[from] hook::HookError),
+}
+
+impl MigrationError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        MigrationError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub fn unexpected(expected: &'static str, got: &ferry_proto::Message) -> Self {
+        MigrationError::Unexpected {
+            expected,
+            got: got.name().to_owned(),
+        }
+    }
+}
+
+pub fn new_migration_id() -> String {
+    use rand::Rng;
+    format!("m{:012x}", rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff)
+}
+
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// What this host says about itself in the handshake.
+pub fn host_versions(engine: &Engine) -> LocalVersions {
+    LocalVersions {
+        host: engine.config().host_name.clone(),
+        criu_version: crate::criu::version()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        runc_version: engine.runc_version(),
+    }
+}

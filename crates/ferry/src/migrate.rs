@@ -1,0 +1,143 @@
+//! `ferry migrate`: follows the daemon's progress stream and ends with the stats table.
+
+use anyhow::{bail, Result};
+use ferry_core::migration::report::{MigrationEvent, MigrationReport, Outcome};
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde_json::json;
+
+use crate::client::{api_error, Client};
+use crate::output::human_bytes;
+
+pub async fn run(c: &Client, name: &str, to: &str, json_out: bool) -> Result<()> {
+    let resp = c
+        .send(
+            Method::POST,
+            &format!("/v1/containers/{}/migrate", crate::enc(name)),
+            Some(json!({ "container": name, "to": to })),
+        )
+        .await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        return Err(api_error(&bytes, status));
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut last: Option<MigrationEvent> = None;
+    let mut phase_start = std::time::Instant::now();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let Some(data) = frame.data_ref() else { continue };
+        buf.extend_from_slice(data);
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let ev: MigrationEvent = serde_json::from_slice(&line)?;
+            if json_out {
+                // Progress goes to stderr so stdout holds only the final report.
+                if !matches!(ev, MigrationEvent::Done { .. } | MigrationEvent::Failed { .. }) {
+                    eprintln!("{}", String::from_utf8_lossy(&line).trim_end());
+                }
+            } else {
+                render(&ev, &mut phase_start);
+            }
+            last = Some(ev);
+        }
+    }
+    match last {
+        Some(MigrationEvent::Done { report }) => {
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                table(&report);
+            }
+            Ok(())
+        }
+        Some(MigrationEvent::Failed { error, report }) => {
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                table(&report);
+            }
+            let where_ = match report.outcome {
+                Some(Outcome::RolledBack) => "rolled back: the container keeps running on the source",
+                _ => "the container was not touched and keeps running on the source",
+            };
+            bail!("migration failed ({where_}): {error}")
+        }
+        _ => bail!("ferryd ended the migration stream without a result; check `ferry ps` on both hosts"),
+    }
+}
+
+fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
+    use std::io::Write;
+    match ev {
+        MigrationEvent::PhaseStart { phase } => {
+            *phase_start = std::time::Instant::now();
+            eprint!("  {:<32}", phase.label());
+            let _ = std::io::stderr().flush();
+        }
+        MigrationEvent::Bytes { bytes, .. } => {
+            let secs = phase_start.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r  {:<32}{:>10}  {:>10}/s",
+                "",
+                human_bytes(*bytes),
+                human_bytes((*bytes as f64 / secs) as u64)
+            );
+            let _ = std::io::stderr().flush();
+        }
+        MigrationEvent::PhaseDone { phase, ms, bytes } => {
+            let rate = if *ms > 0 && *bytes > 0 {
+                format!("{}/s", human_bytes(bytes * 1000 / ms))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "\r  {:<32}{:>8} ms {:>10}  {:>12}",
+                phase.label(),
+                ms,
+                if *bytes > 0 { human_bytes(*bytes) } else { String::new() },
+                rate
+            );
+        }
+        MigrationEvent::Note { message } => eprintln!("\r  · {message}"),
+        MigrationEvent::Done { .. } | MigrationEvent::Failed { .. } => {}
+    }
+}
+
+pub fn table(r: &MigrationReport) {
+    println!();
+    println!("migration {} of {}: {} → {} ({})", r.migration_id, r.container, r.from, r.to, r.mode);
+    println!("  {:<32}{:>10}{:>14}", "phase", "time", "bytes");
+    for p in &r.phases {
+        let label = p.phase.map(|ph| ph.label()).unwrap_or("?");
+        println!(
+            "  {:<32}{:>7} ms{:>14}",
+            label,
+            p.ms,
+            if p.bytes > 0 { human_bytes(p.bytes) } else { "-".into() }
+        );
+    }
+    println!("  bytes: layers {}, filesystem {}, memory pages {}, other CRIU images {}",
+        human_bytes(r.bytes.layers),
+        human_bytes(r.bytes.fs),
+        human_bytes(r.bytes.pages),
+        human_bytes(r.bytes.images));
+    println!("  layers sent {}, already present {}", r.layers_sent, r.layers_skipped);
+    match r.downtime_ms {
+        Some(d) => println!("  downtime (freeze → running on {}): {d} ms", r.to),
+        None => println!("  downtime: -"),
+    }
+    println!("  total: {} ms", r.total_ms);
+    let outcome = match r.outcome {
+        Some(Outcome::Committed) => "committed: the container runs on the destination",
+        Some(Outcome::RolledBack) => "rolled back: the container runs on the source",
+        Some(Outcome::Refused) => "refused: nothing was moved",
+        None => "unknown",
+    };
+    println!("  outcome: {outcome}");
+    if let Some(e) = &r.error {
+        println!("  error: {e}");
+    }
+}
