@@ -16,6 +16,10 @@
 //! | `runc.log`        | runc      | runc's own JSON log (its errors, apart from the container's stderr) |
 //! | `shim.log`        | shim      | the shim's own diagnostics |
 //! | `exit.json`       | shim      | [`ContainerExit`], written atomically after the last log line |
+//!
+//! Once `exit.json` exists, the log is complete and `shim.pid` is gone, so ferryd may start the
+//! next shim for the same dir at once (e.g. a restore after a checkpoint that stopped the
+//! container: that checkpoint makes the init exit with SIGKILL, recorded like any other exit).
 
 pub mod log;
 mod process;
@@ -124,6 +128,25 @@ pub struct ShimArgs {
 }
 
 impl ShimArgs {
+    /// Arguments for a shim that drives `runc` (its binary and root) with no extra environment.
+    pub fn new(
+        id: impl Into<String>,
+        runc: &Runc,
+        bundle: impl Into<PathBuf>,
+        ctrdir: impl Into<PathBuf>,
+        mode: ShimMode,
+    ) -> Self {
+        ShimArgs {
+            id: id.into(),
+            runc: runc.binary.clone(),
+            runc_root: runc.root.clone(),
+            bundle: bundle.into(),
+            ctrdir: ctrdir.into(),
+            mode,
+            env: Vec::new(),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("ShimArgs always serializes")
     }

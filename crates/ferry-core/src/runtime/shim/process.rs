@@ -31,6 +31,11 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
 /// Entry point of `ferryd shim '<json>'`. Returns the process exit code: 0 after recording the
 /// container's exit, 1 if the container could not be started.
 pub fn main(args: &ShimArgs) -> i32 {
+    // Reporting to a ferryd that died must give EPIPE, not kill the shim (Rust binaries ignore
+    // SIGPIPE already; this makes it independent of the host binary). runc gets the default back
+    // from std's spawn.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let files = args.files();
     let _ = std::fs::create_dir_all(files.dir());
     let mut diag = Diag::open(&files.shim_log());
@@ -50,8 +55,9 @@ pub fn main(args: &ShimArgs) -> i32 {
                 other => other.to_string(),
             };
             diag.note(&format!("start failed: {message}"));
-            report(&files, ready.take(), &failed(message), &mut diag);
+            // Gone before the report, so ferryd can start another shim right away.
             let _ = std::fs::remove_file(files.shim_pid());
+            report(&files, ready.take(), &failed(message), &mut diag);
             return 1;
         }
     };
@@ -69,10 +75,11 @@ pub fn main(args: &ShimArgs) -> i32 {
         "container init exited: code {:?} signal {:?}",
         exit.code, exit.signal
     ));
+    // shim.pid goes first: once exit.json exists, ferryd may start the next shim (a restore).
+    let _ = std::fs::remove_file(files.shim_pid());
     if let Err(e) = write_json_atomic(&files.exit(), &exit) {
         diag.note(&e.to_string());
     }
-    let _ = std::fs::remove_file(files.shim_pid());
     0
 }
 

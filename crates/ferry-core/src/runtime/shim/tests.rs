@@ -38,15 +38,7 @@ fn spawn_test_shim(args: &ShimArgs) -> Result<ShimStarted, ShimError> {
 }
 
 fn shim_args(c: &TestContainer, mode: ShimMode) -> ShimArgs {
-    ShimArgs {
-        id: c.id.clone(),
-        runc: c.runc.binary.clone(),
-        runc_root: c.runc.root.clone(),
-        bundle: c.bundle.clone(),
-        ctrdir: c.ctrdir.clone(),
-        mode,
-        env: vec![],
-    }
+    ShimArgs::new(&c.id, &c.runc, &c.bundle, &c.ctrdir, mode)
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -302,9 +294,11 @@ fn restore_errors_carry_criu_errors() {
     };
     c.runc.checkpoint(&c.id, &checkpoint).unwrap();
     wait_exit(&c.ctrdir);
-    wait_for("first shim exit", Duration::from_secs(5), || {
-        running_shim_pid(&c.ctrdir).is_none().then_some(())
-    });
+    assert_eq!(
+        running_shim_pid(&c.ctrdir),
+        None,
+        "exit.json implies no live shim"
+    );
     // A damaged image set: CRIU itself must fail, and say why.
     for f in std::fs::read_dir(&images).unwrap() {
         let f = f.unwrap();
@@ -354,9 +348,11 @@ fn checkpoint_and_restore_keep_counting_into_the_log() {
     // The dump kills the container; its shim records that and exits.
     let exit = wait_exit(&c.ctrdir);
     assert_eq!(exit.signal, Some(9), "{exit:?}");
-    wait_for("first shim exit", Duration::from_secs(5), || {
-        running_shim_pid(&c.ctrdir).is_none().then_some(())
-    });
+    assert_eq!(
+        running_shim_pid(&c.ctrdir),
+        None,
+        "exit.json implies no live shim"
+    );
     assert_eq!(
         c.runc.state(&c.id).unwrap(),
         None,
