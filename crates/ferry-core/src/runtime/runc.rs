@@ -109,6 +109,7 @@ pub struct CheckpointOpts {
     pub status_fd: Option<i32>,
     /// `soft`, `full`, `strict` or `ignore`.
     pub manage_cgroups_mode: Option<String>,
+    /// A previous (pre-)dump, relative to `image_path` (runc rejects absolute paths).
     pub parent_path: Option<PathBuf>,
 }
 
@@ -347,6 +348,8 @@ impl Runc {
         match self.checkpoint_command(id, opts).run() {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Err(RuncError::NotFound { id: id.to_owned() }),
+            // runc refused before CRIU ran: its stderr is the whole story.
+            Err(e) if !opts.criu_log_path().exists() => Err(e.into()),
             Err(source) => Err(RuncError::Criu {
                 source: Box::new(source),
                 log: opts.criu_log_path(),

@@ -18,8 +18,8 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 const BUSYBOX: &str = "/usr/bin/busybox";
-const APPLETS: [&str; 9] = [
-    "sh", "echo", "sleep", "cat", "id", "ls", "touch", "grep", "env",
+const APPLETS: [&str; 10] = [
+    "sh", "echo", "sleep", "cat", "id", "ls", "touch", "grep", "env", "nc",
 ];
 
 /// A minimal root filesystem: a static busybox with a few applets, and passwd/group files.

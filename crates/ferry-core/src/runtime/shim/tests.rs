@@ -119,6 +119,14 @@ fn output_and_exit_code_are_recorded() {
     let started = spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
     assert!(started.init_pid > 0 && started.shim_pid > 0);
 
+    // Following the log from the start sees every entry and ends with the container.
+    let followed: Vec<String> = read_log(&ShimFiles::new(&c.ctrdir).log(), true)
+        .unwrap()
+        .map(|e| e.unwrap().text)
+        .collect();
+    assert!(read_exit(&c.ctrdir).unwrap().is_some());
+    assert_eq!(followed.len(), 4, "{followed:?}");
+
     let exit = wait_exit(&c.ctrdir);
     assert_eq!((exit.code, exit.signal), (Some(3), None));
     assert_eq!(exit.status_code(), 3);
@@ -390,4 +398,92 @@ fn checkpoint_and_restore_keep_counting_into_the_log() {
         "the counter continues without reset or gap"
     );
     assert!(numbers.len() >= before + 5);
+}
+
+#[test]
+fn checkpoint_leave_running_keeps_the_container() {
+    let c = TestContainer::new("sleep 1000");
+    let started = spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
+    let opts = CheckpointOpts {
+        image_path: c.dir.path().join("images"),
+        work_path: c.dir.path().join("work"),
+        leave_running: true,
+        ..Default::default()
+    };
+    c.runc.checkpoint(&c.id, &opts).unwrap();
+    assert!(opts.image_path.join("inventory.img").exists());
+    assert!(opts.criu_log_path().exists());
+    let state = c.runc.state(&c.id).unwrap().unwrap();
+    assert_eq!(
+        (state.status, state.pid),
+        (RuncStatus::Running, started.init_pid)
+    );
+    assert_eq!(read_exit(&c.ctrdir).unwrap(), None);
+
+    // runc's own refusal comes back with its message.
+    let bad = CheckpointOpts {
+        parent_path: Some("/absolute-parent".into()),
+        work_path: c.dir.path().join("work-bad"),
+        ..opts
+    };
+    let err = c.runc.checkpoint(&c.id, &bad).unwrap_err();
+    assert!(
+        matches!(err, crate::runtime::runc::RuncError::Tool(_)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("--parent-path must be relative"),
+        "{err}"
+    );
+}
+
+#[test]
+fn checkpoint_failures_name_criu_errors() {
+    // An established TCP connection inside the container, dumped without --tcp-established.
+    let c = TestContainer::new(
+        "sleep 1000 | nc -l -p 9000 & sleep 0.3; sleep 1000 | nc 127.0.0.1 9000",
+    );
+    // The container has no CAP_NET_ADMIN; bring its loopback up from outside.
+    crate::tool::Tool::new("ip")
+        .args(["-n", &c.netns.name, "link", "set", "lo", "up"])
+        .run()
+        .unwrap();
+    spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
+    wait_for("the TCP connection", Duration::from_secs(10), || {
+        let ss = crate::tool::Tool::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &c.netns.name,
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .run_text()
+            .unwrap();
+        (ss.lines().count() == 2).then_some(())
+    });
+    let opts = CheckpointOpts {
+        image_path: c.dir.path().join("images"),
+        work_path: c.dir.path().join("work"),
+        ..Default::default()
+    };
+    let err = c.runc.checkpoint(&c.id, &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, crate::runtime::runc::RuncError::Criu { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&opts.criu_log_path().display().to_string()),
+        "{msg}"
+    );
+    assert!(msg.contains("tcp-established"), "CRIU's reason: {msg}");
+    // A failed dump leaves the container running.
+    assert_eq!(
+        c.runc.state(&c.id).unwrap().unwrap().status,
+        RuncStatus::Running
+    );
+    assert_eq!(read_exit(&c.ctrdir).unwrap(), None);
 }
