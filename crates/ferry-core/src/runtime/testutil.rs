@@ -73,9 +73,9 @@ impl Drop for Netns {
     }
 }
 
-/// cgroup parent shared by the tests of this process.
-fn cgroup_parent() -> String {
-    format!("ferry-rt-test-{}", std::process::id())
+/// cgroup parent of one test container: its own, so no test removes a dir another one uses.
+fn cgroup_parent(id: &str) -> String {
+    format!("ferry-rt-test-{id}")
 }
 
 /// One test container: temp dir with rootfs, bundle, container dir and runc root, its netns;
@@ -112,7 +112,7 @@ impl TestContainer {
             user: (0, 0),
             rootfs,
             netns_path: netns.path(),
-            cgroups_path: format!("/{}/{id}", cgroup_parent()),
+            cgroups_path: format!("/{}/{id}", cgroup_parent(&id)),
             memory_limit: None,
             mounts: Vec::<BindMount>::new(),
             criu_config: PathBuf::new(),
@@ -152,9 +152,8 @@ impl Drop for TestContainer {
             return;
         };
         for h in hierarchies.flatten() {
-            let parent = h.path().join(cgroup_parent());
+            let parent = h.path().join(cgroup_parent(&self.id));
             let _ = std::fs::remove_dir(parent.join(&self.id));
-            // Succeeds only for the last container of this process; others still use it.
             let _ = std::fs::remove_dir(parent);
         }
     }
