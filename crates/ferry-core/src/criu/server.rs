@@ -1,0 +1,452 @@
+//! The long-running CRIU processes on a migration destination: the page server (receives the
+//! pages of a dump) and the lazy-pages daemon (pulls pages from the source on demand after a
+//! post-copy restore). Both report readiness through CRIU's `--status-fd`, so `spawn` returns
+//! only once they listen, and fails with CRIU's log excerpt if they die first.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+
+use super::log::explain_log;
+use super::{criu_tool, CriuError};
+use crate::tool::Tool;
+
+/// How long CRIU may take to start listening before ferry gives up on it.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A CRIU process that signalled readiness, with its log and its stderr drained in the background
+/// (an undrained pipe would block CRIU once full).
+#[derive(Debug)]
+pub(super) struct CriuChild {
+    what: &'static str,
+    child: Option<Child>,
+    log_path: PathBuf,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl CriuChild {
+    pub(super) fn spawn_ready(what: &'static str, tool: Tool, log_path: &Path) -> Result<Self, CriuError> {
+        let (ready_rx, ready_tx) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| CriuError::Io {
+                path: PathBuf::from("pipe"),
+                source: e.into(),
+            })?;
+        let status_fd = ready_tx.as_raw_fd();
+        let tool = tool.arg("--status-fd").arg(status_fd.to_string());
+        tracing::debug!(tool = %tool.name(), args = %tool.display_args(), "spawn");
+        let mut cmd = tool.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: runs in the forked child before exec and only calls fcntl, which is
+        // async-signal-safe. The pipe is close-on-exec everywhere else, so only CRIU inherits it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(status_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| tool.spawn_error(e))?;
+        drop(ready_tx);
+        let stderr = child.stderr.take().map(|mut s| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                String::from_utf8_lossy(&buf).trim().to_owned()
+            })
+        });
+        let mut this = CriuChild {
+            what,
+            child: Some(child),
+            log_path: log_path.to_owned(),
+            stderr,
+        };
+        match wait_for_ready_byte(ready_rx) {
+            Ok(()) => Ok(this),
+            Err(why) => {
+                this.kill_now();
+                let status = this
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.wait().ok())
+                    .map(|s| s.to_string())
+                    .unwrap_or(why);
+                Err(CriuError::NotReady {
+                    what,
+                    status,
+                    stderr: this.take_stderr(),
+                    excerpt: explain_log(&this.log_path),
+                })
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub(super) fn wait(mut self) -> Result<(), CriuError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let status = child.wait().map_err(|e| CriuError::io(&self.log_path, e))?;
+        let stderr = self.take_stderr();
+        if status.success() {
+            return Ok(());
+        }
+        Err(CriuError::Failed {
+            what: self.what,
+            status,
+            stderr,
+            excerpt: explain_log(&self.log_path),
+        })
+    }
+
+    fn try_wait(&mut self) -> Result<Option<()>, CriuError> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(Some(()));
+        };
+        match child.try_wait().map_err(|e| CriuError::io(&self.log_path, e))? {
+            None => Ok(None),
+            Some(status) => {
+                self.child = None;
+                let stderr = self.take_stderr();
+                if status.success() {
+                    Ok(Some(()))
+                } else {
+                    Err(CriuError::Failed {
+                        what: self.what,
+                        status,
+                        stderr,
+                        excerpt: explain_log(&self.log_path),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Kills our own child (by its pid, via std) and reaps it; a no-op once it has exited.
+    fn kill_now(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        self.kill_now();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.take_stderr();
+    }
+
+    fn take_stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CriuChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// CRIU writes one NUL byte to `--status-fd` once ready; EOF means it exited first.
+fn wait_for_ready_byte(rx: OwnedFd) -> Result<(), String> {
+    let (tx, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::from(rx);
+        let mut byte = [0u8; 1];
+        let _ = tx.send(file.read(&mut byte).map(|n| n == 1));
+    });
+    match result.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err("exited".into()),
+        Ok(Err(e)) => Err(format!("status pipe: {e}")),
+        Err(_) => Err(format!("not ready after {}s", READY_TIMEOUT.as_secs())),
+    }
+}
+
+/// `criu page-server` on the migration destination: receives `pages-*.img` and `pagemap-*.img`
+/// from `runc checkpoint --page-server` and writes them into its images directory, then exits.
+#[derive(Debug)]
+pub struct PageServer {
+    proc: CriuChild,
+    addr: SocketAddr,
+}
+
+impl PageServer {
+    /// Starts the server and returns once it listens. The log goes to `log` (verbosity 4).
+    ///
+    /// CRIU refuses port 0, so for port 0 ferry picks a free port itself (bind, release, hand it
+    /// to CRIU) and retries with another if something else took it meanwhile; [`addr`] tells
+    /// which port was used.
+    ///
+    /// [`addr`]: PageServer::addr
+    pub fn spawn(images_dir: &Path, addr: SocketAddr, log: &Path) -> Result<Self, CriuError> {
+        if addr.port() != 0 {
+            return Self::spawn_on(images_dir, addr, log);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let chosen = free_port(addr).map_err(|e| CriuError::Io {
+                path: PathBuf::from(addr.to_string()),
+                source: e,
+            })?;
+            match Self::spawn_on(images_dir, chosen, log) {
+                Err(CriuError::NotReady { excerpt, .. })
+                    if attempt < 5
+                        && excerpt
+                            .first_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("Can't bind")) =>
+                {
+                    tracing::debug!(%chosen, "page server port taken meanwhile; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn spawn_on(images_dir: &Path, addr: SocketAddr, log: &Path) -> Result<Self, CriuError> {
+        let tool = criu_tool()
+            .arg("page-server")
+            .arg("--images-dir")
+            .arg(images_dir)
+            .arg("--address")
+            .arg(addr.ip().to_string())
+            .arg("--port")
+            .arg(addr.port().to_string())
+            .arg("-o")
+            .arg(log)
+            .arg("-v4");
+        let proc = CriuChild::spawn_ready("page-server", tool, log)?;
+        Ok(PageServer { proc, addr })
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.proc.log_path
+    }
+
+    /// Waits until the dump's client has disconnected and the server exited.
+    pub fn wait(self) -> Result<(), CriuError> {
+        self.proc.wait()
+    }
+
+    /// `Some(())` once it exited successfully, `None` while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<()>, CriuError> {
+        self.proc.try_wait()
+    }
+
+    /// Stops the server (also done on drop).
+    pub fn kill(&mut self) {
+        self.proc.kill()
+    }
+}
+
+/// A port on `addr`'s IP that is free right now.
+pub(super) fn free_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))?;
+    listener.local_addr()
+}
+
+/// `criu lazy-pages` on the post-copy destination: serves page faults of the restored process
+/// (through `lazy-pages.socket` in `work_dir`, which must be the restore's work dir) by pulling
+/// pages from the source's page server at `source`. Exits once every page has been moved.
+#[derive(Debug)]
+pub struct LazyPagesDaemon {
+    proc: CriuChild,
+}
+
+impl LazyPagesDaemon {
+    pub fn spawn(
+        images_dir: &Path,
+        work_dir: &Path,
+        source: SocketAddr,
+        log: &Path,
+    ) -> Result<Self, CriuError> {
+        let tool = criu_tool()
+            .arg("lazy-pages")
+            .arg("--page-server")
+            .arg("--address")
+            .arg(source.ip().to_string())
+            .arg("--port")
+            .arg(source.port().to_string())
+            .arg("--images-dir")
+            .arg(images_dir)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .arg("-o")
+            .arg(log)
+            .arg("-v4");
+        Ok(LazyPagesDaemon {
+            proc: CriuChild::spawn_ready("lazy-pages", tool, log)?,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.proc.log_path
+    }
+
+    /// Waits until every page has been moved and the daemon exited.
+    pub fn wait(self) -> Result<(), CriuError> {
+        self.proc.wait()
+    }
+
+    /// `Some(())` once it exited successfully, `None` while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<()>, CriuError> {
+        self.proc.try_wait()
+    }
+
+    /// Stops the daemon (also done on drop). The restored process loses its missing pages.
+    pub fn kill(&mut self) {
+        self.proc.kill()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{copy_images, dump_sleeper, restore_detached, Sleeper};
+    use super::super::{read_dump_stats, CriuError};
+    use super::*;
+
+    fn loopback_any_port() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    fn page_images(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("pages-") || n.starts_with("pagemap-"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stop-and-copy through the page server: pages land on the "destination", the rest is
+    /// copied over, and the process restores from there.
+    #[test]
+    fn page_server_receives_a_real_dump() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let server =
+            PageServer::spawn(dst.path(), loopback_any_port(), &dst.path().join("ps.log")).unwrap();
+        let port = server.addr().port();
+        assert_ne!(port, 0);
+        assert_eq!(server.log_path(), dst.path().join("ps.log"));
+
+        dump_sleeper(
+            src.path(),
+            &["--page-server", "--address", "127.0.0.1", "--port", &port.to_string()],
+        );
+        server.wait().unwrap();
+
+        assert!(page_images(src.path()).is_empty(), "{:?}", page_images(src.path()));
+        let received = page_images(dst.path());
+        assert!(received.iter().any(|n| n.starts_with("pages-")), "{received:?}");
+        assert!(received.iter().any(|n| n.starts_with("pagemap-")), "{received:?}");
+        assert!(read_dump_stats(src.path()).unwrap().pages_written > 0);
+
+        copy_images(src.path(), dst.path());
+        let restored = restore_detached(dst.path(), &[]);
+        assert!(restored.is_alive());
+    }
+
+    #[test]
+    fn page_server_that_cannot_listen_explains_why() {
+        let dst = tempfile::tempdir().unwrap();
+        let log = dst.path().join("ps.log");
+        // TEST-NET-1: not an address of this host, so bind fails.
+        let err =
+            PageServer::spawn(dst.path(), "192.0.2.1:7000".parse().unwrap(), &log).unwrap_err();
+        assert!(matches!(err, CriuError::NotReady { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("criu page-server exited before it was ready"), "{msg}");
+        assert!(msg.contains(&format!("see {}: Error (", log.display())), "{msg}");
+        assert!(msg.contains("Can't bind page server"), "{msg}");
+    }
+
+    #[test]
+    fn killed_page_server_reports_failure() {
+        let dst = tempfile::tempdir().unwrap();
+        let mut server =
+            PageServer::spawn(dst.path(), loopback_any_port(), &dst.path().join("ps.log")).unwrap();
+        assert_eq!(server.try_wait().unwrap(), None);
+        let pid = server.pid();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        server.kill();
+        assert!(server.try_wait().unwrap().is_some());
+        drop(server);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    /// Post-copy: the source dump keeps the pages and serves them; the restored process pulls
+    /// them through the lazy-pages daemon.
+    #[test]
+    fn lazy_pages_daemon_serves_a_real_post_copy_restore() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let sleeper = Sleeper::spawn_in_pid_namespace();
+        let pid = sleeper.pid();
+        let dump_log = src.path().join("dump.log");
+        let source_addr = free_port(loopback_any_port()).unwrap();
+        let dump = criu_tool()
+            .args(["dump", "-t", &pid.to_string(), "-D"])
+            .arg(src.path())
+            .args(["--lazy-pages", "--address", "127.0.0.1", "--port"])
+            .arg(source_addr.port().to_string())
+            .arg("-o")
+            .arg(&dump_log)
+            .arg("-v4");
+        let source = CriuChild::spawn_ready("dump", dump, &dump_log).unwrap();
+
+        copy_images(src.path(), dst.path());
+        let daemon = LazyPagesDaemon::spawn(
+            dst.path(),
+            dst.path(),
+            source_addr,
+            &dst.path().join("lazy.log"),
+        )
+        .unwrap();
+        assert!(dst.path().join("lazy-pages.socket").exists());
+
+        let restored = restore_detached(dst.path(), &["--lazy-pages"]);
+        daemon.wait().unwrap();
+        source.wait().unwrap();
+        sleeper.reap();
+        assert!(restored.is_alive());
+        // CRIU 4.2.1 writes stats-dump of a lazy dump only when the lazy transfer ends, and from
+        // the page server's counters: it parses, but holds no page counts.
+        read_dump_stats(src.path()).unwrap();
+    }
+}

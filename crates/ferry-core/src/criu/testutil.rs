@@ -1,0 +1,174 @@
+//! Real processes to checkpoint in tests: a `sleep` in its own session (so CRIU can dump it
+//! without --shell-job), dumped and restored with the installed CRIU.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::{criu_tool, explain_log};
+
+/// Marks our test processes, so cleanup never signals a reused pid.
+const SLEEP_ARG: &str = "1000017";
+
+pub(crate) struct Sleeper {
+    /// The sleeper itself, or the `unshare` that forked it into a new pid namespace.
+    child: Child,
+    pid: u32,
+}
+
+impl Sleeper {
+    pub(crate) fn spawn() -> Sleeper {
+        let child = Command::new("setsid")
+            .args(["/bin/busybox", "sleep", SLEEP_ARG])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn setsid busybox sleep");
+        // setsid(1) execs in place when the caller is not a group leader, so the pid is the
+        // sleeper's own; wait until the exec happened.
+        let pid = child.id();
+        wait_until_sleeping(pid);
+        Sleeper { child, pid }
+    }
+
+    /// A sleeper that is pid 1 of its own pid namespace, so CRIU restores it into a new one and
+    /// its pid cannot clash with the still-frozen original (post-copy keeps the source frozen
+    /// until every page has been pulled).
+    pub(crate) fn spawn_in_pid_namespace() -> Sleeper {
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "setsid", "/bin/busybox", "sleep", SLEEP_ARG])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn unshare setsid busybox sleep");
+        let children = format!("/proc/{0}/task/{0}/children", child.id());
+        for _ in 0..200 {
+            let pid = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
+            if let Some(pid) = pid {
+                wait_until_sleeping(pid);
+                return Sleeper { child, pid };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("unshare {} did not fork the sleeper", child.id());
+    }
+
+    /// The pid to dump.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// After a successful dump CRIU killed it; reap it so the pid is free for restore.
+    pub(crate) fn reap(mut self) {
+        let status = self.child.wait().expect("wait for dumped sleeper");
+        assert!(!status.success(), "the dumped sleeper should have been killed: {status}");
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_until_sleeping(pid: u32) {
+    for _ in 0..200 {
+        if is_our_sleeper(pid) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("sleeper {pid} did not start");
+}
+
+fn is_our_sleeper(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"busybox"))
+                && args.iter().any(|a| *a == SLEEP_ARG.as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+/// Spawns a sleeper and dumps it into `images_dir` (log `dump.log` there), with `extra` CRIU
+/// options; returns its pid.
+pub(crate) fn dump_sleeper(images_dir: &Path, extra: &[&str]) -> u32 {
+    let sleeper = Sleeper::spawn();
+    let pid = sleeper.pid();
+    let result = criu_tool()
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(images_dir)
+        .args(["-o", "dump.log", "-v4"])
+        .args(extra)
+        .run();
+    if let Err(e) = result {
+        panic!("criu dump: {e}; {}", explain_log(&images_dir.join("dump.log")));
+    }
+    sleeper.reap();
+    pid
+}
+
+/// A restored process, killed when dropped.
+pub(crate) struct RestoredProcess {
+    pid: u32,
+}
+
+impl RestoredProcess {
+    pub(crate) fn is_alive(&self) -> bool {
+        is_our_sleeper(self.pid)
+    }
+}
+
+impl Drop for RestoredProcess {
+    fn drop(&mut self) {
+        if is_our_sleeper(self.pid) {
+            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// `criu restore -d` from `images_dir` (log `restore.log` there).
+pub(crate) fn restore_detached(images_dir: &Path, extra: &[&str]) -> RestoredProcess {
+    let pidfile = images_dir.join("restored.pid");
+    let result = criu_tool()
+        .args(["restore", "-d", "-D"])
+        .arg(images_dir)
+        .args(["-o", "restore.log", "-v4", "--pidfile"])
+        .arg(&pidfile)
+        .args(extra)
+        .run();
+    if let Err(e) = result {
+        panic!("criu restore: {e}; {}", explain_log(&images_dir.join("restore.log")));
+    }
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .expect("criu restore --pidfile")
+        .trim()
+        .parse()
+        .expect("pid in criu's pidfile");
+    let restored = RestoredProcess { pid };
+    assert!(restored.is_alive(), "restored process {pid} is not running");
+    restored
+}
+
+/// Copies the regular files of `from` into `to`, except logs and files `to` already has.
+pub(crate) fn copy_images(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        let target = to.join(&name);
+        if e.file_type().unwrap().is_file()
+            && !name.to_string_lossy().ends_with(".log")
+            && !target.exists()
+        {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
