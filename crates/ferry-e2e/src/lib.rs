@@ -8,7 +8,7 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ferry_core::image::fixture::{build_layout, FixtureSpec};
@@ -36,14 +36,18 @@ pub fn bin(name: &str) -> PathBuf {
 /// Fixture OCI layouts, built once per test process.
 pub fn fixture(kind: &str) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static BUILDING: Mutex<()> = Mutex::new(());
     let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
     let out = dir.path().join(kind);
+    // Tests run in parallel; one builds, the others wait for it.
+    let _guard = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     if !out.exists() {
         let spec = match kind {
             "busybox" => FixtureSpec::busybox(),
             "redis" => FixtureSpec::redis(),
             other => panic!("unknown fixture {other}"),
-        };
+        }
+        .unwrap_or_else(|e| panic!("fixture spec {kind}: {e}"));
         build_layout(&out, &spec).unwrap_or_else(|e| panic!("building fixture {kind}: {e}"));
     }
     out

@@ -1,6 +1,6 @@
 //! A small HTTP/1.1 client for ferryd's unix socket.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use http_body_util::{BodyExt, Full};
@@ -17,10 +17,6 @@ pub struct Client {
 impl Client {
     pub fn new(socket: PathBuf) -> Self {
         Client { socket }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Sends one request and returns the raw response (for streaming bodies).

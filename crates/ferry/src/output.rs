@@ -87,21 +87,22 @@ pub fn containers_table(list: &[ContainerRecord]) {
     }
 }
 
-/// The shim's log lines are "TIME STREAM TEXT"; users see TEXT unless they ask for more.
+/// The shim's log lines are "TIME STREAM F|P TEXT"; users see TEXT (and, with timestamps,
+/// the time and stream). A `P` piece continues on the next entry, so it gets no newline.
 pub fn render_log_line(line: &[u8], timestamps: bool) -> Vec<u8> {
-    if timestamps {
-        return line.to_vec();
-    }
-    let mut fields = line.splitn(3, |&b| b == b' ');
-    let (Some(_time), Some(stream), Some(text)) = (fields.next(), fields.next(), fields.next())
-    else {
+    use ferry_core::runtime::shim::log::parse_entry;
+    let Ok(entry) = parse_entry(line) else {
         return line.to_vec();
     };
-    if stream == b"stdout" || stream == b"stderr" {
-        text.to_vec()
-    } else {
-        line.to_vec()
+    let mut out = Vec::with_capacity(entry.text.len() + 48);
+    if timestamps {
+        out.extend_from_slice(format!("{} {} ", entry.time.to_rfc3339(), entry.stream.as_str()).as_bytes());
     }
+    out.extend_from_slice(entry.text.as_bytes());
+    if entry.complete {
+        out.push(b'\n');
+    }
+    out
 }
 
 pub fn checkpoints_table(list: &[ferry_core::container::checkpoint::SnapshotInfo]) {
@@ -141,7 +142,9 @@ pub fn restore_stats(r: &ferry_core::container::checkpoint::RestoreReport) {
     if let Some(s) = &r.stats {
         println!("  forking time      {}", ms_us(s.forking_time_us));
         println!("  restore time      {}", ms_us(s.restore_time_us));
-        println!("  pages restored    {}", s.pages_restored);
+        if let Some(p) = s.pages_restored {
+            println!("  pages restored    {p}");
+        }
         println!("  pages compared    {}", s.pages_compared);
     }
     println!("  runc restore      {} ms", r.restore_ms);
@@ -155,8 +158,12 @@ mod tests {
     #[test]
     fn log_lines() {
         assert_eq!(
-            render_log_line(b"2026-01-01T00:00:00Z stdout hello world\n", false),
+            render_log_line(b"2026-01-01T00:00:00Z stdout F hello world\n", false),
             b"hello world\n"
+        );
+        assert_eq!(
+            render_log_line(b"2026-01-01T00:00:00Z stderr P part\n", false),
+            b"part"
         );
         assert_eq!(render_log_line(b"raw\n", false), b"raw\n");
         assert_eq!(human_bytes(1536), "1.5 KiB");

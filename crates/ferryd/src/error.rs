@@ -6,6 +6,7 @@ use axum::Json;
 use ferry_core::api::ApiErrorBody;
 use ferry_core::container::ContainerError;
 use ferry_core::image::ImageError;
+use ferry_core::network::NetError;
 
 pub struct ApiError {
     status: StatusCode,
@@ -85,7 +86,10 @@ impl From<ContainerError> for ApiError {
             }
             ContainerError::InvalidName(_) | ContainerError::Invalid(_) => ApiError::invalid(msg),
             ContainerError::Image(ie) => ApiError::from_image(ie, msg),
-            ContainerError::Network(ne) if ne.is_user_error() => ApiError::conflict(msg),
+            ContainerError::Network(NetError::InUse { .. }) => ApiError::conflict(msg),
+            ContainerError::Network(
+                NetError::OutsideSubnet { .. } | NetError::Reserved { .. } | NetError::Exhausted { .. },
+            ) => ApiError::invalid(msg),
             _ => ApiError::internal(msg),
         }
     }
@@ -93,12 +97,11 @@ impl From<ContainerError> for ApiError {
 
 impl ApiError {
     fn from_image(e: &ImageError, msg: String) -> Self {
-        if e.is_not_found() {
-            ApiError::not_found(msg)
-        } else if e.is_user_error() {
-            ApiError::invalid(msg)
-        } else {
-            ApiError::internal(msg)
+        match e {
+            ImageError::NotFound(_) => ApiError::not_found(msg),
+            ImageError::Io { .. } | ImageError::Tool(_) => ApiError::internal(msg),
+            // Everything else is about the input: a bad name, archive, digest or media type.
+            _ => ApiError::invalid(msg),
         }
     }
 }

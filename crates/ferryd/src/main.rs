@@ -95,7 +95,15 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Sub::Shim { args_json }) => {
-            std::process::exit(ferry_core::runtime::shim::main_from_json(&args_json))
+            use ferry_core::runtime::shim;
+            let code = match shim::ShimArgs::from_json(&args_json) {
+                Ok(args) => shim::main(&args),
+                Err(e) => {
+                    eprintln!("ferryd shim: {e}");
+                    2
+                }
+            };
+            std::process::exit(code)
         }
         Some(Sub::CriuHook) => std::process::exit(ferry_core::migration::hook::run_hook()),
         None => {}

@@ -491,14 +491,13 @@ impl Engine {
         std::fs::create_dir_all(&work).map_err(io(&work))?;
         let _ = self.runc().delete(&rec.config.id, true);
         let _ = std::fs::remove_file(ctr_dir.join(shim::EXIT_FILE));
-        let args = ShimArgs {
-            id: rec.config.id.clone(),
-            runc_binary: self.runc().binary.clone(),
-            runc_root: self.runc().root.clone(),
-            bundle: bundle.clone(),
-            ctr_dir: ctr_dir.clone(),
-            mode: ShimMode::Restore(self.restore_opts(images, &work, &bundle)),
-        };
+        let args = ShimArgs::new(
+            &rec.config.id,
+            self.runc(),
+            bundle.clone(),
+            ctr_dir.clone(),
+            ShimMode::Restore(self.restore_opts(images, &work, &bundle)),
+        );
         let t = Instant::now();
         let started = shim::spawn_shim(&self.config().shim_exe, &args).map_err(|e| ContainerError::Criu {
             op: "restore",
@@ -508,12 +507,12 @@ impl Engine {
         let restore_ms = ms(t.elapsed());
         let stats = criu::read_restore_stats(images).ok();
         rec.status = Status::Running;
-        rec.pid = Some(started.pid);
+        rec.pid = Some(started.init_pid);
         rec.shim_pid = Some(started.shim_pid);
         rec.started_at = Some(chrono::Utc::now().to_rfc3339());
         rec.exit = None;
         self.save(rec)?;
-        Ok((started.pid, restore_ms, stats))
+        Ok((started.init_pid, restore_ms, stats))
     }
 
     pub fn snapshots_of(&self, cfg: &ContainerConfig) -> Result<Vec<SnapshotInfo>, ContainerError> {

@@ -85,10 +85,8 @@ impl Engine {
             &[cfg.bridge.address],
         )?;
         block_on(network::ensure_bridge(&cfg.bridge))?;
-        let runc = Runc {
-            binary: cfg.runc_binary.clone(),
-            root: cfg.runc_root.clone(),
-        };
+        let mut runc = Runc::new(cfg.runc_root.clone());
+        runc.binary = cfg.runc_binary.clone();
         let records = RecordStore::new(cfg.paths.clone());
         let mut map = BTreeMap::new();
         for rec in records.load_all()? {
@@ -388,17 +386,10 @@ impl Engine {
         // A stale runc entry (from a crash) blocks `runc run` with the same id.
         let _ = self.runc.delete(&rec.config.id, true);
         clear_exit_files(&dir);
-        let args = ShimArgs {
-            id: rec.config.id.clone(),
-            runc_binary: self.runc.binary.clone(),
-            runc_root: self.runc.root.clone(),
-            bundle,
-            ctr_dir: dir,
-            mode: ShimMode::Run,
-        };
+        let args = ShimArgs::new(&rec.config.id, &self.runc, bundle, dir, ShimMode::Run);
         let started = shim::spawn_shim(&self.cfg.shim_exe, &args)?;
         rec.status = Status::Running;
-        rec.pid = Some(started.pid);
+        rec.pid = Some(started.init_pid);
         rec.shim_pid = Some(started.shim_pid);
         rec.started_at = Some(now());
         rec.exit = None;
@@ -648,12 +639,11 @@ fn clear_exit_files(dir: &Path) {
 }
 
 fn read_exit(dir: &Path) -> Option<ExitInfo> {
-    let bytes = std::fs::read(dir.join(shim::EXIT_FILE)).ok()?;
-    let e: shim::ExitStatusFile = serde_json::from_slice(&bytes).ok()?;
+    let e = shim::read_exit(dir).ok()??;
     Some(ExitInfo {
         code: e.code,
         signal: e.signal,
-        finished_at: Some(e.finished_at),
+        finished_at: Some(e.finished_at.to_rfc3339()),
     })
 }
 

@@ -126,7 +126,7 @@ async fn receive(
             Message::CpuInfo { stream, compression } => {
                 let dir = st.work.join("cpuinfo");
                 std::fs::create_dir_all(&dir).map_err(|e| MigrationError::io(&dir, e))?;
-                wire.recv_file(stream, &dir.join(crate::criu::CPUINFO_IMAGE), compression)
+                wire.recv_file(stream, &dir.join(super::CPUINFO_IMAGE), compression)
                     .await?;
                 match blocking(move || Ok(crate::criu::cpuinfo_check(&dir)?)).await {
                     Ok(()) => wire.send(Message::CpuOk {}).await?,

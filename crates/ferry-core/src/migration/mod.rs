@@ -21,6 +21,9 @@ use crate::container::{ContainerError, Engine};
 use crate::peer::handshake::LocalVersions;
 use crate::peer::PeerError;
 
+/// The file `criu cpuinfo dump` writes.
+pub const CPUINFO_IMAGE: &str = "cpuinfo.img";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MigrateRequest {
     pub container: String,

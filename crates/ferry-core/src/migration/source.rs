@@ -240,7 +240,7 @@ async fn run(
                 compression: Compression::None,
             })
             .await?;
-            w.send_file(stream, &cpu_dir.join("cpuinfo.img"), Compression::None)
+            w.send_file(stream, &cpu_dir.join(super::CPUINFO_IMAGE), Compression::None)
                 .await?;
             match w.recv_within("the CPU check", REPLY).await? {
                 Message::CpuOk {} => Ok(()),
@@ -365,11 +365,14 @@ async fn run(
         .map_err(MigrationError::from)
         .w(&mut wire)?;
     let tunnel_addr = listener.local_addr();
-    let tunnel = {
-        let w = wire.as_ref().expect("wire");
-        let rx = w.demux.stream(TUNNEL_STREAM).map_err(MigrationError::from).w(&mut wire)?;
-        listener.bridge(w.sink.clone(), rx)
-    };
+    let rx = wire
+        .as_ref()
+        .expect("wire")
+        .demux
+        .stream(TUNNEL_STREAM)
+        .map_err(MigrationError::from);
+    let rx = rx.w(&mut wire)?;
+    let tunnel = listener.bridge(wire.as_ref().expect("wire").sink.clone(), rx);
     let images = work.join("images");
     let criu_work = work.join("criu-work");
     for d in [&images, &criu_work] {
@@ -522,7 +525,7 @@ async fn run(
     // 9. Commit: source off the fabric, destination opens its gate, then the source is let go.
     progress.start(Phase::Commit);
     let veth = Engine::host_veth(&cfg.id);
-    let _ = network::run_in_netns_self(|| async move { network::detach_veth(&veth).await });
+    let _ = network::detach_veth(&veth).await;
     frozen.as_mut().expect("frozen").detached = true;
     {
         let w = wire.as_mut().expect("wire");
@@ -625,7 +628,7 @@ async fn rollback(engine: &Arc<Engine>, rec: &ContainerRecord, frozen: Option<Fr
         if detached {
             let veth = Engine::host_veth(&rec.config.id);
             let bridge = engine.config().bridge.name.clone();
-            let _ = network::run_in_netns_self(|| async move { network::attach_veth(&veth, &bridge).await });
+            let _ = network::attach_veth(&veth, &bridge).await;
         }
     }
     let e = engine.clone();
