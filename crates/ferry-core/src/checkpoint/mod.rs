@@ -1,1 +1,6 @@
-//! (filled in by its owner)
+//! Checkpoint directories and the archive format that carries them between hosts.
+
+pub mod archive;
+pub mod layout;
+
+pub use layout::CheckpointLayout;

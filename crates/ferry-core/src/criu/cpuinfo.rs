@@ -24,7 +24,10 @@ pub fn cpuinfo_check(dir: &Path) -> Result<(), CriuError> {
             problem: "missing: the source's CPU description was not received".into(),
         });
     }
-    criu_tool().args(["cpuinfo", "check", "-D"]).arg(dir).run()?;
+    criu_tool()
+        .args(["cpuinfo", "check", "-D"])
+        .arg(dir)
+        .run()?;
     Ok(())
 }
 

@@ -88,13 +88,23 @@ impl Feature {
             Feature::MemDirtyTrack => "pre-copy needs soft-dirty memory tracking",
             Feature::LazyPages => "post-copy (lazy pages) needs non-cooperative userfaultfd",
             Feature::Uffd => "lazy restore needs userfaultfd",
-            Feature::TcpHalfClosed => "moving half-closed TCP connections needs TCP repair of half-closed sockets",
-            Feature::ExternalNetNs => "restoring into ferry's network namespace needs external network namespace support",
-            Feature::NetworkLockNftables => "locking the network with nftables needs nftables support in CRIU and the kernel",
+            Feature::TcpHalfClosed => {
+                "moving half-closed TCP connections needs TCP repair of half-closed sockets"
+            }
+            Feature::ExternalNetNs => {
+                "restoring into ferry's network namespace needs external network namespace support"
+            }
+            Feature::NetworkLockNftables => {
+                "locking the network with nftables needs nftables support in CRIU and the kernel"
+            }
             Feature::PagemapScan => "scanning written pages needs the PAGEMAP_SCAN ioctl",
             Feature::TimeNamespace => "checkpointing a time namespace needs time namespace support",
-            Feature::CgroupNamespace => "checkpointing a cgroup namespace needs cgroup namespace support",
-            Feature::SeccompSuspend => "checkpointing a seccomp-confined container needs ptrace seccomp suspension",
+            Feature::CgroupNamespace => {
+                "checkpointing a cgroup namespace needs cgroup namespace support"
+            }
+            Feature::SeccompSuspend => {
+                "checkpointing a seccomp-confined container needs ptrace seccomp suspension"
+            }
         }
     }
 
@@ -157,7 +167,10 @@ impl Capabilities {
             .map(|&feature| MissingFeature {
                 feature,
                 reason: self.reasons.get(feature.key()).cloned().unwrap_or_else(|| {
-                    format!("not reported; see criu check --feature {}", feature.criu_name())
+                    format!(
+                        "not reported; see criu check --feature {}",
+                        feature.criu_name()
+                    )
                 }),
             })
             .collect()
@@ -265,7 +278,11 @@ mod tests {
         assert_eq!(keys.len(), Feature::ALL.len());
         for f in Feature::ALL {
             assert_eq!(Feature::from_key(f.key()), Some(f));
-            assert_eq!(serde_json::to_value(f).unwrap(), serde_json::json!(f.key()), "{f:?}");
+            assert_eq!(
+                serde_json::to_value(f).unwrap(),
+                serde_json::json!(f.key()),
+                "{f:?}"
+            );
         }
     }
 
@@ -275,9 +292,12 @@ mod tests {
             version: CriuVersion::new(4, 2, 1),
             checked: true,
             check_message: "Looks good.".into(),
-            features: [("mem_dirty_track".to_owned(), false), ("lazy_pages".to_owned(), true)]
-                .into_iter()
-                .collect(),
+            features: [
+                ("mem_dirty_track".to_owned(), false),
+                ("lazy_pages".to_owned(), true),
+            ]
+            .into_iter()
+            .collect(),
             reasons: [(
                 "mem_dirty_track".to_owned(),
                 "criu check --feature mem_dirty_track: Dirty tracking is OFF.".to_owned(),
@@ -286,7 +306,10 @@ mod tests {
             .collect(),
         };
         caps.require(&[Feature::LazyPages]).unwrap();
-        let msg = caps.require(&[Feature::MemDirtyTrack, Feature::LazyPages]).unwrap_err().to_string();
+        let msg = caps
+            .require(&[Feature::MemDirtyTrack, Feature::LazyPages])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             msg,
             "pre-copy needs soft-dirty memory tracking, which this host lacks \
@@ -323,7 +346,9 @@ mod tests {
         let reason = &caps.reasons["mem_dirty_track"];
         assert!(reason.contains("Dirty tracking is OFF"), "{reason}");
 
-        let err = require(&[Feature::Uffd, Feature::MemDirtyTrack]).unwrap_err().to_string();
+        let err = require(&[Feature::Uffd, Feature::MemDirtyTrack])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("pre-copy needs soft-dirty memory tracking, which this host lacks (criu check --feature mem_dirty_track: Dirty tracking is OFF"),
             "{err}"

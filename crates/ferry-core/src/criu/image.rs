@@ -47,7 +47,8 @@ pub fn read_image_entries(path: &Path, magic: ImageMagic) -> Result<Vec<Vec<u8>>
     let mut rest = data.as_slice();
     let first = take_u32(&mut rest).ok_or_else(|| bad("empty or shorter than its magic".into()))?;
     if first == magic.head {
-        let kind = take_u32(&mut rest).ok_or_else(|| bad("truncated after the head magic".into()))?;
+        let kind =
+            take_u32(&mut rest).ok_or_else(|| bad("truncated after the head magic".into()))?;
         if kind != magic.kind {
             return Err(bad(format!(
                 "image magic is {kind:#010x}, expected {:#010x}",
@@ -64,8 +65,8 @@ pub fn read_image_entries(path: &Path, magic: ImageMagic) -> Result<Vec<Vec<u8>>
     let mut entries = Vec::new();
     while !rest.is_empty() {
         let index = entries.len();
-        let len = take_u32(&mut rest)
-            .ok_or_else(|| bad(format!("entry {index}: truncated length")))?;
+        let len =
+            take_u32(&mut rest).ok_or_else(|| bad(format!("entry {index}: truncated length")))?;
         if len > MAX_ENTRY_BYTES {
             return Err(bad(format!("entry {index}: length {len} is implausible")));
         }
@@ -131,11 +132,18 @@ mod tests {
 
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
-        let err = read_image_entries(&p, ImageMagic::STATS).unwrap_err().to_string();
-        assert!(err.contains("entry 2: truncated (299 of 300 bytes)"), "{err}");
+        let err = read_image_entries(&p, ImageMagic::STATS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("entry 2: truncated (299 of 300 bytes)"),
+            "{err}"
+        );
 
         std::fs::write(&p, b"").unwrap();
-        let err = read_image_entries(&p, ImageMagic::STATS).unwrap_err().to_string();
+        let err = read_image_entries(&p, ImageMagic::STATS)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("shorter than its magic"), "{err}");
     }
 
@@ -147,6 +155,9 @@ mod tests {
         bytes.extend(2u32.to_ne_bytes());
         bytes.extend(b"hi");
         std::fs::write(&p, bytes).unwrap();
-        assert_eq!(read_image_entries(&p, ImageMagic::STATS).unwrap(), vec![b"hi".to_vec()]);
+        assert_eq!(
+            read_image_entries(&p, ImageMagic::STATS).unwrap(),
+            vec![b"hi".to_vec()]
+        );
     }
 }

@@ -47,7 +47,10 @@ fn strip_timestamp(line: &str) -> &str {
     let l = line.trim();
     if let Some(rest) = l.strip_prefix('(') {
         if let Some((ts, after)) = rest.split_once(") ") {
-            if ts.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ' ') {
+            if ts
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == ' ')
+            {
                 return after.trim();
             }
         }
@@ -125,7 +128,10 @@ mod tests {
         .unwrap();
         assert_eq!(explain_log(&log).first_error, None);
         let missing = dir.path().join("nope.log");
-        assert_eq!(explain_log(&missing).to_string(), format!("see {}", missing.display()));
+        assert_eq!(
+            explain_log(&missing).to_string(),
+            format!("see {}", missing.display())
+        );
     }
 
     #[test]

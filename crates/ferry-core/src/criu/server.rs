@@ -33,7 +33,11 @@ pub(super) struct CriuChild {
 }
 
 impl CriuChild {
-    pub(super) fn spawn_ready(what: &'static str, tool: Tool, log_path: &Path) -> Result<Self, CriuError> {
+    pub(super) fn spawn_ready(
+        what: &'static str,
+        tool: Tool,
+        log_path: &Path,
+    ) -> Result<Self, CriuError> {
         let (ready_rx, ready_tx) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| CriuError::Io {
                 path: PathBuf::from("pipe"),
@@ -116,7 +120,10 @@ impl CriuChild {
         let Some(child) = self.child.as_mut() else {
             return Ok(Some(()));
         };
-        match child.try_wait().map_err(|e| CriuError::io(&self.log_path, e))? {
+        match child
+            .try_wait()
+            .map_err(|e| CriuError::io(&self.log_path, e))?
+        {
             None => Ok(None),
             Some(status) => {
                 self.child = None;
@@ -365,20 +372,36 @@ mod tests {
         assert_ne!(port, 0);
         assert_eq!(server.log_path(), dst.path().join("ps.log"));
 
-        dump_sleeper(
+        let (tag, pid) = dump_sleeper(
             src.path(),
-            &["--page-server", "--address", "127.0.0.1", "--port", &port.to_string()],
+            &[
+                "--page-server",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ],
         );
         server.wait().unwrap();
 
-        assert!(page_images(src.path()).is_empty(), "{:?}", page_images(src.path()));
+        assert!(
+            page_images(src.path()).is_empty(),
+            "{:?}",
+            page_images(src.path())
+        );
         let received = page_images(dst.path());
-        assert!(received.iter().any(|n| n.starts_with("pages-")), "{received:?}");
-        assert!(received.iter().any(|n| n.starts_with("pagemap-")), "{received:?}");
+        assert!(
+            received.iter().any(|n| n.starts_with("pages-")),
+            "{received:?}"
+        );
+        assert!(
+            received.iter().any(|n| n.starts_with("pagemap-")),
+            "{received:?}"
+        );
         assert!(read_dump_stats(src.path()).unwrap().pages_written > 0);
 
         copy_images(src.path(), dst.path());
-        let restored = restore_detached(dst.path(), &[]);
+        let restored = restore_detached(dst.path(), &tag, pid, &[]);
         assert!(restored.is_alive());
     }
 
@@ -391,8 +414,14 @@ mod tests {
             PageServer::spawn(dst.path(), "192.0.2.1:7000".parse().unwrap(), &log).unwrap_err();
         assert!(matches!(err, CriuError::NotReady { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.starts_with("criu page-server exited before it was ready"), "{msg}");
-        assert!(msg.contains(&format!("see {}: Error (", log.display())), "{msg}");
+        assert!(
+            msg.starts_with("criu page-server exited before it was ready"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("see {}: Error (", log.display())),
+            "{msg}"
+        );
         assert!(msg.contains("Can't bind page server"), "{msg}");
     }
 
@@ -440,7 +469,7 @@ mod tests {
         .unwrap();
         assert!(dst.path().join("lazy-pages.socket").exists());
 
-        let restored = restore_detached(dst.path(), &["--lazy-pages"]);
+        let restored = restore_detached(dst.path(), &sleeper.tag(), pid, &["--lazy-pages"]);
         daemon.wait().unwrap();
         source.wait().unwrap();
         sleeper.reap();

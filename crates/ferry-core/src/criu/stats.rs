@@ -83,20 +83,26 @@ impl From<proto::RestoreStatsEntry> for RestoreStats {
 pub fn read_dump_stats(images_dir: &Path) -> Result<DumpStats, CriuError> {
     let path = images_dir.join(STATS_DUMP);
     let entry = read_stats_entry(&path)?;
-    entry.dump.map(DumpStats::from).ok_or_else(|| CriuError::Image {
-        path,
-        problem: "stats entry has no dump section".into(),
-    })
+    entry
+        .dump
+        .map(DumpStats::from)
+        .ok_or_else(|| CriuError::Image {
+            path,
+            problem: "stats entry has no dump section".into(),
+        })
 }
 
 /// Parses `dir/stats-restore` (`dir` is the restore's work directory, by default the images dir).
 pub fn read_restore_stats(dir: &Path) -> Result<RestoreStats, CriuError> {
     let path = dir.join(STATS_RESTORE);
     let entry = read_stats_entry(&path)?;
-    entry.restore.map(RestoreStats::from).ok_or_else(|| CriuError::Image {
-        path,
-        problem: "stats entry has no restore section".into(),
-    })
+    entry
+        .restore
+        .map(RestoreStats::from)
+        .ok_or_else(|| CriuError::Image {
+            path,
+            problem: "stats entry has no restore section".into(),
+        })
 }
 
 fn read_stats_entry(path: &Path) -> Result<proto::StatsEntry, CriuError> {
@@ -161,7 +167,10 @@ mod tests {
         // A stats-dump holds no restore section.
         std::fs::rename(dir.path().join(STATS_DUMP), dir.path().join(STATS_RESTORE)).unwrap();
         let err = read_restore_stats(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("stats-restore: stats entry has no restore section"), "{err}");
+        assert!(
+            err.contains("stats-restore: stats entry has no restore section"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -197,8 +206,12 @@ mod tests {
         let err = read_dump_stats(dir.path()).unwrap_err().to_string();
         assert!(err.contains("stats-dump"), "{err}");
 
-        write_image_entries(&dir.path().join(STATS_DUMP), ImageMagic::STATS, &[vec![0x0a, 0x05, 0x08]])
-            .unwrap();
+        write_image_entries(
+            &dir.path().join(STATS_DUMP),
+            ImageMagic::STATS,
+            &[vec![0x0a, 0x05, 0x08]],
+        )
+        .unwrap();
         let err = read_dump_stats(dir.path()).unwrap_err().to_string();
         assert!(err.contains("bad stats entry"), "{err}");
 
@@ -211,7 +224,7 @@ mod tests {
     #[test]
     fn real_dump_and_restore_stats() {
         let dir = tempfile::tempdir().unwrap();
-        dump_sleeper(dir.path(), &[]);
+        let (tag, pid) = dump_sleeper(dir.path(), &[]);
 
         let d = read_dump_stats(dir.path()).unwrap();
         assert!(d.pages_written > 0, "{d:?}");
@@ -228,7 +241,7 @@ mod tests {
             .sum();
         assert_eq!(page_bytes, d.pages_written * 4096, "{d:?}");
 
-        let restored: RestoredProcess = restore_detached(dir.path(), &[]);
+        let restored: RestoredProcess = restore_detached(dir.path(), &tag, pid, &[]);
         assert!(restored.is_alive());
         let r = read_restore_stats(dir.path()).unwrap();
         assert!(r.restore_time_us > 0, "{r:?}");

@@ -6,19 +6,29 @@ use std::process::{Child, Command, Stdio};
 
 use super::{criu_tool, explain_log};
 
-/// Marks our test processes, so cleanup never signals a reused pid.
-const SLEEP_ARG: &str = "1000017";
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT_SLEEPER: AtomicU32 = AtomicU32::new(0);
+
+/// A sleep duration unique to one test sleeper: it finds the restored copy (whose pid may differ)
+/// and makes sure cleanup never signals an unrelated process.
+fn unique_sleep_arg() -> String {
+    let n = NEXT_SLEEPER.fetch_add(1, Ordering::Relaxed);
+    format!("{}{:03}", 100_000 + std::process::id() % 100_000, n % 1000)
+}
 
 pub(crate) struct Sleeper {
     /// The sleeper itself, or the `unshare` that forked it into a new pid namespace.
     child: Child,
     pid: u32,
+    arg: String,
 }
 
 impl Sleeper {
     pub(crate) fn spawn() -> Sleeper {
+        let arg = unique_sleep_arg();
         let child = Command::new("setsid")
-            .args(["/bin/busybox", "sleep", SLEEP_ARG])
+            .args(["/bin/busybox", "sleep", &arg])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -27,16 +37,17 @@ impl Sleeper {
         // setsid(1) execs in place when the caller is not a group leader, so the pid is the
         // sleeper's own; wait until the exec happened.
         let pid = child.id();
-        wait_until_sleeping(pid);
-        Sleeper { child, pid }
+        wait_until_sleeping(pid, &arg);
+        Sleeper { child, pid, arg }
     }
 
     /// A sleeper that is pid 1 of its own pid namespace, so CRIU restores it into a new one and
     /// its pid cannot clash with the still-frozen original (post-copy keeps the source frozen
     /// until every page has been pulled).
     pub(crate) fn spawn_in_pid_namespace() -> Sleeper {
-        let child = Command::new("unshare")
-            .args(["--pid", "--fork", "setsid", "/bin/busybox", "sleep", SLEEP_ARG])
+        let arg = unique_sleep_arg();
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "setsid", "/bin/busybox", "sleep", &arg])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -48,11 +59,13 @@ impl Sleeper {
                 .ok()
                 .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
             if let Some(pid) = pid {
-                wait_until_sleeping(pid);
-                return Sleeper { child, pid };
+                wait_until_sleeping(pid, &arg);
+                return Sleeper { child, pid, arg };
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("unshare {} did not fork the sleeper", child.id());
     }
 
@@ -61,10 +74,18 @@ impl Sleeper {
         self.pid
     }
 
+    /// What identifies this sleeper and its restored copies.
+    pub(crate) fn tag(&self) -> String {
+        self.arg.clone()
+    }
+
     /// After a successful dump CRIU killed it; reap it so the pid is free for restore.
     pub(crate) fn reap(mut self) {
         let status = self.child.wait().expect("wait for dumped sleeper");
-        assert!(!status.success(), "the dumped sleeper should have been killed: {status}");
+        assert!(
+            !status.success(),
+            "the dumped sleeper should have been killed: {status}"
+        );
     }
 }
 
@@ -77,9 +98,9 @@ impl Drop for Sleeper {
     }
 }
 
-fn wait_until_sleeping(pid: u32) {
+fn wait_until_sleeping(pid: u32, arg: &str) {
     for _ in 0..200 {
-        if is_our_sleeper(pid) {
+        if is_our_sleeper(pid, arg) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -87,20 +108,20 @@ fn wait_until_sleeping(pid: u32) {
     panic!("sleeper {pid} did not start");
 }
 
-fn is_our_sleeper(pid: u32) -> bool {
+fn is_our_sleeper(pid: u32, arg: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-            args.first().is_some_and(|a| a.ends_with(b"busybox"))
-                && args.iter().any(|a| *a == SLEEP_ARG.as_bytes())
+            args.first().is_some_and(|a| a.ends_with(b"busybox")) && args.contains(&arg.as_bytes())
         })
         .unwrap_or(false)
 }
 
 /// Spawns a sleeper and dumps it into `images_dir` (log `dump.log` there), with `extra` CRIU
-/// options; returns its pid.
-pub(crate) fn dump_sleeper(images_dir: &Path, extra: &[&str]) -> u32 {
+/// options; returns its tag and pid.
+pub(crate) fn dump_sleeper(images_dir: &Path, extra: &[&str]) -> (String, u32) {
     let sleeper = Sleeper::spawn();
+    let tag = sleeper.tag();
     let pid = sleeper.pid();
     let result = criu_tool()
         .args(["dump", "-t", &pid.to_string(), "-D"])
@@ -109,26 +130,30 @@ pub(crate) fn dump_sleeper(images_dir: &Path, extra: &[&str]) -> u32 {
         .args(extra)
         .run();
     if let Err(e) = result {
-        panic!("criu dump: {e}; {}", explain_log(&images_dir.join("dump.log")));
+        panic!(
+            "criu dump: {e}; {}",
+            explain_log(&images_dir.join("dump.log"))
+        );
     }
     sleeper.reap();
-    pid
+    (tag, pid)
 }
 
 /// A restored process, killed when dropped.
 pub(crate) struct RestoredProcess {
     pid: u32,
+    tag: String,
 }
 
 impl RestoredProcess {
     pub(crate) fn is_alive(&self) -> bool {
-        is_our_sleeper(self.pid)
+        is_our_sleeper(self.pid, &self.tag)
     }
 }
 
 impl Drop for RestoredProcess {
     fn drop(&mut self) {
-        if is_our_sleeper(self.pid) {
+        if self.is_alive() {
             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
@@ -136,26 +161,41 @@ impl Drop for RestoredProcess {
 }
 
 /// `criu restore -d` from `images_dir` (log `restore.log` there).
-pub(crate) fn restore_detached(images_dir: &Path, extra: &[&str]) -> RestoredProcess {
-    let pidfile = images_dir.join("restored.pid");
+/// Finds the restored copy by its tag (its pid differs when restored into a new pid namespace).
+/// `original` is the dumped pid, which may still be frozen (post-copy) and carries the same tag.
+pub(crate) fn restore_detached(
+    images_dir: &Path,
+    tag: &str,
+    original: u32,
+    extra: &[&str],
+) -> RestoredProcess {
     let result = criu_tool()
         .args(["restore", "-d", "-D"])
         .arg(images_dir)
-        .args(["-o", "restore.log", "-v4", "--pidfile"])
-        .arg(&pidfile)
+        .args(["-o", "restore.log", "-v4"])
         .args(extra)
         .run();
     if let Err(e) = result {
-        panic!("criu restore: {e}; {}", explain_log(&images_dir.join("restore.log")));
+        panic!(
+            "criu restore: {e}; {}",
+            explain_log(&images_dir.join("restore.log"))
+        );
     }
-    let pid: u32 = std::fs::read_to_string(&pidfile)
-        .expect("criu restore --pidfile")
-        .trim()
-        .parse()
-        .expect("pid in criu's pidfile");
-    let restored = RestoredProcess { pid };
-    assert!(restored.is_alive(), "restored process {pid} is not running");
-    restored
+    let mut candidates: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_our_sleeper(pid, tag))
+        .collect();
+    // Restored in the same pid namespace, the copy has the original's pid; in a new one, the
+    // original may still be alive next to it.
+    candidates.sort_by_key(|&pid| pid == original);
+    let pid = *candidates
+        .first()
+        .unwrap_or_else(|| panic!("no restored sleeper {tag} is running"));
+    RestoredProcess {
+        pid,
+        tag: tag.to_owned(),
+    }
 }
 
 /// Copies the regular files of `from` into `to`, except logs and files `to` already has.

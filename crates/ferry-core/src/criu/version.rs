@@ -106,7 +106,10 @@ mod tests {
         assert_eq!(v, CriuVersion::new(4, 2, 1));
         let v = CriuVersion::parse_version_output("Version: 3.17\nGitID: v3.17-12-gabc\n").unwrap();
         assert_eq!(v, CriuVersion::new(3, 17, 0));
-        assert_eq!("4.2-rc1".parse::<CriuVersion>().unwrap(), CriuVersion::new(4, 2, 0));
+        assert_eq!(
+            "4.2-rc1".parse::<CriuVersion>().unwrap(),
+            CriuVersion::new(4, 2, 0)
+        );
         assert!(CriuVersion::parse_version_output("criu: command not found").is_err());
         assert!("4".parse::<CriuVersion>().is_err());
         assert!("x.y".parse::<CriuVersion>().is_err());

@@ -1,0 +1,123 @@
+//! Writing a checkpoint directory as one archive file.
+
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::manifest::{read_manifest, HashingReader, Manifest};
+use super::{ArchiveError, Compression};
+use crate::checkpoint::layout::MANIFEST;
+
+/// zstd level 3: fast enough that the disk, not the compressor, sets the pace.
+const ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Size of the archive file.
+    pub bytes: u64,
+    /// Members written (the manifest not counted).
+    pub members: usize,
+}
+
+/// Streams `dir` (which must hold a manifest, see [`super::write_manifest`]) into `out`:
+/// `manifest.json` first, then every member in manifest order, each checked against its digest
+/// as it is read. The archive is written next to `out` and renamed into place only when complete.
+pub fn export(
+    dir: &Path,
+    out: &Path,
+    compression: Compression,
+) -> Result<ExportSummary, ArchiveError> {
+    let manifest = read_manifest(dir)?;
+    let manifest_bytes =
+        std::fs::read(dir.join(MANIFEST)).map_err(|e| ArchiveError::io(dir.join(MANIFEST), e))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".ferry-export-")
+        .tempfile_in(parent)
+        .map_err(|e| ArchiveError::io(parent, e))?;
+    let file = BufWriter::new(tmp.as_file());
+    let io_err = |e| ArchiveError::io(tmp.path(), e);
+    match compression {
+        Compression::None => {
+            let w = write_tar(file, dir, &manifest, &manifest_bytes, tmp.path())?;
+            finish_file(w).map_err(io_err)?;
+        }
+        Compression::Zstd => {
+            let mut enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(io_err)?;
+            // The frame checksum lets a decompressor notice damage on its own.
+            enc.include_checksum(true).map_err(io_err)?;
+            let enc = write_tar(enc, dir, &manifest, &manifest_bytes, tmp.path())?;
+            finish_file(enc.finish().map_err(io_err)?).map_err(io_err)?;
+        }
+    }
+    tmp.as_file().sync_all().map_err(io_err)?;
+    let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
+    tmp.persist(out)
+        .map_err(|e| ArchiveError::io(out, e.error))?;
+    Ok(ExportSummary {
+        bytes,
+        members: manifest.members.len(),
+    })
+}
+
+fn finish_file(mut w: BufWriter<&std::fs::File>) -> std::io::Result<()> {
+    w.flush()
+}
+
+fn write_tar<W: Write>(
+    w: W,
+    dir: &Path,
+    manifest: &Manifest,
+    manifest_bytes: &[u8],
+    tmp: &Path,
+) -> Result<W, ArchiveError> {
+    let mut builder = tar::Builder::new(w);
+    let io_err = |e| ArchiveError::io(tmp, e);
+
+    let mut header = regular_header(manifest_bytes.len() as u64, 0o644, 0);
+    builder
+        .append_data(&mut header, MANIFEST, manifest_bytes)
+        .map_err(io_err)?;
+
+    for (name, member) in &manifest.members {
+        let path = dir.join(name);
+        let file = std::fs::File::open(&path).map_err(|e| ArchiveError::io(&path, e))?;
+        let meta = file.metadata().map_err(|e| ArchiveError::io(&path, e))?;
+        if meta.len() != member.size {
+            return Err(ArchiveError::member(
+                name,
+                format!(
+                    "size {} differs from the manifest's {}",
+                    meta.len(),
+                    member.size
+                ),
+            ));
+        }
+        let mut header =
+            regular_header(member.size, meta.mode() & 0o777, meta.mtime().max(0) as u64);
+        // take(): a file growing meanwhile must not put more bytes in the tar than its header says.
+        let mut reader = HashingReader::new(file.take(member.size));
+        builder
+            .append_data(&mut header, name, &mut reader)
+            .map_err(io_err)?;
+        if reader.count != member.size {
+            return Err(ArchiveError::member(name, "changed while being exported"));
+        }
+        if reader.hex_digest() != member.sha256 {
+            return Err(ArchiveError::member(name, "sha256 mismatch"));
+        }
+    }
+    builder.into_inner().map_err(io_err)
+}
+
+fn regular_header(size: u64, mode: u32, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(mtime);
+    h
+}

@@ -1,0 +1,123 @@
+//! The checkpoint archive: a checkpoint directory (see [`super::layout`]) with a checksummed
+//! `manifest.json`, exported as a tar (optionally zstd-compressed) with the manifest first, and
+//! imported with every entry checked against that manifest before it is accepted.
+
+mod export;
+mod import;
+mod manifest;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+pub use export::{export, ExportSummary};
+pub use import::{import, Limits};
+pub use manifest::{read_manifest, verify_dir, write_manifest, Manifest, Member};
+
+/// The `format` field of every ferry checkpoint manifest.
+pub const FORMAT: &str = "ferry-checkpoint";
+/// The format version this ferry writes; it reads any 1.x.
+pub const VERSION: (u32, u32) = (1, 0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is a {kind}; a checkpoint may contain only regular files and directories")]
+    NotAllowed { path: PathBuf, kind: &'static str },
+    #[error("manifest.json: {problem}")]
+    Manifest { problem: String },
+    #[error("not a ferry checkpoint: manifest format is {found:?}, expected {FORMAT:?}")]
+    UnknownFormat { found: String },
+    #[error(
+        "archive format version {found} is {} than this ferry supports ({}.x)",
+        newer_or_older(.newer),
+        VERSION.0
+    )]
+    UnsupportedVersion { found: String, newer: bool },
+    #[error("member {member}: {problem}")]
+    Member { member: String, problem: String },
+    #[error("{path} is not listed in the manifest")]
+    Unlisted { path: String },
+    #[error("entry {entry} {problem}")]
+    Entry { entry: String, problem: String },
+    #[error("archive is truncated: {detail}")]
+    Truncated { detail: String },
+    #[error("archive is damaged: {detail}")]
+    Corrupt { detail: String },
+    #[error("archive exceeds the import limits: {detail}")]
+    OverLimit { detail: String },
+    #[error("{path}: {detail}")]
+    NotAnArchive { path: PathBuf, detail: String },
+    #[error("{path} already exists; import needs a fresh destination")]
+    DestinationExists { path: PathBuf },
+}
+
+fn newer_or_older(newer: &bool) -> &'static str {
+    if *newer {
+        "newer"
+    } else {
+        "older"
+    }
+}
+
+impl ArchiveError {
+    fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ArchiveError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    fn member(member: &str, problem: impl Into<String>) -> Self {
+        ArchiveError::Member {
+            member: member.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    fn entry(entry: &str, problem: impl Into<String>) -> Self {
+        ArchiveError::Entry {
+            entry: entry.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// How an exported archive is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    None,
+    /// Podman's default too.
+    #[default]
+    Zstd,
+}
+
+impl FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(format!(
+                "unknown compression {other:?} (expected \"none\" or \"zstd\")"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
