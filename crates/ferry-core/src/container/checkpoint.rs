@@ -168,7 +168,7 @@ impl Engine {
                 return Err(invalid(format!("export target {exp} already exists")));
             }
         }
-        criu::require(&[])?;
+        criu::require_supported_version()?;
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.refresh(&mut rec);
@@ -335,7 +335,7 @@ impl Engine {
 
     /// `ferry restore`: from one of the container's own snapshots, or from an archive.
     pub fn restore(&self, name: Option<&str>, req: &RestoreRequest) -> Result<RestoreReport, ContainerError> {
-        criu::require(&[])?;
+        criu::require_supported_version()?;
         match &req.import {
             Some(file) => self.restore_import(Path::new(file), req),
             None => {
