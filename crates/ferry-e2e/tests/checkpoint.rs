@@ -7,8 +7,9 @@ use ferry_e2e::writer::{verify_acked, Writer};
 use ferry_e2e::Host;
 
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
-const REDIS_ARGS: [&str; 9] = [
+const REDIS_ARGS: [&str; 11] = [
     "redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no",
+    "--enable-debug-command", "yes",
 ];
 
 fn ticks(logs: &str) -> Vec<u64> {
@@ -64,7 +65,10 @@ fn redis_keeps_acknowledged_writes_and_the_same_connection() {
     let ns = netns_path(&h);
     let mut setup = RedisConn::connect(&ns, "10.78.1.20").expect("connect");
     // Some bulk so the dump is not trivial.
-    setup.cmd(&["DEBUG", "POPULATE", "20000", "bulk", "1000"]).expect("populate");
+    assert_eq!(
+        setup.cmd(&["DEBUG", "POPULATE", "20000", "bulk", "1000"]).expect("populate"),
+        ferry_e2e::redis::Reply::Status("OK".into())
+    );
     let conn = RedisConn::connect(&ns, "10.78.1.20").expect("connect");
     let port = conn.local_port;
     let w = Writer::start(conn, Duration::from_millis(2));

@@ -205,7 +205,7 @@ impl Engine {
             archive::export(&dir, Path::new(exp), compression)?;
             exported = Some(exp.clone());
         }
-        let stats = criu::read_dump_stats(&dir.join(IMAGES_DIR))?;
+        let stats = criu::read_dump_stats(&dir)?;
         let images = dir.join(IMAGES_DIR);
         Ok(CheckpointReport {
             container: rec.config.name.clone(),
@@ -241,7 +241,9 @@ impl Engine {
         let t = Instant::now();
         let dumped = self.runc().checkpoint(&rec.config.id, &opts);
         let checkpoint_ms = ms(t.elapsed());
+        // CRIU writes its log and stats into the work dir; the checkpoint keeps both at its top.
         let _ = std::fs::copy(work.join(DUMP_LOG), dir.join(DUMP_LOG));
+        let _ = std::fs::copy(work.join(STATS_DUMP), dir.join(STATS_DUMP));
         if let Err(e) = dumped {
             // A failed dump resumes the container by itself; make sure the record says so.
             self.refresh(rec);
@@ -293,10 +295,6 @@ impl Engine {
                 let out = BufWriter::new(File::create(&p).map_err(io(&p))?);
                 fsdiff::pack_dir(&self.paths().volume_data(&v.name), out)?;
             }
-        }
-        let stats = dir.join(IMAGES_DIR).join("stats-dump");
-        if stats.exists() {
-            std::fs::copy(&stats, dir.join(STATS_DUMP)).map_err(io(&stats))?;
         }
         Ok(())
     }
@@ -451,7 +449,6 @@ impl Engine {
     ) -> Result<RestoreReport, ContainerError> {
         let images = dir.join(IMAGES_DIR);
         let outcome = self.restore_images(rec, &images, GateKind::RstOnly);
-        let _ = std::fs::remove_file(images.join("stats-restore"));
         let (pid, restore_ms, stats) = match outcome {
             Ok(v) => v,
             Err(e) => {
@@ -505,7 +502,7 @@ impl Engine {
             log: criu::explain_log(&work.join("restore.log")).to_string(),
         })?;
         let restore_ms = ms(t.elapsed());
-        let stats = criu::read_restore_stats(images).ok();
+        let stats = criu::read_restore_stats(&work).ok();
         rec.status = Status::Running;
         rec.pid = Some(started.init_pid);
         rec.shim_pid = Some(started.shim_pid);

@@ -544,13 +544,10 @@ async fn run(
     let mut f = frozen.take().expect("frozen");
     f.hook.verdict(true);
     let crit = criu_work.clone();
-    let dump_images = images.clone();
     let stats = blocking(move || {
         let _ = f.child.wait();
         drop(f.hook);
-        Ok(crate::criu::read_dump_stats(&dump_images).ok().or_else(|| {
-            crate::criu::read_dump_stats(&crit).ok()
-        }))
+        Ok(crate::criu::read_dump_stats(&crit).ok())
     })
     .await
     .unwrap_or(None);
