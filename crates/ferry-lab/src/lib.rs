@@ -226,7 +226,10 @@ fn netns_with_prefix(prefix: &str) -> Option<PathBuf> {
 
 /// See [`Lab::host_command`]; usable without a [`Lab`] (the binary).
 pub fn host_command(h: &HostHandle, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Tool::new(program).env("FERRY_SOCKET", &h.socket).command();
+    let mut c = Tool::new(program)
+        .env("FERRY_SOCKET", &h.socket)
+        .env("PATH", path_with_ferry())
+        .command();
     let ferryd = h
         .pid()
         .filter(|p| Path::new(&format!("/proc/{p}/ns/mnt")).exists());
@@ -236,7 +239,27 @@ pub fn host_command(h: &HostHandle, program: impl AsRef<std::ffi::OsStr>) -> Com
 
 /// See [`Lab::client_command`]; usable without a [`Lab`].
 pub fn client_command(state: &LabState, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Tool::new(program).command();
+    let mut c = Tool::new(program).env("PATH", path_with_ferry()).command();
     nsexec::enter(&mut c, &state.client_netns(), None);
     c
+}
+
+/// PATH with the directory of ferry's binaries first, so `ferry-lab exec host-a -- ferry ps`
+/// finds the `ferry` built next to `ferry-lab` (or next to a test binary's `deps/`).
+pub fn path_with_ferry() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if d.ends_with("deps") {
+                if let Some(p) = d.parent() {
+                    dirs.insert(0, p.to_path_buf());
+                }
+            }
+        }
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
 }

@@ -58,6 +58,11 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<OsString>,
     },
+    /// Build a test image as an OCI layout from this machine's binaries: busybox or redis.
+    Mkimage {
+        kind: String,
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -138,6 +143,17 @@ fn run(cli: &Cli) -> Result<i32> {
             let mut c = ferry_lab::host_command(&h, &cmd[0]);
             c.args(&cmd[1..]);
             wait_code(c)
+        }
+        Cmd::Mkimage { kind, out } => {
+            use ferry_core::image::fixture::{build_layout, FixtureSpec};
+            let spec = match kind.as_str() {
+                "busybox" => FixtureSpec::busybox(),
+                "redis" => FixtureSpec::redis(),
+                other => anyhow::bail!("unknown image kind {other:?}: use busybox or redis"),
+            }?;
+            let digest = build_layout(out, &spec)?;
+            println!("{digest}");
+            Ok(0)
         }
         Cmd::Client { cmd } => {
             let state = require_lab(cli)?;

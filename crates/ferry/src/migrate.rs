@@ -69,23 +69,29 @@ pub async fn run(c: &Client, name: &str, to: &str, json_out: bool) -> Result<()>
     }
 }
 
+/// Live progress on stderr: on a terminal one line per phase, updated in place; otherwise only
+/// finished phases, so logs stay readable.
 fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
-    use std::io::Write;
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let clear = if tty { "\r\x1b[2K" } else { "" };
     match ev {
         MigrationEvent::PhaseStart { phase } => {
             *phase_start = std::time::Instant::now();
-            eprint!("  {:<32}", phase.label());
-            let _ = std::io::stderr().flush();
+            if tty {
+                eprint!("{clear}  {:<32}", phase.label());
+            }
         }
-        MigrationEvent::Bytes { bytes, .. } => {
-            let secs = phase_start.elapsed().as_secs_f64().max(0.001);
-            eprint!(
-                "\r  {:<32}{:>10}  {:>10}/s",
-                "",
-                human_bytes(*bytes),
-                human_bytes((*bytes as f64 / secs) as u64)
-            );
-            let _ = std::io::stderr().flush();
+        MigrationEvent::Bytes { phase, bytes } => {
+            if tty {
+                let secs = phase_start.elapsed().as_secs_f64().max(0.001);
+                eprint!(
+                    "{clear}  {:<32}{:>10}  {:>10}/s",
+                    phase.label(),
+                    human_bytes(*bytes),
+                    human_bytes((*bytes as f64 / secs) as u64)
+                );
+            }
         }
         MigrationEvent::PhaseDone { phase, ms, bytes } => {
             let rate = if *ms > 0 && *bytes > 0 {
@@ -93,17 +99,13 @@ fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
             } else {
                 String::new()
             };
-            eprintln!(
-                "\r  {:<32}{:>8} ms {:>10}  {:>12}",
-                phase.label(),
-                ms,
-                if *bytes > 0 { human_bytes(*bytes) } else { String::new() },
-                rate
-            );
+            let size = if *bytes > 0 { human_bytes(*bytes) } else { String::new() };
+            eprintln!("{clear}  {:<32}{ms:>7} ms {size:>10}  {rate:>12}", phase.label());
         }
-        MigrationEvent::Note { message } => eprintln!("\r  · {message}"),
+        MigrationEvent::Note { message } => eprintln!("{clear}  · {message}"),
         MigrationEvent::Done { .. } | MigrationEvent::Failed { .. } => {}
     }
+    let _ = std::io::stderr().flush();
 }
 
 pub fn table(r: &MigrationReport) {
