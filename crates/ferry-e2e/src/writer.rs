@@ -27,7 +27,13 @@ pub struct Writer {
 impl Writer {
     /// Starts writing: alternately `SET w:i i` and `INCR counter`, one at a time, each waiting
     /// for its acknowledgement, with `pause` between rounds.
-    pub fn start(mut conn: RedisConn, pause: Duration) -> Writer {
+    pub fn start(conn: RedisConn, pause: Duration) -> Writer {
+        Writer::start_keyed(conn, "", pause)
+    }
+
+    /// Like [`Writer::start`], with every key prefixed by `prefix` (several writers, one Redis).
+    pub fn start_keyed(mut conn: RedisConn, prefix: &str, pause: Duration) -> Writer {
+        let prefix = prefix.to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let (s, a) = (stop.clone(), acked.clone());
@@ -39,14 +45,14 @@ impl Writer {
             let mut error = None;
             while !s.load(Ordering::SeqCst) {
                 let i = sets.to_string();
-                match conn.cmd(&["SET", &format!("w:{i}"), &i]) {
+                match conn.cmd(&["SET", &format!("{prefix}w:{i}"), &i]) {
                     Ok(Reply::Status(ok)) if ok == "OK" => sets += 1,
                     other => {
                         error = Some(format!("SET w:{i}: {other:?}"));
                         break;
                     }
                 }
-                match conn.cmd(&["INCR", "counter"]) {
+                match conn.cmd(&["INCR", &format!("{prefix}counter")]) {
                     Ok(Reply::Int(n)) if n as u64 == incrs + 1 => incrs += 1,
                     other => {
                         error = Some(format!("INCR #{}: {other:?}", incrs + 1));
@@ -86,7 +92,12 @@ impl Writer {
 
 /// Asserts every acknowledged write is present, using the given connection.
 pub fn verify_acked(conn: &mut RedisConn, acked_sets: u64, acked_incrs: u64) {
-    let counter = match conn.cmd(&["GET", "counter"]).expect("GET counter") {
+    verify_acked_keyed(conn, "", acked_sets, acked_incrs)
+}
+
+pub fn verify_acked_keyed(conn: &mut RedisConn, prefix: &str, acked_sets: u64, acked_incrs: u64) {
+    let counter_key = format!("{prefix}counter");
+    let counter = match conn.cmd(&["GET", &counter_key]).expect("GET counter") {
         Reply::Bulk(Some(v)) => v.parse::<u64>().expect("counter value"),
         other => panic!("GET counter: {other:?}"),
     };
@@ -94,13 +105,17 @@ pub fn verify_acked(conn: &mut RedisConn, acked_sets: u64, acked_incrs: u64) {
     let mut i = 0;
     while i < acked_sets {
         let end = (i + 500).min(acked_sets);
-        let keys: Vec<String> = (i..end).map(|k| format!("w:{k}")).collect();
+        let keys: Vec<String> = (i..end).map(|k| format!("{prefix}w:{k}")).collect();
         let mut args = vec!["MGET"];
         args.extend(keys.iter().map(String::as_str));
         match conn.cmd(&args).expect("MGET") {
             Reply::Array(vals) => {
                 for (k, v) in (i..end).zip(vals) {
-                    assert_eq!(v, Reply::Bulk(Some(k.to_string())), "acknowledged write w:{k} present");
+                    assert_eq!(
+                        v,
+                        Reply::Bulk(Some(k.to_string())),
+                        "acknowledged write {prefix}w:{k} present"
+                    );
                 }
             }
             other => panic!("MGET: {other:?}"),

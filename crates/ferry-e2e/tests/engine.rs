@@ -13,13 +13,6 @@ fn ticks(logs: &str) -> Vec<u64> {
         .collect()
 }
 
-fn ip_of(h: &Host, name: &str) -> String {
-    h.inspect(name)["config"]["ip"]
-        .as_str()
-        .expect("ip in inspect")
-        .to_owned()
-}
-
 #[test]
 fn busybox_counter_logs() {
     let h = Host::start();

@@ -118,6 +118,38 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Kills a host's ferryd with SIGKILL (no chance to clean up), as a crash would.
+    pub fn kill_ferryd(&mut self, host: &str) -> Result<()> {
+        let h = self
+            .host(host)
+            .with_context(|| format!("no host {host}"))?
+            .clone();
+        let pid = h.pid().with_context(|| format!("{host}'s ferryd is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            .with_context(|| format!("killing {host}'s ferryd ({pid})"))?;
+        for c in &mut self.children {
+            if c.id() as i32 == pid {
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_file(&h.pidfile);
+        Ok(())
+    }
+
+    /// Starts a host's ferryd again (after [`Lab::kill_ferryd`]) and waits until it answers.
+    /// It gets a fresh private mount namespace; its state dir is the same.
+    pub fn start_ferryd(&mut self, host: &str) -> Result<()> {
+        let h = self
+            .host(host)
+            .with_context(|| format!("no host {host}"))?
+            .clone();
+        let ferryd = find_binary("ferryd", "FERRYD")?;
+        let child = daemon::spawn_ferryd(&ferryd, &self.state, &h)?;
+        self.children.push(child);
+        let child = self.children.last_mut().expect("just pushed");
+        daemon::wait_ready(child, &h, Duration::from_secs(30))
+    }
+
     fn start_daemons(&mut self, ferryd: &Path, ferry: &Path, timeout: Duration) -> Result<()> {
         daemon::issue_certificates(ferry, &self.state)?;
         for h in self.hosts.clone() {

@@ -90,6 +90,14 @@ impl Engine {
     ) -> Result<ferry_proto::RestoreStats, ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
+        // Fault-injection hook for the rollback tests: a restore that fails after the dump.
+        let fault = self.paths().root().join("inject-fault").join("restore");
+        if fault.exists() {
+            return Err(ContainerError::Invalid(format!(
+                "restore refused by injected fault ({})",
+                fault.display()
+            )));
+        }
         let result = self.restore_images(&mut rec, images, GateKind::Full);
         match result {
             Ok((_pid, ms, stats)) => {

@@ -22,8 +22,8 @@ use crate::image::Digest;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::tunnel::{tunnel_connect, Tunnel};
 
-/// How long a peer may stay silent between messages before we give up.
-const IDLE: Duration = Duration::from_secs(120);
+/// How long the source may stay silent (no message, no page bytes) before we give up.
+const IDLE: Duration = Duration::from_secs(30);
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, MigrationError> + Send + 'static,
@@ -113,15 +113,7 @@ async fn receive(
     let images_dir = st.work.join("images");
     std::fs::create_dir_all(&images_dir).map_err(|e| MigrationError::io(&images_dir, e))?;
     loop {
-        let msg = match tokio::time::timeout(IDLE, wire.recv()).await {
-            Ok(m) => m?,
-            Err(_) => {
-                return Err(MigrationError::Timeout {
-                    what: "the next message from the source".into(),
-                    after: IDLE,
-                })
-            }
-        };
+        let msg = next_message(wire, st.tunnel.as_ref()).await?;
         match msg {
             Message::CpuInfo { stream, compression } => {
                 let dir = st.work.join("cpuinfo");
@@ -274,6 +266,30 @@ async fn receive(
             }
             other => {
                 return Err(MigrationError::unexpected("a migration step", &other));
+            }
+        }
+    }
+}
+
+/// The next control message. Silence is fine while page bytes still flow through the tunnel
+/// (a big dump); silence with nothing moving for [`IDLE`] means the source or the link is gone.
+async fn next_message(wire: &mut Wire, tunnel: Option<&Tunnel>) -> Result<Message, MigrationError> {
+    let mut last = tunnel.map(|t| t.stats());
+    let mut last_move = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), wire.recv()).await {
+            Ok(m) => return m,
+            Err(_) => {
+                let now = tunnel.map(|t| t.stats());
+                if now != last {
+                    last = now;
+                    last_move = std::time::Instant::now();
+                } else if last_move.elapsed() > IDLE {
+                    return Err(MigrationError::Timeout {
+                        what: "the source (no message and no page data)".into(),
+                        after: IDLE,
+                    });
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ use crate::peer::tunnel::tunnel_listen;
 const REPLY: Duration = Duration::from_secs(30);
 const RESTORE: Duration = Duration::from_secs(180);
 /// No page bytes for this long while dumping means the link or the peer is gone.
-const DUMP_STALL: Duration = Duration::from_secs(20);
+const DUMP_STALL: Duration = Duration::from_secs(10);
 
 /// Runs blocking engine work off the async workers.
 async fn blocking<T: Send + 'static>(

@@ -1,0 +1,465 @@
+//! Issue 4: live migration between lab hosts, against real runc, CRIU and Redis.
+//! The three demos (counter, Redis under load, TCP stream) and the faults.
+//!
+//! Labs share the machine's fabric names and two cores, so these tests take turns.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry_e2e::redis::{connect_in_netns, RedisConn, Reply};
+use ferry_e2e::writer::{verify_acked_keyed, Writer};
+use ferry_e2e::{fixture, tail};
+use ferry_lab::{Lab, LabConfig};
+
+static TURN: Mutex<()> = Mutex::new(());
+
+struct TestLab {
+    lab: Lab,
+    _turn: MutexGuard<'static, ()>,
+}
+
+fn lab() -> TestLab {
+    let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cfg = LabConfig::new("/run/ferry-e2e-lab", 2);
+    cfg.prefix = "ferrye2e".into();
+    let lab = Lab::up_with(cfg).expect("lab up");
+    TestLab { lab, _turn: turn }
+}
+
+impl TestLab {
+    fn ferry(&self, host: &str, args: &[&str]) -> Output {
+        self.lab
+            .host_command(host, "ferry")
+            .expect("host")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferry")
+    }
+
+    fn ok(&self, host: &str, args: &[&str]) -> String {
+        let out = self.ferry(host, args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} on {host} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn logs_tail(&self) -> String {
+        self.lab
+            .hosts()
+            .iter()
+            .map(|h| {
+                format!(
+                    "--- {} ferryd log:\n{}",
+                    h.name,
+                    tail(&std::fs::read_to_string(&h.log).unwrap_or_default(), 25)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn import(&self, host: &str, kind: &str) {
+        let layout = fixture(kind);
+        self.ok(host, &["image", "import", layout.to_str().unwrap()]);
+    }
+
+    fn status(&self, host: &str, name: &str) -> Option<String> {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&self.ok(host, &["ps", "-a", "--json"])).unwrap();
+        list.iter()
+            .find(|c| c["config"]["name"] == name)
+            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+    }
+
+    fn logs(&self, host: &str, name: &str) -> String {
+        self.ok(host, &["logs", name])
+    }
+
+    fn migrate(&self, from: &str, name: &str, to: &str) -> (bool, serde_json::Value, String) {
+        let out = self.ferry(from, &["migrate", name, "--to", to, "--json"]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), report, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    fn client_ns(&self) -> String {
+        self.lab.client_netns().display().to_string()
+    }
+
+    fn host_root(&self, host: &str) -> std::path::PathBuf {
+        self.lab.host(host).unwrap().root.clone()
+    }
+
+    /// Nothing of a failed incoming migration is left on `host`.
+    fn assert_clean(&self, host: &str, what: &str) {
+        let ps = self.ok(host, &["ps", "-a", "--json"]);
+        assert_eq!(ps.trim(), "[]", "{what}: {host} has no containers");
+        let h = self.lab.host(host).unwrap();
+        let runc = Command::new("runc")
+            .arg("--root")
+            .arg(&h.runc_root)
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&runc.stdout).trim().is_empty(),
+            "{what}: runc on {host} knows no container"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(h.root.join("containers"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{what}: no container dirs on {host}: {leftovers:?}");
+    }
+
+    /// Slows host-b's uplink so a memory transfer lasts long enough to interfere with.
+    fn throttle(&self, host: &str, rate: &str) {
+        let fab = self.lab.fabric_netns();
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", fab.display()))
+            .args(["tc", "qdisc", "replace", "dev", &format!("fab-{host}"), "root", "tbf", "rate", rate])
+            .args(["burst", "64kb", "latency", "2s"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tc: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn link(&self, host: &str, up: bool) {
+        let fab = self.lab.fabric_netns();
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", fab.display()))
+            .args(["ip", "link", "set", &format!("fab-{host}"), if up { "up" } else { "down" }])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip link: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+
+fn ticks(logs: &str) -> Vec<u64> {
+    logs.lines()
+        .filter_map(|l| l.strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn redis_args(ip: &str) -> Vec<String> {
+    [
+        "run", "-d", "--name", "redis", "--ip", ip, "redis", "redis-server", "--bind", "0.0.0.0",
+        "--protected-mode", "no", "--save", "", "--appendonly", "no", "--enable-debug-command", "yes",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_redis(t: &TestLab, host: &str, ip: &str, populate_keys: u64) {
+    t.import(host, "redis");
+    let args = redis_args(ip);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    t.ok(host, &args);
+    let ns = t.client_ns();
+    wait_for("redis answers from the client", Duration::from_secs(20), || {
+        RedisConn::connect(&ns, ip)
+            .and_then(|mut c| c.cmd(&["PING"]))
+            .is_ok_and(|r| r == Reply::Status("PONG".into()))
+    });
+    if populate_keys > 0 {
+        let mut c = RedisConn::connect(&ns, ip).unwrap();
+        let n = populate_keys.to_string();
+        assert_eq!(
+            c.cmd(&["DEBUG", "POPULATE", &n, "bulk", "1024"]).unwrap(),
+            Reply::Status("OK".into())
+        );
+    }
+}
+
+fn phase_ms(report: &serde_json::Value) -> String {
+    report["phases"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| format!("{}={}ms", p["phase"].as_str().unwrap_or("?"), p["ms"]))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn counter_migrates_a_to_b_to_a() {
+    let t = lab();
+    t.import("host-a", "busybox");
+    t.ok("host-a", &["run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER]);
+    wait_for("ticks on A", Duration::from_secs(20), || ticks(&t.logs("host-a", "counter")).len() >= 10);
+    let before = *ticks(&t.logs("host-a", "counter")).last().unwrap();
+    let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
+    assert!(ok, "A→B failed: {err}\n{}", t.logs_tail());
+    assert_eq!(report["outcome"], "committed", "{report}");
+    assert_eq!(t.status("host-a", "counter"), None, "the source copy is gone");
+    assert_eq!(t.status("host-b", "counter").as_deref(), Some("running"));
+    wait_for("ticks on B", Duration::from_secs(20), || ticks(&t.logs("host-b", "counter")).len() >= 10);
+    let on_b = ticks(&t.logs("host-b", "counter"));
+    assert!(on_b[0] > before, "the count goes on from A ({before}), not from 0: {:?}", &on_b[..3]);
+    assert!(on_b[0] <= before + 60, "no jump beyond the migration time: {before} → {}", on_b[0]);
+    assert!(on_b.windows(2).all(|w| w[1] == w[0] + 1), "contiguous on B: {on_b:?}");
+
+    let last_b = *on_b.last().unwrap();
+    let (ok, report, err) = t.migrate("host-b", "counter", "host-a");
+    assert!(ok, "B→A failed: {err}\n{}", t.logs_tail());
+    assert_eq!(report["layers_sent"], 0, "the image is already on A: {report}");
+    wait_for("ticks on A again", Duration::from_secs(20), || ticks(&t.logs("host-a", "counter")).len() >= 5);
+    let back = ticks(&t.logs("host-a", "counter"));
+    assert!(back[0] > last_b, "never goes back: {last_b} → {}", back[0]);
+    assert!(back.windows(2).all(|w| w[1] == w[0] + 1), "contiguous on A: {back:?}");
+    assert_eq!(t.status("host-b", "counter"), None);
+    eprintln!("counter A→B→A: B→A downtime {} ms ({})", report["downtime_ms"], phase_ms(&report));
+}
+
+#[test]
+fn redis_256mib_keeps_every_write_and_its_connections() {
+    let t = lab();
+    let ip = "10.77.1.50";
+    start_redis(&t, "host-a", ip, 256 * 1024);
+    let ns = t.client_ns();
+    let (c1, c2) = (RedisConn::connect(&ns, ip).unwrap(), RedisConn::connect(&ns, ip).unwrap());
+    let ports = (c1.local_port, c2.local_port);
+    let w1 = Writer::start_keyed(c1, "a:", Duration::from_millis(2));
+    let w2 = Writer::start_keyed(c2, "b:", Duration::from_millis(3));
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, report, err) = t.migrate("host-a", "redis", "host-b");
+    assert!(ok, "migration failed: {err}\n{}", t.logs_tail());
+    let at = (w1.acked(), w2.acked());
+    wait_for("writes continue on B", Duration::from_secs(20), || {
+        w1.acked() > at.0 + 200 && w2.acked() > at.1 + 200
+    });
+    let (mut r1, mut r2) = (w1.stop(), w2.stop());
+    assert!(r1.error.is_none() && r2.error.is_none(), "no reset or error: {:?} {:?}", r1.error, r2.error);
+    assert_eq!((r1.conn.local_port, r2.conn.local_port), ports, "the same connections");
+    verify_acked_keyed(&mut r1.conn, "a:", r1.acked_sets, r1.acked_incrs);
+    verify_acked_keyed(&mut r2.conn, "b:", r2.acked_sets, r2.acked_incrs);
+    let dbsize = r1.conn.int(&["DBSIZE"]).unwrap() as u64;
+    assert_eq!(dbsize, 256 * 1024 + r1.acked_sets + r2.acked_sets + 2, "DBSIZE");
+    assert_eq!(t.status("host-a", "redis"), None);
+    assert_eq!(t.status("host-b", "redis").as_deref(), Some("running"));
+    assert!(report["bytes"]["pages"].as_u64().unwrap() > 256 << 20, "memory moved: {report}");
+    eprintln!(
+        "redis 256 MiB: downtime {} ms, longest client stall {:?} / {:?}, total {} ms ({}), pages {} B",
+        report["downtime_ms"],
+        r1.longest_stall,
+        r2.longest_stall,
+        report["total_ms"],
+        phase_ms(&report),
+        report["bytes"]["pages"]
+    );
+}
+
+/// A numbered line stream from a server in the container; the same client socket must see
+/// every number, in order, across the migration.
+#[test]
+fn tcp_stream_keeps_flowing_on_the_same_socket() {
+    let t = lab();
+    t.import("host-a", "busybox");
+    t.ok(
+        "host-a",
+        &[
+            "run", "-d", "--name", "stream", "--ip", "10.77.1.60", "busybox", "nc", "-l", "-p", "9000", "-e",
+            "sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); usleep 2000; done",
+        ],
+    );
+    let ns = t.client_ns();
+    let mut sock = None;
+    wait_for("stream server", Duration::from_secs(20), || {
+        sock = connect_in_netns(&ns, "10.77.1.60:9000").ok();
+        sock.is_some()
+    });
+    let sock = sock.unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(sock);
+        let mut expect = 0u64;
+        let mut longest = Duration::ZERO;
+        let mut last = Instant::now();
+        let mut line = String::new();
+        while !s2.load(Ordering::SeqCst) {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) => return Err(format!("stream closed after {expect}")),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read error after {expect}: {e}")),
+            }
+            let n: u64 = line.trim().parse().map_err(|_| format!("garbage {line:?}"))?;
+            if n != expect {
+                return Err(format!("expected {expect}, got {n}"));
+            }
+            expect += 1;
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+        }
+        Ok((expect, longest))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, report, err) = t.migrate("host-a", "stream", "host-b");
+    assert!(ok, "migration failed: {err}\n{}", t.logs_tail());
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let (count, longest) = reader.join().unwrap().expect("an unbroken, in-order stream");
+    assert!(count > 500, "the stream kept flowing: {count} lines");
+    eprintln!(
+        "stream: {count} lines in order, longest gap {longest:?}, downtime {} ms",
+        report["downtime_ms"]
+    );
+}
+
+fn migrate_command(t: &TestLab, name: &str) -> Command {
+    let mut c = t.lab.host_command("host-a", "ferry").unwrap();
+    c.args(["migrate", name, "--to", "host-b", "--json"]);
+    c
+}
+
+/// Runs `ferry migrate` in the background and calls `on_pages` once memory starts to flow.
+fn migrate_and_interfere(mut cmd: Command, on_pages: impl FnOnce()) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let mut on_pages = Some(on_pages);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("\"bytes\"") && line.contains("\"phase\":\"dump\"") {
+            if let Some(f) = on_pages.take() {
+                f();
+                break;
+            }
+        }
+    }
+    for line in lines.map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(on_pages.is_none(), "memory never started to flow:\n{seen}");
+    (out.status.success(), seen)
+}
+
+fn assert_redis_intact(t: &TestLab, ip: &str, w: Writer, what: &str) {
+    let at = w.acked();
+    wait_for("writes continue on the source", Duration::from_secs(30), || w.acked() > at + 100);
+    let mut r = w.stop();
+    assert!(r.error.is_none(), "{what}: the client saw no error: {:?}", r.error);
+    verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"), "{what}: source runs");
+    let mut c = RedisConn::connect(&t.client_ns(), ip).unwrap();
+    assert!(c.int(&["DBSIZE"]).unwrap() as u64 >= 32 * 1024, "{what}: the dataset is intact");
+}
+
+#[test]
+fn fault_destination_ferryd_killed_during_memory_transfer() {
+    let mut t = lab();
+    let ip = "10.77.1.70";
+    start_redis(&t, "host-a", ip, 32 * 1024);
+    let w = Writer::start_keyed(RedisConn::connect(&t.client_ns(), ip).unwrap(), "f:", Duration::from_millis(3));
+    t.throttle("host-b", "100mbit");
+    let cmd = migrate_command(&t, "redis");
+    let (ok, log) = migrate_and_interfere(cmd, || t.lab.kill_ferryd("host-b").unwrap());
+    assert!(!ok, "the migration must fail:\n{log}");
+    assert!(log.contains("rolled-back") || log.contains("rolled back"), "{log}");
+    assert_redis_intact(&t, ip, w, "dest killed");
+    t.lab.start_ferryd("host-b").unwrap();
+    t.assert_clean("host-b", "after the destination restarted");
+}
+
+#[test]
+fn fault_link_cut_during_memory_transfer() {
+    let t = lab();
+    let ip = "10.77.1.71";
+    start_redis(&t, "host-a", ip, 32 * 1024);
+    t.throttle("host-b", "100mbit");
+    // The client reaches A through the fabric; it stays connected while host-b is cut off.
+    let w = Writer::start_keyed(RedisConn::connect(&t.client_ns(), ip).unwrap(), "f:", Duration::from_millis(3));
+    let (ok, log) = migrate_and_interfere(migrate_command(&t, "redis"), || t.link("host-b", false));
+    assert!(!ok, "the migration must fail:\n{log}");
+    assert_redis_intact(&t, ip, w, "link cut");
+    t.link("host-b", true);
+    wait_for("the destination gives up and cleans up", Duration::from_secs(90), || {
+        t.ferry("host-b", &["ps", "-a", "--json"])
+            .stdout
+            .starts_with(b"[]")
+    });
+    t.assert_clean("host-b", "after the link came back");
+}
+
+#[test]
+fn fault_restore_fails_on_destination() {
+    let t = lab();
+    let ip = "10.77.1.72";
+    start_redis(&t, "host-a", ip, 32 * 1024);
+    let w = Writer::start_keyed(RedisConn::connect(&t.client_ns(), ip).unwrap(), "f:", Duration::from_millis(3));
+    let fault = t.host_root("host-b").join("inject-fault");
+    std::fs::create_dir_all(&fault).unwrap();
+    std::fs::write(fault.join("restore"), b"").unwrap();
+    let (ok, report, err) = t.migrate("host-a", "redis", "host-b");
+    assert!(!ok, "the migration must fail");
+    assert_eq!(report["outcome"], "rolled-back", "{report}\n{err}");
+    assert!(err.contains("injected fault"), "{err}");
+    assert_redis_intact(&t, ip, w, "restore failed");
+    t.assert_clean("host-b", "after a failed restore");
+}
+
+#[test]
+fn fault_destination_cannot_get_the_image() {
+    let t = lab();
+    t.import("host-a", "busybox");
+    t.ok("host-a", &["run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER]);
+    wait_for("ticks", Duration::from_secs(20), || ticks(&t.logs("host-a", "counter")).len() >= 3);
+    // Damage the source's copy of the layer: the destination verifies digests and refuses it.
+    let blobs = t.host_root("host-a").join("images/blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&biggest, bytes).unwrap();
+    let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
+    assert!(!ok);
+    assert_eq!(report["outcome"], "refused", "{report}\n{err}");
+    let n = ticks(&t.logs("host-a", "counter")).len();
+    wait_for("the source keeps counting", Duration::from_secs(10), || {
+        ticks(&t.logs("host-a", "counter")).len() > n + 5
+    });
+    t.assert_clean("host-b", "after the image could not be sent");
+    let images = t.ok("host-b", &["image", "ls", "--json"]);
+    assert_eq!(images.trim(), "[]", "no partial image on the destination");
+}
