@@ -39,6 +39,11 @@ pub fn find_binary(name: &str, env: &str) -> Result<PathBuf> {
 /// written into each host's own root, the only place its ferryd can see.
 pub fn issue_certificates(ferry: &Path, lab: &LabState) -> Result<()> {
     let ca = lab.ca_dir();
+    // Fresh material for every lab: a leftover CA or host certificate would be refused.
+    let _ = std::fs::remove_dir_all(&ca);
+    for h in lab.all_hosts() {
+        let _ = std::fs::remove_dir_all(h.root.join("tls"));
+    }
     Tool::new(ferry)
         .args(["ca", "init", "--dir"])
         .arg(&ca)

@@ -86,8 +86,9 @@ impl Lab {
             None
         };
 
+        // A new lab starts from nothing: the previous one's state dirs and CA go too.
         if let Some(previous) = LabState::load(&state.dir)? {
-            for w in teardown(&previous, false) {
+            for w in teardown(&previous, true) {
                 tracing::warn!("cleaning an earlier lab: {w}");
             }
         }
@@ -108,6 +109,8 @@ impl Lab {
             armed: true,
         };
         for h in &lab.hosts {
+            // Each host starts empty, even where an unrecorded earlier lab left its dir.
+            let _ = std::fs::remove_dir_all(&h.dir);
             std::fs::create_dir_all(&h.root)
                 .with_context(|| format!("creating {}", h.root.display()))?;
         }
