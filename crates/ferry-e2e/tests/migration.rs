@@ -263,13 +263,14 @@ fn redis_256mib_keeps_every_write_and_its_connections() {
     assert_eq!(t.status("host-b", "redis").as_deref(), Some("running"));
     assert!(report["bytes"]["pages"].as_u64().unwrap() > 256 << 20, "memory moved: {report}");
     eprintln!(
-        "redis 256 MiB: downtime {} ms, longest client stall {:?} / {:?}, total {} ms ({}), pages {} B",
+        "redis 256 MiB: downtime {} ms, longest client stall {:?} / {:?}, total {} ms ({}), pages {} B, criu {}",
         report["downtime_ms"],
         r1.longest_stall,
         r2.longest_stall,
         report["total_ms"],
         phase_ms(&report),
-        report["bytes"]["pages"]
+        report["bytes"]["pages"],
+        report["criu_dump"]
     );
 }
 

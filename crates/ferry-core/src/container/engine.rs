@@ -76,6 +76,7 @@ impl Engine {
         ] {
             std::fs::create_dir_all(&d).map_err(|e| ContainerError::io(&d, e))?;
         }
+        mount_page_scratch(&cfg.paths.page_scratch())?;
         let images = ImageStore::open(&cfg.paths)?;
         let ipam = Ipam::open(
             &cfg.paths,
@@ -625,6 +626,25 @@ impl Engine {
             .map(|s| lock(s).config.image.clone())
             .collect()
     }
+}
+
+/// Mounts the tmpfs that incoming memory pages go to, unless it is there already.
+fn mount_page_scratch(dir: &Path) -> Result<(), ContainerError> {
+    std::fs::create_dir_all(dir).map_err(|e| ContainerError::io(dir, e))?;
+    if super::is_mount_point(dir) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("ferry-pages"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .map_err(|e| ContainerError::Mount {
+        path: dir.to_owned(),
+        reason: format!("tmpfs for incoming pages: {e}"),
+    })
 }
 
 pub(crate) fn new_id() -> String {

@@ -46,6 +46,7 @@ struct Incoming {
     tunnel: Option<Tunnel>,
     restored: bool,
     committed: bool,
+    images: Option<PathBuf>,
 }
 
 /// Serves one incoming migration on an accepted, authenticated connection.
@@ -78,6 +79,9 @@ pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String)
         t.abort();
     }
     let _ = std::fs::remove_dir_all(&st.work);
+    if let Some(images) = &st.images {
+        let _ = std::fs::remove_dir_all(images);
+    }
 }
 
 async fn receive(
@@ -110,7 +114,14 @@ async fn receive(
         )
         .await?;
     }
-    let images_dir = st.work.join("images");
+    // Pages go to the tmpfs scratch: RAM, not disk, and gone after the restore.
+    let images_dir = engine.paths().page_scratch().join(
+        st.work
+            .file_name()
+            .map(|n| n.to_owned())
+            .unwrap_or_default(),
+    );
+    st.images = Some(images_dir.clone());
     std::fs::create_dir_all(&images_dir).map_err(|e| MigrationError::io(&images_dir, e))?;
     loop {
         let msg = next_message(wire, st.tunnel.as_ref()).await?;

@@ -134,6 +134,14 @@ impl HookServer {
         }
     }
 
+    /// Non-blocking: the event for `action` if it has arrived (for async callers that poll).
+    pub fn poll(&mut self, action: &str) -> Option<HookEvent> {
+        while let Ok(ev) = self.events.try_recv() {
+            self.seen.push(ev);
+        }
+        self.seen.iter().find(|e| e.action == action).cloned()
+    }
+
     /// Answers the waiting `post-dump`: true kills the source, false resumes it.
     pub fn verdict(&self, commit: bool) {
         let _ = self.verdict_tx.send(commit);

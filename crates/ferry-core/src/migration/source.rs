@@ -412,11 +412,7 @@ async fn run(
     let mut last_move = Instant::now();
     loop {
         let f = frozen.as_mut().expect("frozen");
-        let reached = f
-            .hook
-            .wait_for("post-dump", Duration::from_millis(100), || true)
-            .is_ok();
-        if reached {
+        if f.hook.poll("post-dump").is_some() {
             break;
         }
         if let Ok(Some(status)) = f.child.try_wait() {
@@ -443,7 +439,7 @@ async fn run(
             })
             .w(&mut wire);
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let pages = tunnel.stats().to_peer;
     report.bytes.pages = pages;
