@@ -55,7 +55,10 @@ pub fn fixture(kind: &str) -> PathBuf {
 
 fn unique(prefix: &str) -> String {
     use rand::Rng;
-    format!("{prefix}{:06x}", rand::thread_rng().gen::<u32>() & 0xff_ffff)
+    format!(
+        "{prefix}{:06x}",
+        rand::thread_rng().gen::<u32>() & 0xff_ffff
+    )
 }
 
 /// One ferryd "host" in its own network namespace, with its own state dir.
@@ -150,7 +153,9 @@ impl Host {
     /// A command run inside this host's network namespace.
     pub fn netns_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.netns)).arg("--").arg(program);
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -248,7 +253,9 @@ impl Drop for Host {
         self.kill_ferryd();
         cleanup_runc(&self.dir.path().join("runc"));
         unmount_under(self.dir.path());
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
         remove_cgroups(&self.cgroup_parent);
     }
 }
@@ -309,7 +316,9 @@ fn nix_umount(path: &str) -> std::io::Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()))
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 }
 

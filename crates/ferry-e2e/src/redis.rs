@@ -111,7 +111,9 @@ impl RedisConn {
     pub fn int(&mut self, args: &[&str]) -> std::io::Result<i64> {
         match self.cmd(args)? {
             Reply::Int(n) => Ok(n),
-            other => Err(std::io::Error::other(format!("{args:?}: expected an integer, got {other:?}"))),
+            other => Err(std::io::Error::other(format!(
+                "{args:?}: expected an integer, got {other:?}"
+            ))),
         }
     }
 }

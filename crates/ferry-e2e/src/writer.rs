@@ -101,7 +101,10 @@ pub fn verify_acked_keyed(conn: &mut RedisConn, prefix: &str, acked_sets: u64, a
         Reply::Bulk(Some(v)) => v.parse::<u64>().expect("counter value"),
         other => panic!("GET counter: {other:?}"),
     };
-    assert_eq!(counter, acked_incrs, "counter equals the number of acknowledged INCRs");
+    assert_eq!(
+        counter, acked_incrs,
+        "counter equals the number of acknowledged INCRs"
+    );
     let mut i = 0;
     while i < acked_sets {
         let end = (i + 500).min(acked_sets);

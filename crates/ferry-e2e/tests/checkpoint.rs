@@ -8,8 +8,17 @@ use ferry_e2e::Host;
 
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
 const REDIS_ARGS: [&str; 11] = [
-    "redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no",
-    "--enable-debug-command", "yes",
+    "redis-server",
+    "--bind",
+    "0.0.0.0",
+    "--protected-mode",
+    "no",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--enable-debug-command",
+    "yes",
 ];
 
 fn ticks(logs: &str) -> Vec<u64> {
@@ -29,21 +38,31 @@ fn start_redis(h: &Host, name: &str, ip: &str, extra: &[&str]) {
     args.push("redis");
     args.extend_from_slice(&REDIS_ARGS);
     h.ferry_ok(&args);
-    h.wait_for("redis PONG", Duration::from_secs(20), || h.redis_cli(ip, &["PING"]) == "PONG");
+    h.wait_for("redis PONG", Duration::from_secs(20), || {
+        h.redis_cli(ip, &["PING"]) == "PONG"
+    });
 }
 
 #[test]
 fn counter_continues_after_checkpoint_and_restore() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&["run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER]);
-    h.wait_for("ticks", Duration::from_secs(20), || ticks(&h.logs("counter")).len() >= 10);
+    h.ferry_ok(&[
+        "run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER,
+    ]);
+    h.wait_for("ticks", Duration::from_secs(20), || {
+        ticks(&h.logs("counter")).len() >= 10
+    });
     let out = h.ferry_ok(&["checkpoint", "counter", "--print-stats"]);
     assert!(out.contains("frozen time"), "{out}");
     assert_eq!(h.inspect("counter")["status"], "checkpointed");
     let before = ticks(&h.logs("counter"));
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(ticks(&h.logs("counter")), before, "no ticks while checkpointed");
+    assert_eq!(
+        ticks(&h.logs("counter")),
+        before,
+        "no ticks while checkpointed"
+    );
     h.ferry_ok(&["restore", "counter"]);
     assert_eq!(h.inspect("counter")["status"], "running");
     h.wait_for("ticks after restore", Duration::from_secs(20), || {
@@ -66,7 +85,9 @@ fn redis_keeps_acknowledged_writes_and_the_same_connection() {
     let mut setup = RedisConn::connect(&ns, "10.78.1.20").expect("connect");
     // Some bulk so the dump is not trivial.
     assert_eq!(
-        setup.cmd(&["DEBUG", "POPULATE", "20000", "bulk", "1000"]).expect("populate"),
+        setup
+            .cmd(&["DEBUG", "POPULATE", "20000", "bulk", "1000"])
+            .expect("populate"),
         ferry_e2e::redis::Reply::Status("OK".into())
     );
     let conn = RedisConn::connect(&ns, "10.78.1.20").expect("connect");
@@ -77,18 +98,27 @@ fn redis_keeps_acknowledged_writes_and_the_same_connection() {
     let cp = h.ferry_ok(&["checkpoint", "redis", "--json"]);
     let cp: serde_json::Value = serde_json::from_str(&cp).unwrap();
     assert_eq!(cp["established_tcp"], true, "{cp}");
-    assert!(cp["stats"]["pages_written"].as_u64().unwrap() > 1000, "{cp}");
+    assert!(
+        cp["stats"]["pages_written"].as_u64().unwrap() > 1000,
+        "{cp}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let rs = h.ferry_ok(&["restore", "redis", "--json"]);
     let downtime = t.elapsed();
     let acked_at_restore = w.acked();
-    h.wait_for("writes continue", Duration::from_secs(20), || w.acked() > acked_at_restore + 100);
+    h.wait_for("writes continue", Duration::from_secs(20), || {
+        w.acked() > acked_at_restore + 100
+    });
     let mut rep = w.stop();
     assert!(rep.error.is_none(), "writer error: {:?}", rep.error);
     assert_eq!(rep.conn.local_port, port);
     verify_acked(&mut rep.conn, rep.acked_sets, rep.acked_incrs);
     let dbsize = rep.conn.int(&["DBSIZE"]).unwrap();
-    assert_eq!(dbsize as u64, 20000 + rep.acked_sets + 1, "DBSIZE = bulk + acked SETs + counter");
+    assert_eq!(
+        dbsize as u64,
+        20000 + rep.acked_sets + 1,
+        "DBSIZE = bulk + acked SETs + counter"
+    );
     eprintln!(
         "redis checkpoint/restore: downtime {:?}, longest client stall {:?}, checkpoint {} ms, restore {}",
         downtime, rep.longest_stall, cp["checkpoint_ms"], rs
@@ -112,7 +142,11 @@ fn leave_running_snapshots_restore_the_older_one() {
     assert_eq!(h.inspect("snap")["status"], "running");
     std::thread::sleep(Duration::from_millis(300));
     let rep = w.stop();
-    assert!(rep.error.is_none(), "writes keep flowing during --leave-running: {:?}", rep.error);
+    assert!(
+        rep.error.is_none(),
+        "writes keep flowing during --leave-running: {:?}",
+        rep.error
+    );
     assert!(rep.acked_sets > after_s1 + 10);
     let ls = h.ferry_ok(&["checkpoint", "ls", "snap"]);
     assert!(ls.contains("s1") && ls.contains("s2"), "{ls}");
@@ -144,11 +178,21 @@ fn archive_roundtrip_with_rootfs_changes_and_volumes() {
     let h = Host::start();
     h.import("busybox");
     h.ferry_ok(&[
-        "run", "-d", "--name", "arch", "-v", "vdata:/data", "busybox", "sh", "-c",
+        "run",
+        "-d",
+        "--name",
+        "arch",
+        "-v",
+        "vdata:/data",
+        "busybox",
+        "sh",
+        "-c",
         "echo created > /made-inside; rm /etc/passwd; echo volume-data > /data/v; \
          i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done",
     ]);
-    h.wait_for("ticks", Duration::from_secs(20), || ticks(&h.logs("arch")).len() >= 5);
+    h.wait_for("ticks", Duration::from_secs(20), || {
+        ticks(&h.logs("arch")).len() >= 5
+    });
     let t = tempfile::tempdir().unwrap();
     let archive = t.path().join("arch.tar.zst");
     h.ferry_ok(&["checkpoint", "arch", "--export", archive.to_str().unwrap()]);
@@ -164,10 +208,24 @@ fn archive_roundtrip_with_rootfs_changes_and_volumes() {
         ticks(&h.logs("arch")).iter().any(|&n| n > last + 3)
     });
     let after = ticks(&h.logs("arch"));
-    assert_eq!(after[0], last + 1, "the imported copy continues the count: {after:?}");
-    let merged = h.root().join("containers").join(rec["config"]["id"].as_str().unwrap()).join("rootfs");
-    assert_eq!(std::fs::read_to_string(merged.join("made-inside")).unwrap(), "created\n");
-    assert!(!merged.join("etc/passwd").exists(), "a file deleted before the checkpoint stays deleted");
+    assert_eq!(
+        after[0],
+        last + 1,
+        "the imported copy continues the count: {after:?}"
+    );
+    let merged = h
+        .root()
+        .join("containers")
+        .join(rec["config"]["id"].as_str().unwrap())
+        .join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(merged.join("made-inside")).unwrap(),
+        "created\n"
+    );
+    assert!(
+        !merged.join("etc/passwd").exists(),
+        "a file deleted before the checkpoint stays deleted"
+    );
     assert_eq!(
         std::fs::read_to_string(h.root().join("volumes/vdata/_data/v")).unwrap(),
         "volume-data\n"
@@ -178,19 +236,44 @@ fn archive_roundtrip_with_rootfs_changes_and_volumes() {
 fn imports_refuse_duplicates_and_corrupt_archives() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&["run", "-d", "--name", "orig", "--ip", "10.78.1.30", "busybox", "sh", "-c", COUNTER]);
-    h.wait_for("ticks", Duration::from_secs(20), || ticks(&h.logs("orig")).len() >= 3);
+    h.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "orig",
+        "--ip",
+        "10.78.1.30",
+        "busybox",
+        "sh",
+        "-c",
+        COUNTER,
+    ]);
+    h.wait_for("ticks", Duration::from_secs(20), || {
+        ticks(&h.logs("orig")).len() >= 3
+    });
     let t = tempfile::tempdir().unwrap();
     let good = t.path().join("good.tar");
     h.ferry_ok(&[
-        "checkpoint", "orig", "--leave-running", "--export", good.to_str().unwrap(), "--compress", "none",
+        "checkpoint",
+        "orig",
+        "--leave-running",
+        "--export",
+        good.to_str().unwrap(),
+        "--compress",
+        "none",
     ]);
     let before = h.ferry_ok(&["ps", "-a", "--json"]);
 
     // The original still runs: same name, then same IP, are refused.
     let e = h.ferry_err(&["restore", "--import", good.to_str().unwrap()]);
     assert!(e.contains("already exists"), "{e}");
-    let e = h.ferry_err(&["restore", "--import", good.to_str().unwrap(), "--name", "copy"]);
+    let e = h.ferry_err(&[
+        "restore",
+        "--import",
+        good.to_str().unwrap(),
+        "--name",
+        "copy",
+    ]);
     assert!(e.contains("10.78.1.30"), "{e}");
 
     let bytes = std::fs::read(&good).unwrap();
@@ -210,20 +293,39 @@ fn imports_refuse_duplicates_and_corrupt_archives() {
         hd.set_path("placeholder").unwrap();
         let name = b"../evil";
         hd.as_old_mut().name[..name.len()].copy_from_slice(name);
-        hd.as_old_mut().name[name.len()..].iter_mut().for_each(|c| *c = 0);
+        hd.as_old_mut().name[name.len()..]
+            .iter_mut()
+            .for_each(|c| *c = 0);
         hd.set_cksum();
         b.append(&hd, &b"bad"[..]).unwrap();
         b.finish().unwrap();
     }
-    for (what, file) in [("flipped byte", &flipped), ("truncated", &truncated), ("../ entry", &traversal)] {
-        let e = h.ferry_err(&["restore", "--import", file.to_str().unwrap(), "--name", "bad"]);
+    for (what, file) in [
+        ("flipped byte", &flipped),
+        ("truncated", &truncated),
+        ("../ entry", &traversal),
+    ] {
+        let e = h.ferry_err(&[
+            "restore",
+            "--import",
+            file.to_str().unwrap(),
+            "--name",
+            "bad",
+        ]);
         assert!(!e.trim().is_empty(), "{what}: no error text");
         eprintln!("{what}: {e}");
     }
-    assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]), before, "nothing changed");
+    assert_eq!(
+        h.ferry_ok(&["ps", "-a", "--json"]),
+        before,
+        "nothing changed"
+    );
     assert!(!std::path::Path::new("/evil").exists());
     let leftovers: Vec<_> = std::fs::read_dir(h.root().join("tmp"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(leftovers.is_empty(), "no partial import left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "no partial import left behind: {leftovers:?}"
+    );
 }

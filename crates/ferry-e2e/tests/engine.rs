@@ -17,11 +17,18 @@ fn ticks(logs: &str) -> Vec<u64> {
 fn busybox_counter_logs() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&["run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER]);
-    h.wait_for("ten ticks", Duration::from_secs(20), || ticks(&h.logs("counter")).len() >= 10);
+    h.ferry_ok(&[
+        "run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER,
+    ]);
+    h.wait_for("ten ticks", Duration::from_secs(20), || {
+        ticks(&h.logs("counter")).len() >= 10
+    });
     let t = ticks(&h.logs("counter"));
     assert_eq!(t[0], 1, "counter starts at 1");
-    assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "ticks contiguous: {t:?}");
+    assert!(
+        t.windows(2).all(|w| w[1] == w[0] + 1),
+        "ticks contiguous: {t:?}"
+    );
     let ps = h.ferry_ok(&["ps"]);
     assert!(ps.contains("counter") && ps.contains("running"), "{ps}");
     h.ferry_ok(&["stop", "-t", "1", "counter"]);
@@ -34,7 +41,16 @@ fn busybox_counter_logs() {
 fn exit_code_is_recorded() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&["run", "-d", "--name", "quick", "busybox", "sh", "-c", "echo bye; exit 7"]);
+    h.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quick",
+        "busybox",
+        "sh",
+        "-c",
+        "echo bye; exit 7",
+    ]);
     h.wait_for("exit", Duration::from_secs(15), || {
         h.inspect("quick")["status"] == "stopped"
     });
@@ -48,13 +64,30 @@ fn redis_set_get_over_container_ip() {
     let h = Host::start();
     h.import("redis");
     h.ferry_ok(&[
-        "run", "-d", "--name", "redis", "--ip", "10.78.1.50", "redis",
-        "redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no",
+        "run",
+        "-d",
+        "--name",
+        "redis",
+        "--ip",
+        "10.78.1.50",
+        "redis",
+        "redis-server",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
     ]);
     h.wait_for("redis PONG", Duration::from_secs(20), || {
         h.redis_cli("10.78.1.50", &["PING"]) == "PONG"
     });
-    assert_eq!(h.redis_cli("10.78.1.50", &["SET", "greeting", "hello"]), "OK");
+    assert_eq!(
+        h.redis_cli("10.78.1.50", &["SET", "greeting", "hello"]),
+        "OK"
+    );
     assert_eq!(h.redis_cli("10.78.1.50", &["GET", "greeting"]), "hello");
     // The MAC is derived from the IP, so a copy on another host gets the same one.
     let rec = h.inspect("redis");
@@ -65,8 +98,12 @@ fn redis_set_get_over_container_ip() {
 fn ferryd_restart_keeps_containers_running_and_logging() {
     let mut h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&["run", "-d", "--name", "survivor", "busybox", "sh", "-c", COUNTER]);
-    h.wait_for("ticks", Duration::from_secs(20), || ticks(&h.logs("survivor")).len() >= 3);
+    h.ferry_ok(&[
+        "run", "-d", "--name", "survivor", "busybox", "sh", "-c", COUNTER,
+    ]);
+    h.wait_for("ticks", Duration::from_secs(20), || {
+        ticks(&h.logs("survivor")).len() >= 3
+    });
     let pid_before = h.inspect("survivor")["pid"].clone();
     h.kill_ferryd();
     std::thread::sleep(Duration::from_secs(1));
@@ -75,11 +112,16 @@ fn ferryd_restart_keeps_containers_running_and_logging() {
     assert_eq!(rec["status"], "running", "{rec}");
     assert_eq!(rec["pid"], pid_before);
     let n = ticks(&h.logs("survivor")).len();
-    h.wait_for("logging continues after restart", Duration::from_secs(10), || {
-        ticks(&h.logs("survivor")).len() >= n + 5
-    });
+    h.wait_for(
+        "logging continues after restart",
+        Duration::from_secs(10),
+        || ticks(&h.logs("survivor")).len() >= n + 5,
+    );
     let t = ticks(&h.logs("survivor"));
-    assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "no lines lost while ferryd was down: {t:?}");
+    assert!(
+        t.windows(2).all(|w| w[1] == w[0] + 1),
+        "no lines lost while ferryd was down: {t:?}"
+    );
 }
 
 #[test]
@@ -90,12 +132,16 @@ fn volume_persists_across_stop_start() {
         "run", "-d", "--name", "vol", "-v", "data:/data", "busybox", "sh", "-c",
         "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; echo run $n; sleep 1000",
     ]);
-    h.wait_for("first run", Duration::from_secs(15), || h.logs("vol").contains("run 1"));
+    h.wait_for("first run", Duration::from_secs(15), || {
+        h.logs("vol").contains("run 1")
+    });
     h.ferry_ok(&["stop", "-t", "1", "vol"]);
     h.ferry_ok(&["start", "vol"]);
-    h.wait_for("second run sees the volume", Duration::from_secs(15), || {
-        h.logs("vol").contains("run 2")
-    });
+    h.wait_for(
+        "second run sees the volume",
+        Duration::from_secs(15),
+        || h.logs("vol").contains("run 2"),
+    );
     let data = std::fs::read_to_string(h.root().join("volumes/data/_data/n")).expect("volume file");
     assert_eq!(data.trim(), "2");
 }
@@ -108,7 +154,9 @@ fn env_and_memory_limit_are_applied() {
         "run", "-d", "--name", "envy", "-e", "GREETING=hi there", "--memory", "64m", "busybox", "sh", "-c",
         "echo \"g=$GREETING\"; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; sleep 1000",
     ]);
-    h.wait_for("env line", Duration::from_secs(15), || h.logs("envy").contains("g=hi there"));
+    h.wait_for("env line", Duration::from_secs(15), || {
+        h.logs("envy").contains("g=hi there")
+    });
     let rec = h.inspect("envy");
     assert_eq!(rec["config"]["memory"], 64 * 1024 * 1024);
 }
@@ -117,32 +165,78 @@ fn env_and_memory_limit_are_applied() {
 fn bad_input_is_refused_and_changes_nothing() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&["run", "-d", "--name", "one", "--ip", "10.78.1.10", "busybox", "sleep", "1000"]);
+    h.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "one",
+        "--ip",
+        "10.78.1.10",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
     let before = h.ferry_ok(&["ps", "-a", "--json"]);
 
     let e = h.ferry_err(&["run", "-d", "--name", "x", "nosuchimage", "true"]);
     assert!(e.contains("nosuchimage"), "{e}");
     let e = h.ferry_err(&["logs", "ghost"]);
-    assert!(e.contains("no such container") && e.contains("ghost"), "{e}");
+    assert!(
+        e.contains("no such container") && e.contains("ghost"),
+        "{e}"
+    );
     let e = h.ferry_err(&["stop", "ghost"]);
     assert!(e.contains("ghost"), "{e}");
     let e = h.ferry_err(&["run", "-d", "--name", "one", "busybox", "true"]);
     assert!(e.contains("already exists"), "{e}");
-    let e = h.ferry_err(&["run", "-d", "--name", "two", "--ip", "10.78.1.10", "busybox", "true"]);
+    let e = h.ferry_err(&[
+        "run",
+        "-d",
+        "--name",
+        "two",
+        "--ip",
+        "10.78.1.10",
+        "busybox",
+        "true",
+    ]);
     assert!(e.contains("10.78.1.10") && e.contains("in use"), "{e}");
-    let e = h.ferry_err(&["run", "-d", "--name", "three", "--ip", "192.168.5.5", "busybox", "true"]);
+    let e = h.ferry_err(&[
+        "run",
+        "-d",
+        "--name",
+        "three",
+        "--ip",
+        "192.168.5.5",
+        "busybox",
+        "true",
+    ]);
     assert!(e.contains("192.168.5.5") && e.contains("outside"), "{e}");
     let e = h.ferry_err(&["run", "-d", "--name", "bad/name", "busybox", "true"]);
     assert!(e.contains("invalid container name"), "{e}");
-    let e = h.ferry_err(&["run", "-d", "--name", "v", "-v", "/etc:/x", "busybox", "true"]);
+    let e = h.ferry_err(&[
+        "run", "-d", "--name", "v", "-v", "/etc:/x", "busybox", "true",
+    ]);
     assert!(e.contains("host paths"), "{e}");
-    let e = h.ferry_err(&["run", "-d", "--name", "ip", "--ip", "not-an-ip", "busybox", "true"]);
+    let e = h.ferry_err(&[
+        "run",
+        "-d",
+        "--name",
+        "ip",
+        "--ip",
+        "not-an-ip",
+        "busybox",
+        "true",
+    ]);
     assert!(e.contains("not-an-ip"), "{e}");
 
     // Corrupt and malicious import tars.
     let t = tempfile::tempdir().unwrap();
     let corrupt = t.path().join("corrupt.tar");
-    std::fs::write(&corrupt, b"this is not a tar archive at all, just some bytes").unwrap();
+    std::fs::write(
+        &corrupt,
+        b"this is not a tar archive at all, just some bytes",
+    )
+    .unwrap();
     let e = h.ferry_err(&["image", "import", corrupt.to_str().unwrap()]);
     assert!(!e.is_empty());
     let evil = t.path().join("evil.tar");
@@ -151,7 +245,13 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(e.contains("escape") || e.contains(".."), "{e}");
     let evil_link = t.path().join("evil-link.tar");
     write_symlink_escape_tar(&evil_link);
-    let e = h.ferry_err(&["image", "import", evil_link.to_str().unwrap(), "--name", "evil2"]);
+    let e = h.ferry_err(&[
+        "image",
+        "import",
+        evil_link.to_str().unwrap(),
+        "--name",
+        "evil2",
+    ]);
     assert!(e.contains("symlink") || e.contains("link"), "{e}");
     let images = h.ferry_ok(&["image", "ls"]);
     assert!(!images.contains("evil"), "{images}");
@@ -166,7 +266,10 @@ fn bad_input_is_refused_and_changes_nothing() {
         .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("ferryd") && e.contains("/nonexistent/ferry.sock"), "{e}");
+    assert!(
+        e.contains("ferryd") && e.contains("/nonexistent/ferry.sock"),
+        "{e}"
+    );
 }
 
 /// A rootfs tarball with an entry whose path climbs out of the root.
@@ -205,6 +308,7 @@ fn write_symlink_escape_tar(path: &std::path::Path) {
     let mut h = tar::Header::new_gnu();
     h.set_size(5);
     h.set_mode(0o644);
-    b.append_data(&mut h, "link/tmp/ferry-escape", &b"owned"[..]).unwrap();
+    b.append_data(&mut h, "link/tmp/ferry-escape", &b"owned"[..])
+        .unwrap();
     b.finish().unwrap();
 }

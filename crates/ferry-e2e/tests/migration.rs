@@ -87,7 +87,11 @@ impl TestLab {
         let out = self.ferry(from, &["migrate", name, "--to", to, "--json"]);
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (out.status.success(), report, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     fn client_ns(&self) -> String {
@@ -116,7 +120,10 @@ impl TestLab {
         let leftovers: Vec<_> = std::fs::read_dir(h.root.join("containers"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        assert!(leftovers.is_empty(), "{what}: no container dirs on {host}: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "{what}: no container dirs on {host}: {leftovers:?}"
+        );
     }
 
     /// Slows host-b's uplink so a memory transfer lasts long enough to interfere with.
@@ -124,21 +131,45 @@ impl TestLab {
         let fab = self.lab.fabric_netns();
         let out = Command::new("nsenter")
             .arg(format!("--net={}", fab.display()))
-            .args(["tc", "qdisc", "replace", "dev", &format!("fab-{host}"), "root", "tbf", "rate", rate])
+            .args([
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                &format!("fab-{host}"),
+                "root",
+                "tbf",
+                "rate",
+                rate,
+            ])
             .args(["burst", "64kb", "latency", "2s"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "tc: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn link(&self, host: &str, up: bool) {
         let fab = self.lab.fabric_netns();
         let out = Command::new("nsenter")
             .arg(format!("--net={}", fab.display()))
-            .args(["ip", "link", "set", &format!("fab-{host}"), if up { "up" } else { "down" }])
+            .args([
+                "ip",
+                "link",
+                "set",
+                &format!("fab-{host}"),
+                if up { "up" } else { "down" },
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "ip link: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip link: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -164,8 +195,24 @@ fn ticks(logs: &str) -> Vec<u64> {
 
 fn redis_args(ip: &str) -> Vec<String> {
     [
-        "run", "-d", "--name", "redis", "--ip", ip, "redis", "redis-server", "--bind", "0.0.0.0",
-        "--protected-mode", "no", "--save", "", "--appendonly", "no", "--enable-debug-command", "yes",
+        "run",
+        "-d",
+        "--name",
+        "redis",
+        "--ip",
+        ip,
+        "redis",
+        "redis-server",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -178,11 +225,15 @@ fn start_redis(t: &TestLab, host: &str, ip: &str, populate_keys: u64) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     t.ok(host, &args);
     let ns = t.client_ns();
-    wait_for("redis answers from the client", Duration::from_secs(20), || {
-        RedisConn::connect(&ns, ip)
-            .and_then(|mut c| c.cmd(&["PING"]))
-            .is_ok_and(|r| r == Reply::Status("PONG".into()))
-    });
+    wait_for(
+        "redis answers from the client",
+        Duration::from_secs(20),
+        || {
+            RedisConn::connect(&ns, ip)
+                .and_then(|mut c| c.cmd(&["PING"]))
+                .is_ok_and(|r| r == Reply::Status("PONG".into()))
+        },
+    );
     if populate_keys > 0 {
         let mut c = RedisConn::connect(&ns, ip).unwrap();
         let n = populate_keys.to_string();
@@ -209,30 +260,66 @@ fn phase_ms(report: &serde_json::Value) -> String {
 fn counter_migrates_a_to_b_to_a() {
     let t = lab();
     t.import("host-a", "busybox");
-    t.ok("host-a", &["run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER]);
-    wait_for("ticks on A", Duration::from_secs(20), || ticks(&t.logs("host-a", "counter")).len() >= 10);
+    t.ok(
+        "host-a",
+        &[
+            "run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER,
+        ],
+    );
+    wait_for("ticks on A", Duration::from_secs(20), || {
+        ticks(&t.logs("host-a", "counter")).len() >= 10
+    });
     let before = *ticks(&t.logs("host-a", "counter")).last().unwrap();
     let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
     assert!(ok, "A→B failed: {err}\n{}", t.logs_tail());
     assert_eq!(report["outcome"], "committed", "{report}");
-    assert_eq!(t.status("host-a", "counter"), None, "the source copy is gone");
+    assert_eq!(
+        t.status("host-a", "counter"),
+        None,
+        "the source copy is gone"
+    );
     assert_eq!(t.status("host-b", "counter").as_deref(), Some("running"));
-    wait_for("ticks on B", Duration::from_secs(20), || ticks(&t.logs("host-b", "counter")).len() >= 10);
+    wait_for("ticks on B", Duration::from_secs(20), || {
+        ticks(&t.logs("host-b", "counter")).len() >= 10
+    });
     let on_b = ticks(&t.logs("host-b", "counter"));
-    assert!(on_b[0] > before, "the count goes on from A ({before}), not from 0: {:?}", &on_b[..3]);
-    assert!(on_b[0] <= before + 60, "no jump beyond the migration time: {before} → {}", on_b[0]);
-    assert!(on_b.windows(2).all(|w| w[1] == w[0] + 1), "contiguous on B: {on_b:?}");
+    assert!(
+        on_b[0] > before,
+        "the count goes on from A ({before}), not from 0: {:?}",
+        &on_b[..3]
+    );
+    assert!(
+        on_b[0] <= before + 60,
+        "no jump beyond the migration time: {before} → {}",
+        on_b[0]
+    );
+    assert!(
+        on_b.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous on B: {on_b:?}"
+    );
 
     let last_b = *on_b.last().unwrap();
     let (ok, report, err) = t.migrate("host-b", "counter", "host-a");
     assert!(ok, "B→A failed: {err}\n{}", t.logs_tail());
-    assert_eq!(report["layers_sent"], 0, "the image is already on A: {report}");
-    wait_for("ticks on A again", Duration::from_secs(20), || ticks(&t.logs("host-a", "counter")).len() >= 5);
+    assert_eq!(
+        report["layers_sent"], 0,
+        "the image is already on A: {report}"
+    );
+    wait_for("ticks on A again", Duration::from_secs(20), || {
+        ticks(&t.logs("host-a", "counter")).len() >= 5
+    });
     let back = ticks(&t.logs("host-a", "counter"));
     assert!(back[0] > last_b, "never goes back: {last_b} → {}", back[0]);
-    assert!(back.windows(2).all(|w| w[1] == w[0] + 1), "contiguous on A: {back:?}");
+    assert!(
+        back.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous on A: {back:?}"
+    );
     assert_eq!(t.status("host-b", "counter"), None);
-    eprintln!("counter A→B→A: B→A downtime {} ms ({})", report["downtime_ms"], phase_ms(&report));
+    eprintln!(
+        "counter A→B→A: B→A downtime {} ms ({})",
+        report["downtime_ms"],
+        phase_ms(&report)
+    );
 }
 
 #[test]
@@ -241,7 +328,10 @@ fn redis_256mib_keeps_every_write_and_its_connections() {
     let ip = "10.77.1.50";
     start_redis(&t, "host-a", ip, 256 * 1024);
     let ns = t.client_ns();
-    let (c1, c2) = (RedisConn::connect(&ns, ip).unwrap(), RedisConn::connect(&ns, ip).unwrap());
+    let (c1, c2) = (
+        RedisConn::connect(&ns, ip).unwrap(),
+        RedisConn::connect(&ns, ip).unwrap(),
+    );
     let ports = (c1.local_port, c2.local_port);
     let w1 = Writer::start_keyed(c1, "a:", Duration::from_millis(2));
     let w2 = Writer::start_keyed(c2, "b:", Duration::from_millis(3));
@@ -253,15 +343,31 @@ fn redis_256mib_keeps_every_write_and_its_connections() {
         w1.acked() > at.0 + 200 && w2.acked() > at.1 + 200
     });
     let (mut r1, mut r2) = (w1.stop(), w2.stop());
-    assert!(r1.error.is_none() && r2.error.is_none(), "no reset or error: {:?} {:?}", r1.error, r2.error);
-    assert_eq!((r1.conn.local_port, r2.conn.local_port), ports, "the same connections");
+    assert!(
+        r1.error.is_none() && r2.error.is_none(),
+        "no reset or error: {:?} {:?}",
+        r1.error,
+        r2.error
+    );
+    assert_eq!(
+        (r1.conn.local_port, r2.conn.local_port),
+        ports,
+        "the same connections"
+    );
     verify_acked_keyed(&mut r1.conn, "a:", r1.acked_sets, r1.acked_incrs);
     verify_acked_keyed(&mut r2.conn, "b:", r2.acked_sets, r2.acked_incrs);
     let dbsize = r1.conn.int(&["DBSIZE"]).unwrap() as u64;
-    assert_eq!(dbsize, 256 * 1024 + r1.acked_sets + r2.acked_sets + 2, "DBSIZE");
+    assert_eq!(
+        dbsize,
+        256 * 1024 + r1.acked_sets + r2.acked_sets + 2,
+        "DBSIZE"
+    );
     assert_eq!(t.status("host-a", "redis"), None);
     assert_eq!(t.status("host-b", "redis").as_deref(), Some("running"));
-    assert!(report["bytes"]["pages"].as_u64().unwrap() > 256 << 20, "memory moved: {report}");
+    assert!(
+        report["bytes"]["pages"].as_u64().unwrap() > 256 << 20,
+        "memory moved: {report}"
+    );
     eprintln!(
         "redis 256 MiB: downtime {} ms, longest client stall {:?} / {:?}, total {} ms ({}), pages {} B, criu {}",
         report["downtime_ms"],
@@ -283,8 +389,21 @@ fn tcp_stream_keeps_flowing_on_the_same_socket() {
     t.ok(
         "host-a",
         &[
-            "run", "-d", "--name", "stream", "--ip", "10.77.1.60", "busybox", "nc", "-l", "-p", "9000", "-e",
-            "sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); usleep 2000; done",
+            "run",
+            "-d",
+            "--name",
+            "stream",
+            "--ip",
+            "10.77.1.60",
+            "busybox",
+            "nc",
+            "-l",
+            "-p",
+            "9000",
+            "-e",
+            "sh",
+            "-c",
+            "i=0; while true; do echo $i; i=$((i+1)); usleep 2000; done",
         ],
     );
     let ns = t.client_ns();
@@ -294,7 +413,8 @@ fn tcp_stream_keeps_flowing_on_the_same_socket() {
         sock.is_some()
     });
     let sock = sock.unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let reader = std::thread::spawn(move || {
@@ -310,7 +430,10 @@ fn tcp_stream_keeps_flowing_on_the_same_socket() {
                 Ok(_) => {}
                 Err(e) => return Err(format!("read error after {expect}: {e}")),
             }
-            let n: u64 = line.trim().parse().map_err(|_| format!("garbage {line:?}"))?;
+            let n: u64 = line
+                .trim()
+                .parse()
+                .map_err(|_| format!("garbage {line:?}"))?;
             if n != expect {
                 return Err(format!("expected {expect}, got {n}"));
             }
@@ -325,7 +448,10 @@ fn tcp_stream_keeps_flowing_on_the_same_socket() {
     assert!(ok, "migration failed: {err}\n{}", t.logs_tail());
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
-    let (count, longest) = reader.join().unwrap().expect("an unbroken, in-order stream");
+    let (count, longest) = reader
+        .join()
+        .unwrap()
+        .expect("an unbroken, in-order stream");
     assert!(count > 500, "the stream kept flowing: {count} lines");
     eprintln!(
         "stream: {count} lines in order, longest gap {longest:?}, downtime {} ms",
@@ -373,13 +499,28 @@ fn migrate_and_interfere(mut cmd: Command, on_pages: impl FnOnce()) -> (bool, St
 
 fn assert_redis_intact(t: &TestLab, ip: &str, w: Writer, what: &str) {
     let at = w.acked();
-    wait_for("writes continue on the source", Duration::from_secs(30), || w.acked() > at + 100);
+    wait_for(
+        "writes continue on the source",
+        Duration::from_secs(30),
+        || w.acked() > at + 100,
+    );
     let mut r = w.stop();
-    assert!(r.error.is_none(), "{what}: the client saw no error: {:?}", r.error);
+    assert!(
+        r.error.is_none(),
+        "{what}: the client saw no error: {:?}",
+        r.error
+    );
     verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
-    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"), "{what}: source runs");
+    assert_eq!(
+        t.status("host-a", "redis").as_deref(),
+        Some("running"),
+        "{what}: source runs"
+    );
     let mut c = RedisConn::connect(&t.client_ns(), ip).unwrap();
-    assert!(c.int(&["DBSIZE"]).unwrap() as u64 >= 32 * 1024, "{what}: the dataset is intact");
+    assert!(
+        c.int(&["DBSIZE"]).unwrap() as u64 >= 32 * 1024,
+        "{what}: the dataset is intact"
+    );
 }
 
 #[test]
@@ -387,12 +528,19 @@ fn fault_destination_ferryd_killed_during_memory_transfer() {
     let mut t = lab();
     let ip = "10.77.1.70";
     start_redis(&t, "host-a", ip, 32 * 1024);
-    let w = Writer::start_keyed(RedisConn::connect(&t.client_ns(), ip).unwrap(), "f:", Duration::from_millis(3));
+    let w = Writer::start_keyed(
+        RedisConn::connect(&t.client_ns(), ip).unwrap(),
+        "f:",
+        Duration::from_millis(3),
+    );
     t.throttle("host-b", "100mbit");
     let cmd = migrate_command(&t, "redis");
     let (ok, log) = migrate_and_interfere(cmd, || t.lab.kill_ferryd("host-b").unwrap());
     assert!(!ok, "the migration must fail:\n{log}");
-    assert!(log.contains("rolled-back") || log.contains("rolled back"), "{log}");
+    assert!(
+        log.contains("rolled-back") || log.contains("rolled back"),
+        "{log}"
+    );
     assert_redis_intact(&t, ip, w, "dest killed");
     t.lab.start_ferryd("host-b").unwrap();
     t.assert_clean("host-b", "after the destination restarted");
@@ -405,16 +553,24 @@ fn fault_link_cut_during_memory_transfer() {
     start_redis(&t, "host-a", ip, 32 * 1024);
     t.throttle("host-b", "100mbit");
     // The client reaches A through the fabric; it stays connected while host-b is cut off.
-    let w = Writer::start_keyed(RedisConn::connect(&t.client_ns(), ip).unwrap(), "f:", Duration::from_millis(3));
+    let w = Writer::start_keyed(
+        RedisConn::connect(&t.client_ns(), ip).unwrap(),
+        "f:",
+        Duration::from_millis(3),
+    );
     let (ok, log) = migrate_and_interfere(migrate_command(&t, "redis"), || t.link("host-b", false));
     assert!(!ok, "the migration must fail:\n{log}");
     assert_redis_intact(&t, ip, w, "link cut");
     t.link("host-b", true);
-    wait_for("the destination gives up and cleans up", Duration::from_secs(90), || {
-        t.ferry("host-b", &["ps", "-a", "--json"])
-            .stdout
-            .starts_with(b"[]")
-    });
+    wait_for(
+        "the destination gives up and cleans up",
+        Duration::from_secs(90),
+        || {
+            t.ferry("host-b", &["ps", "-a", "--json"])
+                .stdout
+                .starts_with(b"[]")
+        },
+    );
     t.assert_clean("host-b", "after the link came back");
 }
 
@@ -423,7 +579,11 @@ fn fault_restore_fails_on_destination() {
     let t = lab();
     let ip = "10.77.1.72";
     start_redis(&t, "host-a", ip, 32 * 1024);
-    let w = Writer::start_keyed(RedisConn::connect(&t.client_ns(), ip).unwrap(), "f:", Duration::from_millis(3));
+    let w = Writer::start_keyed(
+        RedisConn::connect(&t.client_ns(), ip).unwrap(),
+        "f:",
+        Duration::from_millis(3),
+    );
     let fault = t.host_root("host-b").join("inject-fault");
     std::fs::create_dir_all(&fault).unwrap();
     std::fs::write(fault.join("restore"), b"").unwrap();
@@ -439,8 +599,15 @@ fn fault_restore_fails_on_destination() {
 fn fault_destination_cannot_get_the_image() {
     let t = lab();
     t.import("host-a", "busybox");
-    t.ok("host-a", &["run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER]);
-    wait_for("ticks", Duration::from_secs(20), || ticks(&t.logs("host-a", "counter")).len() >= 3);
+    t.ok(
+        "host-a",
+        &[
+            "run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER,
+        ],
+    );
+    wait_for("ticks", Duration::from_secs(20), || {
+        ticks(&t.logs("host-a", "counter")).len() >= 3
+    });
     // Damage the source's copy of the layer: the destination verifies digests and refuses it.
     let blobs = t.host_root("host-a").join("images/blobs/sha256");
     let biggest = std::fs::read_dir(&blobs)

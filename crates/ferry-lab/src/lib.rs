@@ -127,9 +127,14 @@ impl Lab {
             .host(host)
             .with_context(|| format!("no host {host}"))?
             .clone();
-        let pid = h.pid().with_context(|| format!("{host}'s ferryd is not running"))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-            .with_context(|| format!("killing {host}'s ferryd ({pid})"))?;
+        let pid = h
+            .pid()
+            .with_context(|| format!("{host}'s ferryd is not running"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .with_context(|| format!("killing {host}'s ferryd ({pid})"))?;
         for c in &mut self.children {
             if c.id() as i32 == pid {
                 let _ = c.wait();

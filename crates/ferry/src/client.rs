@@ -70,14 +70,21 @@ impl Client {
         if bytes.is_empty() {
             return Ok(serde_json::from_str("null")?);
         }
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("unexpected answer from ferryd: {}", String::from_utf8_lossy(&bytes)))
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "unexpected answer from ferryd: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
     }
 }
 
 pub fn api_error(bytes: &[u8], status: hyper::StatusCode) -> anyhow::Error {
     match serde_json::from_slice::<ferry_core::api::ApiErrorBody>(bytes) {
         Ok(b) => anyhow!("{}", b.error),
-        Err(_) => anyhow!("ferryd answered {status}: {}", String::from_utf8_lossy(bytes)),
+        Err(_) => anyhow!(
+            "ferryd answered {status}: {}",
+            String::from_utf8_lossy(bytes)
+        ),
     }
 }

@@ -17,10 +17,19 @@ use serde_json::json;
 use client::Client;
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "ferry: containers that move between hosts while they run")]
+#[command(
+    name = "ferry",
+    version,
+    about = "ferry: containers that move between hosts while they run"
+)]
 struct Cli {
     /// ferryd's API socket.
-    #[arg(long, global = true, env = "FERRY_SOCKET", default_value = "/run/ferry/ferry.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_SOCKET",
+        default_value = "/run/ferry/ferry.sock"
+    )]
     socket: PathBuf,
     /// Machine-readable output.
     #[arg(long, global = true)]
@@ -273,7 +282,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Image(ImageCmd::Rm { reference }) => {
             let img: ImageSummary = c
-                .call(Method::DELETE, &format!("/v1/images/{}", enc(&reference)), None::<()>)
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/images/{}", enc(&reference)),
+                    None::<()>,
+                )
                 .await?;
             if json {
                 output::print_json(&img)?;
@@ -321,7 +334,11 @@ async fn run(cli: Cli) -> Result<()> {
         } => logs(&c, &name, follow, timestamps).await?,
         Cmd::Start { name } => {
             let rec: ContainerRecord = c
-                .call(Method::POST, &format!("/v1/containers/{}/start", enc(&name)), Some(json!({})))
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{}/start", enc(&name)),
+                    Some(json!({})),
+                )
                 .await?;
             output::record_or_name(json, &rec)?;
         }
@@ -330,7 +347,9 @@ async fn run(cli: Cli) -> Result<()> {
                 .call(
                     Method::POST,
                     &format!("/v1/containers/{}/stop", enc(&name)),
-                    Some(StopRequest { timeout: Some(time) }),
+                    Some(StopRequest {
+                        timeout: Some(time),
+                    }),
                 )
                 .await?;
             output::record_or_name(json, &rec)?;
@@ -340,7 +359,9 @@ async fn run(cli: Cli) -> Result<()> {
                 .call(
                     Method::POST,
                     &format!("/v1/containers/{}/kill", enc(&name)),
-                    Some(KillRequest { signal: Some(signal) }),
+                    Some(KillRequest {
+                        signal: Some(signal),
+                    }),
                 )
                 .await?;
             if !json {
@@ -364,7 +385,11 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Migrate { name, to } => migrate::run(&c, &name, &to, json).await?,
         Cmd::Host(HostCmd::Add { name, addr }) => {
             let e: HostEntry = c
-                .call(Method::POST, "/v1/hosts", Some(HostAddRequest { name, addr }))
+                .call(
+                    Method::POST,
+                    "/v1/hosts",
+                    Some(HostAddRequest { name, addr }),
+                )
                 .await?;
             if json {
                 output::print_json(&e)?;
@@ -385,7 +410,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Host(HostCmd::Rm { name }) => {
             let _: serde_json::Value = c
-                .call(Method::DELETE, &format!("/v1/hosts/{}", enc(&name)), None::<()>)
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/hosts/{}", enc(&name)),
+                    None::<()>,
+                )
                 .await?;
         }
         Cmd::Ca(CaCmd::Init { dir }) => {
@@ -404,7 +433,11 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Restore(a) => restore(&c, a, json).await?,
         Cmd::Inspect { name } => {
             let rec: ContainerRecord = c
-                .call(Method::GET, &format!("/v1/containers/{}", enc(&name)), None::<()>)
+                .call(
+                    Method::GET,
+                    &format!("/v1/containers/{}", enc(&name)),
+                    None::<()>,
+                )
                 .await?;
             output::print_json(&rec)?;
         }
@@ -444,7 +477,9 @@ async fn logs(c: &Client, name: &str, follow: bool, timestamps: bool) -> Result<
     let stdout = std::io::stdout();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         pending.extend_from_slice(data);
         let mut out = stdout.lock();
         while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
@@ -454,7 +489,9 @@ async fn logs(c: &Client, name: &str, follow: bool, timestamps: bool) -> Result<
         out.flush()?;
     }
     if !pending.is_empty() {
-        stdout.lock().write_all(&output::render_log_line(&pending, timestamps))?;
+        stdout
+            .lock()
+            .write_all(&output::render_log_line(&pending, timestamps))?;
     }
     Ok(())
 }
@@ -475,11 +512,18 @@ async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
                 output::checkpoints_table(&list);
             }
         }
-        Some(CheckpointSub::Rm { container, snapshot }) => {
+        Some(CheckpointSub::Rm {
+            container,
+            snapshot,
+        }) => {
             let _: serde_json::Value = c
                 .call(
                     Method::DELETE,
-                    &format!("/v1/containers/{}/checkpoints/{}", enc(&container), enc(&snapshot)),
+                    &format!(
+                        "/v1/containers/{}/checkpoints/{}",
+                        enc(&container),
+                        enc(&snapshot)
+                    ),
                     None::<()>,
                 )
                 .await?;
@@ -538,7 +582,9 @@ async fn restore(c: &Client, a: RestoreArgs, json: bool) -> Result<()> {
     };
     let path = match (&req.import, &a.container) {
         (Some(_), None) => "/v1/restore".to_owned(),
-        (Some(_), Some(_)) => anyhow::bail!("give either a container or --import FILE, not both (use --name for a new name)"),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give either a container or --import FILE, not both (use --name for a new name)"
+        ),
         (None, Some(n)) => format!("/v1/containers/{}/restore", enc(n)),
         (None, None) => anyhow::bail!("give the container to restore, or --import FILE"),
     };

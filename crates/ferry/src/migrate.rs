@@ -28,14 +28,19 @@ pub async fn run(c: &Client, name: &str, to: &str, json_out: bool) -> Result<()>
     let mut phase_start = std::time::Instant::now();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         buf.extend_from_slice(data);
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
             let ev: MigrationEvent = serde_json::from_slice(&line)?;
             if json_out {
                 // Progress goes to stderr so stdout holds only the final report.
-                if !matches!(ev, MigrationEvent::Done { .. } | MigrationEvent::Failed { .. }) {
+                if !matches!(
+                    ev,
+                    MigrationEvent::Done { .. } | MigrationEvent::Failed { .. }
+                ) {
                     eprintln!("{}", String::from_utf8_lossy(&line).trim_end());
                 }
             } else {
@@ -60,12 +65,16 @@ pub async fn run(c: &Client, name: &str, to: &str, json_out: bool) -> Result<()>
                 table(&report);
             }
             let where_ = match report.outcome {
-                Some(Outcome::RolledBack) => "rolled back: the container keeps running on the source",
+                Some(Outcome::RolledBack) => {
+                    "rolled back: the container keeps running on the source"
+                }
                 _ => "the container was not touched and keeps running on the source",
             };
             bail!("migration failed ({where_}): {error}")
         }
-        _ => bail!("ferryd ended the migration stream without a result; check `ferry ps` on both hosts"),
+        _ => bail!(
+            "ferryd ended the migration stream without a result; check `ferry ps` on both hosts"
+        ),
     }
 }
 
@@ -99,8 +108,15 @@ fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
             } else {
                 String::new()
             };
-            let size = if *bytes > 0 { human_bytes(*bytes) } else { String::new() };
-            eprintln!("{clear}  {:<32}{ms:>7} ms {size:>10}  {rate:>12}", phase.label());
+            let size = if *bytes > 0 {
+                human_bytes(*bytes)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{clear}  {:<32}{ms:>7} ms {size:>10}  {rate:>12}",
+                phase.label()
+            );
         }
         MigrationEvent::Note { message } => eprintln!("{clear}  · {message}"),
         MigrationEvent::Done { .. } | MigrationEvent::Failed { .. } => {}
@@ -110,7 +126,10 @@ fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
 
 pub fn table(r: &MigrationReport) {
     println!();
-    println!("migration {} of {}: {} → {} ({})", r.migration_id, r.container, r.from, r.to, r.mode);
+    println!(
+        "migration {} of {}: {} → {} ({})",
+        r.migration_id, r.container, r.from, r.to, r.mode
+    );
     println!("  {:<32}{:>10}{:>14}", "phase", "time", "bytes");
     for p in &r.phases {
         let label = p.phase.map(|ph| ph.label()).unwrap_or("?");
@@ -118,15 +137,24 @@ pub fn table(r: &MigrationReport) {
             "  {:<32}{:>7} ms{:>14}",
             label,
             p.ms,
-            if p.bytes > 0 { human_bytes(p.bytes) } else { "-".into() }
+            if p.bytes > 0 {
+                human_bytes(p.bytes)
+            } else {
+                "-".into()
+            }
         );
     }
-    println!("  bytes: layers {}, filesystem {}, memory pages {}, other CRIU images {}",
+    println!(
+        "  bytes: layers {}, filesystem {}, memory pages {}, other CRIU images {}",
         human_bytes(r.bytes.layers),
         human_bytes(r.bytes.fs),
         human_bytes(r.bytes.pages),
-        human_bytes(r.bytes.images));
-    println!("  layers sent {}, already present {}", r.layers_sent, r.layers_skipped);
+        human_bytes(r.bytes.images)
+    );
+    println!(
+        "  layers sent {}, already present {}",
+        r.layers_sent, r.layers_skipped
+    );
     match r.downtime_ms {
         Some(d) => println!("  downtime (freeze → running on {}): {d} ms", r.to),
         None => println!("  downtime: -"),

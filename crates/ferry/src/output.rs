@@ -38,7 +38,10 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub fn images_table(list: &[ImageSummary]) {
-    println!("{:<14} {:<32} {:>7} {:>10}", "ID", "NAMES", "LAYERS", "SIZE");
+    println!(
+        "{:<14} {:<32} {:>7} {:>10}",
+        "ID", "NAMES", "LAYERS", "SIZE"
+    );
     for i in list {
         let names = if i.names.is_empty() {
             "<none>".to_owned()
@@ -96,7 +99,9 @@ pub fn render_log_line(line: &[u8], timestamps: bool) -> Vec<u8> {
     };
     let mut out = Vec::with_capacity(entry.text.len() + 48);
     if timestamps {
-        out.extend_from_slice(format!("{} {} ", entry.time.to_rfc3339(), entry.stream.as_str()).as_bytes());
+        out.extend_from_slice(
+            format!("{} {} ", entry.time.to_rfc3339(), entry.stream.as_str()).as_bytes(),
+        );
     }
     out.extend_from_slice(entry.text.as_bytes());
     if entry.complete {
@@ -106,7 +111,10 @@ pub fn render_log_line(line: &[u8], timestamps: bool) -> Vec<u8> {
 }
 
 pub fn checkpoints_table(list: &[ferry_core::container::checkpoint::SnapshotInfo]) {
-    println!("{:<16} {:<26} {:<32} {:>10}", "CONTAINER", "CHECKPOINT", "CREATED", "SIZE");
+    println!(
+        "{:<16} {:<26} {:<32} {:>10}",
+        "CONTAINER", "CHECKPOINT", "CREATED", "SIZE"
+    );
     for s in list {
         println!(
             "{:<16} {:<26} {:<32} {:>10}",
@@ -135,7 +143,10 @@ pub fn checkpoint_stats(r: &ferry_core::container::checkpoint::CheckpointReport)
     println!("  runc checkpoint   {} ms", r.checkpoint_ms);
     println!("  rootfs + volumes  {} ms", r.files_ms);
     println!("  total             {} ms", r.total_ms);
-    println!("  established TCP   {}", if r.established_tcp { "yes" } else { "no" });
+    println!(
+        "  established TCP   {}",
+        if r.established_tcp { "yes" } else { "no" }
+    );
 }
 
 pub fn restore_stats(r: &ferry_core::container::checkpoint::RestoreReport) {

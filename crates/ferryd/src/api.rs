@@ -246,12 +246,13 @@ async fn containers_logs(
                     }
                     idle_checks += 1;
                     // Every ~second, stop following once the container is gone or stopped.
-                    if idle_checks % 10 == 0 {
+                    if idle_checks.is_multiple_of(10) {
                         let s2 = s.clone();
                         let n2 = name.clone();
-                        let running = tokio::task::spawn_blocking(move || s2.engine.is_running(&n2))
-                            .await
-                            .unwrap_or(false);
+                        let running =
+                            tokio::task::spawn_blocking(move || s2.engine.is_running(&n2))
+                                .await
+                                .unwrap_or(false);
                         if !running {
                             // Drain what the shim wrote last, then end.
                             if let Ok(n) = file.read(&mut buf).await {
@@ -311,7 +312,9 @@ async fn restore_import(
     State(s): S,
     Json(req): Json<RestoreRequest>,
 ) -> ApiResult<Json<RestoreReport>> {
-    Ok(Json(blocking(&s, move |e| Ok(e.restore(None, &req)?)).await?))
+    Ok(Json(
+        blocking(&s, move |e| Ok(e.restore(None, &req)?)).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -352,7 +355,9 @@ async fn migrate(
     let engine = s.engine.clone();
     let progress = Progress::new(tx.clone());
     tokio::spawn(async move {
-        let ev = match ferry_core::migration::source::migrate_out(engine, identity, req, progress).await {
+        let ev = match ferry_core::migration::source::migrate_out(engine, identity, req, progress)
+            .await
+        {
             Ok(report) => MigrationEvent::Done { report },
             Err((e, report)) => MigrationEvent::Failed {
                 error: e.to_string(),
@@ -394,7 +399,10 @@ async fn hosts_ls(State(s): S) -> ApiResult<Json<Vec<HostEntry>>> {
 async fn hosts_add(State(s): S, Json(req): Json<HostAddRequest>) -> ApiResult<Json<HostEntry>> {
     let entry = blocking(&s, move |e| {
         let addr: std::net::SocketAddr = req.addr.parse().map_err(|_| {
-            ApiError::invalid(format!("invalid peer address {:?}: expected IP:PORT", req.addr))
+            ApiError::invalid(format!(
+                "invalid peer address {:?}: expected IP:PORT",
+                req.addr
+            ))
         })?;
         let mut peers = ferry_core::peer::registry::Peers::load(e.paths())
             .map_err(|e| ApiError::internal(e.to_string()))?;

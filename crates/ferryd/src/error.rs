@@ -88,7 +88,9 @@ impl From<ContainerError> for ApiError {
             ContainerError::Image(ie) => ApiError::from_image(ie, msg),
             ContainerError::Network(NetError::InUse { .. }) => ApiError::conflict(msg),
             ContainerError::Network(
-                NetError::OutsideSubnet { .. } | NetError::Reserved { .. } | NetError::Exhausted { .. },
+                NetError::OutsideSubnet { .. }
+                | NetError::Reserved { .. }
+                | NetError::Exhausted { .. },
             ) => ApiError::invalid(msg),
             _ => ApiError::internal(msg),
         }

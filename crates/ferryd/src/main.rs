@@ -72,8 +72,12 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
     let (ip, prefix) = s
         .split_once('/')
         .with_context(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
-    let ip: Ipv4Addr = ip.parse().with_context(|| format!("bad address in {s:?}"))?;
-    let prefix: u8 = prefix.parse().with_context(|| format!("bad prefix in {s:?}"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("bad address in {s:?}"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .with_context(|| format!("bad prefix in {s:?}"))?;
     if !(8..=30).contains(&prefix) {
         bail!("prefix /{prefix} in {s:?} must be between 8 and 30");
     }
@@ -181,7 +185,9 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                         Ok((conn, remote)) => {
                             tracing::info!(peer = %remote, "incoming migration");
                             let engine = engine.clone();
-                            tokio::spawn(ferry_core::migration::dest::serve_incoming(engine, conn, remote));
+                            tokio::spawn(ferry_core::migration::dest::serve_incoming(
+                                engine, conn, remote,
+                            ));
                         }
                         Err(e) => tracing::warn!(error = %e, "refused a peer connection"),
                     }

@@ -153,12 +153,17 @@ impl Engine {
         req: &CheckpointRequest,
     ) -> Result<CheckpointReport, ContainerError> {
         let t0 = Instant::now();
-        let compression: Compression = req
-            .compress
-            .as_deref()
-            .unwrap_or("zstd")
-            .parse()
-            .map_err(|_| invalid(format!("unknown compression {:?}: use zstd or none", req.compress)))?;
+        let compression: Compression =
+            req.compress
+                .as_deref()
+                .unwrap_or("zstd")
+                .parse()
+                .map_err(|_| {
+                    invalid(format!(
+                        "unknown compression {:?}: use zstd or none",
+                        req.compress
+                    ))
+                })?;
         if let Some(exp) = &req.export {
             let p = Path::new(exp);
             if !p.is_absolute() {
@@ -181,14 +186,17 @@ impl Engine {
         }
         let snap = match &req.name {
             Some(s) => {
-                super::validate_name(s).map_err(|_| invalid(format!("invalid checkpoint name {s:?}")))?;
+                super::validate_name(s)
+                    .map_err(|_| invalid(format!("invalid checkpoint name {s:?}")))?;
                 s.clone()
             }
             None => chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string(),
         };
         let dir = self.snapshots_dir(&rec.config.id).join(&snap);
         if dir.exists() {
-            return Err(ContainerError::NameInUse(format!("{name}/{snap} (checkpoint)")));
+            return Err(ContainerError::NameInUse(format!(
+                "{name}/{snap} (checkpoint)"
+            )));
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let result = self.checkpoint_into(&mut rec, &dir, req.leave_running);
@@ -332,12 +340,18 @@ impl Engine {
     }
 
     /// `ferry restore`: from one of the container's own snapshots, or from an archive.
-    pub fn restore(&self, name: Option<&str>, req: &RestoreRequest) -> Result<RestoreReport, ContainerError> {
+    pub fn restore(
+        &self,
+        name: Option<&str>,
+        req: &RestoreRequest,
+    ) -> Result<RestoreReport, ContainerError> {
         criu::require_supported_version()?;
         match &req.import {
             Some(file) => self.restore_import(Path::new(file), req),
             None => {
-                let name = name.ok_or_else(|| invalid("restore needs a container name or --import FILE".into()))?;
+                let name = name.ok_or_else(|| {
+                    invalid("restore needs a container name or --import FILE".into())
+                })?;
                 if req.ip.is_some() {
                     return Err(invalid("--ip is only possible with --import".into()));
                 }
@@ -346,7 +360,11 @@ impl Engine {
         }
     }
 
-    fn restore_local(&self, name: &str, from: Option<&str>) -> Result<RestoreReport, ContainerError> {
+    fn restore_local(
+        &self,
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<RestoreReport, ContainerError> {
         let t0 = Instant::now();
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
@@ -376,12 +394,22 @@ impl Engine {
         Ok(report)
     }
 
-    fn restore_import(&self, file: &Path, req: &RestoreRequest) -> Result<RestoreReport, ContainerError> {
+    fn restore_import(
+        &self,
+        file: &Path,
+        req: &RestoreRequest,
+    ) -> Result<RestoreReport, ContainerError> {
         let t0 = Instant::now();
         if !file.is_file() {
-            return Err(ContainerError::NotFound(format!("archive {}", file.display())));
+            return Err(ContainerError::NotFound(format!(
+                "archive {}",
+                file.display()
+            )));
         }
-        let tmp = self.paths().tmp().join(format!("import-{}", std::process::id()));
+        let tmp = self
+            .paths()
+            .tmp()
+            .join(format!("import-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(self.paths().tmp()).map_err(io(&self.paths().tmp()))?;
         archive::import(file, &tmp, &Limits::default())?;
@@ -395,7 +423,9 @@ impl Engine {
         })?;
         let established = has_established_tcp(&tmp.join(IMAGES_DIR));
         if let Some(ip) = &req.ip {
-            let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| invalid(format!("invalid IP address {ip:?}")))?;
+            let ip: std::net::Ipv4Addr = ip
+                .parse()
+                .map_err(|_| invalid(format!("invalid IP address {ip:?}")))?;
             if ip != cfg.ip {
                 if established {
                     return Err(invalid(format!(
@@ -492,15 +522,16 @@ impl Engine {
             &rec.config.id,
             self.runc(),
             bundle.clone(),
-            ctr_dir.clone(),
+            ctr_dir,
             ShimMode::Restore(self.restore_opts(images, &work, &bundle)),
         );
         let t = Instant::now();
-        let started = shim::spawn_shim(&self.config().shim_exe, &args).map_err(|e| ContainerError::Criu {
-            op: "restore",
-            reason: e.to_string(),
-            log: criu::explain_log(&work.join("restore.log")).to_string(),
-        })?;
+        let started =
+            shim::spawn_shim(&self.config().shim_exe, &args).map_err(|e| ContainerError::Criu {
+                op: "restore",
+                reason: e.to_string(),
+                log: criu::explain_log(&work.join("restore.log")).to_string(),
+            })?;
         let restore_ms = ms(t.elapsed());
         let stats = criu::read_restore_stats(&work).ok();
         rec.status = Status::Running;
@@ -537,7 +568,10 @@ impl Engine {
     }
 
     /// `ferry checkpoint ls [CTR]`.
-    pub fn list_checkpoints(&self, name: Option<&str>) -> Result<Vec<SnapshotInfo>, ContainerError> {
+    pub fn list_checkpoints(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<SnapshotInfo>, ContainerError> {
         let records = match name {
             Some(n) => vec![self.inspect(n)?],
             None => self.list(),

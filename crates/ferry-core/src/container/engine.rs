@@ -205,9 +205,10 @@ impl Engine {
             }
         }
         let ip: Option<Ipv4Addr> = match &req.ip {
-            Some(s) => Some(s.parse().map_err(|_| {
-                ContainerError::Invalid(format!("invalid IP address {s:?}"))
-            })?),
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| ContainerError::Invalid(format!("invalid IP address {s:?}")))?,
+            ),
             None => None,
         };
         let mut args = image.config.entrypoint.clone();
@@ -240,7 +241,7 @@ impl Engine {
                 }
             };
             let config = ContainerConfig {
-                id: id.clone(),
+                id,
                 name: req.name.clone(),
                 image: image.digest.to_string(),
                 image_ref: req.image.clone(),
@@ -344,8 +345,8 @@ impl Engine {
             env: cfg.env.clone(),
             cwd: cfg.cwd.clone(),
             user: (uid, gid),
-            rootfs: rootfs.merged.clone(),
-            netns_path: netns_path.clone(),
+            rootfs: rootfs.merged,
+            netns_path,
             cgroups_path: format!("/{}/{}", self.cfg.cgroup_parent, cfg.id),
             memory_limit: cfg.memory,
             mounts,
@@ -451,7 +452,11 @@ impl Engine {
         Ok(rec.clone())
     }
 
-    fn stop_locked(&self, rec: &mut ContainerRecord, timeout: Duration) -> Result<(), ContainerError> {
+    fn stop_locked(
+        &self,
+        rec: &mut ContainerRecord,
+        timeout: Duration,
+    ) -> Result<(), ContainerError> {
         let id = rec.config.id.clone();
         let _ = self.runc.kill(&id, "SIGTERM", false);
         if !self.wait_exit(&id, timeout) {
@@ -534,10 +539,11 @@ impl Engine {
         self.records.remove(&rec.config.id)?;
         lock(&self.ipam).release(&rec.config.id)?;
         let mut map = lock(&self.containers);
-        if map
-            .get(&rec.config.name)
-            .is_some_and(|s| s.try_lock().map(|r| r.config.id == rec.config.id).unwrap_or(true))
-        {
+        if map.get(&rec.config.name).is_some_and(|s| {
+            s.try_lock()
+                .map(|r| r.config.id == rec.config.id)
+                .unwrap_or(true)
+        }) {
             map.remove(&rec.config.name);
         }
         Ok(())
@@ -553,7 +559,7 @@ impl Engine {
         validate_name(&config.name)?;
         let mut map = lock(&self.containers);
         if map.contains_key(&config.name) {
-            return Err(ContainerError::NameInUse(config.name.clone()));
+            return Err(ContainerError::NameInUse(config.name));
         }
         lock(&self.ipam).reserve(&config.id, config.ip)?;
         let rec = ContainerRecord {
@@ -571,7 +577,7 @@ impl Engine {
             return Err(e);
         }
         let slot = Arc::new(Mutex::new(rec.clone()));
-        map.insert(rec.config.name.clone(), slot.clone());
+        map.insert(rec.config.name, slot.clone());
         Ok(slot)
     }
 
@@ -597,7 +603,10 @@ impl Engine {
             return;
         }
         let alive = match self.runc.state(&rec.config.id) {
-            Ok(Some(s)) => matches!(s.status, RuncStatus::Running | RuncStatus::Paused | RuncStatus::Created),
+            Ok(Some(s)) => matches!(
+                s.status,
+                RuncStatus::Running | RuncStatus::Paused | RuncStatus::Created
+            ),
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "runc state");
@@ -617,7 +626,8 @@ impl Engine {
     }
 
     pub fn is_running(&self, name: &str) -> bool {
-        self.inspect(name).is_ok_and(|r| r.status == Status::Running)
+        self.inspect(name)
+            .is_ok_and(|r| r.status == Status::Running)
     }
 
     pub fn images_in_use(&self) -> Vec<String> {

@@ -123,7 +123,8 @@ impl Engine {
         let mut rec = lock(&slot);
         let cn = self.container_net(&rec.config);
         network::remove_gate(&cn.netns_path, GateKind::Full)?;
-        let _ = network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
+        let _ =
+            network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
         rec.status = Status::Running;
         rec.incoming_uncommitted = false;
         self.save(&rec)

@@ -46,7 +46,11 @@ impl RootfsDirs {
             std::fs::create_dir_all(&empty).map_err(|e| ContainerError::io(&empty, e))?;
             vec![empty.display().to_string()]
         } else {
-            layers.iter().rev().map(|p| p.display().to_string()).collect()
+            layers
+                .iter()
+                .rev()
+                .map(|p| p.display().to_string())
+                .collect()
         };
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -132,7 +136,10 @@ mod tests {
         dirs.mount(std::slice::from_ref(&lower)).unwrap();
         assert!(dirs.is_mounted());
         std::fs::write(dirs.merged.join("g"), "upper").unwrap();
-        assert_eq!(std::fs::read_to_string(dirs.merged.join("f")).unwrap(), "lower");
+        assert_eq!(
+            std::fs::read_to_string(dirs.merged.join("f")).unwrap(),
+            "lower"
+        );
         assert!(dirs.upper.join("g").exists());
         dirs.unmount().unwrap();
         assert!(!dirs.is_mounted());

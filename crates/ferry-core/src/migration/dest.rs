@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_proto::{FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, TUNNEL_STREAM};
+use ferry_proto::{
+    FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, TUNNEL_STREAM,
+};
 
 use super::wire::{Machine, Wire};
 use super::{host_versions, MigrationError};
@@ -53,7 +55,12 @@ struct Incoming {
 pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String) {
     let (sink, source) = conn.split();
     let (demux, control) = Demux::spawn(source);
-    let mut wire = Wire::new(sink, demux, control, Machine::Receiver(ReceiverMachine::new()));
+    let mut wire = Wire::new(
+        sink,
+        demux,
+        control,
+        Machine::Receiver(ReceiverMachine::new()),
+    );
     let mut st = Incoming {
         work: engine
             .paths()
@@ -126,7 +133,10 @@ async fn receive(
     loop {
         let msg = next_message(wire, st.tunnel.as_ref()).await?;
         match msg {
-            Message::CpuInfo { stream, compression } => {
+            Message::CpuInfo {
+                stream,
+                compression,
+            } => {
                 let dir = st.work.join("cpuinfo");
                 std::fs::create_dir_all(&dir).map_err(|e| MigrationError::io(&dir, e))?;
                 wire.recv_file(stream, &dir.join(super::CPUINFO_IMAGE), compression)
@@ -134,8 +144,12 @@ async fn receive(
                 match blocking(move || Ok(crate::criu::cpuinfo_check(&dir)?)).await {
                     Ok(()) => wire.send(Message::CpuOk {}).await?,
                     Err(e) => {
-                        let reason = format!("this host's CPU cannot run the source's processes: {e}");
-                        wire.send(Message::Refuse { reason: reason.clone() }).await?;
+                        let reason =
+                            format!("this host's CPU cannot run the source's processes: {e}");
+                        wire.send(Message::Refuse {
+                            reason: reason.clone(),
+                        })
+                        .await?;
                         return Err(MigrationError::Refused(reason));
                     }
                 }
@@ -153,14 +167,18 @@ async fn receive(
                 let from = remote.to_owned();
                 if let Err(err) = blocking(move || Ok(e.accept_incoming(c, &from)?)).await {
                     let reason = err.to_string();
-                    wire.send(Message::Refuse { reason: reason.clone() }).await?;
+                    wire.send(Message::Refuse {
+                        reason: reason.clone(),
+                    })
+                    .await?;
                     return Err(MigrationError::Refused(reason));
                 }
                 st.config = Some(cfg);
                 let mut need = Vec::new();
                 for b in &image.blobs {
-                    let d = Digest::parse(&b.digest)
-                        .map_err(|e| MigrationError::Internal(format!("bad digest {}: {e}", b.digest)))?;
+                    let d = Digest::parse(&b.digest).map_err(|e| {
+                        MigrationError::Internal(format!("bad digest {}: {e}", b.digest))
+                    })?;
                     if !engine.images().has_blob(&d) {
                         need.push(b.digest.clone());
                     }
@@ -204,13 +222,18 @@ async fn receive(
                 summary,
                 ..
             } => {
-                let cfg = st.config.as_ref().ok_or_else(|| MigrationError::Internal("filesystem before Prepare".into()))?;
+                let cfg = st
+                    .config
+                    .as_ref()
+                    .ok_or_else(|| MigrationError::Internal("filesystem before Prepare".into()))?;
                 let target = fs_target(engine, cfg, &what)?;
                 let summary: DiffSummary = summary
                     .map(serde_json::from_value)
                     .transpose()
                     .map_err(|e| MigrationError::Internal(format!("bad filesystem summary: {e}")))?
-                    .ok_or_else(|| MigrationError::Internal("filesystem stream without summary".into()))?;
+                    .ok_or_else(|| {
+                        MigrationError::Internal("filesystem stream without summary".into())
+                    })?;
                 let tar = st.work.join("fs.tar");
                 wire.recv_file(stream, &tar, compression).await?;
                 blocking(move || {
@@ -225,7 +248,11 @@ async fn receive(
                 let dir = images_dir.clone();
                 let log = st.work.join("page-server.log");
                 let ps = blocking(move || {
-                    Ok(PageServer::spawn(&dir, SocketAddr::from(([127, 0, 0, 1], 0)), &log)?)
+                    Ok(PageServer::spawn(
+                        &dir,
+                        SocketAddr::from(([127, 0, 0, 1], 0)),
+                        &log,
+                    )?)
                 })
                 .await?;
                 let rx = wire.demux.stream(TUNNEL_STREAM)?;
@@ -237,7 +264,10 @@ async fn receive(
             Message::DumpDone { stats } => {
                 tracing::info!(tunnel_bytes = stats.tunnel_bytes, "dump done on the source");
             }
-            Message::ImagesStart { stream, compression } => {
+            Message::ImagesStart {
+                stream,
+                compression,
+            } => {
                 let tar = st.work.join("images.tar");
                 wire.recv_file(stream, &tar, compression).await?;
                 let dir = images_dir.clone();
@@ -252,7 +282,11 @@ async fn receive(
                 if let Some(ps) = st.page_server.take() {
                     blocking(move || Ok(ps.wait()?)).await?;
                 }
-                let name = st.config.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+                let name = st
+                    .config
+                    .as_ref()
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
                 let e = engine.clone();
                 let dir = images_dir.clone();
                 match blocking(move || Ok(e.restore_incoming(&name, &dir)?)).await {
@@ -262,13 +296,20 @@ async fn receive(
                     }
                     Err(err) => {
                         let reason = err.to_string();
-                        wire.send(Message::RestoreFailed { reason: reason.clone() }).await?;
+                        wire.send(Message::RestoreFailed {
+                            reason: reason.clone(),
+                        })
+                        .await?;
                         return Err(MigrationError::RestoreFailed(reason));
                     }
                 }
             }
             Message::Commit {} => {
-                let name = st.config.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+                let name = st
+                    .config
+                    .as_ref()
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
                 let e = engine.clone();
                 blocking(move || Ok(e.commit_incoming(&name)?)).await?;
                 st.committed = true;
@@ -307,14 +348,19 @@ async fn next_message(wire: &mut Wire, tunnel: Option<&Tunnel>) -> Result<Messag
 }
 
 async fn register_image(engine: &Arc<Engine>, st: &mut Incoming) -> Result<(), MigrationError> {
-    let offer = st.offer.clone().ok_or_else(|| MigrationError::Internal("no image offer".into()))?;
+    let offer = st
+        .offer
+        .clone()
+        .ok_or_else(|| MigrationError::Internal("no image offer".into()))?;
     let e = engine.clone();
     blocking(move || {
         let d = Digest::parse(&offer.manifest)
             .map_err(|err| MigrationError::Image(format!("bad manifest digest: {err}")))?;
-        e.images()
-            .register(&d, &offer.names)
-            .map_err(|err| MigrationError::Image(format!("the destination could not assemble the image: {err}")))?;
+        e.images().register(&d, &offer.names).map_err(|err| {
+            MigrationError::Image(format!(
+                "the destination could not assemble the image: {err}"
+            ))
+        })?;
         Ok(())
     })
     .await?;
@@ -322,7 +368,11 @@ async fn register_image(engine: &Arc<Engine>, st: &mut Incoming) -> Result<(), M
     Ok(())
 }
 
-fn fs_target(engine: &Engine, cfg: &ContainerConfig, what: &FsTarget) -> Result<PathBuf, MigrationError> {
+fn fs_target(
+    engine: &Engine,
+    cfg: &ContainerConfig,
+    what: &FsTarget,
+) -> Result<PathBuf, MigrationError> {
     match what {
         FsTarget::Upper => Ok(RootfsDirs::new(&engine.container_dir(&cfg.id)).upper),
         FsTarget::Volume(name) if cfg.volumes.iter().any(|v| &v.name == name) => {
@@ -344,7 +394,11 @@ async fn undo(engine: &Arc<Engine>, st: &mut Incoming) {
     }
     if let Some(cfg) = st.config.clone() {
         let e = engine.clone();
-        let image = st.offer.as_ref().map(|o| o.manifest.clone()).filter(|_| st.image_was_new && st.image_registered);
+        let image = st
+            .offer
+            .as_ref()
+            .map(|o| o.manifest.clone())
+            .filter(|_| st.image_was_new && st.image_registered);
         let _ = tokio::task::spawn_blocking(move || {
             e.abort_incoming(&cfg);
             if let Some(img) = image {

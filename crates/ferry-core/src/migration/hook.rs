@@ -72,7 +72,7 @@ impl HookServer {
         let listener = UnixListener::bind(path).map_err(io_err)?;
         let (ev_tx, events) = mpsc::channel();
         let (verdict_tx, verdict_rx) = mpsc::channel::<bool>();
-        std::thread::spawn(move || serve(listener, ev_tx, verdict_rx));
+        std::thread::spawn(move || serve(&listener, &ev_tx, &verdict_rx));
         Ok(HookServer {
             path: path.to_owned(),
             events,
@@ -156,7 +156,11 @@ impl Drop for HookServer {
     }
 }
 
-fn serve(listener: UnixListener, events: mpsc::Sender<HookEvent>, verdict: mpsc::Receiver<bool>) {
+fn serve(
+    listener: &UnixListener,
+    events: &mpsc::Sender<HookEvent>,
+    verdict: &mpsc::Receiver<bool>,
+) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let mut line = String::new();
@@ -233,9 +237,13 @@ mod tests {
         let mut srv = HookServer::bind(&sock).unwrap();
         assert_eq!(client(&sock, "network-lock").join().unwrap(), "ok");
         let waiting = client(&sock, "post-dump");
-        srv.wait_for("post-dump", Duration::from_secs(5), || true).unwrap();
+        srv.wait_for("post-dump", Duration::from_secs(5), || true)
+            .unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        assert!(!waiting.is_finished(), "post-dump must block until the verdict");
+        assert!(
+            !waiting.is_finished(),
+            "post-dump must block until the verdict"
+        );
         srv.verdict(true);
         assert_eq!(waiting.join().unwrap(), "ok");
         assert_eq!(srv.seen()[0].action, "network-lock");
@@ -247,7 +255,8 @@ mod tests {
         let sock = t.path().join("hook.sock");
         let mut srv = HookServer::bind(&sock).unwrap();
         let waiting = client(&sock, "post-dump");
-        srv.wait_for("post-dump", Duration::from_secs(5), || true).unwrap();
+        srv.wait_for("post-dump", Duration::from_secs(5), || true)
+            .unwrap();
         drop(srv);
         assert_eq!(waiting.join().unwrap(), "fail");
     }

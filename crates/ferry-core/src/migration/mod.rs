@@ -93,7 +93,10 @@ impl MigrationError {
 
 pub fn new_migration_id() -> String {
     use rand::Rng;
-    format!("m{:012x}", rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff)
+    format!(
+        "m{:012x}",
+        rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff
+    )
 }
 
 pub fn kernel_release() -> String {

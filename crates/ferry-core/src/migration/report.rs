@@ -43,12 +43,28 @@ impl Phase {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum MigrationEvent {
-    PhaseStart { phase: Phase },
-    PhaseDone { phase: Phase, ms: u64, bytes: u64 },
-    Bytes { phase: Phase, bytes: u64 },
-    Note { message: String },
-    Done { report: MigrationReport },
-    Failed { error: String, report: MigrationReport },
+    PhaseStart {
+        phase: Phase,
+    },
+    PhaseDone {
+        phase: Phase,
+        ms: u64,
+        bytes: u64,
+    },
+    Bytes {
+        phase: Phase,
+        bytes: u64,
+    },
+    Note {
+        message: String,
+    },
+    Done {
+        report: MigrationReport,
+    },
+    Failed {
+        error: String,
+        report: MigrationReport,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,6 +87,8 @@ pub async fn migrate_out(
         }
     };
     let mut frozen: Option<Frozen> = None;
+    // The connection, once open: kept here so a failure can still send `Abort` on it.
+    let mut wire: Option<Wire> = None;
     let result = run(
         &engine,
         &identity,
@@ -96,6 +98,7 @@ pub async fn migrate_out(
         &mut report,
         &mut progress,
         &mut frozen,
+        &mut wire,
     )
     .await;
     report.total_ms = t0.elapsed().as_millis() as u64;
@@ -104,7 +107,7 @@ pub async fn migrate_out(
             report.outcome = Some(Outcome::Committed);
             Ok(report)
         }
-        Err((err, mut wire)) => {
+        Err(err) => {
             progress.start(Phase::Rollback);
             if let Some(w) = wire.as_mut() {
                 w.abort(&err.to_string()).await;
@@ -124,19 +127,6 @@ pub async fn migrate_out(
     }
 }
 
-type RunResult = Result<(), (MigrationError, Option<Wire>)>;
-
-/// Attaches the wire (if any) to an error so the caller can send `Abort` on it.
-trait WithWire<T> {
-    fn w(self, wire: &mut Option<Wire>) -> Result<T, (MigrationError, Option<Wire>)>;
-}
-
-impl<T> WithWire<T> for Result<T, MigrationError> {
-    fn w(self, wire: &mut Option<Wire>) -> Result<T, (MigrationError, Option<Wire>)> {
-        self.map_err(|e| (e, wire.take()))
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run(
     engine: &Arc<Engine>,
@@ -147,37 +137,35 @@ async fn run(
     report: &mut MigrationReport,
     progress: &mut Progress,
     frozen: &mut Option<Frozen>,
-) -> RunResult {
-    let mut none: Option<Wire> = None;
+    wire: &mut Option<Wire>,
+) -> Result<(), MigrationError> {
     if mode == MigrationMode::PostCopy {
         return Err(MigrationError::Unsupported(
             "post-copy migration is not implemented yet; use stop-and-copy".into(),
-        ))
-        .w(&mut none);
+        ));
     }
     let cfg = rec.config.clone();
     let ctr_dir = engine.container_dir(&cfg.id);
-    let work = engine.paths().tmp().join(format!("migrate-{}", report.migration_id));
-    std::fs::create_dir_all(&work)
-        .map_err(|e| MigrationError::io(&work, e))
-        .w(&mut none)?;
+    let work = engine
+        .paths()
+        .tmp()
+        .join(format!("migrate-{}", report.migration_id));
+    std::fs::create_dir_all(&work).map_err(|e| MigrationError::io(&work, e))?;
     let _cleanup = RemoveOnDrop(work.clone());
 
     // 1. Connect and handshake.
     progress.start(Phase::Connect);
-    let peers = Peers::load(engine.paths()).map_err(MigrationError::from).w(&mut none)?;
+    let peers = Peers::load(engine.paths()).map_err(MigrationError::from)?;
     let peer = peers
         .get(&req.to)
         .cloned()
-        .ok_or_else(|| MigrationError::UnknownPeer(req.to.clone()))
-        .w(&mut none)?;
+        .ok_or_else(|| MigrationError::UnknownPeer(req.to.clone()))?;
     let conn = PeerConn::connect(identity, &peer.name, peer.addr)
         .await
-        .map_err(MigrationError::from)
-        .w(&mut none)?;
+        .map_err(MigrationError::from)?;
     let (sink, source) = conn.split();
     let (demux, control) = Demux::spawn(source);
-    let mut wire = Some(Wire::new(
+    *wire = Some(Wire::new(
         sink,
         demux,
         control,
@@ -202,18 +190,17 @@ async fn run(
         let Machine::Sender(m) = &mut w.machine else {
             unreachable!("source drives a sender machine")
         };
-        let welcome = within(
-            "the destination's welcome",
-            REPLY,
-            async {
-                Ok(crate::peer::handshake::handshake_source(
-                    &w.sink, &mut w.control, m, &peer.name, hello,
-                )
-                .await?)
-            },
-        )
-        .await
-        .w(&mut wire)?;
+        let welcome = within("the destination's welcome", REPLY, async {
+            Ok(crate::peer::handshake::handshake_source(
+                &w.sink,
+                &mut w.control,
+                m,
+                &peer.name,
+                hello,
+            )
+            .await?)
+        })
+        .await?;
         progress.note(format!(
             "{} speaks protocol v{} (CRIU {}, {})",
             welcome.host, welcome.version, welcome.criu_version, welcome.runc_version
@@ -229,8 +216,7 @@ async fn run(
         std::fs::create_dir_all(&cd).map_err(|e| MigrationError::io(&cd, e))?;
         Ok(crate::criu::cpuinfo_dump(&cd)?)
     })
-    .await
-    .w(&mut wire)?;
+    .await?;
     {
         let w = wire.as_mut().expect("wire");
         let stream = w.new_stream();
@@ -240,8 +226,12 @@ async fn run(
                 compression: Compression::None,
             })
             .await?;
-            w.send_file(stream, &cpu_dir.join(super::CPUINFO_IMAGE), Compression::None)
-                .await?;
+            w.send_file(
+                stream,
+                &cpu_dir.join(super::CPUINFO_IMAGE),
+                Compression::None,
+            )
+            .await?;
             match w.recv_within("the CPU check", REPLY).await? {
                 Message::CpuOk {} => Ok(()),
                 Message::Refuse { reason } => Err(MigrationError::Refused(reason)),
@@ -249,7 +239,7 @@ async fn run(
             }
         }
         .await;
-        res.w(&mut wire)?;
+        res?;
     }
     progress.done(report, 0);
 
@@ -258,8 +248,7 @@ async fn run(
     let image = engine
         .images()
         .resolve(&cfg.image)
-        .map_err(|e| MigrationError::Container(e.into()))
-        .w(&mut wire)?;
+        .map_err(|e| MigrationError::Container(e.into()))?;
     let blobs = engine.images().blobs_of(&image);
     let offer = ImageOffer {
         manifest: image.digest.to_string(),
@@ -282,14 +271,17 @@ async fn run(
                 image: offer,
             })
             .await?;
-            match w.recv_within("the destination's preparation", REPLY).await? {
+            match w
+                .recv_within("the destination's preparation", REPLY)
+                .await?
+            {
                 Message::NeedBlobs { digests } => Ok(digests),
                 Message::Refuse { reason } => Err(MigrationError::Refused(reason)),
                 other => Err(MigrationError::unexpected("NeedBlobs", &other)),
             }
         }
         .await;
-        res.w(&mut wire)?
+        res?
     };
     progress.done(report, 0);
 
@@ -301,8 +293,11 @@ async fn run(
             .iter()
             .find(|(d, _)| &d.to_string() == digest)
             .cloned()
-            .ok_or_else(|| MigrationError::Internal(format!("destination asked for {digest}, which was not offered")))
-            .w(&mut wire)?;
+            .ok_or_else(|| {
+                MigrationError::Internal(format!(
+                    "destination asked for {digest}, which was not offered"
+                ))
+            })?;
         let path = engine.images().blob_path(&d);
         let w = wire.as_mut().expect("wire");
         let stream = w.new_stream();
@@ -318,7 +313,7 @@ async fn run(
             Ok(())
         })
         .await;
-        res.w(&mut wire)?;
+        res?;
         layer_bytes += size;
         progress.bytes(Phase::Image, layer_bytes);
     }
@@ -332,14 +327,16 @@ async fn run(
     let rootfs = RootfsDirs::new(&ctr_dir);
     let mut targets: Vec<(FsTarget, PathBuf)> = vec![(FsTarget::Upper, rootfs.upper.clone())];
     for v in &cfg.volumes {
-        targets.push((FsTarget::Volume(v.name.clone()), engine.paths().volume_data(&v.name)));
+        targets.push((
+            FsTarget::Volume(v.name.clone()),
+            engine.paths().volume_data(&v.name),
+        ));
     }
     let mut snapshots: Vec<UpperSnapshot> = Vec::new();
     let mut fs_bytes = 0u64;
     for (i, (target, dir)) in targets.iter().enumerate() {
-        let (bytes, snap) = send_fs(wire.as_mut().expect("wire"), &work, 1, i, target, dir, None)
-            .await
-            .w(&mut wire)?;
+        let (bytes, snap) =
+            send_fs(wire.as_mut().expect("wire"), &work, 1, i, target, dir, None).await?;
         fs_bytes += bytes;
         snapshots.push(snap);
         progress.bytes(Phase::FsPass1, fs_bytes);
@@ -352,18 +349,20 @@ async fn run(
         let w = wire.as_mut().expect("wire");
         let res = async {
             w.send(Message::OpenPageSink {}).await?;
-            match w.recv_within("the destination's page server", REPLY).await? {
+            match w
+                .recv_within("the destination's page server", REPLY)
+                .await?
+            {
                 Message::PagesReady {} => Ok(()),
                 other => Err(MigrationError::unexpected("PagesReady", &other)),
             }
         }
         .await;
-        res.w(&mut wire)?;
+        res?;
     }
     let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
-        .map_err(MigrationError::from)
-        .w(&mut wire)?;
+        .map_err(MigrationError::from)?;
     let tunnel_addr = listener.local_addr();
     let rx = wire
         .as_ref()
@@ -371,18 +370,14 @@ async fn run(
         .demux
         .stream(TUNNEL_STREAM)
         .map_err(MigrationError::from);
-    let rx = rx.w(&mut wire)?;
+    let rx = rx?;
     let tunnel = listener.bridge(wire.as_ref().expect("wire").sink.clone(), rx);
     let images = work.join("images");
     let criu_work = work.join("criu-work");
     for d in [&images, &criu_work] {
-        std::fs::create_dir_all(d)
-            .map_err(|e| MigrationError::io(d, e))
-            .w(&mut wire)?;
+        std::fs::create_dir_all(d).map_err(|e| MigrationError::io(d, e))?;
     }
-    let hook = HookServer::bind(&work.join("hook.sock"))
-        .map_err(MigrationError::from)
-        .w(&mut wire)?;
+    let hook = HookServer::bind(&work.join("hook.sock")).map_err(MigrationError::from)?;
     let mut opts = engine.checkpoint_opts(&images, &criu_work);
     opts.page_server = Some(tunnel_addr);
     let tool = engine
@@ -390,9 +385,8 @@ async fn run(
         .checkpoint_command(&cfg.id, &opts)
         .env(HOOK_SOCKET_ENV, hook.path());
     let err_path = work.join("runc-checkpoint.err");
-    let err_file = std::fs::File::create(&err_path)
-        .map_err(|e| MigrationError::io(&err_path, e))
-        .w(&mut wire)?;
+    let err_file =
+        std::fs::File::create(&err_path).map_err(|e| MigrationError::io(&err_path, e))?;
     let t_freeze = Instant::now();
     let child = tool
         .command()
@@ -400,8 +394,7 @@ async fn run(
         .stdout(Stdio::null())
         .stderr(err_file)
         .spawn()
-        .map_err(|e| MigrationError::Internal(format!("starting runc checkpoint: {e}")))
-        .w(&mut wire)?;
+        .map_err(|e| MigrationError::Internal(format!("starting runc checkpoint: {e}")))?;
     *frozen = Some(Frozen {
         hook,
         child,
@@ -422,8 +415,7 @@ async fn run(
             return Err(MigrationError::Dump(format!(
                 "runc checkpoint exited ({status}) before the dump completed: {} ({log})",
                 stderr.trim()
-            )))
-            .w(&mut wire);
+            )));
         }
         let now_bytes = tunnel.stats().to_peer;
         if now_bytes != last_bytes {
@@ -436,8 +428,7 @@ async fn run(
             return Err(MigrationError::Timeout {
                 what: "memory pages to flow to the destination".into(),
                 after: DUMP_STALL,
-            })
-            .w(&mut wire);
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -449,7 +440,7 @@ async fn run(
             tunnel_bytes: pages,
             ..Default::default()
         };
-        w.send(Message::DumpDone { stats }).await.w(&mut wire)?;
+        w.send(Message::DumpDone { stats }).await?;
     }
     progress.done(report, pages);
 
@@ -461,8 +452,7 @@ async fn run(
         let f = std::fs::File::create(&dst).map_err(|e| MigrationError::io(&dst, e))?;
         Ok(fsdiff::pack_dir(&src, std::io::BufWriter::new(f))?)
     })
-    .await
-    .w(&mut wire)?;
+    .await?;
     {
         let w = wire.as_mut().expect("wire");
         let stream = w.new_stream();
@@ -476,7 +466,7 @@ async fn run(
             Ok(())
         })
         .await;
-        res.w(&mut wire)?;
+        res?;
     }
     report.bytes.images = images_bytes;
     progress.done(report, images_bytes);
@@ -493,8 +483,7 @@ async fn run(
             dir,
             Some(&snapshots[i]),
         )
-        .await
-        .w(&mut wire)?;
+        .await?;
         delta_bytes += bytes;
     }
     report.bytes.fs = fs_bytes + delta_bytes;
@@ -513,7 +502,7 @@ async fn run(
             }
         }
         .await;
-        let stats = res.w(&mut wire)?;
+        let stats = res?;
         report.criu_restore = serde_json::to_value(&stats).ok();
     }
     progress.done(report, 0);
@@ -533,7 +522,7 @@ async fn run(
             }
         }
         .await;
-        res.w(&mut wire)?;
+        res?;
     }
     report.downtime_ms = Some(t_freeze.elapsed().as_millis() as u64);
     // Point of no return: the destination runs the container. Let CRIU finish the source.
@@ -571,13 +560,18 @@ async fn send_fs(
     let (d, t, s) = (dir.to_owned(), tar.clone(), since.cloned());
     let summary = blocking(move || {
         let f = std::fs::File::create(&t).map_err(|e| MigrationError::io(&t, e))?;
-        Ok(fsdiff::export_upper(&d, std::io::BufWriter::new(f), s.as_ref())?)
+        Ok(fsdiff::export_upper(
+            &d,
+            std::io::BufWriter::new(f),
+            s.as_ref(),
+        )?)
     })
     .await?;
     let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
     let stream = w.new_stream();
     let snapshot = summary.snapshot.clone();
-    let summary_json = serde_json::to_value(&summary).map_err(|e| MigrationError::Internal(e.to_string()))?;
+    let summary_json =
+        serde_json::to_value(&summary).map_err(|e| MigrationError::Internal(e.to_string()))?;
     within("sending a filesystem", budget(size), async {
         w.send(Message::FsStart {
             pass,
@@ -607,7 +601,9 @@ async fn rollback(engine: &Arc<Engine>, rec: &ContainerRecord, frozen: Option<Fr
             loop {
                 match f.child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     _ => {
                         let _ = f.child.kill();
                         let _ = f.child.wait();

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_proto::{Compression, Message, ReceiverMachine, SenderMachine, StreamEnd, FIRST_BULK_STREAM};
+use ferry_proto::{
+    Compression, Message, ReceiverMachine, SenderMachine, StreamEnd, FIRST_BULK_STREAM,
+};
 
 use super::MigrationError;
 use crate::peer::bulk::{recv_stream, send_stream};
@@ -90,7 +92,11 @@ impl Wire {
         Ok(m)
     }
 
-    pub async fn recv_within(&mut self, what: &str, limit: Duration) -> Result<Message, MigrationError> {
+    pub async fn recv_within(
+        &mut self,
+        what: &str,
+        limit: Duration,
+    ) -> Result<Message, MigrationError> {
         match tokio::time::timeout(limit, self.recv()).await {
             Ok(r) => r,
             Err(_) => Err(MigrationError::Timeout {
@@ -118,7 +124,13 @@ impl Wire {
         let f = tokio::fs::File::open(path)
             .await
             .map_err(|e| MigrationError::io(path, e))?;
-        Ok(send_stream(&self.sink, stream, tokio::io::BufReader::new(f), compression).await?)
+        Ok(send_stream(
+            &self.sink,
+            stream,
+            tokio::io::BufReader::new(f),
+            compression,
+        )
+        .await?)
     }
 
     pub async fn recv_file(

@@ -558,4 +558,3 @@ fn reloaded_ca_issues_certificates_that_verify() {
         assert_eq!(server.await.unwrap().unwrap().1, "host-a");
     });
 }
-
