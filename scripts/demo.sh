@@ -1,49 +1,61 @@
 #!/usr/bin/env bash
-# The main job: a local demo of ferry on one host. Runs a Redis container, writes keys over its
-# IP, shows `ferry ps`, then cleans up. Run as root.
+# The main job: live migration of Redis under load between two lab hosts.
+#  - builds a two-host lab (network namespaces, one ferryd each, mutual TLS between them),
+#  - runs Redis on host-a with 256 MiB of data,
+#  - keeps two clients writing over persistent connections,
+#  - migrates Redis to host-b and prints the report,
+#  - checks that every acknowledged write is there, on the same connections,
+#  - tears the lab down.
+# Run as root. FERRY_DEMO_KEYS changes the dataset (1 KiB values; default 262144 = 256 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --workspace --release --quiet
-BIN=$PWD/target/release
+echo "== building ferry"
+cargo build --workspace --quiet
+BIN=$PWD/target/debug
+LAB="$BIN/ferry-lab --dir /run/ferry-demo --prefix ferrydemo"
 WORK=$(mktemp -d /var/tmp/ferry-demo.XXXXXX)
-NS=ferry-demo
-SOCK=$WORK/ferry.sock
-ferry() { "$BIN/ferry" --socket "$SOCK" "$@"; }
-in_ns() { nsenter --net=/run/netns/$NS -- "$@"; }
+KEYS=${FERRY_DEMO_KEYS:-262144}
+IP=10.77.1.10
 
 cleanup() {
   set +e
-  if [ -S "$SOCK" ]; then ferry rm -f redis >/dev/null 2>&1; fi
-  [ -n "${FERRYD_PID:-}" ] && kill "$FERRYD_PID" 2>/dev/null && wait "$FERRYD_PID" 2>/dev/null
-  ip netns del $NS 2>/dev/null
-  grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  touch "$WORK/stop"
+  wait 2>/dev/null
+  $LAB down >/dev/null 2>&1
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-ip netns del $NS 2>/dev/null || true
-ip netns add $NS
-ip -n $NS link set lo up
 
-echo "== building the Redis image (redis-server + its library closure) as an OCI layout"
-"$BIN/ferry-lab" mkimage redis "$WORK/redis-oci"
-
-echo "== starting ferryd (state in $WORK/root, network namespace $NS)"
-in_ns "$BIN/ferryd" --root "$WORK/root" --socket "$SOCK" --runc-root "$WORK/runc" \
-  --cgroup-parent ferry-demo --bridge-address 10.79.0.1/16 --host-name demo >"$WORK/ferryd.log" 2>&1 &
-FERRYD_PID=$!
-for _ in $(seq 100); do ferry info >/dev/null 2>&1 && break; sleep 0.1; done
-
-ferry image import "$WORK/redis-oci"
-ferry image ls
-t0=$(date +%s.%N)
-ferry run -d --name redis --ip 10.79.0.10 redis
-t1=$(date +%s.%N)
-awk -v a="$t0" -v b="$t1" 'BEGIN {printf "ferry run took %.3f s\n", b - a}'
-for _ in $(seq 100); do [ "$(in_ns redis-cli -h 10.79.0.10 PING 2>/dev/null)" = PONG ] && break; sleep 0.1; done
-echo "== writing 1000 keys over the container's IP"
-for i in $(seq 1000); do echo "SET key:$i value-$i"; done | in_ns redis-cli -h 10.79.0.10 >/dev/null
-echo "DBSIZE: $(in_ns redis-cli -h 10.79.0.10 DBSIZE)"
-echo "GET key:500: $(in_ns redis-cli -h 10.79.0.10 GET key:500)"
-ferry ps
+echo "== lab: two hosts and a client on one L2 fabric"
+$LAB down >/dev/null 2>&1 || true
+$LAB up --hosts 2
+echo "== image: redis-server and its library closure as an OCI layout"
+"$BIN/ferry-lab" mkimage redis "$WORK/redis-oci" >/dev/null
+$LAB exec host-a -- ferry image import "$WORK/redis-oci"
+$LAB exec host-a -- ferry run -d --name redis --ip $IP redis \
+  redis-server --bind 0.0.0.0 --protected-mode no --save "" --appendonly no --enable-debug-command yes
+for _ in $(seq 100); do
+  [ "$($LAB client -- redis-cli -h $IP PING 2>/dev/null)" = PONG ] && break; sleep 0.1
+done
+echo "== loading $KEYS keys of 1 KiB"
+$LAB client -- redis-cli -h $IP DEBUG POPULATE "$KEYS" bulk 1024 >/dev/null
+$LAB client -- redis-cli -h $IP INFO memory | grep used_memory_human
+echo "== clients writing (SET + INCR) over two persistent connections"
+$LAB redis-load --ip $IP --connections 2 --stop-file "$WORK/stop" > "$WORK/load.txt" &
+LOAD=$!
+sleep 2
+echo "== ferry migrate redis --to host-b"
+$LAB exec host-a -- ferry migrate redis --to host-b
+sleep 2
+touch "$WORK/stop"
+wait $LOAD && status=0 || status=$?
+echo "== what the clients saw"
+cat "$WORK/load.txt"
+echo "== ferry ps on host-a"
+$LAB exec host-a -- ferry ps
+echo "== ferry ps on host-b"
+$LAB exec host-b -- ferry ps
+echo "DBSIZE on host-b: $($LAB client -- redis-cli -h $IP DBSIZE)"
+exit $status

@@ -3,8 +3,7 @@
 //!
 //! Everything a test creates is torn down by `Drop`, also when the test fails.
 
-pub mod redis;
-pub mod writer;
+pub use ferry_lab::workload::{redis, writer};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -10,6 +10,7 @@ mod nsexec;
 mod state;
 mod teardown;
 mod topology;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

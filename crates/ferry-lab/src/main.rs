@@ -58,6 +58,18 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<OsString>,
     },
+    /// Keep writing to Redis from the client netns over persistent connections until STOP_FILE
+    /// exists; then check every acknowledged write and print a summary (JSON with --json).
+    RedisLoad {
+        #[arg(long)]
+        ip: String,
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        #[arg(long)]
+        stop_file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a test image as an OCI layout from this machine's binaries: busybox or redis.
     Mkimage {
         kind: String,
@@ -143,6 +155,15 @@ fn run(cli: &Cli) -> Result<i32> {
             let mut c = ferry_lab::host_command(&h, &cmd[0]);
             c.args(&cmd[1..]);
             wait_code(c)
+        }
+        Cmd::RedisLoad {
+            ip,
+            connections,
+            stop_file,
+            json,
+        } => {
+            let state = require_lab(cli)?;
+            redis_load(&state, ip, *connections, stop_file, *json)
         }
         Cmd::Mkimage { kind, out } => {
             use ferry_core::image::fixture::{build_layout, FixtureSpec};
@@ -248,4 +269,75 @@ fn status(state: &LabState, json: bool) {
             "no"
         }
     );
+}
+
+/// The demo's client: writers on persistent connections, verified at the end.
+fn redis_load(
+    state: &LabState,
+    ip: &str,
+    connections: usize,
+    stop_file: &std::path::Path,
+    json: bool,
+) -> Result<i32> {
+    use ferry_lab::workload::redis::RedisConn;
+    use ferry_lab::workload::writer::{verify_acked_keyed, Writer};
+    let ns = state.client_netns().display().to_string();
+    let mut writers = Vec::new();
+    for i in 0..connections {
+        let conn =
+            RedisConn::connect(&ns, ip).with_context(|| format!("connecting to {ip}:6379"))?;
+        let port = conn.local_port;
+        writers.push((
+            format!("load{i}:"),
+            port,
+            Writer::start_keyed(conn, &format!("load{i}:"), Duration::from_millis(2)),
+        ));
+    }
+    while !stop_file.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut results = Vec::new();
+    let mut ok = true;
+    for (prefix, port, w) in writers {
+        let mut r = w.stop();
+        let verified = r.error.is_none()
+            && r.conn.local_port == port
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                verify_acked_keyed(&mut r.conn, &prefix, r.acked_sets, r.acked_incrs)
+            }))
+            .is_ok();
+        ok &= verified;
+        results.push(serde_json::json!({
+            "connection": prefix.trim_end_matches(':'),
+            "local_port": port,
+            "acked_sets": r.acked_sets,
+            "acked_incrs": r.acked_incrs,
+            "longest_stall_ms": r.longest_stall.as_millis() as u64,
+            "error": r.error,
+            "all_acknowledged_writes_present": verified,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            println!(
+                "client {}: port {}, {} SETs + {} INCRs acknowledged, longest stall {} ms, same connection, {}",
+                r["connection"].as_str().unwrap_or(""),
+                r["local_port"],
+                r["acked_sets"],
+                r["acked_incrs"],
+                r["longest_stall_ms"],
+                if r["all_acknowledged_writes_present"] == true {
+                    "every acknowledged write present"
+                } else {
+                    "VERIFICATION FAILED"
+                }
+            );
+            if let Some(e) = r["error"].as_str() {
+                println!("  error: {e}");
+            }
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::redis::{RedisConn, Reply};
+use super::redis::{RedisConn, Reply};
 
 pub struct WriterReport {
     /// SET w:<i> <i> acknowledged for i in 0..acked_sets.
