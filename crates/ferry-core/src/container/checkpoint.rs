@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{block_on, lock, Engine};
+use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
 use crate::checkpoint::archive::{self, Compression, Limits};
 use crate::criu;
@@ -478,7 +478,7 @@ impl Engine {
         t0: Instant,
     ) -> Result<RestoreReport, ContainerError> {
         let images = dir.join(IMAGES_DIR);
-        let outcome = self.restore_images(rec, &images, GateKind::RstOnly);
+        let outcome = self.restore_images(rec, &images, Some(GateKind::RstOnly));
         let (pid, restore_ms, stats) = match outcome {
             Ok(v) => v,
             Err(e) => {
@@ -499,20 +499,21 @@ impl Engine {
         })
     }
 
-    /// The shared core of restore and migration: prepare rootfs/network with `gate`, run
-    /// `runc restore` through a new shim, record the container as running.
-    /// Returns (pid, restore ms, CRIU restore stats). The gate stays installed.
+    /// The shared core of restore and migration: prepare the rootfs and bundle, run `runc
+    /// restore` through a new shim, record the container as running. With `gate`, the network
+    /// is set up here behind that gate; without, it was staged before (a migration does that
+    /// ahead of the freeze). Returns (pid, restore ms, CRIU restore stats); the gate stays.
     pub fn restore_images(
         &self,
         rec: &mut ContainerRecord,
         images: &Path,
-        gate: GateKind,
+        gate: Option<GateKind>,
     ) -> Result<(u32, u64, Option<criu::RestoreStats>), ContainerError> {
         let ctr_dir = self.container_dir(&rec.config.id);
-        let bundle = self.prepare(&rec.config, false)?;
-        let cn = self.container_net(&rec.config);
-        network::install_gate(&cn.netns_path, gate)?;
-        block_on(network::attach_veth(&cn.host_veth, &cn.bridge))?;
+        if let Some(gate) = gate {
+            self.stage_gated_network(&rec.config, gate)?;
+        }
+        let bundle = self.prepare_bundle(&rec.config)?;
         let work = ctr_dir.join("criu-work");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).map_err(io(&work))?;

@@ -318,6 +318,13 @@ impl Engine {
     /// Prepares rootfs, volumes, bundle and network for a container (fresh start or restore).
     /// `attach` says whether the veth joins the bridge now (a restore may keep it gated).
     pub fn prepare(&self, cfg: &ContainerConfig, attach: bool) -> Result<PathBuf, ContainerError> {
+        let bundle = self.prepare_bundle(cfg)?;
+        self.setup_network(cfg, attach)?;
+        Ok(bundle)
+    }
+
+    /// Mounts the rootfs, creates volumes, writes the CRIU config and the OCI bundle.
+    pub fn prepare_bundle(&self, cfg: &ContainerConfig) -> Result<PathBuf, ContainerError> {
         let dir = self.container_dir(&cfg.id);
         let image = self.images.resolve(&cfg.image)?;
         let layers = self.images.layer_dirs(&image)?;
@@ -355,8 +362,21 @@ impl Engine {
         let bundle = dir.join("bundle");
         let spec = spec::build_spec(&input)?;
         spec::write_bundle(&bundle, &spec)?;
-        self.setup_network(cfg, attach)?;
         Ok(bundle)
+    }
+
+    /// The container's netns and veth, on the bridge but with its traffic held by `gate`, for a
+    /// restore whose copy must not talk to anyone yet.
+    pub fn stage_gated_network(
+        &self,
+        cfg: &ContainerConfig,
+        gate: network::GateKind,
+    ) -> Result<(), ContainerError> {
+        self.setup_network(cfg, false)?;
+        let cn = self.container_net(cfg);
+        network::install_gate(&cn.netns_path, gate)?;
+        block_on(network::attach_veth(&cn.host_veth, &cn.bridge))?;
+        Ok(())
     }
 
     pub fn setup_network(&self, cfg: &ContainerConfig, attach: bool) -> Result<(), ContainerError> {

@@ -98,7 +98,7 @@ impl Engine {
                 fault.display()
             )));
         }
-        let result = self.restore_images(&mut rec, images, GateKind::Full);
+        let result = self.restore_images(&mut rec, images, None);
         match result {
             Ok((_pid, ms, stats)) => {
                 rec.status = Status::Migrating;
@@ -115,6 +115,14 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Before the source freezes: the incoming container's netns and veth, attached but fully
+    /// gated, so the restore after the freeze only has to run CRIU.
+    pub fn stage_incoming_network(&self, name: &str) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let rec = lock(&slot);
+        self.stage_gated_network(&rec.config, GateKind::Full)
     }
 
     /// Opens the gate of a restored incoming container and announces its MAC: it lives here now.

@@ -245,6 +245,10 @@ async fn receive(
                 .await?;
             }
             Message::OpenPageSink {} => {
+                // The freeze comes next: stage the gated network now, off the downtime path.
+                let name = st.config.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+                let e = engine.clone();
+                blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
                 let dir = images_dir.clone();
                 let log = st.work.join("page-server.log");
                 let ps = blocking(move || {

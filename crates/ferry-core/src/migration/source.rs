@@ -524,7 +524,13 @@ async fn run(
         .await;
         res?;
     }
-    report.downtime_ms = Some(t_freeze.elapsed().as_millis() as u64);
+    // Downtime runs from CRIU's pre-dump action (just before it freezes the tasks); runc's
+    // and CRIU's start-up before that is not downtime, the container still serves.
+    let freeze_at = frozen
+        .as_ref()
+        .and_then(|f| f.hook.seen().iter().find(|e| e.action == "pre-dump").map(|e| e.at))
+        .unwrap_or(t_freeze);
+    report.downtime_ms = Some(freeze_at.elapsed().as_millis() as u64);
     // Point of no return: the destination runs the container. Let CRIU finish the source.
     let mut f = frozen.take().expect("frozen");
     f.hook.verdict(true);
