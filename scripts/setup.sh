@@ -108,7 +108,11 @@ if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 4194304 ]; then
   log "setting fs.pipe-max-size = 4194304"
   sysctl -qw fs.pipe-max-size=4194304
 fi
-sysctl -qw net.ipv4.ip_forward=1 >/dev/null 2>&1 || true
+# ...and keep it across reboots.
+if [ ! -f /etc/sysctl.d/60-ferry.conf ]; then
+  printf '# ferry: CRIU lazy-pages needs big pipes (root lacks CAP_SYS_RESOURCE here)\nfs.pipe-max-size = 4194304\n' \
+    > /etc/sysctl.d/60-ferry.conf
+fi
 
 check=$("$CRIU_PREFIX/criu" check 2>&1) || true
 echo "$check" | grep -q "Looks good" || die "criu check failed:

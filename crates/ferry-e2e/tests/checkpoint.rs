@@ -138,7 +138,17 @@ fn leave_running_snapshots_restore_the_older_one() {
     h.ferry_ok(&["checkpoint", "snap", "--leave-running", "--name", "s1"]);
     let after_s1 = w.acked();
     std::thread::sleep(Duration::from_millis(500));
-    h.ferry_ok(&["checkpoint", "snap", "--leave-running", "--name", "s2"]);
+    let t = tempfile::tempdir().unwrap();
+    let s2_archive = t.path().join("s2.tar.zst");
+    h.ferry_ok(&[
+        "checkpoint",
+        "snap",
+        "--leave-running",
+        "--name",
+        "s2",
+        "--export",
+        s2_archive.to_str().unwrap(),
+    ]);
     assert_eq!(h.inspect("snap")["status"], "running");
     std::thread::sleep(Duration::from_millis(300));
     let rep = w.stop();
@@ -155,6 +165,12 @@ fn leave_running_snapshots_restore_the_older_one() {
     let e = h.ferry_err(&["restore", "snap", "--from", "s1"]);
     assert!(e.contains("running"), "{e}");
     h.ferry_ok(&["stop", "-t", "1", "snap"]);
+    // Established connections pin the checkpoint to its name and address.
+    let archive = s2_archive.to_str().unwrap();
+    let e = h.ferry_err(&["restore", "--import", archive, "--name", "renamed"]);
+    assert!(e.contains("established TCP"), "{e}");
+    let e = h.ferry_err(&["restore", "--import", archive, "--ip", "10.78.1.99"]);
+    assert!(e.contains("established TCP"), "{e}");
     h.ferry_ok(&["restore", "snap", "--from", "s1"]);
     let mut c = RedisConn::connect(&ns, "10.78.1.21").unwrap();
     for i in [0, before_s1.saturating_sub(1)] {

@@ -106,6 +106,14 @@ fn invalid(msg: String) -> ContainerError {
     ContainerError::Invalid(msg)
 }
 
+/// What every checkpoint and restore needs from CRIU and the kernel, checked before each one:
+/// a supported CRIU, and restoring into a network namespace ferry made.
+pub fn require_cr_support() -> Result<(), ContainerError> {
+    criu::require_supported_version()?;
+    criu::require(&[criu::Feature::ExternalNetNs])?;
+    Ok(())
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -173,7 +181,7 @@ impl Engine {
                 return Err(invalid(format!("export target {exp} already exists")));
             }
         }
-        criu::require_supported_version()?;
+        require_cr_support()?;
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.refresh(&mut rec);
@@ -345,7 +353,7 @@ impl Engine {
         name: Option<&str>,
         req: &RestoreRequest,
     ) -> Result<RestoreReport, ContainerError> {
-        criu::require_supported_version()?;
+        require_cr_support()?;
         match &req.import {
             Some(file) => self.restore_import(Path::new(file), req),
             None => {
@@ -437,7 +445,15 @@ impl Engine {
                 cfg.mac = network::format_mac(&network::mac_for_ip(ip));
             }
         }
-        if let Some(n) = &req.name {
+        if let Some(n) = req.name.as_ref().filter(|n| **n != cfg.name) {
+            if established {
+                return Err(invalid(format!(
+                    "cannot restore as {n:?}: the checkpoint holds established TCP connections, which only \
+                     survive as the same container ({:?}, {}); restore without --name, or checkpoint \
+                     without open connections",
+                    cfg.name, cfg.ip
+                )));
+            }
             cfg.name = n.clone();
         }
         if self.paths().container(&cfg.id).exists() {

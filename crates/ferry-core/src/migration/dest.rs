@@ -49,6 +49,7 @@ struct Incoming {
     restored: bool,
     committed: bool,
     images: Option<PathBuf>,
+    migration_id: Option<String>,
 }
 
 /// Serves one incoming migration on an accepted, authenticated connection.
@@ -70,9 +71,10 @@ pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String)
     };
     let span = tracing::info_span!("incoming", peer = %remote);
     let _g = span.enter();
-    match receive(&engine, &mut wire, &remote, &mut st).await {
+    let outcome = match receive(&engine, &mut wire, &remote, &mut st).await {
         Ok(()) => {
             tracing::info!(container = ?st.config.as_ref().map(|c| &c.name), "migration committed");
+            serde_json::json!({ "outcome": "committed" })
         }
         Err(e) => {
             tracing::warn!(error = %e, "incoming migration failed; cleaning up");
@@ -80,7 +82,17 @@ pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String)
                 wire.abort(&e.to_string()).await;
             }
             undo(&engine, &mut st).await;
+            serde_json::json!({ "outcome": "discarded", "error": e.to_string() })
         }
+    };
+    if let Some(id) = &st.migration_id {
+        let mut rec = outcome;
+        rec["role"] = "destination".into();
+        rec["migration_id"] = id.clone().into();
+        rec["from"] = remote.clone().into();
+        rec["container"] = st.config.as_ref().map(|c| c.name.clone()).into();
+        rec["finished_at"] = chrono::Utc::now().to_rfc3339().into();
+        super::record_outcome(engine.paths(), id, &rec);
     }
     if let Some(t) = st.tunnel.take() {
         t.abort();
@@ -107,7 +119,7 @@ async fn receive(
             if h.mode == MigrationMode::PostCopy {
                 return Err("post-copy migration is not implemented on this host yet".into());
             }
-            crate::criu::require_supported_version().map_err(|e| e.to_string())?;
+            crate::container::checkpoint::require_cr_support().map_err(|e| e.to_string())?;
             Ok(())
         };
         crate::peer::handshake::handshake_destination(
@@ -162,6 +174,7 @@ async fn receive(
                 let cfg: ContainerConfig = serde_json::from_value(container)
                     .map_err(|e| MigrationError::Internal(format!("bad container config: {e}")))?;
                 tracing::info!(%migration_id, container = %cfg.name, "preparing");
+                st.migration_id = Some(migration_id);
                 let e = engine.clone();
                 let c = cfg.clone();
                 let from = remote.to_owned();
@@ -246,7 +259,11 @@ async fn receive(
             }
             Message::OpenPageSink {} => {
                 // The freeze comes next: stage the gated network now, off the downtime path.
-                let name = st.config.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+                let name = st
+                    .config
+                    .as_ref()
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
                 let e = engine.clone();
                 blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
                 let dir = images_dir.clone();

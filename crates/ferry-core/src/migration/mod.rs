@@ -91,6 +91,21 @@ impl MigrationError {
     }
 }
 
+/// Each side keeps a record of every migration it took part in (`migrations/ID.json`), so the
+/// outcome can be checked after the fact on both hosts.
+pub fn record_outcome(paths: &crate::paths::HostPaths, id: &str, record: &serde_json::Value) {
+    let dir = paths.migrations();
+    let write = std::fs::create_dir_all(&dir).and_then(|_| {
+        std::fs::write(
+            dir.join(format!("{id}.json")),
+            serde_json::to_vec_pretty(record).unwrap_or_default(),
+        )
+    });
+    if let Err(e) = write {
+        tracing::warn!(error = %e, "could not record the migration outcome");
+    }
+}
+
 pub fn new_migration_id() -> String {
     use rand::Rng;
     format!(

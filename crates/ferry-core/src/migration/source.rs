@@ -102,7 +102,7 @@ pub async fn migrate_out(
     )
     .await;
     report.total_ms = t0.elapsed().as_millis() as u64;
-    match result {
+    let result = match result {
         Ok(()) => {
             report.outcome = Some(Outcome::Committed);
             Ok(report)
@@ -124,7 +124,14 @@ pub async fn migrate_out(
             report.total_ms = t0.elapsed().as_millis() as u64;
             Err((err, report))
         }
-    }
+    };
+    let r = match &result {
+        Ok(r) | Err((_, r)) => r,
+    };
+    let mut rec = serde_json::to_value(r).unwrap_or_default();
+    rec["role"] = "source".into();
+    super::record_outcome(engine.paths(), &r.migration_id, &rec);
+    result
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -153,8 +160,9 @@ async fn run(
     std::fs::create_dir_all(&work).map_err(|e| MigrationError::io(&work, e))?;
     let _cleanup = RemoveOnDrop(work.clone());
 
-    // 1. Connect and handshake.
+    // 1. Connect and handshake (after checking this side can dump at all).
     progress.start(Phase::Connect);
+    crate::container::checkpoint::require_cr_support()?;
     let peers = Peers::load(engine.paths()).map_err(MigrationError::from)?;
     let peer = peers
         .get(&req.to)
@@ -528,7 +536,13 @@ async fn run(
     // and CRIU's start-up before that is not downtime, the container still serves.
     let freeze_at = frozen
         .as_ref()
-        .and_then(|f| f.hook.seen().iter().find(|e| e.action == "pre-dump").map(|e| e.at))
+        .and_then(|f| {
+            f.hook
+                .seen()
+                .iter()
+                .find(|e| e.action == "pre-dump")
+                .map(|e| e.at)
+        })
         .unwrap_or(t_freeze);
     report.downtime_ms = Some(freeze_at.elapsed().as_millis() as u64);
     // Point of no return: the destination runs the container. Let CRIU finish the source.
