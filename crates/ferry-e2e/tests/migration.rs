@@ -282,20 +282,16 @@ fn counter_migrates_a_to_b_to_a() {
     wait_for("ticks on B", Duration::from_secs(20), || {
         ticks(&t.logs("host-b", "counter")).len() >= 10
     });
+    // The log moves with the container: B shows A's history, then its own, as one count.
     let on_b = ticks(&t.logs("host-b", "counter"));
+    assert_eq!(on_b[0], 1, "the history from A came along");
     assert!(
-        on_b[0] > before,
-        "the count goes on from A ({before}), not from 0: {:?}",
-        &on_b[..3]
-    );
-    assert!(
-        on_b[0] <= before + 60,
-        "no jump beyond the migration time: {before} → {}",
-        on_b[0]
+        on_b.len() as u64 > before + 5,
+        "B counts on past A's {before}"
     );
     assert!(
         on_b.windows(2).all(|w| w[1] == w[0] + 1),
-        "contiguous on B: {on_b:?}"
+        "never resets, never jumps: {on_b:?}"
     );
 
     let last_b = *on_b.last().unwrap();
@@ -306,13 +302,13 @@ fn counter_migrates_a_to_b_to_a() {
         "the image is already on A: {report}"
     );
     wait_for("ticks on A again", Duration::from_secs(20), || {
-        ticks(&t.logs("host-a", "counter")).len() >= 5
+        ticks(&t.logs("host-a", "counter")).len() as u64 >= last_b + 5
     });
     let back = ticks(&t.logs("host-a", "counter"));
-    assert!(back[0] > last_b, "never goes back: {last_b} → {}", back[0]);
+    assert_eq!(back[0], 1);
     assert!(
         back.windows(2).all(|w| w[1] == w[0] + 1),
-        "contiguous on A: {back:?}"
+        "one unbroken count over A→B→A: {back:?}"
     );
     assert_eq!(t.status("host-b", "counter"), None);
     eprintln!(

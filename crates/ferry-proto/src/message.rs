@@ -50,6 +50,8 @@ pub enum FsTarget {
     Upper,
     /// A named volume.
     Volume(String),
+    /// The container's log (what `ferry logs` shows), so its history moves with it.
+    Log,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -396,6 +396,8 @@ fn fs_target(
 ) -> Result<PathBuf, MigrationError> {
     match what {
         FsTarget::Upper => Ok(RootfsDirs::new(&engine.container_dir(&cfg.id)).upper),
+        // The log file lands in the container's dir, where the new shim appends to it.
+        FsTarget::Log => Ok(engine.container_dir(&cfg.id)),
         FsTarget::Volume(name) if cfg.volumes.iter().any(|v| &v.name == name) => {
             Ok(engine.paths().volume_data(name))
         }

@@ -494,6 +494,27 @@ async fn run(
         .await?;
         delta_bytes += bytes;
     }
+    // The log last: the container is frozen, so its history is complete up to the freeze.
+    let log_dir = work.join("log");
+    let copied = std::fs::create_dir_all(&log_dir).and_then(|_| {
+        std::fs::copy(
+            ctr_dir.join(crate::runtime::shim::LOG_FILE),
+            log_dir.join(crate::runtime::shim::LOG_FILE),
+        )
+    });
+    if copied.is_ok() {
+        let (bytes, _) = send_fs(
+            wire.as_mut().expect("wire"),
+            &work,
+            2,
+            targets.len(),
+            &FsTarget::Log,
+            &log_dir,
+            None,
+        )
+        .await?;
+        delta_bytes += bytes;
+    }
     report.bytes.fs = fs_bytes + delta_bytes;
     progress.done(report, delta_bytes);
 
