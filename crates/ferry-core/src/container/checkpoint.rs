@@ -18,16 +18,14 @@ use crate::network::{self, GateKind};
 use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
 
-/// Podman's checkpoint layout, plus our manifest.
-pub const IMAGES_DIR: &str = "checkpoint";
-pub const SPEC_DUMP: &str = "spec.dump";
-pub const CONFIG_DUMP: &str = "config.dump";
-pub const NETWORK_STATUS: &str = "network.status";
-pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
-pub const DELETED_FILES: &str = "deleted.files";
+use crate::checkpoint::layout::{
+    CONFIG_DUMP, DELETED_FILES, IMAGES_DIR, MANIFEST, NETWORK_STATUS, ROOTFS_DIFF, SPEC_DUMP,
+    STATS_DUMP, VOLUMES_DIR,
+};
+
+/// ferry's additions to Podman's layout: the full rootfs diff summary (opaque dirs, for an
+/// exact rebuild of the upper dir) and CRIU's dump log.
 pub const ROOTFS_SUMMARY: &str = "rootfs-diff.json";
-pub const VOLUMES_DIR: &str = "volumes";
-pub const STATS_DUMP: &str = "stats-dump";
 pub const DUMP_LOG: &str = "dump.log";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -568,7 +566,7 @@ impl Engine {
         };
         for e in entries.flatten() {
             let dir = e.path();
-            let Ok(m) = read_json::<archive::Manifest>(&dir.join("manifest.json")) else {
+            let Ok(m) = read_json::<archive::Manifest>(&dir.join(MANIFEST)) else {
                 continue;
             };
             out.push(SnapshotInfo {
