@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 
 use ferry_core::image::fixture::{build_layout, FixtureSpec};
 
+/// A busybox shell loop printing `tick N` ten times a second.
+pub const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+
+/// The numbers of the `tick N` lines in a log, in order.
+pub fn ticks(logs: &str) -> Vec<u64> {
+    logs.lines()
+        .filter_map(|l| l.strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 /// `target/debug` (or release), where cargo put ferry's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

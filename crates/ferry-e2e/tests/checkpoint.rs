@@ -4,9 +4,8 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::redis::RedisConn;
 use ferry_e2e::writer::{verify_acked, Writer};
-use ferry_e2e::Host;
+use ferry_e2e::{ticks, Host, COUNTER};
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
 const REDIS_ARGS: [&str; 11] = [
     "redis-server",
     "--bind",
@@ -20,13 +19,6 @@ const REDIS_ARGS: [&str; 11] = [
     "--enable-debug-command",
     "yes",
 ];
-
-fn ticks(logs: &str) -> Vec<u64> {
-    logs.lines()
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
 
 fn netns_path(h: &Host) -> String {
     format!("/run/netns/{}", h.netns)

@@ -2,16 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_e2e::{bin, Host};
-
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
-
-fn ticks(logs: &str) -> Vec<u64> {
-    logs.lines()
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
+use ferry_e2e::{bin, ticks, Host, COUNTER};
 
 #[test]
 fn busybox_counter_logs() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::redis::{connect_in_netns, RedisConn, Reply};
 use ferry_e2e::writer::{verify_acked_keyed, Writer};
-use ferry_e2e::{fixture, tail};
+use ferry_e2e::{fixture, tail, ticks, COUNTER};
 use ferry_lab::{Lab, LabConfig};
 
 static TURN: Mutex<()> = Mutex::new(());
@@ -182,15 +182,6 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out waiting for {what}");
-}
-
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
-
-fn ticks(logs: &str) -> Vec<u64> {
-    logs.lines()
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
 }
 
 fn redis_args(ip: &str) -> Vec<String> {

@@ -182,14 +182,7 @@ impl Engine {
         require_cr_support()?;
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
-        self.refresh(&mut rec);
-        if rec.status != Status::Running {
-            return Err(ContainerError::WrongState {
-                name: name.to_owned(),
-                status: rec.status,
-                why: "only a running container can be checkpointed".into(),
-            });
-        }
+        self.require_running(&mut rec, "checkpointed")?;
         let snap = match &req.name {
             Some(s) => {
                 super::validate_name(s)

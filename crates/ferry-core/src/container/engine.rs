@@ -440,14 +440,7 @@ impl Engine {
     pub fn kill(&self, name: &str, signal: &str) -> Result<(), ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
-        self.refresh(&mut rec);
-        if rec.status != Status::Running {
-            return Err(ContainerError::WrongState {
-                name: name.to_owned(),
-                status: rec.status,
-                why: "only a running container can be signalled".into(),
-            });
-        }
+        self.require_running(&mut rec, "signalled")?;
         let sig = normalize_signal(signal)?;
         self.runc.kill(&rec.config.id, &sig, true)?;
         Ok(())
@@ -636,6 +629,23 @@ impl Engine {
         if !alive {
             self.mark_exited(rec, Status::Stopped);
         }
+    }
+
+    /// Refreshes `rec` and refuses unless it runs: "only a running container can be {done}".
+    pub(crate) fn require_running(
+        &self,
+        rec: &mut ContainerRecord,
+        done: &str,
+    ) -> Result<(), ContainerError> {
+        self.refresh(rec);
+        if rec.status == Status::Running {
+            return Ok(());
+        }
+        Err(ContainerError::WrongState {
+            name: rec.config.name.clone(),
+            status: rec.status,
+            why: format!("only a running container can be {done}"),
+        })
     }
 
     /// The log file the shim writes.

@@ -10,14 +10,7 @@ impl Engine {
     pub fn begin_migration(&self, name: &str) -> Result<ContainerRecord, ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
-        self.refresh(&mut rec);
-        if rec.status != Status::Running {
-            return Err(ContainerError::WrongState {
-                name: name.to_owned(),
-                status: rec.status,
-                why: "only a running container can be migrated".into(),
-            });
-        }
+        self.require_running(&mut rec, "migrated")?;
         rec.status = Status::Migrating;
         self.save(&rec)?;
         Ok(rec.clone())

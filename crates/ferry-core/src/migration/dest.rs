@@ -16,7 +16,7 @@ use ferry_proto::{
 };
 
 use super::wire::{Machine, Wire};
-use super::{host_versions, MigrationError};
+use super::{blocking, host_versions, MigrationError};
 use crate::container::{ContainerConfig, Engine, RootfsDirs};
 use crate::criu::PageServer;
 use crate::fsdiff::{self, DiffSummary};
@@ -26,14 +26,6 @@ use crate::peer::tunnel::{tunnel_connect, Tunnel};
 
 /// How long the source may stay silent (no message, no page bytes) before we give up.
 const IDLE: Duration = Duration::from_secs(30);
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, MigrationError> + Send + 'static,
-) -> Result<T, MigrationError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MigrationError::Internal(format!("task failed: {e}")))?
-}
 
 /// What this side has made so far, so a failure can undo exactly that.
 #[derive(Default)]

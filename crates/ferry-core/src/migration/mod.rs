@@ -106,6 +106,15 @@ pub fn record_outcome(paths: &crate::paths::HostPaths, id: &str, record: &serde_
     }
 }
 
+/// Runs blocking engine work (runc, CRIU, files) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MigrationError> + Send + 'static,
+) -> Result<T, MigrationError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MigrationError::Internal(format!("task failed: {e}")))?
+}
+
 pub fn new_migration_id() -> String {
     use rand::Rng;
     format!(

@@ -21,7 +21,7 @@ use ferry_proto::{
 use super::hook::{HookServer, HOOK_SOCKET_ENV};
 use super::report::{MigrationReport, Outcome, Phase, Progress};
 use super::wire::{budget, within, Machine, Wire};
-use super::{host_versions, MigrateRequest, MigrationError};
+use super::{blocking, host_versions, MigrateRequest, MigrationError};
 use crate::container::{ContainerRecord, Engine, RootfsDirs, Status};
 use crate::fsdiff::{self, UpperSnapshot};
 use crate::network;
@@ -34,15 +34,6 @@ const REPLY: Duration = Duration::from_secs(30);
 const RESTORE: Duration = Duration::from_secs(180);
 /// No page bytes for this long while dumping means the link or the peer is gone.
 const DUMP_STALL: Duration = Duration::from_secs(10);
-
-/// Runs blocking engine work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, MigrationError> + Send + 'static,
-) -> Result<T, MigrationError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MigrationError::Internal(format!("task failed: {e}")))?
-}
 
 /// What the source holds while the migration runs, so every exit path can clean up.
 struct Frozen {
