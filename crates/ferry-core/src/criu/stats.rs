@@ -122,7 +122,7 @@ fn read_stats_entry(path: &Path) -> Result<proto::StatsEntry, CriuError> {
 #[cfg(test)]
 mod tests {
     use super::super::image::write_image_entries;
-    use super::super::testutil::{dump_sleeper, restore_detached, RestoredProcess};
+    use super::super::testutil::{dump_sleeper, restore_detached, serial, RestoredProcess};
     use super::*;
 
     fn write_stats(dir: &Path, name: &str, entry: &proto::StatsEntry) {
@@ -223,6 +223,7 @@ mod tests {
     /// A real dump and restore of a small process with the installed CRIU.
     #[test]
     fn real_dump_and_restore_stats() {
+        let _turn = serial();
         let dir = tempfile::tempdir().unwrap();
         let (tag, pid) = dump_sleeper(dir.path(), &[]);
 

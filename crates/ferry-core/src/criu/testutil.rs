@@ -17,6 +17,13 @@ fn unique_sleep_arg() -> String {
     format!("{}{:03}", 100_000 + std::process::id() % 100_000, n % 1000)
 }
 
+/// CRIU tests that dump and restore host processes take turns: a restore claims specific pids,
+/// and two at once on a two-core machine were seen to step on each other.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) struct Sleeper {
     /// The sleeper itself, or the `unshare` that forked it into a new pid namespace.
     child: Child,
@@ -169,6 +176,16 @@ pub(crate) fn restore_detached(
     original: u32,
     extra: &[&str],
 ) -> RestoredProcess {
+    let tagged = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| is_our_sleeper(pid, tag))
+            .collect()
+    };
+    // The original may still run (post-copy keeps it until every page is pulled): only a
+    // process that appears with the restore is the copy.
+    let before = tagged();
     let result = criu_tool()
         .args(["restore", "-d", "-D"])
         .arg(images_dir)
@@ -181,10 +198,9 @@ pub(crate) fn restore_detached(
             explain_log(&images_dir.join("restore.log"))
         );
     }
-    let mut candidates: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| is_our_sleeper(pid, tag))
+    let mut candidates: Vec<u32> = tagged()
+        .into_iter()
+        .filter(|pid| !before.contains(pid) || *pid == original)
         .collect();
     // Restored in the same pid namespace, the copy has the original's pid; in a new one, the
     // original may still be alive next to it.
