@@ -55,6 +55,14 @@ pub fn fixture(kind: &str) -> PathBuf {
         let spec = match kind {
             "busybox" => FixtureSpec::busybox(),
             "redis" => FixtureSpec::redis(),
+            // Debian's ffmpeg and its library closure, for the MPEG-TS stream demo.
+            "ffmpeg" => FixtureSpec::busybox().map(|mut spec| {
+                spec.name = "ffmpeg:latest".into();
+                let ff = PathBuf::from("/usr/bin/ffmpeg");
+                spec.files.push((ff.clone(), ff));
+                spec.with_ldd_closure = true;
+                spec
+            }),
             other => panic!("unknown fixture {other}"),
         }
         .unwrap_or_else(|e| panic!("fixture spec {kind}: {e}"));
