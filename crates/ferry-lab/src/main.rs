@@ -282,16 +282,21 @@ fn redis_load(
     use ferry_lab::workload::redis::RedisConn;
     use ferry_lab::workload::writer::{verify_acked_keyed, Writer};
     let ns = state.client_netns().display().to_string();
+    // A fresh key space per run, so a second run does not meet the first one's counters.
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
     let mut writers = Vec::new();
     for i in 0..connections {
         let conn =
             RedisConn::connect(&ns, ip).with_context(|| format!("connecting to {ip}:6379"))?;
         let port = conn.local_port;
-        writers.push((
-            format!("load{i}:"),
-            port,
-            Writer::start_keyed(conn, &format!("load{i}:"), Duration::from_millis(2)),
-        ));
+        let prefix = format!("load-{run}-{i}:");
+        let w = Writer::start_keyed(conn, &prefix, Duration::from_millis(2));
+        writers.push((prefix, port, w));
     }
     while !stop_file.exists() {
         std::thread::sleep(Duration::from_millis(50));
