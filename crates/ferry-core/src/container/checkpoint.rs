@@ -495,6 +495,7 @@ impl Engine {
         };
         let cn = self.container_net(&rec.config);
         network::remove_gate(&cn.netns_path, GateKind::RstOnly)?;
+        self.kick_connections(rec);
         let _ = network::send_gratuitous_arp(&cn.netns_path, "eth0", cn.ip, cn.mac);
         Ok(RestoreReport {
             container: rec.config.name.clone(),

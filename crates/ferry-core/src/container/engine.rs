@@ -46,6 +46,8 @@ pub struct Engine {
     records: RecordStore,
     ipam: Mutex<Ipam>,
     containers: Mutex<BTreeMap<String, Slot>>,
+    /// Packets held for uncommitted incoming containers, by container id.
+    pub(crate) holds: Mutex<BTreeMap<String, network::PacketHold>>,
 }
 
 fn now() -> String {
@@ -100,6 +102,7 @@ impl Engine {
             records,
             ipam: Mutex::new(ipam),
             containers: Mutex::new(map),
+            holds: Mutex::new(BTreeMap::new()),
         };
         engine.recover_migrations();
         engine.refresh_all();

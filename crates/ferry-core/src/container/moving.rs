@@ -104,6 +104,7 @@ impl Engine {
                 })
             }
             Err(e) => {
+                lock(&self.holds).remove(&rec.config.id);
                 self.teardown(&rec.config);
                 Err(e)
             }
@@ -112,10 +113,30 @@ impl Engine {
 
     /// Before the source freezes: the incoming container's netns and veth, attached but fully
     /// gated, so the restore after the freeze only has to run CRIU.
+    /// Incoming packets are held (not dropped) from the start, see [`network::PacketHold`].
     pub fn stage_incoming_network(&self, name: &str) -> Result<(), ContainerError> {
         let slot = self.slot(name)?;
         let rec = lock(&slot);
-        self.stage_gated_network(&rec.config, GateKind::Full)
+        self.stage_gated_network(&rec.config, GateKind::Full)?;
+        let cn = self.container_net(&rec.config);
+        let hold = network::PacketHold::start(&cn.netns_path)?;
+        network::install_gate(&cn.netns_path, GateKind::Hold)?;
+        network::remove_gate(&cn.netns_path, GateKind::Full)?;
+        lock(&self.holds).insert(rec.config.id.clone(), hold);
+        Ok(())
+    }
+
+    /// Once the source is frozen (its memory is flowing), draws the clients' packets here with a
+    /// gratuitous ARP: they are held until the commit instead of being lost at the source, so
+    /// the first retransmission after the freeze is delivered the moment the gate opens.
+    pub fn announce_incoming(&self, name: &str) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let rec = lock(&slot);
+        let cn = self.container_net(&rec.config);
+        network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac)?;
+        tracing::debug!(container = %name, "source frozen: clients' packets now held here");
+
+        Ok(())
     }
 
     /// Opens the gate of a restored incoming container and announces its MAC: it lives here now.
@@ -123,12 +144,44 @@ impl Engine {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         let cn = self.container_net(&rec.config);
+        network::remove_gate(&cn.netns_path, GateKind::Hold)?;
         network::remove_gate(&cn.netns_path, GateKind::Full)?;
+        if let Some(hold) = lock(&self.holds).remove(&rec.config.id) {
+            match hold.release() {
+                Ok(n) => tracing::info!(container = %name, held = n, "released held packets"),
+                Err(e) => tracing::warn!(error = %e, "releasing held packets"),
+            }
+        }
+        self.kick_connections(&rec);
         let _ =
             network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
         rec.status = Status::Running;
         rec.incoming_uncommitted = false;
         self.save(&rec)
+    }
+
+    /// Makes the container's restored TCP connections resend what the freeze swallowed now,
+    /// rather than when their retransmit timers fire (see [`network::kick_tcp_retransmits`]).
+    pub fn kick_connections(&self, rec: &ContainerRecord) {
+        let cgroup = format!("{}/{}", self.config().cgroup_parent, rec.config.id);
+        let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{cgroup}/cgroup.procs"))
+            .or_else(|_| {
+                std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{cgroup}/cgroup.procs"))
+            })
+            .unwrap_or_default();
+        let mut pids: Vec<u32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            pids.extend(rec.pid);
+        }
+        match network::kick_tcp_retransmits(&pids) {
+            Ok(n) => {
+                tracing::info!(container = %rec.config.name, sockets = n, "kicked restored connections")
+            }
+            Err(e) => tracing::warn!(error = %e, "kicking restored connections"),
+        }
     }
 
     /// Discards an uncommitted incoming container: processes, network, state, IP.
@@ -140,6 +193,8 @@ impl Engine {
         if rec.config.id != cfg.id || !rec.incoming_uncommitted {
             return;
         }
+        // Dropping the hold drops the packets it kept.
+        lock(&self.holds).remove(&cfg.id);
         let _ = self.runc().kill(&cfg.id, "SIGKILL", true);
         let _ = self.forget(&mut rec);
         for v in &cfg.volumes {

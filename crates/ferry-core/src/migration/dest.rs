@@ -42,6 +42,7 @@ struct Incoming {
     committed: bool,
     images: Option<PathBuf>,
     migration_id: Option<String>,
+    announcer: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Serves one incoming migration on an accepted, authenticated connection.
@@ -88,6 +89,9 @@ pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String)
     }
     if let Some(t) = st.tunnel.take() {
         t.abort();
+    }
+    if let Some(a) = st.announcer.take() {
+        a.abort();
     }
     let _ = std::fs::remove_dir_all(&st.work);
     if let Some(images) = &st.images {
@@ -270,6 +274,7 @@ async fn receive(
                 .await?;
                 let rx = wire.demux.stream(TUNNEL_STREAM)?;
                 let tunnel = tunnel_connect(ps.addr(), wire.sink.clone(), rx).await?;
+                st.announcer = Some(announce_when_frozen(engine, st, &tunnel));
                 st.page_server = Some(ps);
                 st.tunnel = Some(tunnel);
                 wire.send(Message::PagesReady {}).await?;
@@ -358,6 +363,37 @@ async fn next_message(wire: &mut Wire, tunnel: Option<&Tunnel>) -> Result<Messag
             }
         }
     }
+}
+
+/// Page bytes on the tunnel mean the source is frozen with its network locked: from then on
+/// the clients' packets are better held here than dropped there.
+fn announce_when_frozen(
+    engine: &Arc<Engine>,
+    st: &Incoming,
+    tunnel: &Tunnel,
+) -> tokio::task::JoinHandle<()> {
+    let counters = tunnel.counter_handle();
+    let engine = engine.clone();
+    let name = st
+        .config
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    tokio::spawn(async move {
+        while counters.from_peer() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Repeated: until the source has left the fabric, its netns may still answer an ARP
+        // and pull the clients back; the commit cancels this task.
+        for pause in [0, 100, 250, 500, 1000, 2000] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let (e, n) = (engine.clone(), name.clone());
+            if let Err(err) = blocking(move || Ok(e.announce_incoming(&n)?)).await {
+                tracing::warn!(error = %err, "could not announce the incoming container");
+                return;
+            }
+        }
+    })
 }
 
 async fn register_image(engine: &Arc<Engine>, st: &mut Incoming) -> Result<(), MigrationError> {

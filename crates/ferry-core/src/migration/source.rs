@@ -418,6 +418,16 @@ async fn run(
         }
         let now_bytes = tunnel.stats().to_peer;
         if now_bytes != last_bytes {
+            if last_bytes == 0 {
+                // Pages flow: the source is frozen and its network locked. Take it off the
+                // fabric now, or its netns would still answer the clients' ARP and pull their
+                // packets back here while the destination holds them (see network::hold).
+                let f = frozen.as_mut().expect("frozen");
+                if !f.detached {
+                    let _ = network::detach_veth(&Engine::host_veth(&cfg.id)).await;
+                    f.detached = true;
+                }
+            }
             last_bytes = now_bytes;
             last_move = Instant::now();
             progress.bytes(Phase::Dump, now_bytes);
@@ -529,9 +539,10 @@ async fn run(
 
     // 9. Commit: source off the fabric, destination opens its gate, then the source is let go.
     progress.start(Phase::Commit);
-    let veth = Engine::host_veth(&cfg.id);
-    let _ = network::detach_veth(&veth).await;
-    frozen.as_mut().expect("frozen").detached = true;
+    if !frozen.as_ref().expect("frozen").detached {
+        let _ = network::detach_veth(&Engine::host_veth(&cfg.id)).await;
+        frozen.as_mut().expect("frozen").detached = true;
+    }
     {
         let w = wire.as_mut().expect("wire");
         let res = async {
@@ -651,6 +662,10 @@ async fn rollback(engine: &Arc<Engine>, rec: &ContainerRecord, frozen: Option<Fr
             let bridge = engine.config().bridge.name.clone();
             let _ = network::attach_veth(&veth, &bridge).await;
         }
+        // The destination may already have announced the MAC: take the clients back.
+        let cn = engine.container_net(&rec.config);
+        let _ =
+            network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
     }
     let e = engine.clone();
     let name = rec.config.name.clone();

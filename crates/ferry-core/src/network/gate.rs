@@ -18,6 +18,9 @@ pub enum GateKind {
     /// Drops only outgoing TCP RSTs: a peer's retransmit cannot hit a socket that is not
     /// restored yet and reset the connection.
     RstOnly,
+    /// Like `Full` for outgoing packets, but incoming ones go to NFQUEUE [`super::HOLD_QUEUE`],
+    /// where a [`super::PacketHold`] keeps them until the commit.
+    Hold,
 }
 
 impl GateKind {
@@ -25,6 +28,7 @@ impl GateKind {
         match self {
             GateKind::Full => "FERRY-GATE",
             GateKind::RstOnly => "FERRY-RSTGUARD",
+            GateKind::Hold => "FERRY-HOLD",
         }
     }
 
@@ -33,6 +37,7 @@ impl GateKind {
         match self {
             GateKind::Full => &[("INPUT", "! -i lo"), ("OUTPUT", "! -o lo")],
             GateKind::RstOnly => &[("OUTPUT", "")],
+            GateKind::Hold => &[("INPUT", "! -i lo"), ("OUTPUT", "! -o lo")],
         }
     }
 
@@ -40,6 +45,8 @@ impl GateKind {
         match self {
             GateKind::Full => &["-j DROP"],
             GateKind::RstOnly => &["-p tcp -m tcp --tcp-flags RST RST -j DROP"],
+            // Outgoing packets have an out-interface; incoming ones fall through to the queue.
+            GateKind::Hold => &["-o eth0 -j DROP", "-j NFQUEUE --queue-num 7470"],
         }
     }
 }

@@ -8,7 +8,9 @@
 mod arp;
 mod error;
 mod gate;
+mod hold;
 mod ipam;
+mod kick;
 mod link;
 mod mac;
 mod netns;
@@ -19,7 +21,9 @@ mod tests;
 pub use arp::{garp_frame, send_gratuitous_arp, ArpOp};
 pub use error::NetError;
 pub use gate::{install_gate, remove_gate, GateKind};
+pub use hold::{PacketHold, HOLD_QUEUE};
 pub use ipam::Ipam;
+pub use kick::kick_tcp_retransmits;
 pub use link::{
     attach_veth, create_veth, delete_link, detach_veth, ensure_bridge, ensure_bridge_link,
     link_mac, set_link_up, setup_container_net, BridgeConfig, ContainerNet, CONTAINER_IFNAME,

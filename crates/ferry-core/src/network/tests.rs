@@ -353,3 +353,41 @@ fn bad_interface_names_rejected() {
     let err = run_in_netns(&ns.path, || async { attach_veth("nope0", "nobr0").await }).unwrap_err();
     assert_eq!(err.to_string(), "network interface nope0 does not exist");
 }
+
+#[test]
+fn hold_gate_keeps_packets_and_delivers_them_on_release() {
+    let t = topo(true);
+    let listener = listen(&t.c2.path, IP2, 7030);
+    let hold = PacketHold::start(&t.c2.path).unwrap();
+    install_gate(&t.c2.path, GateKind::Hold).unwrap();
+    // The client's SYN is held: no answer, no reset.
+    let c1 = t.c1.path.clone();
+    let client = std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = connect(&c1, IP2, 7030, Duration::from_secs(5));
+        (r.map(greeting), start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        !client.is_finished(),
+        "the connect waits while its SYN is held"
+    );
+    let server = serve_once(listener);
+    remove_gate(&t.c2.path, GateKind::Hold).unwrap();
+    let released = Instant::now();
+    let held = hold.release().unwrap();
+    assert!(held >= 1, "the SYN was held");
+    let (greeting, waited) = client.join().unwrap();
+    assert_eq!(greeting.unwrap(), "hello");
+    // Delivered on release, not by the client's own retransmission (1 s after the first SYN).
+    assert!(
+        released.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        released.elapsed()
+    );
+    assert!(
+        waited < Duration::from_millis(1000),
+        "connected after {waited:?}"
+    );
+    server.join().unwrap();
+}

@@ -41,6 +41,20 @@ pub struct TunnelStats {
     pub from_peer: u64,
 }
 
+/// Shared view of a tunnel's byte counts.
+#[derive(Debug, Clone)]
+pub struct TunnelCounters(Arc<Counters>);
+
+impl TunnelCounters {
+    pub fn from_peer(&self) -> u64 {
+        self.0.from_peer.load(Ordering::Relaxed)
+    }
+
+    pub fn to_peer(&self) -> u64 {
+        self.0.to_peer.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     to_peer: AtomicU64,
@@ -71,6 +85,11 @@ impl Tunnel {
                 "tunnel task failed: {e}"
             )))),
         }
+    }
+
+    /// A handle on the live byte counts that outlives borrowing the tunnel.
+    pub fn counter_handle(&self) -> TunnelCounters {
+        TunnelCounters(self.counters.clone())
     }
 
     /// Tears the tunnel down (on abort); the local connection is closed.
