@@ -15,6 +15,21 @@ use ferry_core::image::fixture::{build_layout, FixtureSpec};
 /// A busybox shell loop printing `tick N` ten times a second.
 pub const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
 
+/// redis-server as the tests run it: reachable from outside, no persistence, DEBUG POPULATE allowed.
+pub const REDIS_SERVER: [&str; 11] = [
+    "redis-server",
+    "--bind",
+    "0.0.0.0",
+    "--protected-mode",
+    "no",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--enable-debug-command",
+    "yes",
+];
+
 /// The numbers of the `tick N` lines in a log, in order.
 pub fn ticks(logs: &str) -> Vec<u64> {
     logs.lines()

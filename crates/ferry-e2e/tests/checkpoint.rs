@@ -4,21 +4,7 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::redis::RedisConn;
 use ferry_e2e::writer::{verify_acked, Writer};
-use ferry_e2e::{ticks, Host, COUNTER};
-
-const REDIS_ARGS: [&str; 11] = [
-    "redis-server",
-    "--bind",
-    "0.0.0.0",
-    "--protected-mode",
-    "no",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--enable-debug-command",
-    "yes",
-];
+use ferry_e2e::{ticks, Host, COUNTER, REDIS_SERVER};
 
 fn netns_path(h: &Host) -> String {
     format!("/run/netns/{}", h.netns)
@@ -28,7 +14,7 @@ fn start_redis(h: &Host, name: &str, ip: &str, extra: &[&str]) {
     let mut args = vec!["run", "-d", "--name", name, "--ip", ip];
     args.extend_from_slice(extra);
     args.push("redis");
-    args.extend_from_slice(&REDIS_ARGS);
+    args.extend_from_slice(&REDIS_SERVER);
     h.ferry_ok(&args);
     h.wait_for("redis PONG", Duration::from_secs(20), || {
         h.redis_cli(ip, &["PING"]) == "PONG"

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_e2e::{bin, ticks, Host, COUNTER};
+use ferry_e2e::{bin, ticks, Host, COUNTER, REDIS_SERVER};
 
 #[test]
 fn busybox_counter_logs() {
@@ -54,7 +54,7 @@ fn exit_code_is_recorded() {
 fn redis_set_get_over_container_ip() {
     let h = Host::start();
     h.import("redis");
-    h.ferry_ok(&[
+    let mut args = vec![
         "run",
         "-d",
         "--name",
@@ -62,16 +62,9 @@ fn redis_set_get_over_container_ip() {
         "--ip",
         "10.78.1.50",
         "redis",
-        "redis-server",
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
+    ];
+    args.extend_from_slice(&REDIS_SERVER);
+    h.ferry_ok(&args);
     h.wait_for("redis PONG", Duration::from_secs(20), || {
         h.redis_cli("10.78.1.50", &["PING"]) == "PONG"
     });

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::redis::{connect_in_netns, RedisConn, Reply};
 use ferry_e2e::writer::{verify_acked_keyed, Writer};
-use ferry_e2e::{fixture, tail, ticks, COUNTER};
+use ferry_e2e::{fixture, tail, ticks, COUNTER, REDIS_SERVER};
 use ferry_lab::{Lab, LabConfig};
 
 static TURN: Mutex<()> = Mutex::new(());
@@ -187,29 +187,11 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn redis_args(ip: &str) -> Vec<String> {
-    [
-        "run",
-        "-d",
-        "--name",
-        "redis",
-        "--ip",
-        ip,
-        "redis",
-        "redis-server",
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--enable-debug-command",
-        "yes",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["run", "-d", "--name", "redis", "--ip", ip, "redis"]
+        .iter()
+        .chain(REDIS_SERVER.iter())
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn start_redis(t: &TestLab, host: &str, ip: &str, populate_keys: u64) {
