@@ -304,13 +304,24 @@ pub(crate) fn write_manifest(
 ) -> Result<Digest, ImageError> {
     let cbytes = to_json(config)?;
     let cdigest = staging.stage_bytes(&cbytes)?;
-    let manifest = Manifest {
+    let manifest = oci_manifest(oci::OCI_CONFIG, &cdigest, cbytes.len() as u64, layers);
+    staging.stage_bytes(&to_json(&manifest)?)
+}
+
+/// An OCI image manifest for a config blob and layers we already hold.
+fn oci_manifest(
+    config_media_type: &str,
+    config_digest: &Digest,
+    config_size: u64,
+    layers: Vec<(Compression, Digest, u64)>,
+) -> Manifest {
+    Manifest {
         schema_version: 2,
         media_type: Some(oci::OCI_MANIFEST.into()),
         config: Descriptor {
-            media_type: oci::OCI_CONFIG.into(),
-            digest: cdigest.to_string(),
-            size: cbytes.len() as u64,
+            media_type: config_media_type.into(),
+            digest: config_digest.to_string(),
+            size: config_size,
             platform: None,
             annotations: Default::default(),
         },
@@ -324,8 +335,7 @@ pub(crate) fn write_manifest(
                 annotations: Default::default(),
             })
             .collect(),
-    };
-    staging.stage_bytes(&to_json(&manifest)?)
+    }
 }
 
 fn to_json(v: &impl serde::Serialize) -> Result<Vec<u8>, ImageError> {
@@ -468,26 +478,11 @@ fn docker_save_manifest(
         layers.push((Compression::sniff(&head[..n]), d, size));
     }
     // Keep docker's config bytes (its digest is the image's config digest), wrap in OCI.
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(oci::OCI_MANIFEST.into()),
-        config: Descriptor {
-            media_type: oci::DOCKER_CONFIG.into(),
-            digest: config_digest.to_string(),
-            size: cbytes.len() as u64,
-            platform: None,
-            annotations: Default::default(),
-        },
-        layers: layers
-            .into_iter()
-            .map(|(c, d, size)| Descriptor {
-                media_type: c.layer_media_type().into(),
-                digest: d.to_string(),
-                size,
-                platform: None,
-                annotations: Default::default(),
-            })
-            .collect(),
-    };
+    let manifest = oci_manifest(
+        oci::DOCKER_CONFIG,
+        &config_digest,
+        cbytes.len() as u64,
+        layers,
+    );
     Ok((staging.stage_bytes(&to_json(&manifest)?)?, tags(entry)))
 }

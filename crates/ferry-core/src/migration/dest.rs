@@ -45,6 +45,16 @@ struct Incoming {
     announcer: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl Incoming {
+    /// The incoming container's name (empty before `Prepare`).
+    fn name(&self) -> String {
+        self.config
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Serves one incoming migration on an accepted, authenticated connection.
 pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String) {
     let (sink, source) = conn.split();
@@ -255,11 +265,7 @@ async fn receive(
             }
             Message::OpenPageSink {} => {
                 // The freeze comes next: stage the gated network now, off the downtime path.
-                let name = st
-                    .config
-                    .as_ref()
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default();
+                let name = st.name();
                 let e = engine.clone();
                 blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
                 let dir = images_dir.clone();
@@ -300,11 +306,7 @@ async fn receive(
                 if let Some(ps) = st.page_server.take() {
                     blocking(move || Ok(ps.wait()?)).await?;
                 }
-                let name = st
-                    .config
-                    .as_ref()
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default();
+                let name = st.name();
                 let e = engine.clone();
                 let dir = images_dir.clone();
                 match blocking(move || Ok(e.restore_incoming(&name, &dir)?)).await {
@@ -323,11 +325,7 @@ async fn receive(
                 }
             }
             Message::Commit {} => {
-                let name = st
-                    .config
-                    .as_ref()
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default();
+                let name = st.name();
                 let e = engine.clone();
                 blocking(move || Ok(e.commit_incoming(&name)?)).await?;
                 st.committed = true;
@@ -374,11 +372,7 @@ fn announce_when_frozen(
 ) -> tokio::task::JoinHandle<()> {
     let counters = tunnel.counter_handle();
     let engine = engine.clone();
-    let name = st
-        .config
-        .as_ref()
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
+    let name = st.name();
     tokio::spawn(async move {
         while counters.from_peer() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
