@@ -230,6 +230,18 @@ impl Host {
         self.ferry_ok(&["image", "import", layout.to_str().expect("utf8 path")]);
     }
 
+    /// Runs the busybox [`COUNTER`] as `name` (plus `extra` run options) and waits for `ticks`
+    /// ticks in its log.
+    pub fn run_counter(&self, name: &str, extra: &[&str], ticks_wanted: usize) {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["busybox", "sh", "-c", COUNTER]);
+        self.ferry_ok(&args);
+        self.wait_for("counter ticks", Duration::from_secs(20), || {
+            ticks(&self.logs(name)).len() >= ticks_wanted
+        });
+    }
+
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ferry_ok(&["inspect", name])).expect("inspect json")
     }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::redis::RedisConn;
 use ferry_e2e::writer::{verify_acked, Writer};
-use ferry_e2e::{ticks, Host, COUNTER, REDIS_SERVER};
+use ferry_e2e::{ticks, Host, REDIS_SERVER};
 
 fn netns_path(h: &Host) -> String {
     format!("/run/netns/{}", h.netns)
@@ -25,12 +25,7 @@ fn start_redis(h: &Host, name: &str, ip: &str, extra: &[&str]) {
 fn counter_continues_after_checkpoint_and_restore() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER,
-    ]);
-    h.wait_for("ticks", Duration::from_secs(20), || {
-        ticks(&h.logs("counter")).len() >= 10
-    });
+    h.run_counter("counter", &[], 10);
     let out = h.ferry_ok(&["checkpoint", "counter", "--print-stats"]);
     assert!(out.contains("frozen time"), "{out}");
     assert_eq!(h.inspect("counter")["status"], "checkpointed");
@@ -230,21 +225,7 @@ fn archive_roundtrip_with_rootfs_changes_and_volumes() {
 fn imports_refuse_duplicates_and_corrupt_archives() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "orig",
-        "--ip",
-        "10.78.1.30",
-        "busybox",
-        "sh",
-        "-c",
-        COUNTER,
-    ]);
-    h.wait_for("ticks", Duration::from_secs(20), || {
-        ticks(&h.logs("orig")).len() >= 3
-    });
+    h.run_counter("orig", &["--ip", "10.78.1.30"], 3);
     let t = tempfile::tempdir().unwrap();
     let good = t.path().join("good.tar");
     h.ferry_ok(&[

@@ -2,18 +2,13 @@
 
 use std::time::Duration;
 
-use ferry_e2e::{bin, ticks, Host, COUNTER, REDIS_SERVER};
+use ferry_e2e::{bin, ticks, Host, REDIS_SERVER};
 
 #[test]
 fn busybox_counter_logs() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER,
-    ]);
-    h.wait_for("ten ticks", Duration::from_secs(20), || {
-        ticks(&h.logs("counter")).len() >= 10
-    });
+    h.run_counter("counter", &[], 10);
     let t = ticks(&h.logs("counter"));
     assert_eq!(t[0], 1, "counter starts at 1");
     assert!(
@@ -82,12 +77,7 @@ fn redis_set_get_over_container_ip() {
 fn ferryd_restart_keeps_containers_running_and_logging() {
     let mut h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "survivor", "busybox", "sh", "-c", COUNTER,
-    ]);
-    h.wait_for("ticks", Duration::from_secs(20), || {
-        ticks(&h.logs("survivor")).len() >= 3
-    });
+    h.run_counter("survivor", &[], 3);
     let pid_before = h.inspect("survivor")["pid"].clone();
     h.kill_ferryd();
     std::thread::sleep(Duration::from_secs(1));

@@ -86,6 +86,22 @@ pub struct ContainerRecord {
     pub incoming_uncommitted: bool,
 }
 
+impl ContainerRecord {
+    /// A container that exists on this host but has not started (yet).
+    pub fn created(config: ContainerConfig, restored_from: Option<String>) -> Self {
+        ContainerRecord {
+            config,
+            status: Status::Created,
+            pid: None,
+            shim_pid: None,
+            started_at: None,
+            exit: None,
+            restored_from,
+            incoming_uncommitted: false,
+        }
+    }
+}
+
 /// Container names: the same rule Docker uses, so scripts carry over.
 pub fn validate_name(name: &str) -> Result<(), ContainerError> {
     let mut chars = name.chars();

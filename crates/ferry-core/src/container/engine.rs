@@ -263,16 +263,7 @@ impl Engine {
                 memory: req.memory,
                 created: now(),
             };
-            let rec = ContainerRecord {
-                config,
-                status: Status::Created,
-                pid: None,
-                shim_pid: None,
-                started_at: None,
-                exit: None,
-                restored_from: None,
-                incoming_uncommitted: false,
-            };
+            let rec = ContainerRecord::created(config, None);
             let slot = Arc::new(Mutex::new(rec));
             map.insert(req.name.clone(), slot.clone());
             slot
@@ -578,16 +569,7 @@ impl Engine {
             return Err(ContainerError::NameInUse(config.name));
         }
         lock(&self.ipam).reserve(&config.id, config.ip)?;
-        let rec = ContainerRecord {
-            config,
-            status: Status::Created,
-            pid: None,
-            shim_pid: None,
-            started_at: None,
-            exit: None,
-            restored_from: Some(restored_from.to_owned()),
-            incoming_uncommitted: false,
-        };
+        let rec = ContainerRecord::created(config, Some(restored_from.to_owned()));
         if let Err(e) = self.records.save(&rec) {
             let _ = lock(&self.ipam).release(&rec.config.id);
             return Err(e);
