@@ -5,6 +5,8 @@
 
 pub use ferry_lab::workload::{redis, writer};
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};

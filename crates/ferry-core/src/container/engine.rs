@@ -104,7 +104,6 @@ impl Engine {
             containers: Mutex::new(map),
             holds: Mutex::new(BTreeMap::new()),
         };
-        engine.recover_migrations();
         engine.refresh_all();
         Ok(engine)
     }

