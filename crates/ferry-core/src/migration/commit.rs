@@ -277,7 +277,10 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
             },
         )
         .await;
-    let frozen = out.frozen.take().expect("frozen at commit");
+    let frozen = out
+        .frozen
+        .take()
+        .ok_or_else(|| MigrationError::Internal("commit without a frozen source".into()))?;
     let downtime_from = frozen_at(&frozen);
     let doubt = SourceDoubt {
         engine: out.engine.clone(),

@@ -347,6 +347,7 @@ impl Incoming {
         self.step("image").await?;
         let tmp = self.work.path().join("blob.tmp");
         self.wire.recv_file(stream, &tmp, compression).await?;
+        let _alive = self.wire.heartbeat("image");
         let e = self.engine.clone();
         let d = Digest::parse(&digest)
             .map_err(|e| MigrationError::Internal(format!("bad digest {digest}: {e}")))?;
@@ -402,6 +403,7 @@ impl Incoming {
             .ok_or_else(|| MigrationError::Internal("filesystem stream without summary".into()))?;
         let tar = self.work.path().join("fs.tar");
         self.wire.recv_file(stream, &tar, compression).await?;
+        let _alive = self.wire.heartbeat("fs");
         blocking(move || {
             std::fs::create_dir_all(&target).map_err(|e| MigrationError::io(&target, e))?;
             let f = std::fs::File::open(&tar).map_err(|e| MigrationError::io(&tar, e))?;

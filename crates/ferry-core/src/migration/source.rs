@@ -471,8 +471,11 @@ impl Outgoing {
         let mut last_bytes = 0u64;
         let mut last_move = Instant::now();
         loop {
-            let tunnel = self.tunnel.as_ref().expect("the tunnel runs while dumping");
-            let f = self.frozen.as_mut().expect("frozen while dumping");
+            let (Some(tunnel), Some(f)) = (self.tunnel.as_ref(), self.frozen.as_mut()) else {
+                return Err(MigrationError::Internal(
+                    "waiting for the dump without a checkpoint".into(),
+                ));
+            };
             if f.hook.poll("post-dump").is_some() {
                 return Ok(());
             }
@@ -612,6 +615,8 @@ impl Outgoing {
     ) -> Result<(u64, UpperSnapshot), MigrationError> {
         let tar = self.work.path().join(format!("fs-{pass}-{index}.tar"));
         let (d, t, s) = (dir.to_owned(), tar.clone(), since.cloned());
+        // Packing a big volume takes a while; the destination must not take it for silence.
+        let alive = self.wire()?.heartbeat("fs");
         let summary = blocking(move || {
             let f = std::fs::File::create(&t).map_err(|e| MigrationError::io(&t, e))?;
             Ok(fsdiff::export_upper(
@@ -621,6 +626,7 @@ impl Outgoing {
             )?)
         })
         .await?;
+        drop(alive);
         let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
         let snapshot = summary.snapshot.clone();
         let summary =

@@ -472,6 +472,12 @@ impl Demux {
             match frame.kind {
                 FrameKind::Control | FrameKind::Abort => {
                     let msg = frame.to_message()?;
+                    if matches!(msg, Message::Progress { .. }) {
+                        // A heartbeat only proves the peer alive; when nobody reads control for
+                        // a while (a long upload), drop it rather than stall every stream.
+                        let _ = control.try_send(Ok(msg));
+                        continue;
+                    }
                     // Nobody listening for control any more: keep routing streams regardless.
                     let _ = control.send(Ok(msg)).await;
                 }
