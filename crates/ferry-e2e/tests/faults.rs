@@ -61,31 +61,18 @@ fn host_of(role: &str) -> &'static str {
     }
 }
 
+/// Drops every frame the fabric bridge forwards to host-b (a one-way partition).
 fn one_way_drop(t: &TestLab, on: bool) {
     let fab = t.lab.fabric_netns();
-    let args: Vec<&str> = if on {
-        vec![
-            "qdisc",
-            "replace",
-            "dev",
-            "fab-host-b",
-            "root",
-            "netem",
-            "loss",
-            "100%",
-        ]
-    } else {
-        vec!["qdisc", "del", "dev", "fab-host-b", "root"]
-    };
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", fab.display()))
-        .arg("tc")
-        .args(&args)
+        .args(["ebtables", if on { "-A" } else { "-D" }, "FORWARD"])
+        .args(["-o", "fab-host-b", "-j", "DROP"])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "tc: {}",
+        "ebtables: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -119,7 +106,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) {
     let _ = child.wait();
 }
 
-fn cell(role: &str, step: &str, fault: Fault, winner: Winner) {
+fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &str)]) {
     let mut t = lab();
     start_redis(&t, "host-a", IP, 16 * 1024);
     let w = Writer::start_keyed(
@@ -204,6 +191,15 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner) {
         t.logs_tail()
     );
     t.assert_clean(lose, &what);
+    // The cell took the path it is about (an in-doubt wait, a verdict inquiry, ...).
+    for (host, phrase) in path {
+        let log = std::fs::read_to_string(&t.lab.host(host).unwrap().log).unwrap_or_default();
+        assert!(
+            log.contains(phrase),
+            "{what}: {host}'s ferryd log says {phrase:?}\n{}",
+            t.logs_tail()
+        );
+    }
     // The client's connection goes on, and every write it saw acknowledged is there.
     let before = w.acked();
     wait_for(
@@ -221,7 +217,8 @@ fn full() -> bool {
 }
 
 macro_rules! cells {
-    ($($name:ident: $role:literal $step:literal $fault:ident => $winner:ident $(, $only_full:ident)?;)*) => {$(
+    ($($name:ident: $role:literal $step:literal $fault:ident => $winner:ident
+       $([$($host:literal says $phrase:literal),*])? $(, $only_full:ident)?;)*) => {$(
         #[test]
         fn $name() {
             $(
@@ -231,7 +228,7 @@ macro_rules! cells {
                     return;
                 }
             )?
-            cell($role, $step, Fault::$fault, Winner::$winner);
+            cell($role, $step, Fault::$fault, Winner::$winner, &[$($(($host, $phrase)),*)?]);
         }
     )*};
 }
@@ -239,10 +236,12 @@ macro_rules! cells {
 cells! {
     handshake_dest_killed: "source" "handshake" KillDest => Source;
     image_corrupt_frame: "source" "image" Corrupt => Source;
-    fs_pass_source_killed: "source" "fs-pass" KillSource => Source;
+    fs_pass_source_killed: "source" "fs-pass" KillSource => Source
+        ["host-a" says "finishing an interrupted migration"];
     fs_pass_cut_both: "source" "fs-pass" CutBoth => Source, full;
     dump_dest_stopped: "source" "dump" StopDest => Source, full;
-    images_source_killed: "source" "images" KillSource => Source;
+    images_source_killed: "source" "images" KillSource => Source
+        ["host-a" says "finishing an interrupted migration"];
     images_dest_killed: "source" "images" KillDest => Source;
     images_corrupt_frame: "destination" "images" Corrupt => Source, full;
     delta_cut_both: "source" "delta" CutBoth => Source;
@@ -250,12 +249,18 @@ cells! {
     restore_dest_stopped: "source" "restore" StopDest => Source;
     restore_dest_killed: "destination" "restore" KillDest => Source;
     restore_source_stopped: "destination" "restore" StopSource => Either, full;
-    commit_source_killed: "source" "commit" KillSource => Source;
-    commit_dest_stopped: "source" "commit" StopDest => Destination;
-    commit_cut_to_dest: "source" "commit" CutToDest => Destination;
+    commit_source_killed: "source" "commit" KillSource => Source
+        ["host-b" says "lost the source before the verdict", "host-a" says "answered a verdict inquiry"];
+    commit_dest_stopped: "source" "commit" StopDest => Destination
+        ["host-a" says "no reply to Commit: in doubt"];
+    commit_cut_to_dest: "source" "commit" CutToDest => Destination
+        ["host-a" says "no reply to Commit: in doubt"];
     commit_source_stopped: "source" "commit" StopSource => Destination, full;
-    commit_reply_dest_killed: "destination" "commit-reply" KillDest => Destination;
-    commit_reply_source_killed: "destination" "commit-reply" KillSource => Destination;
-    commit_reply_corrupt_frame: "destination" "commit-reply" Corrupt => Destination;
+    commit_reply_dest_killed: "destination" "commit-reply" KillDest => Destination
+        ["host-a" says "no reply to Commit: in doubt"];
+    commit_reply_source_killed: "destination" "commit-reply" KillSource => Destination
+        ["host-a" says "in-doubt migration settled after a restart"];
+    commit_reply_corrupt_frame: "destination" "commit-reply" Corrupt => Destination
+        ["host-a" says "no reply to Commit: in doubt"];
     commit_reply_cut_both: "destination" "commit-reply" CutBoth => Destination, full;
 }
