@@ -133,13 +133,13 @@ fn mount_super_options(path: &Path) -> Option<String> {
     let canon = path.canonicalize().ok()?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = canon.to_string_lossy();
+    // The last line wins: it is the mount on top.
     info.lines()
-        .filter(|l| {
+        .rfind(|l| {
             l.split(' ')
                 .nth(4)
                 .is_some_and(|mp| unescape_mountinfo(mp) == want)
         })
-        .last()
         .and_then(|l| l.rsplit(' ').next())
         .map(str::to_owned)
 }

@@ -29,17 +29,20 @@ impl Proc {
                 cmd.pre_exec(setup);
             }
         }
-        let child = cmd.spawn().expect("spawn setsid busybox sleep");
+        // Owned by a Proc at once, so a failed start below still kills and reaps it.
+        let p = Proc {
+            child: cmd.spawn().expect("spawn setsid busybox sleep"),
+        };
         // setsid and setpriv exec in place: wait until the pid is the sleep itself.
-        let path = format!("/proc/{}/cmdline", child.id());
+        let path = format!("/proc/{}/cmdline", p.pid());
         for _ in 0..300 {
             let c = std::fs::read(&path).unwrap_or_default();
             if c.starts_with(b"/bin/busybox\0sleep\0") {
-                return Proc { child };
+                return p;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("sleeper {} did not start", child.id());
+        panic!("sleeper {} did not start", p.pid());
     }
 
     fn pid(&self) -> i32 {
