@@ -113,13 +113,13 @@ pub fn require_cr_support() -> Result<(), ContainerError> {
     Ok(())
 }
 
-/// A refusal is the container's state (WrongState); failing to read /proc or the cgroup is this
-/// host's (Io).
-fn preflight_error(rec: &ContainerRecord) -> impl FnOnce(PreflightError) -> ContainerError + '_ {
+/// A refusal is the workload's state (WrongState: it runs, but not in a way CRIU can dump);
+/// failing to read /proc or the cgroup is this host's (Io).
+fn preflight_error(cfg: &ContainerConfig) -> impl FnOnce(PreflightError) -> ContainerError + '_ {
     move |e| match e {
         PreflightError::Refused(_) => ContainerError::WrongState {
-            name: rec.config.name.clone(),
-            status: rec.status,
+            name: cfg.name.clone(),
+            status: Status::Running,
             why: e.to_string(),
         },
         PreflightError::Cgroup { cgroup, source, .. } => {
@@ -171,11 +171,11 @@ impl Engine {
 
     /// Refuses, before any freeze, a container with a task CRIU cannot dump (stopped, traced,
     /// under another uid, holding an unsupported fd); the error names the process and the cause.
-    pub fn check_movable(&self, rec: &ContainerRecord) -> Result<(), ContainerError> {
-        let cgroup = format!("{}/{}", self.config().cgroup_parent, rec.config.id);
-        let mut pids = preflight::cgroup_tasks(&cgroup).map_err(preflight_error(rec))?;
-        pids.extend(rec.pid.map(|p| p as i32));
-        preflight::check_workload(&pids).map_err(preflight_error(rec))
+    /// Call it on a running container, right before the freeze.
+    pub fn check_movable(&self, cfg: &ContainerConfig) -> Result<(), ContainerError> {
+        let cgroup = format!("{}/{}", self.config().cgroup_parent, cfg.id);
+        let pids = preflight::cgroup_tasks(&cgroup).map_err(preflight_error(cfg))?;
+        preflight::check_workload(&pids).map_err(preflight_error(cfg))
     }
 
     /// `ferry checkpoint`.
@@ -209,7 +209,7 @@ impl Engine {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.require_running(&mut rec, "checkpointed")?;
-        self.check_movable(&rec)?;
+        self.check_movable(&rec.config)?;
         let snap = match &req.name {
             Some(s) => {
                 super::validate_name(s)
