@@ -13,6 +13,7 @@ use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
 use crate::checkpoint::archive::{self, Compression, Limits};
 use crate::criu;
+use crate::criu::preflight::{self, PreflightError};
 use crate::fsdiff::{self, DiffSummary};
 use crate::network::{self, GateKind};
 use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
@@ -112,6 +113,22 @@ pub fn require_cr_support() -> Result<(), ContainerError> {
     Ok(())
 }
 
+/// A refusal is the workload's state (WrongState: it runs, but not in a way CRIU can dump);
+/// failing to read /proc or the cgroup is this host's (Io).
+fn preflight_error(cfg: &ContainerConfig) -> impl FnOnce(PreflightError) -> ContainerError + '_ {
+    move |e| match e {
+        PreflightError::Refused(_) => ContainerError::WrongState {
+            name: cfg.name.clone(),
+            status: Status::Running,
+            why: e.to_string(),
+        },
+        PreflightError::Cgroup { cgroup, source, .. } => {
+            ContainerError::io(&Path::new("/sys/fs/cgroup").join(cgroup), source)
+        }
+        PreflightError::Proc { path, source } => ContainerError::io(&path, source),
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -152,6 +169,15 @@ impl Engine {
         }
     }
 
+    /// Refuses, before any freeze, a container with a task CRIU cannot dump (stopped, traced,
+    /// under another uid, holding an unsupported fd); the error names the process and the cause.
+    /// Call it on a running container, right before the freeze.
+    pub fn check_movable(&self, cfg: &ContainerConfig) -> Result<(), ContainerError> {
+        let cgroup = format!("{}/{}", self.config().cgroup_parent, cfg.id);
+        let pids = preflight::cgroup_tasks(&cgroup).map_err(preflight_error(cfg))?;
+        preflight::check_workload(&pids).map_err(preflight_error(cfg))
+    }
+
     /// `ferry checkpoint`.
     pub fn checkpoint(
         &self,
@@ -183,6 +209,7 @@ impl Engine {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.require_running(&mut rec, "checkpointed")?;
+        self.check_movable(&rec.config)?;
         let snap = match &req.name {
             Some(s) => {
                 super::validate_name(s)
