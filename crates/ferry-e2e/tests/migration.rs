@@ -436,3 +436,76 @@ fn fault_destination_cannot_get_the_image() {
     let images = t.ok("host-b", &["image", "ls", "--json"]);
     assert_eq!(images.trim(), "[]", "no partial image on the destination");
 }
+
+#[test]
+fn inotify_watch_migrates_and_keeps_firing() {
+    let t = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = ferry_e2e::inotify_image(dir.path());
+    t.ok("host-a", &["image", "import", layout.to_str().unwrap()]);
+    t.ok(
+        "host-a",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "watcher",
+            "inotify",
+            "sh",
+            "-c",
+            "/bin/inotify-watch /data /data/conf & \
+             i=0; while true; do i=$((i+1)); echo x > /data/f$i; sleep 0.2; done",
+        ],
+    );
+    wait_for("inotify events on host-a", Duration::from_secs(20), || {
+        ferry_e2e::events(&t.logs("host-a", "watcher")).len() >= 5
+    });
+    let (ok, report, err) = t.migrate("host-a", "watcher", "host-b");
+    assert!(ok, "the watcher migrates: {err}\n{report}");
+    let before = ferry_e2e::events(&t.logs("host-b", "watcher"));
+    let last = before.last().map(|e| e.0).unwrap_or(0);
+    wait_for(
+        "the restored watch keeps firing on host-b",
+        Duration::from_secs(20),
+        || {
+            let now = ferry_e2e::events(&t.logs("host-b", "watcher"));
+            now.len() >= before.len() + 5
+        },
+    );
+    let after = ferry_e2e::events(&t.logs("host-b", "watcher"));
+    // Restored, not restarted: the event numbers go on from where they were.
+    let next = after[before.len()].0;
+    assert_eq!(next, last + 1, "events continue after {last}: {after:?}");
+    t.assert_clean("host-a", "after the watcher left");
+}
+
+#[test]
+fn migration_refuses_a_stopped_task_before_freezing() {
+    let t = lab();
+    t.import("host-a", "busybox");
+    let script = format!("sleep 1000 & kill -STOP $!; {COUNTER}");
+    t.ok(
+        "host-a",
+        &[
+            "run", "-d", "--name", "counter", "busybox", "sh", "-c", &script,
+        ],
+    );
+    wait_for("ticks", Duration::from_secs(20), || {
+        ticks(&t.logs("host-a", "counter")).len() >= 3
+    });
+    let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
+    assert!(!ok, "a stopped task cannot move");
+    assert_eq!(report["outcome"], "refused", "{report}\n{err}");
+    let why = report["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("sleep 1000") && why.contains("stopped"),
+        "the reason names the process and the cause: {why}"
+    );
+    // Never frozen: it keeps counting on host-a, and host-b has nothing.
+    let n = ticks(&t.logs("host-a", "counter")).len();
+    wait_for("the source keeps counting", Duration::from_secs(10), || {
+        ticks(&t.logs("host-a", "counter")).len() > n + 5
+    });
+    assert_eq!(t.status("host-a", "counter").as_deref(), Some("running"));
+    t.assert_clean("host-b", "after a refused migration");
+}

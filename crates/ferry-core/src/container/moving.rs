@@ -220,10 +220,4 @@ impl Engine {
             }
         }
     }
-
-    /// Refuses, before any freeze, a workload CRIU could not dump here.
-    pub fn check_movable(&self, cfg: &ContainerConfig) -> Result<(), ContainerError> {
-        let _ = cfg;
-        Ok(())
-    }
 }

@@ -173,6 +173,8 @@ impl Outgoing {
                 "post-copy migration is not implemented yet; use stop-and-copy".into(),
             ));
         }
+        // Refused before anything moves; checked again just before the freeze.
+        self.check_workload().await?;
         self.handshake().await?;
         self.check_cpu().await?;
         let need = self.prepare().await?;
