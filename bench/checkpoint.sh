@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --workspace --quiet
-BIN=$PWD/target/debug
+# Release build: downtime is what users judge ferry by, and debug doubles it.
+cargo build --workspace --release --quiet
+BIN=$PWD/target/release
 LAB="$BIN/ferry-lab --dir /run/ferry-bench-cr --prefix ferrybenchcr"
 SIZE=${SIZE:-256}; REPEATS=${REPEATS:-3}
 WORK=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)

@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 echo "== building ferry"
-cargo build --workspace --quiet
-BIN=$PWD/target/debug
+# Release build: downtime is what users judge ferry by, and debug doubles it.
+cargo build --workspace --release --quiet
+BIN=$PWD/target/release
 LAB="$BIN/ferry-lab --dir /run/ferry-demo --prefix ferrydemo"
 WORK=$(mktemp -d /var/tmp/ferry-demo.XXXXXX)
 KEYS=${FERRY_DEMO_KEYS:-262144}

@@ -426,4 +426,3 @@ pub fn inotify_image(dir: &Path) -> PathBuf {
     build_layout(&layout, &spec).expect("build inotify image");
     layout
 }
-

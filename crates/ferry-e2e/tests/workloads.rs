@@ -1,11 +1,8 @@
 //! Issue 9: workloads that move (an inotify watch) and workloads refused before the freeze
 //! (a stopped task), against real runc + CRIU.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use ferry_core::image::fixture::{build_layout, FixtureSpec};
 use ferry_e2e::{events, inotify_image, ticks, Host, COUNTER};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;

@@ -151,9 +151,7 @@ pub async fn inquire(
                 _ => None,
             })
             .await;
-        if let Err(e) = wire.sink.close().await {
-            tracing::debug!(error = %e, "closing an inquiry");
-        }
+        wire.close().await;
         verdict
     };
     super::wire::within("the peer's verdict", REPLY, ask).await
@@ -174,9 +172,7 @@ pub async fn answer_inquiry(engine: Arc<Engine>, mut wire: Wire, id: String) {
     if let Err(e) = wire.send(answer).await {
         tracing::warn!(error = %e, "answering a verdict inquiry");
     }
-    if let Err(e) = wire.sink.close().await {
-        tracing::debug!(error = %e, "closing an inquiry");
-    }
+    wire.close().await;
 }
 
 /// This host's definite answer, deciding where it is still this host's to decide: a waiting
@@ -518,6 +514,9 @@ pub(crate) async fn finish_source(
             Err(err)
         }
     };
+    if let Some(w) = out.wire.as_ref() {
+        w.close().await;
+    }
     out.report.total_ms = t0.elapsed().as_millis() as u64;
     let report = out.report.clone();
     if let Err(e) = record::update(out.engine.paths(), out.id(), |r| {

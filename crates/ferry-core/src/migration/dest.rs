@@ -108,7 +108,7 @@ pub async fn serve_incoming(
             inc.undo(&e).await;
         }
     }
-    inc.close();
+    inc.close().await;
 }
 
 impl Incoming {
@@ -692,13 +692,14 @@ impl Incoming {
         }
     }
 
-    fn close(&mut self) {
+    async fn close(&mut self) {
         if let Some(t) = self.tunnel.take() {
             t.abort();
         }
         if let Some(a) = self.announcer.take() {
             a.abort();
         }
+        self.wire.close().await;
     }
 }
 

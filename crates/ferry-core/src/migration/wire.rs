@@ -184,6 +184,17 @@ impl Wire {
         Heartbeat(stop)
     }
 
+    /// Ends this side of the connection (TLS close_notify, then shutdown), so the peer's reader
+    /// sees the end and closes too: without it both sides would wait for each other and keep
+    /// the connection open forever.
+    pub async fn close(&self) {
+        match tokio::time::timeout(Duration::from_secs(2), self.sink.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing a peer connection"),
+            Err(_) => tracing::debug!("closing a peer connection timed out"),
+        }
+    }
+
     /// Best effort: tells the peer we give up. Never fails.
     pub async fn abort(&mut self, reason: &str) {
         let m = Message::Abort {
