@@ -16,14 +16,28 @@ impl Engine {
         Ok(rec.clone())
     }
 
-    /// Ends a failed outgoing migration: the container runs here again (or, if it died, is stopped).
-    pub fn end_migration(&self, name: &str, status: Status) {
-        if let Ok(slot) = self.slot(name) {
-            let mut rec = lock(&slot);
-            rec.status = status;
-            let _ = self.save(&rec);
-            self.refresh(&mut rec);
-        }
+    /// Ends a failed outgoing migration: the container runs here again (or, if it died, is
+    /// stopped). Call it with `Running` only once the container is verified to run (see
+    /// `migration::resume`). A record that cannot be saved is an error: the caller must not
+    /// report the rollback as done.
+    pub fn end_migration(&self, name: &str, status: Status) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        rec.status = status;
+        rec.error = None;
+        self.save(&rec)?;
+        self.refresh(&mut rec);
+        Ok(())
+    }
+
+    /// Ends a failed outgoing migration whose rollback could not be verified: the record says
+    /// [`Status::Error`] with `reason`, never running.
+    pub fn fail_migration(&self, name: &str, reason: &str) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        rec.status = Status::Error;
+        rec.error = Some(reason.to_owned());
+        self.save(&rec)
     }
 
     /// After a committed outgoing migration: the container lives elsewhere now; remove every
@@ -210,7 +224,9 @@ impl Engine {
                 tracing::warn!(container = %rec.config.name, "discarding an uncommitted incoming migration");
                 self.abort_incoming(&rec.config);
             } else if rec.status == Status::Migrating {
-                self.end_migration(&rec.config.name, Status::Running);
+                if let Err(e) = self.end_migration(&rec.config.name, Status::Running) {
+                    tracing::error!(container = %rec.config.name, error = %e, "ending an interrupted migration");
+                }
             }
         }
     }

@@ -8,6 +8,7 @@
 pub mod dest;
 pub mod hook;
 pub mod report;
+pub mod resume;
 pub mod source;
 mod wire;
 

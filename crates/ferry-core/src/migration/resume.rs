@@ -1,0 +1,757 @@
+//! Putting a migration's source container back, and proving it runs again.
+//!
+//! After a failed migration the source was told `fail` at CRIU's `post-dump` hook, which makes
+//! CRIU unlock the network and thaw the container. That is not enough to claim a rollback:
+//! CRIU can hang (seizing a task that was already stopped, inside the frozen cgroup), be killed,
+//! or outlive the ferryd that started it. [`resume_source`] therefore does each step itself and
+//! checks it, in this order:
+//!
+//! 1. gives CRIU a bounded time to finish its own rollback, then SIGKILLs the checkpoint's
+//!    process group (runc, `criu swrk`, the hook) and waits until those processes are gone;
+//! 2. thaws the container's freezer cgroup, checks it reads THAWED, that runc sees it running,
+//!    and that no task is left in a tracing stop;
+//! 3. removes CRIU's network lock from the container's netns and checks it is gone;
+//! 4. re-attaches the host veth to the bridge and sends a gratuitous ARP;
+//! 5. only then records the container as running. If any check failed, the record says
+//!    `error` with the reason, and the error names every step that failed.
+//!
+//! A task the *workload* had stopped (state `T`, SIGSTOP/SIGTSTP) is left stopped: the rollback
+//! puts the container back as it was before the migration, and waking a process its owner
+//! stopped would change the application's behaviour. Such tasks are listed in the report. A
+//! task in a *tracing* stop (`t`) is different: after step 1 nobody should trace it, so it is a
+//! failure.
+//!
+//! The functions block (signals, polling, iptables); from async code run them on the blocking
+//! pool (`spawn_blocking`), never on a runtime thread: step 4 drives netlink on its own
+//! single-threaded runtime in the calling thread's network namespace (the host's).
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::container::{ContainerConfig, Engine, Status};
+use crate::network::{self, LockRemoval};
+use crate::runtime::freezer::{Freezer, Task};
+use crate::runtime::runc::RuncStatus;
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long each step may wait. The defaults suit a daemon: a rollback is bounded by their sum
+/// (about 20 s) even when every step has to wait out its limit.
+#[derive(Debug, Clone)]
+pub struct ResumeOptions {
+    /// For CRIU to finish its own rollback (after the `fail` verdict) before it is killed.
+    pub criu_grace: Duration,
+    /// For the killed processes to disappear (a task in D state exits only when it wakes);
+    /// waited again after the thaw, which is what wakes a CRIU stuck on the frozen cgroup.
+    pub kill_wait: Duration,
+    /// For the freezer to read THAWED.
+    pub thaw_wait: Duration,
+    /// For tasks still in a tracing stop to be released (the kernel detaches them when their
+    /// tracer dies).
+    pub task_wait: Duration,
+}
+
+impl Default for ResumeOptions {
+    fn default() -> Self {
+        ResumeOptions {
+            criu_grace: Duration::from_secs(5),
+            kill_wait: Duration::from_secs(5),
+            thaw_wait: Duration::from_secs(5),
+            task_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Identifies the process group of a `runc checkpoint` across a ferryd restart: the group id
+/// plus its leader's start time, so a reused number is never mistaken for it. Save it in the
+/// migration record right after spawning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub pgid: i32,
+    /// `starttime` (field 22 of `/proc/PID/stat`, clock ticks since boot) of the leader.
+    pub leader_start: u64,
+}
+
+impl GroupRecord {
+    /// The record of `child`, which must have been spawned with `process_group(0)`. None when
+    /// it already exited or is not a group leader.
+    pub fn of_child(child: &Child) -> Option<Self> {
+        let p = read_proc(child.id() as i32)?;
+        (p.pgrp == p.pid).then_some(GroupRecord {
+            pgid: p.pid,
+            leader_start: p.start,
+        })
+    }
+}
+
+/// The `runc checkpoint` whose dump is being rolled back.
+#[derive(Debug)]
+pub enum CheckpointProcess {
+    /// Spawned by this ferryd in its own process group
+    /// (`std::os::unix::process::CommandExt::process_group(0)`): killing the group kills runc,
+    /// `criu swrk` and the action-script hook.
+    Child(Child),
+    /// From a record, after ferryd restarted: the processes are no longer our children.
+    Orphan(GroupRecord),
+}
+
+/// The steps of a rollback, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    StopCheckpoint,
+    Thaw,
+    TasksRunning,
+    NetworkLock,
+    Reattach,
+    Announce,
+    Record,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::StopCheckpoint => "stop the checkpoint",
+            Step::Thaw => "thaw the cgroup",
+            Step::TasksRunning => "tasks running",
+            Step::NetworkLock => "remove CRIU's network lock",
+            Step::Reattach => "re-attach the veth",
+            Step::Announce => "gratuitous ARP",
+            Step::Record => "record the container's status",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    pub step: Step,
+    pub ok: bool,
+    /// What was found and done, or why it failed.
+    pub detail: String,
+    pub ms: u64,
+}
+
+/// Everything a rollback did and found; kept in the migration record.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumeReport {
+    pub container: String,
+    pub steps: Vec<StepOutcome>,
+    /// Tasks the workload itself had stopped (`T`); left stopped on purpose (see module doc).
+    pub stopped_by_user: Vec<Task>,
+    pub network_lock: Option<LockRemoval>,
+    pub total_ms: u64,
+}
+
+impl ResumeReport {
+    pub fn ok(&self) -> bool {
+        self.steps.iter().all(|s| s.ok)
+    }
+
+    /// "step: detail" for every step that failed.
+    pub fn failures(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter(|s| !s.ok)
+            .map(|s| format!("{}: {}", s.step, s.detail))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The container could not be shown to run again; its record says `error` (unless even
+    /// that could not be saved, which is then one of the failures).
+    #[error("source container {container} is not verified running after the failed migration: {}", failed.join("; "))]
+    NotResumed {
+        container: String,
+        failed: Vec<String>,
+        report: Box<ResumeReport>,
+    },
+}
+
+impl ResumeError {
+    pub fn report(&self) -> &ResumeReport {
+        match self {
+            ResumeError::NotResumed { report, .. } => report,
+        }
+    }
+}
+
+/// [`resume_source_with`] with the default limits.
+pub fn resume_source(
+    engine: &Engine,
+    cfg: &ContainerConfig,
+    checkpoint: Option<CheckpointProcess>,
+) -> Result<ResumeReport, ResumeError> {
+    resume_source_with(engine, cfg, checkpoint, &ResumeOptions::default())
+}
+
+/// Makes the source container `cfg` run again after a migration that did not commit, verifies
+/// it, and records the outcome (see the module doc). `checkpoint` is the `runc checkpoint`
+/// still possibly running, if any. Every step runs even when an earlier one failed, so the
+/// container gets as far back as possible and the report says everything that is wrong.
+pub fn resume_source_with(
+    engine: &Engine,
+    cfg: &ContainerConfig,
+    checkpoint: Option<CheckpointProcess>,
+    opts: &ResumeOptions,
+) -> Result<ResumeReport, ResumeError> {
+    let t0 = Instant::now();
+    let mut r = ResumeReport {
+        container: cfg.name.clone(),
+        steps: Vec::new(),
+        stopped_by_user: Vec::new(),
+        network_lock: None,
+        total_ms: 0,
+    };
+
+    // 1. The checkpoint's processes: CRIU's own rollback, else SIGKILL.
+    let t = Instant::now();
+    let (stop, lingering) = match checkpoint {
+        Some(cp) => stop_checkpoint(cp, opts),
+        None => (Ok("no checkpoint process to stop".to_owned()), Vec::new()),
+    };
+    push(&mut r, Step::StopCheckpoint, t, stop);
+
+    // 2. The freezer, then what the container's tasks and runc say.
+    let freezer = Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
+    let t = Instant::now();
+    let thaw = thaw(&freezer, opts);
+    push(&mut r, Step::Thaw, t, thaw);
+    if !lingering.is_empty() {
+        // A CRIU stuck on the frozen cgroup can only die now that it is thawed.
+        let t = Instant::now();
+        if let Err(e) = wait_gone(&lingering, opts.kill_wait) {
+            let step = &mut r.steps[0];
+            step.ok = false;
+            step.detail = format!("{}; after the thaw: {e}", step.detail);
+            step.ms += t.elapsed().as_millis() as u64;
+        }
+    }
+    let t = Instant::now();
+    let tasks = tasks_running(engine, cfg, &freezer, opts, &mut r.stopped_by_user);
+    push(&mut r, Step::TasksRunning, t, tasks);
+
+    // 3. CRIU's network lock.
+    let t = Instant::now();
+    let netns = engine.paths().netns(&cfg.id);
+    let lock = if netns.exists() {
+        match network::remove_criu_lock(&netns) {
+            Ok(removal) => {
+                let detail = describe_lock(&removal);
+                r.network_lock = Some(removal);
+                Ok(detail)
+            }
+            Err(errors) => Err(errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")),
+        }
+    } else {
+        Err(format!(
+            "the container's netns {} does not exist",
+            netns.display()
+        ))
+    };
+    push(&mut r, Step::NetworkLock, t, lock);
+
+    // 4. Back on the fabric, and the clients told where the MAC is.
+    let veth = Engine::host_veth(&cfg.id);
+    let bridge = engine.config().bridge.name.clone();
+    let t = Instant::now();
+    let attach = block_on(network::attach_veth(&veth, &bridge))
+        .map(|()| format!("{veth} is on {bridge} and up"))
+        .map_err(|e| format!("attaching {veth} to {bridge}: {e}"));
+    push(&mut r, Step::Reattach, t, attach);
+    let t = Instant::now();
+    let cn = engine.container_net(cfg);
+    let garp =
+        network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac)
+            .map(|()| format!("announced {} from {}", cn.ip, network::CONTAINER_IFNAME))
+            .map_err(|e| e.to_string());
+    push(&mut r, Step::Announce, t, garp);
+
+    // 5. The record: running only if everything above held.
+    let t = Instant::now();
+    let record = if r.ok() {
+        engine
+            .end_migration(&cfg.name, Status::Running)
+            .map(|()| "running".to_owned())
+            .map_err(|e| format!("saving status running: {e}"))
+    } else {
+        let reason = format!("rollback not verified: {}", r.failures().join("; "));
+        match engine.fail_migration(&cfg.name, &reason) {
+            Ok(()) => Ok("error (see the failed steps)".to_owned()),
+            Err(e) => Err(format!("saving status error: {e}")),
+        }
+    };
+    push(&mut r, Step::Record, t, record);
+    r.total_ms = t0.elapsed().as_millis() as u64;
+
+    if r.ok() {
+        tracing::info!(container = %cfg.name, ms = r.total_ms, "source resumed and verified");
+        Ok(r)
+    } else {
+        let failed = r.failures();
+        tracing::error!(container = %cfg.name, failed = ?failed, "source not verified running");
+        Err(ResumeError::NotResumed {
+            container: cfg.name.clone(),
+            failed,
+            report: Box::new(r),
+        })
+    }
+}
+
+fn push(r: &mut ResumeReport, step: Step, t: Instant, res: Result<String, String>) {
+    let ok = res.is_ok();
+    let detail = res.unwrap_or_else(|e| e);
+    if !ok {
+        tracing::warn!(container = %r.container, step = %step, %detail, "rollback step failed");
+    }
+    r.steps.push(StepOutcome {
+        step,
+        ok,
+        detail,
+        ms: t.elapsed().as_millis() as u64,
+    });
+}
+
+fn describe_lock(removal: &LockRemoval) -> String {
+    let mut s = if removal.removed.is_empty() {
+        "no CRIU lock found".to_owned()
+    } else {
+        format!("removed {}", removal.removed.join(", "))
+    };
+    if !removal.nft_checked {
+        s += " (nftables not checked: `nft` is not installed; ferry's CRIU uses the iptables lock)";
+    }
+    s
+}
+
+// ---- step 1: the checkpoint's processes ------------------------------------------------------
+
+/// One process as `/proc/PID/stat` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    comm: String,
+    state: char,
+    pgrp: i32,
+    start: u64,
+}
+
+impl Proc {
+    /// Gone for our purpose: a zombie holds no resources and no cgroup.
+    fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+impl std::fmt::Display for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {}, state {})", self.comm, self.pid, self.state)
+    }
+}
+
+fn read_proc(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    // After the name: state(3) ppid(4) pgrp(5) ... starttime(22).
+    let f: Vec<&str> = tail.split_whitespace().collect();
+    Some(Proc {
+        pid,
+        comm,
+        state: f.first()?.chars().next()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Live (non-zombie) members of process group `pgid`.
+fn group_members(pgid: i32) -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_proc)
+        .filter(|p| p.pgrp == pgid && !p.exited())
+        .collect()
+}
+
+fn still_alive(procs: &[Proc]) -> Vec<Proc> {
+    procs
+        .iter()
+        .filter_map(|p| read_proc(p.pid).filter(|now| now.start == p.start && !now.exited()))
+        .collect()
+}
+
+fn list(procs: &[Proc]) -> String {
+    procs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Waits until none of `procs` is alive.
+fn wait_gone(procs: &[Proc], limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = still_alive(procs);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("still alive {limit:?} after SIGKILL: {}", list(&left)));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Step 1. Ok(detail) when every process of the checkpoint is gone. Processes that survive the
+/// kill are returned as well, to be waited for again after the thaw.
+fn stop_checkpoint(
+    cp: CheckpointProcess,
+    opts: &ResumeOptions,
+) -> (Result<String, String>, Vec<Proc>) {
+    let own_pgrp = nix::unistd::getpgrp().as_raw();
+    match cp {
+        CheckpointProcess::Child(child) => stop_child(child, own_pgrp, opts),
+        CheckpointProcess::Orphan(rec) => stop_orphan(rec, own_pgrp, opts),
+    }
+}
+
+fn stop_child(
+    mut child: Child,
+    own_pgrp: i32,
+    opts: &ResumeOptions,
+) -> (Result<String, String>, Vec<Proc>) {
+    let pid = child.id() as i32;
+    let leader = read_proc(pid);
+    // Only a group of its own may be killed as a group: anything else could be ferryd's.
+    let pgid = leader
+        .as_ref()
+        .filter(|p| p.pgrp == pid && p.pgrp != own_pgrp)
+        .map(|p| p.pgrp);
+    let deadline = Instant::now() + opts.criu_grace;
+    let mut status = None;
+    loop {
+        if status.is_none() {
+            match child.try_wait() {
+                Ok(s) => status = s,
+                Err(e) => return (Err(format!("waiting for runc checkpoint (pid {pid}): {e}")), Vec::new()),
+            }
+        }
+        let members = pgid.map(group_members).unwrap_or_default();
+        if status.is_some() && members.is_empty() {
+            let s = status.expect("checked");
+            return (
+                Ok(format!(
+                    "runc checkpoint (pid {pid}) ended by itself ({s}) within the grace period"
+                )),
+                Vec::new(),
+            );
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let Some(pgid) = pgid else {
+        // Not a group leader: runc alone can be killed; its CRIU would survive unseen.
+        let killed = child.kill();
+        let waited = child.wait();
+        return (
+            Err(format!(
+                "runc checkpoint (pid {pid}) was not started in its own process group, so only \
+                 runc could be killed ({}); CRIU and the hook may still run",
+                match (killed, waited) {
+                    (Ok(()), Ok(s)) => format!("it ended: {s}"),
+                    (Err(e), _) | (_, Err(e)) => format!("killing it failed: {e}"),
+                }
+            )),
+            Vec::new(),
+        );
+    };
+    let members = group_members(pgid);
+    let kill_res = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    let deadline = Instant::now() + opts.kill_wait;
+    while status.is_none() && Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(s) => status = s,
+            Err(e) => {
+                return (
+                    Err(format!("waiting for killed runc checkpoint (pid {pid}): {e}")),
+                    members,
+                )
+            }
+        }
+        if status.is_none() {
+            std::thread::sleep(POLL);
+        }
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    let killed = format!(
+        "CRIU did not finish its rollback within {:?}; SIGKILLed process group {pgid} ({})",
+        opts.criu_grace,
+        list(&members)
+    );
+    let result = match (kill_res, status) {
+        (Err(e), _) if e != nix::errno::Errno::ESRCH => {
+            return (Err(format!("{killed}: kill failed: {e}")), members)
+        }
+        (_, None) => {
+            // Unreaped, it stays a zombie of ferryd until the next wait; nothing else leaks.
+            Err(format!(
+                "{killed}; runc (pid {pid}) did not exit within {:?}",
+                opts.kill_wait
+            ))
+        }
+        (_, Some(_)) => wait_gone(&members, rest).map(|()| format!("{killed}; all gone")),
+    };
+    let lingering = if result.is_ok() {
+        Vec::new()
+    } else {
+        still_alive(&members)
+    };
+    (result.map_err(|e| format!("{killed}: {e}")), lingering)
+}
+
+fn stop_orphan(
+    rec: GroupRecord,
+    own_pgrp: i32,
+    opts: &ResumeOptions,
+) -> (Result<String, String>, Vec<Proc>) {
+    let pgid = rec.pgid;
+    if pgid <= 1 || pgid == own_pgrp {
+        return (
+            Err(format!(
+                "refusing to kill process group {pgid}: it is not a checkpoint's group"
+            )),
+            Vec::new(),
+        );
+    }
+    // A leader alive with another start time means the number was reused: not ours.
+    if let Some(leader) = read_proc(pgid) {
+        if leader.start != rec.leader_start && !leader.exited() {
+            return (
+                Ok(format!(
+                    "the checkpoint's process group {pgid} is gone (the number now belongs to {leader})"
+                )),
+                Vec::new(),
+            );
+        }
+    }
+    let deadline = Instant::now() + opts.criu_grace;
+    let mut members = group_members(pgid);
+    while !members.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+        members = group_members(pgid);
+    }
+    if members.is_empty() {
+        return (
+            Ok(format!("the checkpoint's process group {pgid} is gone")),
+            Vec::new(),
+        );
+    }
+    let killed = format!(
+        "the checkpoint's process group {pgid} outlived ferryd ({}); SIGKILLed it",
+        list(&members)
+    );
+    if let Err(e) = killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+        if e != nix::errno::Errno::ESRCH {
+            return (Err(format!("{killed}: kill failed: {e}")), members);
+        }
+    }
+    match wait_gone(&members, opts.kill_wait) {
+        Ok(()) => (Ok(format!("{killed}; all gone")), Vec::new()),
+        Err(e) => (Err(format!("{killed}: {e}")), still_alive(&members)),
+    }
+}
+
+// ---- step 2: freezer and tasks --------------------------------------------------------------
+
+fn thaw(freezer: &Freezer, opts: &ResumeOptions) -> Result<String, String> {
+    if !freezer.exists() {
+        return Err(format!(
+            "freezer cgroup {} does not exist: the container's processes are gone",
+            freezer.dir().display()
+        ));
+    }
+    let before = freezer.state().map_err(|e| e.to_string())?;
+    freezer.thaw(opts.thaw_wait).map_err(|e| e.to_string())?;
+    // Read back once more: this is the verification, not the write.
+    let after = freezer.state().map_err(|e| e.to_string())?;
+    Ok(format!("was {before}, reads {after}"))
+}
+
+fn tasks_running(
+    engine: &Engine,
+    cfg: &ContainerConfig,
+    freezer: &Freezer,
+    opts: &ResumeOptions,
+    stopped_by_user: &mut Vec<Task>,
+) -> Result<String, String> {
+    let deadline = Instant::now() + opts.task_wait;
+    let tasks = loop {
+        let tasks = freezer.tasks().map_err(|e| e.to_string())?;
+        if tasks.is_empty() {
+            return Err(format!(
+                "no task left in {}: the container is not running",
+                freezer.dir().display()
+            ));
+        }
+        let traced: Vec<&Task> = tasks.iter().filter(|t| t.trace_stopped()).collect();
+        if traced.is_empty() {
+            break tasks;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "tasks still in a tracing stop {:?} after the checkpoint ended: {}",
+                opts.task_wait,
+                traced
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        std::thread::sleep(POLL);
+    };
+    // runc reads the same freezer; "paused" here would mean the thaw did not hold.
+    match engine.runc().state(&cfg.id) {
+        Ok(Some(s)) if s.status == RuncStatus::Running => {}
+        Ok(Some(s)) => return Err(format!("runc says the container is {}", s.status)),
+        Ok(None) => return Err("runc no longer knows the container".to_owned()),
+        Err(e) => return Err(format!("runc state: {e}")),
+    }
+    stopped_by_user.extend(tasks.iter().filter(|t| t.job_stopped()).cloned());
+    let mut detail = format!("{} tasks, none frozen or traced; runc says running", tasks.len());
+    if !stopped_by_user.is_empty() {
+        detail += &format!(
+            "; left stopped as the workload had them (SIGSTOP): {}",
+            stopped_by_user
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(detail)
+}
+
+/// Runs one async network call to completion from this (blocking) thread.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime")
+        .block_on(fut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    fn sleeper_group() -> Child {
+        std::process::Command::new("sh")
+            .args(["-c", "sleep 1000 & sleep 1000; wait"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh")
+    }
+
+    fn quick() -> ResumeOptions {
+        ResumeOptions {
+            criu_grace: Duration::from_millis(200),
+            kill_wait: Duration::from_secs(5),
+            thaw_wait: Duration::from_secs(1),
+            task_wait: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn stat_fields_are_parsed() {
+        let me = read_proc(std::process::id() as i32).unwrap();
+        assert_eq!(me.pgrp, nix::unistd::getpgrp().as_raw());
+        assert!(me.start > 0);
+    }
+
+    /// A real process group of several processes (like runc + criu + hook) is killed whole.
+    #[test]
+    fn child_group_is_killed_whole() {
+        let child = sleeper_group();
+        let pgid = child.id() as i32;
+        let rec = GroupRecord::of_child(&child).expect("group leader");
+        assert_eq!(rec.pgid, pgid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_members(pgid).len() < 3 {
+            assert!(Instant::now() < deadline, "the sleeps never started");
+            std::thread::sleep(POLL);
+        }
+        let (res, lingering) = stop_checkpoint(CheckpointProcess::Child(child), &quick());
+        let detail = res.expect("stopped");
+        assert!(detail.contains("SIGKILLed process group"), "{detail}");
+        assert!(lingering.is_empty());
+        assert!(group_members(pgid).is_empty());
+        assert_eq!(
+            killpg(Pid::from_raw(pgid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+    }
+
+    /// After a restart only the record is left; the group is found and killed by number.
+    #[test]
+    fn orphan_group_is_killed_by_record() {
+        let mut child = sleeper_group();
+        let rec = GroupRecord::of_child(&child).expect("group leader");
+        let (res, _) = stop_checkpoint(CheckpointProcess::Orphan(rec), &quick());
+        assert!(res.expect("stopped").contains("SIGKILLed"));
+        child.wait().expect("reap");
+        assert!(group_members(rec.pgid).is_empty());
+    }
+
+    /// A record whose leader number now belongs to another process is not killed.
+    #[test]
+    fn reused_group_number_is_left_alone() {
+        let mut child = sleeper_group();
+        let mut rec = GroupRecord::of_child(&child).expect("group leader");
+        rec.leader_start -= 1;
+        let (res, _) = stop_checkpoint(CheckpointProcess::Orphan(rec), &quick());
+        assert!(res.expect("ok").contains("now belongs to"));
+        assert!(!group_members(rec.pgid).is_empty(), "someone else's group was killed");
+        killpg(Pid::from_raw(rec.pgid), Signal::SIGKILL).unwrap();
+        child.wait().expect("reap");
+    }
+
+    /// A child that shares our process group is never killed as a group.
+    #[test]
+    fn child_without_own_group_only_kills_the_child() {
+        let child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let (res, _) = stop_checkpoint(CheckpointProcess::Child(child), &quick());
+        let e = res.unwrap_err();
+        assert!(e.contains("not started in its own process group"), "{e}");
+    }
+
+    /// Ending by itself within the grace period is the normal case: nothing is killed.
+    #[test]
+    fn checkpoint_that_ends_by_itself() {
+        let child = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let (res, _) = stop_checkpoint(CheckpointProcess::Child(child), &quick());
+        assert!(res.unwrap().contains("ended by itself"));
+    }
+}
