@@ -28,7 +28,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -213,7 +213,10 @@ pub fn resume_source_with(
     let t = Instant::now();
     let (stop, lingering) = match checkpoint {
         Some(cp) => stop_checkpoint(cp, opts),
-        None => (Ok("no checkpoint process to stop".to_owned()), Vec::new()),
+        None => (
+            Ok("no checkpoint process to stop".to_owned()),
+            Lingering::none(),
+        ),
     };
     push(&mut r, Step::StopCheckpoint, t, stop);
 
@@ -223,13 +226,21 @@ pub fn resume_source_with(
     let thaw = thaw(&freezer, opts);
     push(&mut r, Step::Thaw, t, thaw);
     if !lingering.is_empty() {
-        // A CRIU stuck on the frozen cgroup can only die now that it is thawed.
+        // A CRIU stuck on the frozen cgroup can only die now that it is thawed. Step 1 holds
+        // exactly when everything it killed is gone, whenever that happened.
         let t = Instant::now();
-        if let Err(e) = wait_gone(&lingering, opts.kill_wait) {
-            let step = &mut r.steps[0];
-            step.ok = false;
-            step.detail = format!("{}; after the thaw: {e}", step.detail);
-            step.ms += t.elapsed().as_millis() as u64;
+        let res = lingering.wait(opts.kill_wait);
+        let step = &mut r.steps[0];
+        step.ms += t.elapsed().as_millis() as u64;
+        match res {
+            Ok(()) => {
+                step.ok = true;
+                step.detail += "; gone after the thaw";
+            }
+            Err(e) => {
+                step.ok = false;
+                step.detail += &format!("; after the thaw: {e}");
+            }
         }
     }
     let t = Instant::now();
@@ -409,18 +420,56 @@ fn wait_gone(procs: &[Proc], limit: Duration) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("still alive {limit:?} after SIGKILL: {}", list(&left)));
+            return Err(format!(
+                "still alive {limit:?} after SIGKILL: {}",
+                list(&left)
+            ));
         }
         std::thread::sleep(POLL);
     }
 }
 
+/// What survived SIGKILL, to be waited for again after the thaw (a CRIU stuck on the frozen
+/// cgroup only dies once it is thawed).
+#[derive(Debug, Default)]
+struct Lingering {
+    procs: Vec<Proc>,
+    /// Our runc child if it was not reaped yet.
+    child: Option<Child>,
+}
+
+impl Lingering {
+    fn none() -> Self {
+        Lingering::default()
+    }
+
+    fn procs(procs: Vec<Proc>) -> Self {
+        Lingering { procs, child: None }
+    }
+
+    /// Waits for every lingering process, then reaps the child.
+    fn wait(mut self, limit: Duration) -> Result<(), String> {
+        wait_gone(&self.procs, limit)?;
+        if let Some(child) = self.child.as_mut() {
+            // wait_gone saw it exit (a zombie), so this returns at once.
+            child
+                .wait()
+                .map_err(|e| format!("reaping runc (pid {}): {e}", child.id()))?;
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.procs.is_empty() && self.child.is_none()
+    }
+}
+
 /// Step 1. Ok(detail) when every process of the checkpoint is gone. Processes that survive the
-/// kill are returned as well, to be waited for again after the thaw.
+/// kill are returned as well.
 fn stop_checkpoint(
     cp: CheckpointProcess,
     opts: &ResumeOptions,
-) -> (Result<String, String>, Vec<Proc>) {
+) -> (Result<String, String>, Lingering) {
     let own_pgrp = nix::unistd::getpgrp().as_raw();
     match cp {
         CheckpointProcess::Child(child) => stop_child(child, own_pgrp, opts),
@@ -432,7 +481,7 @@ fn stop_child(
     mut child: Child,
     own_pgrp: i32,
     opts: &ResumeOptions,
-) -> (Result<String, String>, Vec<Proc>) {
+) -> (Result<String, String>, Lingering) {
     let pid = child.id() as i32;
     let leader = read_proc(pid);
     // Only a group of its own may be killed as a group: anything else could be ferryd's.
@@ -446,7 +495,12 @@ fn stop_child(
         if status.is_none() {
             match child.try_wait() {
                 Ok(s) => status = s,
-                Err(e) => return (Err(format!("waiting for runc checkpoint (pid {pid}): {e}")), Vec::new()),
+                Err(e) => {
+                    return (
+                        Err(format!("waiting for runc checkpoint (pid {pid}): {e}")),
+                        Lingering::none(),
+                    )
+                }
             }
         }
         let members = pgid.map(group_members).unwrap_or_default();
@@ -456,7 +510,7 @@ fn stop_child(
                 Ok(format!(
                     "runc checkpoint (pid {pid}) ended by itself ({s}) within the grace period"
                 )),
-                Vec::new(),
+                Lingering::none(),
             );
         }
         if Instant::now() >= deadline {
@@ -477,7 +531,7 @@ fn stop_child(
                     (Err(e), _) | (_, Err(e)) => format!("killing it failed: {e}"),
                 }
             )),
-            Vec::new(),
+            Lingering::none(),
         );
     };
     let members = group_members(pgid);
@@ -488,8 +542,10 @@ fn stop_child(
             Ok(s) => status = s,
             Err(e) => {
                 return (
-                    Err(format!("waiting for killed runc checkpoint (pid {pid}): {e}")),
-                    members,
+                    Err(format!(
+                        "waiting for killed runc checkpoint (pid {pid}): {e}"
+                    )),
+                    Lingering::procs(members),
                 )
             }
         }
@@ -504,38 +560,42 @@ fn stop_child(
         list(&members)
     );
     let result = match (kill_res, status) {
-        (Err(e), _) if e != nix::errno::Errno::ESRCH => {
-            return (Err(format!("{killed}: kill failed: {e}")), members)
-        }
-        (_, None) => {
-            // Unreaped, it stays a zombie of ferryd until the next wait; nothing else leaks.
-            Err(format!(
-                "{killed}; runc (pid {pid}) did not exit within {:?}",
-                opts.kill_wait
-            ))
-        }
-        (_, Some(_)) => wait_gone(&members, rest).map(|()| format!("{killed}; all gone")),
+        (Err(e), _) if e != nix::errno::Errno::ESRCH => Err(format!("kill failed: {e}")),
+        (_, None) => Err(format!(
+            "runc (pid {pid}) did not exit within {:?}",
+            opts.kill_wait
+        )),
+        (_, Some(_)) => wait_gone(&members, rest),
     };
-    let lingering = if result.is_ok() {
-        Vec::new()
-    } else {
-        still_alive(&members)
+    let lingering = Lingering {
+        procs: if result.is_ok() {
+            Vec::new()
+        } else {
+            still_alive(&members)
+        },
+        // Kept to be reaped once it dies, or it would stay a zombie of ferryd.
+        child: status.is_none().then_some(child),
     };
-    (result.map_err(|e| format!("{killed}: {e}")), lingering)
+    (
+        result
+            .map(|()| format!("{killed}; all gone"))
+            .map_err(|e| format!("{killed}: {e}")),
+        lingering,
+    )
 }
 
 fn stop_orphan(
     rec: GroupRecord,
     own_pgrp: i32,
     opts: &ResumeOptions,
-) -> (Result<String, String>, Vec<Proc>) {
+) -> (Result<String, String>, Lingering) {
     let pgid = rec.pgid;
     if pgid <= 1 || pgid == own_pgrp {
         return (
             Err(format!(
                 "refusing to kill process group {pgid}: it is not a checkpoint's group"
             )),
-            Vec::new(),
+            Lingering::none(),
         );
     }
     // A leader alive with another start time means the number was reused: not ours.
@@ -545,7 +605,7 @@ fn stop_orphan(
                 Ok(format!(
                     "the checkpoint's process group {pgid} is gone (the number now belongs to {leader})"
                 )),
-                Vec::new(),
+                Lingering::none(),
             );
         }
     }
@@ -558,7 +618,7 @@ fn stop_orphan(
     if members.is_empty() {
         return (
             Ok(format!("the checkpoint's process group {pgid} is gone")),
-            Vec::new(),
+            Lingering::none(),
         );
     }
     let killed = format!(
@@ -567,12 +627,18 @@ fn stop_orphan(
     );
     if let Err(e) = killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
         if e != nix::errno::Errno::ESRCH {
-            return (Err(format!("{killed}: kill failed: {e}")), members);
+            return (
+                Err(format!("{killed}: kill failed: {e}")),
+                Lingering::procs(members),
+            );
         }
     }
     match wait_gone(&members, opts.kill_wait) {
-        Ok(()) => (Ok(format!("{killed}; all gone")), Vec::new()),
-        Err(e) => (Err(format!("{killed}: {e}")), still_alive(&members)),
+        Ok(()) => (Ok(format!("{killed}; all gone")), Lingering::none()),
+        Err(e) => (
+            Err(format!("{killed}: {e}")),
+            Lingering::procs(still_alive(&members)),
+        ),
     }
 }
 
@@ -633,7 +699,10 @@ fn tasks_running(
         Err(e) => return Err(format!("runc state: {e}")),
     }
     stopped_by_user.extend(tasks.iter().filter(|t| t.job_stopped()).cloned());
-    let mut detail = format!("{} tasks, none frozen or traced; runc says running", tasks.len());
+    let mut detail = format!(
+        "{} tasks, none frozen or traced; runc says running",
+        tasks.len()
+    );
     if !stopped_by_user.is_empty() {
         detail += &format!(
             "; left stopped as the workload had them (SIGSTOP): {}",
@@ -702,10 +771,12 @@ mod tests {
         assert!(detail.contains("SIGKILLed process group"), "{detail}");
         assert!(lingering.is_empty());
         assert!(group_members(pgid).is_empty());
-        assert_eq!(
-            killpg(Pid::from_raw(pgid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
+        // The orphaned sleeps are zombies until init reaps them; then the group is no more.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while killpg(Pid::from_raw(pgid), None) != Err(nix::errno::Errno::ESRCH) {
+            assert!(Instant::now() < deadline, "group {pgid} still exists");
+            std::thread::sleep(POLL);
+        }
     }
 
     /// After a restart only the record is left; the group is found and killed by number.
@@ -727,7 +798,10 @@ mod tests {
         rec.leader_start -= 1;
         let (res, _) = stop_checkpoint(CheckpointProcess::Orphan(rec), &quick());
         assert!(res.expect("ok").contains("now belongs to"));
-        assert!(!group_members(rec.pgid).is_empty(), "someone else's group was killed");
+        assert!(
+            !group_members(rec.pgid).is_empty(),
+            "someone else's group was killed"
+        );
         killpg(Pid::from_raw(rec.pgid), Signal::SIGKILL).unwrap();
         child.wait().expect("reap");
     }

@@ -37,7 +37,9 @@ pub enum CriuLockError {
         #[source]
         source: std::io::Error,
     },
-    #[error("CRIU's network lock is still in {family} of netns {netns} after removing it:\n{left}")]
+    #[error(
+        "CRIU's network lock is still in {family} of netns {netns} after removing it:\n{left}"
+    )]
     StillThere {
         family: &'static str,
         netns: String,
