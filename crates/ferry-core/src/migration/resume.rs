@@ -38,6 +38,8 @@ use crate::runtime::freezer::{Freezer, Task};
 use crate::runtime::runc::RuncStatus;
 
 const POLL: Duration = Duration::from_millis(20);
+/// Between two looks at the tasks' states (see `tasks_running`).
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// How long each step may wait. The defaults suit a daemon: a rollback is bounded by their sum
 /// (about 20 s) even when every step has to wait out its limit.
@@ -666,6 +668,7 @@ fn tasks_running(
     stopped_by_user: &mut Vec<Task>,
 ) -> Result<String, String> {
     let deadline = Instant::now() + opts.task_wait;
+    let mut previous: Option<Vec<i32>> = None;
     let tasks = loop {
         let tasks = freezer.tasks().map_err(|e| e.to_string())?;
         if tasks.is_empty() {
@@ -675,10 +678,19 @@ fn tasks_running(
             ));
         }
         let traced: Vec<&Task> = tasks.iter().filter(|t| t.trace_stopped()).collect();
-        if traced.is_empty() {
+        // A task CRIU had seized runs for an instant when its dead tracer lets go, then
+        // re-enters the job-control stop it was in: only a stopped set seen twice is settled.
+        let stopped: Vec<i32> = tasks
+            .iter()
+            .filter(|t| t.job_stopped())
+            .map(|t| t.tid)
+            .collect();
+        let settled = previous.as_ref() == Some(&stopped);
+        if traced.is_empty() && (settled || Instant::now() >= deadline) {
             break tasks;
         }
-        if Instant::now() >= deadline {
+        previous = Some(stopped);
+        if !traced.is_empty() && Instant::now() >= deadline {
             return Err(format!(
                 "tasks still in a tracing stop {:?} after the checkpoint ended: {}",
                 opts.task_wait,
@@ -689,7 +701,7 @@ fn tasks_running(
                     .join(", ")
             ));
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(SETTLE);
     };
     // runc reads the same freezer; "paused" here would mean the thaw did not hold.
     match engine.runc().state(&cfg.id) {
