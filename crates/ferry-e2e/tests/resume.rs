@@ -333,3 +333,57 @@ fn group_comms(pgid: i32) -> Vec<String> {
     }
     out
 }
+
+/// A rollback that cannot be verified must not say running: here a frozen parent cgroup keeps
+/// the container frozen whatever its own freezer is told. The error names the failed steps,
+/// the record says error with that reason, and a restarted ferryd keeps it that way.
+#[test]
+fn unverifiable_resume_records_error() {
+    let mut h = Host::start();
+    h.import("redis");
+    start_redis(&h, "r4", "10.78.1.64", false);
+    h.kill_ferryd();
+    let parent =
+        Freezer::at(Path::new(ferry_core::runtime::freezer::FREEZER_ROOT).join(&h.cgroup_parent));
+    parent
+        .freeze(Duration::from_secs(5))
+        .expect("freeze the parent cgroup");
+    let err = with_engine(&h, |engine| {
+        let cfg = engine.begin_migration("r4").expect("claim").config;
+        let quick = ResumeOptions {
+            thaw_wait: Duration::from_millis(500),
+            ..opts()
+        };
+        let err = resume_source_with(engine, &cfg, None, &quick)
+            .expect_err("a frozen parent cannot be resumed");
+        let rec = engine.inspect("r4").unwrap();
+        assert_eq!(rec.status, Status::Error);
+        let reason = rec.error.expect("a reason");
+        assert!(reason.contains("a parent cgroup is frozen"), "{reason}");
+        err
+    });
+    // Thawed by hand so the container can be cleaned up, whatever the asserts say.
+    parent
+        .thaw(Duration::from_secs(5))
+        .expect("thaw the parent cgroup");
+    let msg = err.to_string();
+    eprintln!("{}", serde_json::to_string_pretty(err.report()).unwrap());
+    assert!(
+        msg.contains("source container r4 is not verified running"),
+        "{msg}"
+    );
+    assert!(msg.contains("thaw the cgroup"), "{msg}");
+    assert!(
+        msg.contains("tasks running: the cgroup reads FROZEN"),
+        "{msg}"
+    );
+    assert!(err
+        .report()
+        .steps
+        .iter()
+        .any(|s| s.step == Step::Record && s.ok));
+    h.start_ferryd();
+    let rec = h.inspect("r4");
+    assert_eq!(rec["status"], "error", "{rec}");
+    assert!(h.ferry_ok(&["ps", "-a"]).contains("error"));
+}

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::{ContainerConfig, Engine, Status};
 use crate::network::{self, LockRemoval};
-use crate::runtime::freezer::{Freezer, Task};
+use crate::runtime::freezer::{Freezer, FreezerState, Task};
 use crate::runtime::runc::RuncStatus;
 
 const POLL: Duration = Duration::from_millis(20);
@@ -703,7 +703,19 @@ fn tasks_running(
         }
         std::thread::sleep(SETTLE);
     };
-    // runc reads the same freezer; "paused" here would mean the thaw did not hold.
+    // Checked again here, not left to runc: runc reports a cgroup frozen only through its
+    // parent as running, but its tasks do not run.
+    match freezer.state() {
+        Ok(FreezerState::Thawed) => {}
+        Ok(s) => {
+            return Err(format!(
+                "the cgroup reads {s}: its {} tasks cannot run",
+                tasks.len()
+            ))
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    // runc's view: "paused" here would mean the thaw did not hold.
     match engine.runc().state(&cfg.id) {
         Ok(Some(s)) if s.status == RuncStatus::Running => {}
         Ok(Some(s)) => return Err(format!("runc says the container is {}", s.status)),
