@@ -84,7 +84,7 @@ fn opts() -> ResumeOptions {
     }
 }
 
-fn step<'a>(r: &'a ResumeReport, s: Step) -> &'a str {
+fn step(r: &ResumeReport, s: Step) -> &str {
     &r.steps
         .iter()
         .find(|o| o.step == s)

@@ -506,8 +506,7 @@ fn stop_child(
             }
         }
         let members = pgid.map(group_members).unwrap_or_default();
-        if status.is_some() && members.is_empty() {
-            let s = status.expect("checked");
+        if let (Some(s), true) = (status, members.is_empty()) {
             return (
                 Ok(format!(
                     "runc checkpoint (pid {pid}) ended by itself ({s}) within the grace period"
