@@ -80,3 +80,9 @@ pub struct HostEntry {
     pub name: String,
     pub addr: String,
 }
+
+/// `POST /v1/migrations/{id}/resolve`: an operator's decision for an in-doubt migration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    pub decision: crate::migration::commit::Decision,
+}

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod container;
 pub mod criu;
 pub mod fsdiff;
+pub mod fsutil;
 pub mod image;
 pub mod migration;
 pub mod network;

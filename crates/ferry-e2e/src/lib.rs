@@ -5,6 +5,8 @@
 
 pub use ferry_lab::workload::{redis, writer};
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -382,4 +384,45 @@ pub fn remove_cgroups(parent: &str) {
         }
         let _ = std::fs::remove_dir(&dir);
     }
+}
+
+/// `event N wd W …` lines of the inotify watcher: (N, W).
+pub fn events(logs: &str) -> Vec<(u64, u32)> {
+    logs.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "event").then_some(())?;
+            let n = w.next()?.parse().ok()?;
+            (w.next()? == "wd").then_some(())?;
+            Some((n, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// busybox plus a static inotify watcher at /bin/inotify-watch and a /data dir with one file,
+/// built into `dir` as an OCI layout named `inotify`.
+pub fn inotify_image(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inotify_watch.c");
+    let bin = dir.join("inotify-watch");
+    let out = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("run cc (the Rust toolchain's linker)");
+    assert!(
+        out.status.success(),
+        "cc -static {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut spec = FixtureSpec::busybox().expect("busybox fixture");
+    spec.name = "inotify:latest".into();
+    spec.files.push((bin, PathBuf::from("/bin/inotify-watch")));
+    spec.extra_dirs.push((PathBuf::from("/data"), 0o755));
+    spec.text_files
+        .push((PathBuf::from("/data/conf"), "v1\n".into(), 0o644));
+    let layout = dir.join("layout");
+    build_layout(&layout, &spec).expect("build inotify image");
+    layout
 }

@@ -1,235 +1,15 @@
 //! Issue 4: live migration between lab hosts, against real runc, CRIU and Redis.
 //! The three demos (counter, Redis under load, TCP stream) and the faults.
-//!
-//! Labs share the machine's fabric names and two cores, so these tests take turns.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_e2e::redis::{connect_in_netns, RedisConn, Reply};
+use ferry_e2e::lab::*;
+use ferry_e2e::redis::{connect_in_netns, RedisConn};
 use ferry_e2e::writer::{verify_acked_keyed, Writer};
-use ferry_e2e::{fixture, tail, ticks, COUNTER, REDIS_SERVER};
-use ferry_lab::{Lab, LabConfig};
-
-static TURN: Mutex<()> = Mutex::new(());
-
-struct TestLab {
-    lab: Lab,
-    _turn: MutexGuard<'static, ()>,
-}
-
-fn lab() -> TestLab {
-    let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-    // Another run of these tests on the same machine needs its own lab: FERRY_E2E_LAB=name.
-    let name = std::env::var("FERRY_E2E_LAB").unwrap_or_else(|_| "ferrye2e".into());
-    let mut cfg = LabConfig::new(format!("/run/{name}-lab"), 2);
-    cfg.prefix = name;
-    let lab = Lab::up_with(cfg).expect("lab up");
-    TestLab { lab, _turn: turn }
-}
-
-impl TestLab {
-    fn ferry(&self, host: &str, args: &[&str]) -> Output {
-        self.lab
-            .host_command(host, "ferry")
-            .expect("host")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ferry")
-    }
-
-    fn ok(&self, host: &str, args: &[&str]) -> String {
-        let out = self.ferry(host, args);
-        assert!(
-            out.status.success(),
-            "ferry {args:?} on {host} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.logs_tail()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn logs_tail(&self) -> String {
-        self.lab
-            .hosts()
-            .iter()
-            .map(|h| {
-                format!(
-                    "--- {} ferryd log:\n{}",
-                    h.name,
-                    tail(&std::fs::read_to_string(&h.log).unwrap_or_default(), 25)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn import(&self, host: &str, kind: &str) {
-        let layout = fixture(kind);
-        self.ok(host, &["image", "import", layout.to_str().unwrap()]);
-    }
-
-    fn status(&self, host: &str, name: &str) -> Option<String> {
-        let list: Vec<serde_json::Value> =
-            serde_json::from_str(&self.ok(host, &["ps", "-a", "--json"])).unwrap();
-        list.iter()
-            .find(|c| c["config"]["name"] == name)
-            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
-    }
-
-    fn logs(&self, host: &str, name: &str) -> String {
-        self.ok(host, &["logs", name])
-    }
-
-    fn migrate(&self, from: &str, name: &str, to: &str) -> (bool, serde_json::Value, String) {
-        let out = self.ferry(from, &["migrate", name, "--to", to, "--json"]);
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (
-            out.status.success(),
-            report,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn client_ns(&self) -> String {
-        self.lab.client_netns().display().to_string()
-    }
-
-    fn host_root(&self, host: &str) -> std::path::PathBuf {
-        self.lab.host(host).unwrap().root.clone()
-    }
-
-    /// Nothing of a failed incoming migration is left on `host`.
-    fn assert_clean(&self, host: &str, what: &str) {
-        let ps = self.ok(host, &["ps", "-a", "--json"]);
-        assert_eq!(ps.trim(), "[]", "{what}: {host} has no containers");
-        let h = self.lab.host(host).unwrap();
-        let runc = Command::new("runc")
-            .arg("--root")
-            .arg(&h.runc_root)
-            .args(["list", "-q"])
-            .output()
-            .unwrap();
-        assert!(
-            String::from_utf8_lossy(&runc.stdout).trim().is_empty(),
-            "{what}: runc on {host} knows no container"
-        );
-        let leftovers: Vec<_> = std::fs::read_dir(h.root.join("containers"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(
-            leftovers.is_empty(),
-            "{what}: no container dirs on {host}: {leftovers:?}"
-        );
-    }
-
-    /// Slows host-b's uplink so a memory transfer lasts long enough to interfere with.
-    fn throttle(&self, host: &str, rate: &str) {
-        let fab = self.lab.fabric_netns();
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", fab.display()))
-            .args([
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                &format!("fab-{host}"),
-                "root",
-                "tbf",
-                "rate",
-                rate,
-            ])
-            .args(["burst", "64kb", "latency", "2s"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tc: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn link(&self, host: &str, up: bool) {
-        let fab = self.lab.fabric_netns();
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", fab.display()))
-            .args([
-                "ip",
-                "link",
-                "set",
-                &format!("fab-{host}"),
-                if up { "up" } else { "down" },
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip link: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn redis_args(ip: &str) -> Vec<String> {
-    ["run", "-d", "--name", "redis", "--ip", ip, "redis"]
-        .iter()
-        .chain(REDIS_SERVER.iter())
-        .map(|s| s.to_string())
-        .collect()
-}
-
-fn start_redis(t: &TestLab, host: &str, ip: &str, populate_keys: u64) {
-    t.import(host, "redis");
-    let args = redis_args(ip);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    t.ok(host, &args);
-    let ns = t.client_ns();
-    wait_for(
-        "redis answers from the client",
-        Duration::from_secs(20),
-        || {
-            RedisConn::connect(&ns, ip)
-                .and_then(|mut c| c.cmd(&["PING"]))
-                .is_ok_and(|r| r == Reply::Status("PONG".into()))
-        },
-    );
-    if populate_keys > 0 {
-        let mut c = RedisConn::connect(&ns, ip).unwrap();
-        let n = populate_keys.to_string();
-        assert_eq!(
-            c.cmd(&["DEBUG", "POPULATE", &n, "bulk", "1024"]).unwrap(),
-            Reply::Status("OK".into())
-        );
-    }
-}
-
-fn phase_ms(report: &serde_json::Value) -> String {
-    report["phases"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .map(|p| format!("{}={}ms", p["phase"].as_str().unwrap_or("?"), p["ms"]))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
+use ferry_e2e::{ticks, COUNTER};
 
 #[test]
 fn counter_migrates_a_to_b_to_a() {
@@ -431,12 +211,6 @@ fn tcp_stream_keeps_flowing_on_the_same_socket() {
     );
 }
 
-fn migrate_command(t: &TestLab, name: &str) -> Command {
-    let mut c = t.lab.host_command("host-a", "ferry").unwrap();
-    c.args(["migrate", name, "--to", "host-b", "--json"]);
-    c
-}
-
 /// Checks an MPEG-TS byte stream as it arrives: 188-byte packets, each starting with the sync
 /// byte, and per PID a continuity counter that goes up by one with every payload packet. A lost,
 /// repeated or reordered packet, or a byte slip, breaks one of those.
@@ -554,64 +328,6 @@ fn mpegts_stream_from_ffmpeg_survives_migration() {
     );
 }
 
-/// Runs `ferry migrate` in the background and calls `on_pages` once memory starts to flow.
-fn migrate_and_interfere(mut cmd: Command, on_pages: impl FnOnce()) -> (bool, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    let mut on_pages = Some(on_pages);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("\"bytes\"") && line.contains("\"phase\":\"dump\"") {
-            if let Some(f) = on_pages.take() {
-                f();
-                break;
-            }
-        }
-    }
-    for line in lines.map_while(Result::ok) {
-        seen.push_str(&line);
-        seen.push('\n');
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(on_pages.is_none(), "memory never started to flow:\n{seen}");
-    (out.status.success(), seen)
-}
-
-fn assert_redis_intact(t: &TestLab, ip: &str, w: Writer, what: &str) {
-    let at = w.acked();
-    wait_for(
-        "writes continue on the source",
-        Duration::from_secs(30),
-        || w.acked() > at + 100,
-    );
-    let mut r = w.stop();
-    assert!(
-        r.error.is_none(),
-        "{what}: the client saw no error: {:?}",
-        r.error
-    );
-    verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
-    assert_eq!(
-        t.status("host-a", "redis").as_deref(),
-        Some("running"),
-        "{what}: source runs"
-    );
-    let mut c = RedisConn::connect(&t.client_ns(), ip).unwrap();
-    assert!(
-        c.int(&["DBSIZE"]).unwrap() as u64 >= 32 * 1024,
-        "{what}: the dataset is intact"
-    );
-}
-
 #[test]
 fn fault_destination_ferryd_killed_during_memory_transfer() {
     let mut t = lab();
@@ -719,4 +435,77 @@ fn fault_destination_cannot_get_the_image() {
     t.assert_clean("host-b", "after the image could not be sent");
     let images = t.ok("host-b", &["image", "ls", "--json"]);
     assert_eq!(images.trim(), "[]", "no partial image on the destination");
+}
+
+#[test]
+fn inotify_watch_migrates_and_keeps_firing() {
+    let t = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = ferry_e2e::inotify_image(dir.path());
+    t.ok("host-a", &["image", "import", layout.to_str().unwrap()]);
+    t.ok(
+        "host-a",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "watcher",
+            "inotify",
+            "sh",
+            "-c",
+            "/bin/inotify-watch /data /data/conf & \
+             i=0; while true; do i=$((i+1)); echo x > /data/f$i; sleep 0.2; done",
+        ],
+    );
+    wait_for("inotify events on host-a", Duration::from_secs(20), || {
+        ferry_e2e::events(&t.logs("host-a", "watcher")).len() >= 5
+    });
+    let (ok, report, err) = t.migrate("host-a", "watcher", "host-b");
+    assert!(ok, "the watcher migrates: {err}\n{report}");
+    let before = ferry_e2e::events(&t.logs("host-b", "watcher"));
+    let last = before.last().map(|e| e.0).unwrap_or(0);
+    wait_for(
+        "the restored watch keeps firing on host-b",
+        Duration::from_secs(20),
+        || {
+            let now = ferry_e2e::events(&t.logs("host-b", "watcher"));
+            now.len() >= before.len() + 5
+        },
+    );
+    let after = ferry_e2e::events(&t.logs("host-b", "watcher"));
+    // Restored, not restarted: the event numbers go on from where they were.
+    let next = after[before.len()].0;
+    assert_eq!(next, last + 1, "events continue after {last}: {after:?}");
+    t.assert_clean("host-a", "after the watcher left");
+}
+
+#[test]
+fn migration_refuses_a_stopped_task_before_freezing() {
+    let t = lab();
+    t.import("host-a", "busybox");
+    let script = format!("sleep 1000 & kill -STOP $!; {COUNTER}");
+    t.ok(
+        "host-a",
+        &[
+            "run", "-d", "--name", "counter", "busybox", "sh", "-c", &script,
+        ],
+    );
+    wait_for("ticks", Duration::from_secs(20), || {
+        ticks(&t.logs("host-a", "counter")).len() >= 3
+    });
+    let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
+    assert!(!ok, "a stopped task cannot move");
+    assert_eq!(report["outcome"], "refused", "{report}\n{err}");
+    let why = report["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("sleep 1000") && why.contains("stopped"),
+        "the reason names the process and the cause: {why}"
+    );
+    // Never frozen: it keeps counting on host-a, and host-b has nothing.
+    let n = ticks(&t.logs("host-a", "counter")).len();
+    wait_for("the source keeps counting", Duration::from_secs(10), || {
+        ticks(&t.logs("host-a", "counter")).len() > n + 5
+    });
+    assert_eq!(t.status("host-a", "counter").as_deref(), Some("running"));
+    t.assert_clean("host-b", "after a refused migration");
 }

@@ -187,9 +187,13 @@ fn criu_network_lock_is_removed() {
             .spawn()
             .unwrap();
         let rec = GroupRecord::of_child(&orphan).expect("group leader");
-        let report =
-            resume_source_with(engine, &cfg, Some(CheckpointProcess::Orphan(rec)), &opts())
-                .unwrap_or_else(|e| panic!("{e}"));
+        let report = resume_source_with(
+            engine,
+            &cfg,
+            Some(CheckpointProcess::Recorded(rec)),
+            &opts(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(engine.inspect("r2").unwrap().status, Status::Running);
         (report, ns, rec, orphan)
     });
@@ -367,7 +371,10 @@ fn unverifiable_resume_records_error() {
         .thaw(Duration::from_secs(5))
         .expect("thaw the parent cgroup");
     let msg = err.to_string();
-    eprintln!("{}", serde_json::to_string_pretty(err.report()).unwrap());
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(err.report().expect("report")).unwrap()
+    );
     assert!(
         msg.contains("source container r4 is not verified running"),
         "{msg}"
@@ -379,6 +386,7 @@ fn unverifiable_resume_records_error() {
     );
     assert!(err
         .report()
+        .expect("report")
         .steps
         .iter()
         .any(|s| s.step == Step::Record && s.ok));

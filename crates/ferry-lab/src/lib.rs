@@ -145,6 +145,16 @@ impl Lab {
         Ok(())
     }
 
+    /// Sends `signal` to a host's ferryd (SIGSTOP/SIGCONT to make it hang and come back).
+    pub fn signal_ferryd(&self, host: &str, signal: nix::sys::signal::Signal) -> Result<()> {
+        let h = self.host(host).with_context(|| format!("no host {host}"))?;
+        let pid = h
+            .pid()
+            .with_context(|| format!("{host}'s ferryd is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .with_context(|| format!("sending {signal} to {host}'s ferryd ({pid})"))
+    }
+
     /// Starts a host's ferryd again (after [`Lab::kill_ferryd`]) and waits until it answers.
     /// It gets a fresh private mount namespace; its state dir is the same.
     pub fn start_ferryd(&mut self, host: &str) -> Result<()> {

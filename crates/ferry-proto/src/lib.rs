@@ -25,7 +25,7 @@ pub use frame::{
 pub use machine::{ReceiverMachine, SenderMachine, Side, State};
 pub use message::{
     BlobRef, Compression, DumpStats, FsTarget, Hello, ImageOffer, Message, MigrationMode,
-    RestoreStats, Welcome, FEATURE_LAZY_PAGES, FEATURE_PAGE_TUNNEL, FEATURE_TCP_ESTABLISHED,
-    FEATURE_ZSTD,
+    RestoreStats, Verdict, Welcome, FEATURE_LAZY_PAGES, FEATURE_PAGE_TUNNEL,
+    FEATURE_TCP_ESTABLISHED, FEATURE_ZSTD,
 };
 pub use version::{negotiate, VersionRange, MIN_SUPPORTED, PROTOCOL_VERSION};

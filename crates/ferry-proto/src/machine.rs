@@ -10,6 +10,8 @@
 //! the source sends each needed blob exactly once, before any filesystem stream; each bulk stream
 //! id is used once; each filesystem is sent at most once per pass; the CRIU images go before
 //! `Restore`. `Abort` moves any non-final state to `Aborted`; final states accept nothing.
+//! A verdict inquiry is its own short conversation: `Inquire` from the side that connected,
+//! one `Verdict` back.
 
 use std::collections::BTreeSet;
 
@@ -62,13 +64,17 @@ pub enum State {
     RestoreFailed,
     /// Final: one side aborted; the source resumes.
     Aborted,
+    /// A verdict inquiry: `Inquire` sent, the peer answers `Verdict`.
+    Inquiring,
+    /// Final: the inquiry was answered.
+    Answered,
 }
 
 impl State {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            State::Done | State::Refused | State::RestoreFailed | State::Aborted
+            State::Done | State::Refused | State::RestoreFailed | State::Aborted | State::Answered
         )
     }
 }
@@ -136,7 +142,9 @@ impl Conversation {
         self.check_stream(msg)?;
         let next = match (from, self.state, msg) {
             (_, _, Message::Abort { .. }) => Aborted,
-            (_, Start | Negotiating, Message::Progress { .. }) => return Err(unexpected()),
+            (_, Start | Negotiating | Inquiring, Message::Progress { .. }) => {
+                return Err(unexpected())
+            }
             (_, state, Message::Progress { .. }) => state,
 
             (S, Start, Message::Hello(h)) => {
@@ -164,6 +172,9 @@ impl Conversation {
                 Welcomed
             }
             (D, Negotiating | CheckingCpu | Preparing, Message::Refuse { .. }) => Refused,
+            // The side that opens a connection is `Source` in these terms, whichever host it is.
+            (S, Start, Message::Inquire { .. }) => Inquiring,
+            (D, Inquiring, Message::Verdict { .. }) => Answered,
             (S, Welcomed, Message::CpuInfo { .. }) => CheckingCpu,
             (D, CheckingCpu, Message::CpuOk {}) => CpuAccepted,
             (S, CpuAccepted, Message::Prepare { image, .. }) => {

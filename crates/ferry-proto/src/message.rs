@@ -13,7 +13,18 @@
 //! 10. `Commit` → `Committed`; in post-copy the dest then reports `LazyComplete` once every page is pulled.
 //!
 //! `Abort` may be sent by either side at any point before the end; `Progress` by either side
-//! after the handshake.
+//! after the handshake (a long step sends it as a heartbeat, so silence means a dead peer).
+//!
+//! **The fenced commit (v2).** The destination writes its verdict durably before it opens the
+//! gate, and a verdict never changes once written. A side that lost the other mid-commit does
+//! not guess: it opens a fresh connection and sends `Inquire { migration_id }` as its first
+//! message; the peer answers one `Verdict` from its durable record, and the connection ends.
+//! - An in-doubt source (it sent `Commit`, no `Committed` came back) asks the destination. The
+//!   destination commits a restored copy still waiting (the source had decided to commit), and
+//!   answers `Committed`, or `NotCommitted` if it discarded the copy or never had one.
+//! - A destination holding a restored copy that never got `Commit` asks the source: `Committed`
+//!   (the source sent `Commit`: commit), `NotCommitted` (the source resumed: discard), or
+//!   `Pending` (the source has not decided yet: ask again).
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +132,18 @@ pub struct RestoreStats {
     pub lazy_remaining_bytes: u64,
 }
 
+/// One side's durable answer about a migration's outcome (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The container lives (or is to live) on the destination.
+    Committed,
+    /// The destination copy is gone or never existed; the source keeps the container.
+    NotCommitted,
+    /// Not decided yet: ask again later.
+    Pending,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
@@ -201,6 +224,16 @@ pub enum Message {
     LazyComplete {
         bytes: u64,
     },
+    /// First message of a verdict inquiry (a fresh connection, no `Hello`): what became of
+    /// this migration on your side?
+    Inquire {
+        migration_id: String,
+    },
+    /// The answer to `Inquire`, from the answering side's durable record.
+    Verdict {
+        migration_id: String,
+        verdict: Verdict,
+    },
     /// Either side: stop, roll back. Valid in every non-final state.
     Abort {
         reason: String,
@@ -237,6 +270,8 @@ impl Message {
             Message::Commit {} => "Commit",
             Message::Committed {} => "Committed",
             Message::LazyComplete { .. } => "LazyComplete",
+            Message::Inquire { .. } => "Inquire",
+            Message::Verdict { .. } => "Verdict",
             Message::Abort { .. } => "Abort",
             Message::Progress { .. } => "Progress",
         }
@@ -287,6 +322,14 @@ mod tests {
         assert_eq!(v["type"], "hello");
         assert_eq!(v["mode"], "post-copy");
         assert_eq!(serde_json::from_value::<Message>(v).unwrap(), hello);
+
+        let v = serde_json::to_value(Message::Verdict {
+            migration_id: "m1".into(),
+            verdict: Verdict::NotCommitted,
+        })
+        .unwrap();
+        assert_eq!(v["type"], "verdict");
+        assert_eq!(v["verdict"], "not-committed");
 
         let m: Message = serde_json::from_str(r#"{"type":"commit"}"#).unwrap();
         assert_eq!(m, Message::Commit {});

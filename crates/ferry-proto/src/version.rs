@@ -2,9 +2,10 @@
 //! version wins.
 
 /// The newest message protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest message protocol this build still speaks.
-pub const MIN_SUPPORTED: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest message protocol this build still speaks. v1 lacked the fenced commit
+/// (`Inquire`/`Verdict`), so a v1 peer could leave two copies running: it is refused.
+pub const MIN_SUPPORTED: u16 = 2;
 
 /// Inclusive range of protocol versions, `(min, max)`.
 pub type VersionRange = (u16, u16);

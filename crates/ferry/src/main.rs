@@ -4,6 +4,8 @@ mod client;
 mod migrate;
 mod output;
 
+use ferry_core::migration::commit::Decision;
+use ferry_core::migration::record::MigrationRecord;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -95,12 +97,34 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Migrations this host took part in, and the operator's way out of an in-doubt one.
+    #[command(subcommand)]
+    Migration(MigrationCmd),
     /// Peer hosts this host can migrate to.
     #[command(subcommand)]
     Host(HostCmd),
     /// The cluster certificate authority (local files; no daemon needed).
     #[command(subcommand)]
     Ca(CaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrationCmd {
+    /// List this host's migration records (role, stage, container, peer).
+    Ls,
+    /// End an in-doubt migration by hand, when its peer cannot be reached. Run it on both
+    /// hosts with the same choice. Pick --keep-destination only if the destination copy runs
+    /// (its `ferry migration ls` says committed or restored); otherwise --resume-source.
+    #[command(group(clap::ArgGroup::new("decision").required(true)))]
+    Resolve {
+        id: String,
+        /// The container keeps running here (source) / the copy is discarded (destination).
+        #[arg(long, group = "decision")]
+        resume_source: bool,
+        /// The container lives on the destination: the frozen source is discarded.
+        #[arg(long, group = "decision")]
+        keep_destination: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -395,6 +419,38 @@ async fn run(cli: Cli) -> Result<()> {
                 output::print_json(&e)?;
             } else {
                 println!("{} {}", e.name, e.addr);
+            }
+        }
+        Cmd::Migration(MigrationCmd::Ls) => {
+            let list: Vec<MigrationRecord> =
+                c.call(Method::GET, "/v1/migrations", None::<()>).await?;
+            if json {
+                output::print_json(&list)?;
+            } else {
+                output::migrations_table(&list);
+            }
+        }
+        Cmd::Migration(MigrationCmd::Resolve {
+            id,
+            resume_source,
+            keep_destination: _,
+        }) => {
+            let decision = if resume_source {
+                Decision::ResumeSource
+            } else {
+                Decision::KeepDestination
+            };
+            let rec: MigrationRecord = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/migrations/{}/resolve", enc(&id)),
+                    Some(ferry_core::api::ResolveRequest { decision }),
+                )
+                .await?;
+            if json {
+                output::print_json(&rec)?;
+            } else {
+                println!("{} {}", rec.migration_id, rec.stage);
             }
         }
         Cmd::Host(HostCmd::Ls) => {

@@ -164,10 +164,20 @@ pub fn table(r: &MigrationReport) {
         Some(Outcome::Committed) => "committed: the container runs on the destination",
         Some(Outcome::RolledBack) => "rolled back: the container runs on the source",
         Some(Outcome::Refused) => "refused: nothing was moved",
+        Some(Outcome::InDoubt) => {
+            "in doubt: the container stays frozen on the source until the destination answers \
+             (see `ferry migration ls` and `ferry migration resolve`)"
+        }
+        Some(Outcome::RollbackFailed) => {
+            "rollback failed: the container could not be verified running on the source"
+        }
         None => "unknown",
     };
     println!("  outcome: {outcome}");
     if let Some(e) = &r.error {
         println!("  error: {e}");
+    }
+    for f in &r.cleanup_failures {
+        println!("  cleanup failed: {f}");
     }
 }

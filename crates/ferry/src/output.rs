@@ -162,6 +162,28 @@ pub fn restore_stats(r: &ferry_core::container::checkpoint::RestoreReport) {
     println!("  total             {} ms", r.total_ms);
 }
 
+pub fn migrations_table(list: &[ferry_core::migration::record::MigrationRecord]) {
+    println!(
+        "{:<16} {:<12} {:<12} {:<20} {:<12} UPDATED",
+        "ID", "ROLE", "STAGE", "CONTAINER", "PEER"
+    );
+    for r in list {
+        let role = match r.role {
+            ferry_core::migration::record::Role::Source => "source",
+            ferry_core::migration::record::Role::Destination => "destination",
+        };
+        println!(
+            "{:<16} {:<12} {:<12} {:<20} {:<12} {}",
+            r.migration_id,
+            role,
+            r.stage.to_string(),
+            r.container,
+            r.peer,
+            r.updated_at
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/checkpoints", get(checkpoint_ls))
         .route("/v1/restore", post(restore_import))
         .route("/v1/containers/{name}/migrate", post(migrate))
+        .route("/v1/migrations", get(migrations_ls))
+        .route("/v1/migrations/{id}/resolve", post(migrations_resolve))
         .route("/v1/hosts", get(hosts_ls).post(hosts_add))
         .route("/v1/hosts/{name}", delete(hosts_rm))
         .with_state(state)
@@ -377,6 +379,40 @@ async fn migrate(
         })
     });
     Ok(Body::from_stream(stream).into_response())
+}
+
+async fn migrations_ls(
+    State(s): S,
+) -> ApiResult<Json<Vec<ferry_core::migration::record::MigrationRecord>>> {
+    blocking(&s, |e| Ok(ferry_core::migration::record::list(e.paths())))
+        .await
+        .map(Json)
+}
+
+async fn migrations_resolve(
+    State(s): S,
+    Path(id): Path<String>,
+    Json(req): Json<ferry_core::api::ResolveRequest>,
+) -> ApiResult<Json<ferry_core::migration::record::MigrationRecord>> {
+    use ferry_core::migration::{commit, record};
+    if !record::valid_id(&id) {
+        return Err(ApiError::invalid(format!("{id:?} is not a migration id")));
+    }
+    if record::load(s.engine.paths(), &id)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "no migration {id} on this host"
+        )));
+    }
+    commit::resolve(&s.engine, &id, req.decision)
+        .await
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    let rec = record::load(s.engine.paths(), &id)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::internal("the record vanished"))?;
+    Ok(Json(rec))
 }
 
 async fn hosts_ls(State(s): S) -> ApiResult<Json<Vec<HostEntry>>> {

@@ -177,7 +177,11 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("listening for peers on {addr}"))?;
             tracing::info!(%addr, host = %identity.name, "listening for peers (mutual TLS)");
+            // Interrupted migrations first: a restored copy or an in-doubt source must be
+            // settled from the records before new peers are served.
+            ferry_core::migration::recovery::recover(engine.clone(), Some(identity.clone())).await;
             let engine = engine.clone();
+            let me = identity.clone();
             tokio::spawn(async move {
                 loop {
                     // Each handshake in its own task: a silent client must not hold up the next peer.
@@ -186,7 +190,10 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                             tracing::info!(peer = %remote, "incoming migration");
                             let engine = engine.clone();
                             tokio::spawn(ferry_core::migration::dest::serve_incoming(
-                                engine, conn, remote,
+                                engine,
+                                Some(me.clone()),
+                                conn,
+                                remote,
                             ));
                         }
                         Err(e) => tracing::warn!(error = %e, "refused a peer connection"),
@@ -195,7 +202,10 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             });
             Some(identity)
         }
-        None => None,
+        None => {
+            ferry_core::migration::recovery::recover(engine.clone(), None).await;
+            None
+        }
     };
     let state = Arc::new(api::AppState {
         engine,

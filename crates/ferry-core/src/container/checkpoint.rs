@@ -13,7 +13,9 @@ use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
 use crate::checkpoint::archive::{self, Compression, Limits};
 use crate::criu;
+use crate::criu::preflight::{self, PreflightError};
 use crate::fsdiff::{self, DiffSummary};
+use crate::fsutil::{self, ScratchDir, MODE_PRIVATE, MODE_SHARED};
 use crate::network::{self, GateKind};
 use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
@@ -112,6 +114,22 @@ pub fn require_cr_support() -> Result<(), ContainerError> {
     Ok(())
 }
 
+/// A refusal is the workload's state (WrongState: it runs, but not in a way CRIU can dump);
+/// failing to read /proc or the cgroup is this host's (Io).
+fn preflight_error(cfg: &ContainerConfig) -> impl FnOnce(PreflightError) -> ContainerError + '_ {
+    move |e| match e {
+        PreflightError::Refused(_) => ContainerError::WrongState {
+            name: cfg.name.clone(),
+            status: Status::Running,
+            why: e.to_string(),
+        },
+        PreflightError::Cgroup { cgroup, source, .. } => {
+            ContainerError::io(&Path::new("/sys/fs/cgroup").join(cgroup), source)
+        }
+        PreflightError::Proc { path, source } => ContainerError::io(&path, source),
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -152,6 +170,15 @@ impl Engine {
         }
     }
 
+    /// Refuses, before any freeze, a container with a task CRIU cannot dump (stopped, traced,
+    /// under another uid, holding an unsupported fd); the error names the process and the cause.
+    /// Call it on a running container, right before the freeze.
+    pub fn check_movable(&self, cfg: &ContainerConfig) -> Result<(), ContainerError> {
+        let cgroup = format!("{}/{}", self.config().cgroup_parent, cfg.id);
+        let pids = preflight::cgroup_tasks(&cgroup).map_err(preflight_error(cfg))?;
+        preflight::check_workload(&pids).map_err(preflight_error(cfg))
+    }
+
     /// `ferry checkpoint`.
     pub fn checkpoint(
         &self,
@@ -183,6 +210,7 @@ impl Engine {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.require_running(&mut rec, "checkpointed")?;
+        self.check_movable(&rec.config)?;
         let snap = match &req.name {
             Some(s) => {
                 super::validate_name(s)
@@ -277,23 +305,23 @@ impl Engine {
         dir: &Path,
     ) -> Result<(), ContainerError> {
         let ctr_dir = self.container_dir(&cfg.id);
-        write_json(&dir.join(CONFIG_DUMP), cfg)?;
+        let config = dir.join(CONFIG_DUMP);
+        // Private: the config holds the container's environment.
+        fsutil::write_json(&config, cfg, MODE_PRIVATE).map_err(io(&config))?;
         let spec_src = ctr_dir.join("bundle/config.json");
         std::fs::copy(&spec_src, dir.join(SPEC_DUMP)).map_err(io(&spec_src))?;
-        write_json(
-            &dir.join(NETWORK_STATUS),
-            &NetworkStatus {
-                ip: cfg.ip,
-                prefix: cfg.prefix,
-                mac: cfg.mac.clone(),
-            },
-        )?;
+        let net = NetworkStatus {
+            ip: cfg.ip,
+            prefix: cfg.prefix,
+            mac: cfg.mac.clone(),
+        };
+        write_shared_json(&dir.join(NETWORK_STATUS), &net)?;
         let rootfs = RootfsDirs::new(&ctr_dir);
         let tar_path = dir.join(ROOTFS_DIFF);
         let out = BufWriter::new(File::create(&tar_path).map_err(io(&tar_path))?);
         let summary = fsdiff::export_upper(&rootfs.upper, out, None)?;
-        write_json(&dir.join(DELETED_FILES), &summary.deleted)?;
-        write_json(&dir.join(ROOTFS_SUMMARY), &summary)?;
+        write_shared_json(&dir.join(DELETED_FILES), &summary.deleted)?;
+        write_shared_json(&dir.join(ROOTFS_SUMMARY), &summary)?;
         if !cfg.volumes.is_empty() {
             let vdir = dir.join(VOLUMES_DIR);
             std::fs::create_dir_all(&vdir).map_err(io(&vdir))?;
@@ -405,14 +433,13 @@ impl Engine {
                 file.display()
             )));
         }
-        let tmp = self
-            .paths()
-            .tmp()
-            .join(format!("import-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(self.paths().tmp()).map_err(io(&self.paths().tmp()))?;
+        // A directory of its own: ferryd's pid is the same for every request, so a name made
+        // from it let two concurrent imports delete each other's files.
+        let scratch =
+            ScratchDir::new_in(&self.paths().tmp(), "import-").map_err(io(&self.paths().tmp()))?;
+        // `import` wants a destination that does not exist yet.
+        let tmp = scratch.path().join("checkpoint");
         archive::import(file, &tmp, &Limits::default())?;
-        let cleanup_tmp = TmpDir(tmp.clone());
         let mut cfg: ContainerConfig = read_json(&tmp.join(CONFIG_DUMP))?;
         self.images().resolve(&cfg.image).map_err(|_| {
             invalid(format!(
@@ -461,7 +488,7 @@ impl Engine {
             self.apply_checkpoint_files(&rec.config, &dir)?;
             self.restore_from_dir(&mut rec, &dir, &snapshot, t0)
         })();
-        drop(cleanup_tmp);
+        drop(scratch);
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -609,14 +636,6 @@ impl Engine {
     }
 }
 
-struct TmpDir(PathBuf);
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// CRIU writes one tcp-stream image per established connection.
 pub fn has_established_tcp(images: &Path) -> bool {
     std::fs::read_dir(images)
@@ -637,12 +656,8 @@ pub fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
-    let bytes = serde_json::to_vec_pretty(v).map_err(|e| ContainerError::CorruptState {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(path, bytes).map_err(io(path))
+fn write_shared_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
+    fsutil::write_json(path, v, MODE_SHARED).map_err(io(path))
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ContainerError> {

@@ -15,6 +15,7 @@ use super::config::{merge_env, parse_volume, validate_env, validate_name};
 use super::store::RecordStore;
 use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
 use crate::api::RunRequest;
+use crate::fsutil::block_on_fresh;
 use crate::image::ImageStore;
 use crate::network::{self, BridgeConfig, ContainerNet, Ipam};
 use crate::paths::HostPaths;
@@ -59,15 +60,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs one async network call to completion from blocking code.
-pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread tokio runtime")
-        .block_on(fut)
-}
-
 impl Engine {
     pub fn open(cfg: EngineConfig) -> Result<Self, ContainerError> {
         for d in [
@@ -87,7 +79,7 @@ impl Engine {
             cfg.ip_range,
             &[cfg.bridge.address],
         )?;
-        block_on(network::ensure_bridge(&cfg.bridge))?;
+        block_on_fresh(network::ensure_bridge(&cfg.bridge))?;
         let mut runc = Runc::new(cfg.runc_root.clone());
         runc.binary = cfg.runc_binary.clone();
         let records = RecordStore::new(cfg.paths.clone());
@@ -104,7 +96,6 @@ impl Engine {
             containers: Mutex::new(map),
             holds: Mutex::new(BTreeMap::new()),
         };
-        engine.recover_migrations();
         engine.refresh_all();
         Ok(engine)
     }
@@ -369,18 +360,18 @@ impl Engine {
         self.setup_network(cfg, false)?;
         let cn = self.container_net(cfg);
         network::install_gate(&cn.netns_path, gate)?;
-        block_on(network::attach_veth(&cn.host_veth, &cn.bridge))?;
+        block_on_fresh(network::attach_veth(&cn.host_veth, &cn.bridge))?;
         Ok(())
     }
 
     pub fn setup_network(&self, cfg: &ContainerConfig, attach: bool) -> Result<(), ContainerError> {
         let netns_path = self.cfg.paths.netns(&cfg.id);
         // A leftover from a crash would make veth creation fail; start clean.
-        let _ = block_on(network::delete_link(&Self::host_veth(&cfg.id)));
+        let _ = block_on_fresh(network::delete_link(&Self::host_veth(&cfg.id)));
         let _ = network::delete_netns(&netns_path);
         network::create_netns(&netns_path)?;
         let cn = self.container_net(cfg);
-        block_on(network::setup_container_net(&cn, attach))?;
+        block_on_fresh(network::setup_container_net(&cn, attach))?;
         Ok(())
     }
 
@@ -509,7 +500,7 @@ impl Engine {
     /// Releases everything a stopped container holds on this host except its state dir and IP.
     pub fn teardown(&self, cfg: &ContainerConfig) {
         let _ = self.runc.delete(&cfg.id, true);
-        let _ = block_on(network::delete_link(&Self::host_veth(&cfg.id)));
+        let _ = block_on_fresh(network::delete_link(&Self::host_veth(&cfg.id)));
         let _ = network::delete_netns(&self.cfg.paths.netns(&cfg.id));
         let rootfs = RootfsDirs::new(&self.container_dir(&cfg.id));
         if let Err(e) = rootfs.unmount() {

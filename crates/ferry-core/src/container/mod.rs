@@ -2,7 +2,7 @@
 
 pub mod checkpoint;
 mod config;
-mod engine;
+pub(crate) mod engine;
 mod moving;
 mod rootfs;
 mod store;

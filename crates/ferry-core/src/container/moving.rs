@@ -16,11 +16,18 @@ impl Engine {
         Ok(rec.clone())
     }
 
+    /// [`Engine::try_end_migration`] for callers that cannot act on a failure: it is logged.
+    pub fn end_migration(&self, name: &str, status: Status) {
+        if let Err(e) = self.try_end_migration(name, status) {
+            tracing::error!(container = %name, %status, error = %e, "recording the end of a migration");
+        }
+    }
+
     /// Ends a failed outgoing migration: the container runs here again (or, if it died, is
     /// stopped). Call it with `Running` only once the container is verified to run (see
     /// `migration::resume`). A record that cannot be saved is an error: the caller must not
     /// report the rollback as done.
-    pub fn end_migration(&self, name: &str, status: Status) -> Result<(), ContainerError> {
+    pub fn try_end_migration(&self, name: &str, status: Status) -> Result<(), ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         rec.status = status;
@@ -133,6 +140,7 @@ impl Engine {
         let rec = lock(&slot);
         self.stage_gated_network(&rec.config, GateKind::Full)?;
         let cn = self.container_net(&rec.config);
+        network::set_arp_replies(&cn.netns_path, network::CONTAINER_IFNAME, false)?;
         let hold = network::PacketHold::start(&cn.netns_path)?;
         network::install_gate(&cn.netns_path, GateKind::Hold)?;
         network::remove_gate(&cn.netns_path, GateKind::Full)?;
@@ -160,6 +168,7 @@ impl Engine {
         let cn = self.container_net(&rec.config);
         network::remove_gate(&cn.netns_path, GateKind::Hold)?;
         network::remove_gate(&cn.netns_path, GateKind::Full)?;
+        network::set_arp_replies(&cn.netns_path, network::CONTAINER_IFNAME, true)?;
         if let Some(hold) = lock(&self.holds).remove(&rec.config.id) {
             match hold.release() {
                 Ok(n) => tracing::info!(container = %name, held = n, "released held packets"),
@@ -216,17 +225,19 @@ impl Engine {
         }
     }
 
-    /// At startup: uncommitted arrivals are discarded; departures interrupted by a crash are
-    /// running here again (CRIU resumes a dump whose hook vanished).
-    pub(crate) fn recover_migrations(&self) {
+    /// At startup, after the migration records were replayed: an uncommitted arrival that no
+    /// record keeps waiting (`keep`, by container id) is discarded; a departure still marked
+    /// migrating runs here (CRIU resumes a dump whose hook vanished).
+    pub fn recover_migrations(&self, keep: &[String]) {
         for rec in self.list_raw() {
+            if keep.contains(&rec.config.id) {
+                continue;
+            }
             if rec.incoming_uncommitted {
                 tracing::warn!(container = %rec.config.name, "discarding an uncommitted incoming migration");
                 self.abort_incoming(&rec.config);
             } else if rec.status == Status::Migrating {
-                if let Err(e) = self.end_migration(&rec.config.name, Status::Running) {
-                    tracing::error!(container = %rec.config.name, error = %e, "ending an interrupted migration");
-                }
+                self.end_migration(&rec.config.name, Status::Running);
             }
         }
     }

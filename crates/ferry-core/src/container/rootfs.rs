@@ -7,6 +7,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::ContainerError;
 
+/// Overlay options that make the rootfs's inodes decodable from file handles, which CRIU needs
+/// to dump inotify watches (`nfs_export` requires `index`).
+pub const EXPORT_OPTS: &str = "index=on,nfs_export=on";
+
 /// The three overlay dirs of a container, all inside its state dir.
 #[derive(Debug, Clone)]
 pub struct RootfsDirs {
@@ -58,17 +62,45 @@ impl RootfsDirs {
             self.upper.display(),
             self.work.display()
         );
+        // File handles let CRIU resolve an inotify watch inside the rootfs to a path; without
+        // them the dump fails ("fsnotify: Can't dump that handle"). The kernel refuses these
+        // options when the upper dir is still in use by another overlay (index=on makes that
+        // an error), and drops them by itself on a layer fs without file handles: either way
+        // the container still runs, but its inotify watches cannot be checkpointed.
+        let exportable = format!("{opts},{EXPORT_OPTS}");
+        match self.mount_overlay(&exportable) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    rootfs = %self.merged.display(),
+                    error = %e,
+                    "overlay refused {EXPORT_OPTS}; mounting without: inotify watches in this \
+                     container cannot be checkpointed"
+                );
+                self.mount_overlay(&opts)
+            }
+        }
+    }
+
+    fn mount_overlay(&self, opts: &str) -> Result<(), ContainerError> {
         mount(
             Some("overlay"),
             &self.merged,
             Some("overlay"),
             MsFlags::empty(),
-            Some(opts.as_str()),
+            Some(opts),
         )
         .map_err(|e| ContainerError::Mount {
             path: self.merged.clone(),
             reason: format!("overlay ({opts}): {e}"),
         })
+    }
+
+    /// True when the mounted overlay decodes file handles (see [`EXPORT_OPTS`]), so CRIU can
+    /// dump inotify watches inside it.
+    pub fn exports_handles(&self) -> bool {
+        mount_super_options(&self.merged)
+            .is_some_and(|o| o.split(',').any(|o| o == "nfs_export=on"))
     }
 
     pub fn unmount(&self) -> Result<(), ContainerError> {
@@ -94,6 +126,22 @@ pub fn is_mount_point(path: &Path) -> bool {
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+/// The super block options of the mount at `path` (mountinfo's last field).
+fn mount_super_options(path: &Path) -> Option<String> {
+    let canon = path.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = canon.to_string_lossy();
+    // The last line wins: it is the mount on top.
+    info.lines()
+        .rfind(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp) == want)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_owned)
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -141,7 +189,29 @@ mod tests {
             "lower"
         );
         assert!(dirs.upper.join("g").exists());
+        assert!(dirs.exports_handles(), "mounted with {EXPORT_OPTS}");
         dirs.unmount().unwrap();
         assert!(!dirs.is_mounted());
+    }
+
+    #[test]
+    fn an_upper_dir_in_use_still_mounts_without_file_handles() {
+        let t = tempfile::tempdir().unwrap();
+        let lower = t.path().join("l1");
+        std::fs::create_dir_all(&lower).unwrap();
+        let first = RootfsDirs::new(&t.path().join("ctr"));
+        first.create().unwrap();
+        first.mount(std::slice::from_ref(&lower)).unwrap();
+        // A second overlay on the same upper and work dirs: index=on refuses it (EBUSY).
+        let second = RootfsDirs {
+            merged: t.path().join("second"),
+            ..first.clone()
+        };
+        second.create().unwrap();
+        second.mount(std::slice::from_ref(&lower)).unwrap();
+        assert!(second.is_mounted());
+        assert!(!second.exports_handles());
+        second.unmount().unwrap();
+        first.unmount().unwrap();
     }
 }

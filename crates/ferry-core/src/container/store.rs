@@ -1,8 +1,9 @@
 //! Persistence of container records: one JSON file per container, replaced atomically.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{ContainerError, ContainerRecord};
+use crate::fsutil::{self, MODE_PRIVATE};
 use crate::paths::HostPaths;
 
 const RECORD_FILE: &str = "container.json";
@@ -22,9 +23,9 @@ impl RecordStore {
     }
 
     pub fn save(&self, rec: &ContainerRecord) -> Result<(), ContainerError> {
-        let dir = self.dir(&rec.config.id);
-        std::fs::create_dir_all(&dir).map_err(|e| ContainerError::io(&dir, e))?;
-        write_json_atomic(&dir.join(RECORD_FILE), rec)
+        let path = self.dir(&rec.config.id).join(RECORD_FILE);
+        // Private: the record holds the container's environment.
+        fsutil::write_json(&path, rec, MODE_PRIVATE).map_err(|e| ContainerError::io(&path, e))
     }
 
     pub fn load_all(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
@@ -64,22 +65,4 @@ impl RecordStore {
             Err(e) => Err(ContainerError::io(&dir, e)),
         }
     }
-}
-
-/// Write to a temp file in the same dir, fsync, rename: a crash leaves the old or the new file.
-pub fn write_json_atomic<T: serde::Serialize>(
-    path: &Path,
-    value: &T,
-) -> Result<(), ContainerError> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| ContainerError::CorruptState {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ContainerError::io(&tmp, e))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| ContainerError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ContainerError::io(path, e))
 }

@@ -9,6 +9,7 @@ mod cpuinfo;
 mod features;
 mod image;
 mod log;
+pub mod preflight;
 mod server;
 mod stats;
 #[cfg(test)]

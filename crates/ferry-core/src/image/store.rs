@@ -3,9 +3,8 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -13,12 +12,11 @@ use super::digest::{Digest, HashingWriter};
 use super::layer::unpack_layer;
 use super::oci::{self, ConfigFile, Manifest};
 use super::{io_err, normalize_name, Image, ImageError, RunConfig};
+use crate::fsutil::{self, ScratchDir, MODE_PRIVATE};
 use crate::paths::HostPaths;
 
 /// Manifests, configs and indexes are small; refuse to slurp anything bigger.
 pub(crate) const MAX_JSON: u64 = 4 << 20;
-
-static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -40,27 +38,21 @@ pub struct PruneStats {
 /// A private scratch directory for one operation; removed on drop, so an error anywhere
 /// leaves nothing behind.
 pub(crate) struct Staging {
-    dir: PathBuf,
+    dir: ScratchDir,
     store_blobs: PathBuf,
 }
 
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.dir.display(), "could not remove staging dir: {e}");
-            }
-        }
-    }
-}
-
 impl Staging {
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.dir.join("blobs").join(d.hex())
+        self.dir().join("blobs").join(d.hex())
     }
 
     fn layer_path(&self, d: &Digest) -> PathBuf {
-        self.dir.join("layers").join(d.hex())
+        self.dir().join("layers").join(d.hex())
     }
 
     /// The blob, staged here or already in the store.
@@ -81,8 +73,8 @@ impl Staging {
         r: impl Read,
     ) -> Result<(Digest, u64), ImageError> {
         write_verified(
-            &self.dir.join("tmp"),
-            &self.dir.join("blobs"),
+            &self.dir().join("tmp"),
+            &self.dir().join("blobs"),
             expected,
             what,
             r,
@@ -220,14 +212,10 @@ impl ImageStore {
     }
 
     pub(crate) fn new_staging(&self) -> Result<Staging, ImageError> {
-        let dir = self.tmp_dir().join(format!(
-            "stage-{}-{}-{}",
-            std::process::id(),
-            STAGING_SEQ.fetch_add(1, Ordering::Relaxed),
-            rand::random::<u32>()
-        ));
-        for d in [dir.join("blobs"), dir.join("layers"), dir.join("tmp")] {
-            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        let tmp = self.tmp_dir();
+        let dir = ScratchDir::new_in(&tmp, "stage-").map_err(io_err(&tmp))?;
+        for d in ["blobs", "layers", "tmp"].map(|sub| dir.path().join(sub)) {
+            fs::create_dir(&d).map_err(io_err(&d))?;
         }
         Ok(Staging {
             dir,
@@ -250,17 +238,9 @@ impl ImageStore {
     }
 
     fn write_index(&self, images: Vec<Image>) -> Result<(), ImageError> {
+        // Private, as it has always been (a tempfile's mode), though nothing in it is secret.
         let p = self.index_path();
-        let bytes =
-            serde_json::to_vec_pretty(&IndexFile { images }).map_err(|e| ImageError::Corrupt {
-                what: "image index".into(),
-                why: e.to_string(),
-            })?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.root).map_err(io_err(&self.root))?;
-        tmp.write_all(&bytes).map_err(io_err(tmp.path()))?;
-        tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-        tmp.persist(&p).map_err(|e| io_err(&p)(e.error))?;
-        Ok(())
+        fsutil::write_json(&p, &IndexFile { images }, MODE_PRIVATE).map_err(io_err(&p))
     }
 
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {

@@ -1,20 +1,24 @@
-//! The destination side of a migration.
+//! The destination side of a migration, as named steps over [`Incoming`].
 //!
 //! It registers the incoming container (name and IP reserved, marked uncommitted), takes the
 //! image blobs it lacks, fills the overlay upper dir and volumes, runs the page server behind
-//! the tunnel, restores the container with its traffic gated, and opens the gate only at
-//! `Commit`. On any failure or `Abort` before that, everything it made is removed. An
-//! uncommitted copy found after a ferryd crash is destroyed at startup (see the engine).
+//! the tunnel, restores the container with its traffic gated, and opens the gate only once the
+//! commit is recorded (see [`super::commit`]). A failure before the restore removes everything
+//! it made. A restored copy is discarded only once the source is known to have resumed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, TUNNEL_STREAM,
+    Compression, FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine,
+    TUNNEL_STREAM,
 };
 
+use super::commit::{self, Decision};
+use super::fault::{self, Injected};
+use super::record::{self, MigrationRecord, Role, Stage};
 use super::wire::{Machine, Wire};
 use super::{blocking, host_versions, MigrationError};
 use crate::container::{ContainerConfig, Engine, RootfsDirs};
@@ -22,15 +26,24 @@ use crate::criu::PageServer;
 use crate::fsdiff::{self, DiffSummary};
 use crate::image::Digest;
 use crate::peer::channel::{Demux, PeerConn};
+use crate::peer::tls::HostIdentity;
 use crate::peer::tunnel::{tunnel_connect, Tunnel};
 
-/// How long the source may stay silent (no message, no page bytes) before we give up.
-const IDLE: Duration = Duration::from_secs(30);
+/// How long the source may stay silent (no message, no heartbeat, no page bytes).
+const IDLE: Duration = Duration::from_secs(15);
+/// How often a restored copy checks on its source while connected.
+const INQUIRE_EVERY: Duration = Duration::from_secs(1);
 
-/// What this side has made so far, so a failure can undo exactly that.
-#[derive(Default)]
+/// One incoming migration: what this side has made so far, so a failure undoes exactly that.
 struct Incoming {
-    work: PathBuf,
+    engine: Arc<Engine>,
+    identity: Option<Arc<HostIdentity>>,
+    remote: String,
+    wire: Wire,
+    /// Scratch for streams; pages and images go to the tmpfs `images` dir.
+    work: tempfile::TempDir,
+    images: Option<tempfile::TempDir>,
+    migration_id: Option<String>,
     config: Option<ContainerConfig>,
     offer: Option<ImageOffer>,
     pending_blobs: usize,
@@ -38,25 +51,16 @@ struct Incoming {
     image_was_new: bool,
     page_server: Option<PageServer>,
     tunnel: Option<Tunnel>,
-    restored: bool,
-    committed: bool,
-    images: Option<PathBuf>,
-    migration_id: Option<String>,
     announcer: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Incoming {
-    /// The incoming container's name (empty before `Prepare`).
-    fn name(&self) -> String {
-        self.config
-            .as_ref()
-            .map(|c| c.name.clone())
-            .unwrap_or_default()
-    }
-}
-
-/// Serves one incoming migration on an accepted, authenticated connection.
-pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String) {
+/// Serves one accepted, authenticated connection: a migration, or a verdict inquiry.
+pub async fn serve_incoming(
+    engine: Arc<Engine>,
+    identity: Option<Arc<HostIdentity>>,
+    conn: PeerConn,
+    remote: String,
+) {
     let (sink, source) = conn.split();
     let (demux, control) = Demux::spawn(source);
     let mut wire = Wire::new(
@@ -65,61 +69,166 @@ pub async fn serve_incoming(engine: Arc<Engine>, conn: PeerConn, remote: String)
         control,
         Machine::Receiver(ReceiverMachine::new()),
     );
-    let mut st = Incoming {
-        work: engine
-            .paths()
-            .tmp()
-            .join(format!("incoming-{}", super::new_migration_id())),
-        ..Default::default()
-    };
     let span = tracing::info_span!("incoming", peer = %remote);
     let _g = span.enter();
-    let outcome = match receive(&engine, &mut wire, &remote, &mut st).await {
-        Ok(()) => {
-            tracing::info!(container = ?st.config.as_ref().map(|c| &c.name), "migration committed");
-            serde_json::json!({ "outcome": "committed" })
+    // Read past the machine: a `Hello` goes to the handshake, which checks it there.
+    let first = super::wire::within("the first message", IDLE, async {
+        Ok(wire.control.recv().await?)
+    })
+    .await;
+    let first = match first {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "a peer connection said nothing useful");
+            return;
         }
+    };
+    if let Message::Inquire { migration_id } = &first {
+        if let Err(e) = wire.machine.on_message(&first) {
+            tracing::warn!(error = %e, "a bad verdict inquiry");
+            return;
+        }
+        let id = migration_id.clone();
+        return commit::answer_inquiry(engine, wire, id).await;
+    }
+    let mut inc = match Incoming::new(engine, identity, wire, remote) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take an incoming migration");
+            return;
+        }
+    };
+    match inc.receive(first).await {
+        Ok(stage) => tracing::info!(container = %inc.name(), %stage, "incoming migration ended"),
         Err(e) => {
             tracing::warn!(error = %e, "incoming migration failed; cleaning up");
             if !matches!(e, MigrationError::PeerAborted(_)) {
-                wire.abort(&e.to_string()).await;
+                inc.wire.abort(&e.to_string()).await;
             }
-            undo(&engine, &mut st).await;
-            serde_json::json!({ "outcome": "discarded", "error": e.to_string() })
+            inc.undo(&e).await;
         }
-    };
-    if let Some(id) = &st.migration_id {
-        let mut rec = outcome;
-        rec["role"] = "destination".into();
-        rec["migration_id"] = id.clone().into();
-        rec["from"] = remote.clone().into();
-        rec["container"] = st.config.as_ref().map(|c| c.name.clone()).into();
-        rec["finished_at"] = chrono::Utc::now().to_rfc3339().into();
-        super::record_outcome(engine.paths(), id, &rec);
     }
-    if let Some(t) = st.tunnel.take() {
-        t.abort();
-    }
-    if let Some(a) = st.announcer.take() {
-        a.abort();
-    }
-    let _ = std::fs::remove_dir_all(&st.work);
-    if let Some(images) = &st.images {
-        let _ = std::fs::remove_dir_all(images);
-    }
+    inc.close();
 }
 
-async fn receive(
-    engine: &Arc<Engine>,
-    wire: &mut Wire,
-    remote: &str,
-    st: &mut Incoming,
-) -> Result<(), MigrationError> {
-    std::fs::create_dir_all(&st.work).map_err(|e| MigrationError::io(&st.work, e))?;
-    let versions = host_versions(engine);
-    {
-        let Machine::Receiver(m) = &mut wire.machine else {
-            unreachable!("destination drives a receiver machine")
+impl Incoming {
+    fn new(
+        engine: Arc<Engine>,
+        identity: Option<Arc<HostIdentity>>,
+        wire: Wire,
+        remote: String,
+    ) -> Result<Self, MigrationError> {
+        let tmp = engine.paths().tmp();
+        std::fs::create_dir_all(&tmp).map_err(|e| MigrationError::io(&tmp, e))?;
+        let work = tempfile::Builder::new()
+            .prefix("incoming-")
+            .tempdir_in(&tmp)
+            .map_err(|e| MigrationError::io(&tmp, e))?;
+        Ok(Incoming {
+            engine,
+            identity,
+            remote,
+            wire,
+            work,
+            images: None,
+            migration_id: None,
+            config: None,
+            offer: None,
+            pending_blobs: 0,
+            image_registered: false,
+            image_was_new: false,
+            page_server: None,
+            tunnel: None,
+            announcer: None,
+        })
+    }
+
+    /// The incoming container's name (empty before `Prepare`).
+    fn name(&self) -> String {
+        self.config
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn config(&self) -> Result<&ContainerConfig, MigrationError> {
+        self.config
+            .as_ref()
+            .ok_or_else(|| MigrationError::Internal("a migration step before Prepare".into()))
+    }
+
+    fn images_dir(&self) -> Result<PathBuf, MigrationError> {
+        self.images
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .ok_or_else(|| MigrationError::Internal("no page scratch".into()))
+    }
+
+    async fn step(&mut self, name: &str) -> Result<(), MigrationError> {
+        if fault::at(self.engine.paths(), Role::Destination, name).await? == Injected::Corrupt {
+            self.wire.sink.send_corrupt_frame().await?;
+        }
+        Ok(())
+    }
+
+    /// The whole conversation: handshake, then each message's step, until the verdict.
+    async fn receive(&mut self, hello: Message) -> Result<Stage, MigrationError> {
+        self.handshake(hello).await?;
+        // Pages go to the tmpfs scratch: RAM, not disk, and gone after the restore.
+        let scratch = self.engine.paths().page_scratch();
+        std::fs::create_dir_all(&scratch).map_err(|e| MigrationError::io(&scratch, e))?;
+        self.images = Some(
+            tempfile::Builder::new()
+                .prefix("incoming-")
+                .tempdir_in(&scratch)
+                .map_err(|e| MigrationError::io(&scratch, e))?,
+        );
+        loop {
+            match self.next_message().await? {
+                Message::CpuInfo {
+                    stream,
+                    compression,
+                } => self.check_cpu(stream, compression).await?,
+                Message::Prepare {
+                    migration_id,
+                    container,
+                    image,
+                } => self.prepare(migration_id, container, image).await?,
+                Message::BlobStart {
+                    digest,
+                    stream,
+                    compression,
+                    ..
+                } => self.receive_blob(digest, stream, compression).await?,
+                Message::FsStart {
+                    what,
+                    stream,
+                    compression,
+                    summary,
+                    ..
+                } => self.receive_fs(what, stream, compression, summary).await?,
+                Message::OpenPageSink {} => self.open_page_sink().await?,
+                Message::DumpDone { stats } => {
+                    tracing::info!(tunnel_bytes = stats.tunnel_bytes, "dump done on the source")
+                }
+                Message::ImagesStart {
+                    stream,
+                    compression,
+                } => self.receive_images(stream, compression).await?,
+                Message::Restore {} => {
+                    self.restore().await?;
+                    return self.await_verdict().await;
+                }
+                other => return Err(MigrationError::unexpected("a migration step", &other)),
+            }
+        }
+    }
+
+    async fn handshake(&mut self, hello: Message) -> Result<(), MigrationError> {
+        self.step("handshake").await?;
+        let versions = host_versions(&self.engine);
+        let Machine::Receiver(m) = &mut self.wire.machine else {
+            unreachable!("the destination drives a receiver machine")
         };
         let check = |h: &Hello| -> Result<(), String> {
             if h.mode == MigrationMode::PostCopy {
@@ -128,237 +237,467 @@ async fn receive(
             crate::container::checkpoint::require_cr_support().map_err(|e| e.to_string())?;
             Ok(())
         };
-        crate::peer::handshake::handshake_destination(
-            &wire.sink,
-            &mut wire.control,
+        crate::peer::handshake::answer_hello(
+            &self.wire.sink,
+            hello,
             m,
-            remote,
+            &self.remote,
             &versions,
             (ferry_proto::MIN_SUPPORTED, ferry_proto::PROTOCOL_VERSION),
             check,
         )
         .await?;
+        Ok(())
     }
-    // Pages go to the tmpfs scratch: RAM, not disk, and gone after the restore.
-    let images_dir = engine.paths().page_scratch().join(
-        st.work
-            .file_name()
-            .map(|n| n.to_owned())
-            .unwrap_or_default(),
-    );
-    st.images = Some(images_dir.clone());
-    std::fs::create_dir_all(&images_dir).map_err(|e| MigrationError::io(&images_dir, e))?;
-    loop {
-        let msg = next_message(wire, st.tunnel.as_ref()).await?;
-        match msg {
-            Message::CpuInfo {
-                stream,
-                compression,
-            } => {
-                let dir = st.work.join("cpuinfo");
-                std::fs::create_dir_all(&dir).map_err(|e| MigrationError::io(&dir, e))?;
-                wire.recv_file(stream, &dir.join(super::CPUINFO_IMAGE), compression)
-                    .await?;
-                match blocking(move || Ok(crate::criu::cpuinfo_check(&dir)?)).await {
-                    Ok(()) => wire.send(Message::CpuOk {}).await?,
-                    Err(e) => {
-                        let reason =
-                            format!("this host's CPU cannot run the source's processes: {e}");
-                        wire.send(Message::Refuse {
-                            reason: reason.clone(),
-                        })
-                        .await?;
-                        return Err(MigrationError::Refused(reason));
-                    }
-                }
-            }
-            Message::Prepare {
-                migration_id,
-                container,
-                image,
-            } => {
-                let cfg: ContainerConfig = serde_json::from_value(container)
-                    .map_err(|e| MigrationError::Internal(format!("bad container config: {e}")))?;
-                tracing::info!(%migration_id, container = %cfg.name, "preparing");
-                st.migration_id = Some(migration_id);
-                let e = engine.clone();
-                let c = cfg.clone();
-                let from = remote.to_owned();
-                if let Err(err) = blocking(move || Ok(e.accept_incoming(c, &from)?)).await {
-                    let reason = err.to_string();
-                    wire.send(Message::Refuse {
-                        reason: reason.clone(),
-                    })
-                    .await?;
-                    return Err(MigrationError::Refused(reason));
-                }
-                st.config = Some(cfg);
-                let mut need = Vec::new();
-                for b in &image.blobs {
-                    let d = Digest::parse(&b.digest).map_err(|e| {
-                        MigrationError::Internal(format!("bad digest {}: {e}", b.digest))
-                    })?;
-                    if !engine.images().has_blob(&d) {
-                        need.push(b.digest.clone());
-                    }
-                }
-                st.image_was_new = engine.images().resolve(&image.manifest).is_err();
-                st.pending_blobs = need.len();
-                st.offer = Some(image);
-                wire.send(Message::NeedBlobs { digests: need }).await?;
-                if st.pending_blobs == 0 {
-                    register_image(engine, st).await?;
-                }
-            }
-            Message::BlobStart {
-                digest,
-                stream,
-                compression,
-                ..
-            } => {
-                let tmp = st.work.join("blob.tmp");
-                wire.recv_file(stream, &tmp, compression).await?;
-                let e = engine.clone();
-                let d = Digest::parse(&digest)
-                    .map_err(|e| MigrationError::Internal(format!("bad digest {digest}: {e}")))?;
-                blocking(move || {
-                    let f = std::fs::File::open(&tmp).map_err(|e| MigrationError::io(&tmp, e))?;
-                    e.images()
-                        .write_blob(&d, std::io::BufReader::new(f))
-                        .map_err(|err| MigrationError::Image(err.to_string()))?;
-                    Ok(())
-                })
-                .await?;
-                st.pending_blobs = st.pending_blobs.saturating_sub(1);
-                if st.pending_blobs == 0 {
-                    register_image(engine, st).await?;
-                }
-            }
-            Message::FsStart {
-                what,
-                stream,
-                compression,
-                summary,
-                ..
-            } => {
-                let cfg = st
-                    .config
-                    .as_ref()
-                    .ok_or_else(|| MigrationError::Internal("filesystem before Prepare".into()))?;
-                let target = fs_target(engine, cfg, &what)?;
-                let summary: DiffSummary = summary
-                    .map(serde_json::from_value)
-                    .transpose()
-                    .map_err(|e| MigrationError::Internal(format!("bad filesystem summary: {e}")))?
-                    .ok_or_else(|| {
-                        MigrationError::Internal("filesystem stream without summary".into())
-                    })?;
-                let tar = st.work.join("fs.tar");
-                wire.recv_file(stream, &tar, compression).await?;
-                blocking(move || {
-                    std::fs::create_dir_all(&target).map_err(|e| MigrationError::io(&target, e))?;
-                    let f = std::fs::File::open(&tar).map_err(|e| MigrationError::io(&tar, e))?;
-                    fsdiff::apply_to_upper(&target, std::io::BufReader::new(f), &summary)?;
-                    Ok(())
-                })
-                .await?;
-            }
-            Message::OpenPageSink {} => {
-                // The freeze comes next: stage the gated network now, off the downtime path.
-                let name = st.name();
-                let e = engine.clone();
-                blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
-                let dir = images_dir.clone();
-                let log = st.work.join("page-server.log");
-                let ps = blocking(move || {
-                    Ok(PageServer::spawn(
-                        &dir,
-                        SocketAddr::from(([127, 0, 0, 1], 0)),
-                        &log,
-                    )?)
-                })
-                .await?;
-                let rx = wire.demux.stream(TUNNEL_STREAM)?;
-                let tunnel = tunnel_connect(ps.addr(), wire.sink.clone(), rx).await?;
-                st.announcer = Some(announce_when_frozen(engine, st, &tunnel));
-                st.page_server = Some(ps);
-                st.tunnel = Some(tunnel);
-                wire.send(Message::PagesReady {}).await?;
-            }
-            Message::DumpDone { stats } => {
-                tracing::info!(tunnel_bytes = stats.tunnel_bytes, "dump done on the source");
-            }
-            Message::ImagesStart {
-                stream,
-                compression,
-            } => {
-                let tar = st.work.join("images.tar");
-                wire.recv_file(stream, &tar, compression).await?;
-                let dir = images_dir.clone();
-                blocking(move || {
-                    let f = std::fs::File::open(&tar).map_err(|e| MigrationError::io(&tar, e))?;
-                    fsdiff::unpack_dir(std::io::BufReader::new(f), &dir)?;
-                    Ok(())
-                })
-                .await?;
-            }
-            Message::Restore {} => {
-                if let Some(ps) = st.page_server.take() {
-                    blocking(move || Ok(ps.wait()?)).await?;
-                }
-                let name = st.name();
-                let e = engine.clone();
-                let dir = images_dir.clone();
-                match blocking(move || Ok(e.restore_incoming(&name, &dir)?)).await {
-                    Ok(stats) => {
-                        st.restored = true;
-                        wire.send(Message::Restored { stats }).await?;
-                    }
-                    Err(err) => {
-                        let reason = err.to_string();
-                        wire.send(Message::RestoreFailed {
-                            reason: reason.clone(),
-                        })
-                        .await?;
-                        return Err(MigrationError::RestoreFailed(reason));
-                    }
-                }
-            }
-            Message::Commit {} => {
-                let name = st.name();
-                let e = engine.clone();
-                blocking(move || Ok(e.commit_incoming(&name)?)).await?;
-                st.committed = true;
-                wire.send(Message::Committed {}).await?;
-                return Ok(());
-            }
-            other => {
-                return Err(MigrationError::unexpected("a migration step", &other));
+
+    async fn check_cpu(
+        &mut self,
+        stream: u32,
+        compression: Compression,
+    ) -> Result<(), MigrationError> {
+        self.step("cpu-check").await?;
+        let dir = self.work.path().join("cpuinfo");
+        std::fs::create_dir_all(&dir).map_err(|e| MigrationError::io(&dir, e))?;
+        self.wire
+            .recv_file(stream, &dir.join(super::CPUINFO_IMAGE), compression)
+            .await?;
+        match blocking(move || Ok(crate::criu::cpuinfo_check(&dir)?)).await {
+            Ok(()) => self.wire.send(Message::CpuOk {}).await,
+            Err(e) => {
+                self.refuse(format!(
+                    "this host's CPU cannot run the source's processes: {e}"
+                ))
+                .await
             }
         }
     }
-}
 
-/// The next control message. Silence is fine while page bytes still flow through the tunnel
-/// (a big dump); silence with nothing moving for [`IDLE`] means the source or the link is gone.
-async fn next_message(wire: &mut Wire, tunnel: Option<&Tunnel>) -> Result<Message, MigrationError> {
-    let mut last = tunnel.map(|t| t.stats());
-    let mut last_move = std::time::Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(2), wire.recv()).await {
-            Ok(m) => return m,
-            Err(_) => {
-                let now = tunnel.map(|t| t.stats());
-                if now != last {
-                    last = now;
-                    last_move = std::time::Instant::now();
-                } else if last_move.elapsed() > IDLE {
-                    return Err(MigrationError::Timeout {
-                        what: "the source (no message and no page data)".into(),
-                        after: IDLE,
-                    });
+    async fn refuse(&mut self, reason: String) -> Result<(), MigrationError> {
+        self.wire
+            .send(Message::Refuse {
+                reason: reason.clone(),
+            })
+            .await?;
+        Err(MigrationError::Refused(reason))
+    }
+
+    /// Reserves name and IP (recorded first, so a crash discards them), and asks for the blobs
+    /// this host lacks.
+    async fn prepare(
+        &mut self,
+        migration_id: String,
+        container: serde_json::Value,
+        image: ImageOffer,
+    ) -> Result<(), MigrationError> {
+        self.step("prepare").await?;
+        if !record::valid_id(&migration_id) {
+            return self
+                .refuse(format!("invalid migration id {migration_id:?}"))
+                .await;
+        }
+        let cfg: ContainerConfig = match serde_json::from_value(container) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(format!("bad container config: {e}")).await,
+        };
+        tracing::info!(%migration_id, container = %cfg.name, "preparing");
+        if record::load(self.engine.paths(), &migration_id)?.is_some() {
+            return self
+                .refuse(format!("migration {migration_id} is already known here"))
+                .await;
+        }
+        let mut rec = MigrationRecord::new(
+            &migration_id,
+            Role::Destination,
+            Stage::Receiving,
+            &cfg.name,
+            &cfg.id,
+        );
+        rec.peer = self.remote.clone();
+        record::create(self.engine.paths(), &rec)?;
+        self.migration_id = Some(migration_id);
+        let (e, c, from) = (self.engine.clone(), cfg.clone(), self.remote.clone());
+        if let Err(err) = blocking(move || Ok(e.accept_incoming(c, &from)?)).await {
+            return self.refuse(err.to_string()).await;
+        }
+        self.config = Some(cfg);
+        let mut need = Vec::new();
+        for b in &image.blobs {
+            let d = Digest::parse(&b.digest)
+                .map_err(|e| MigrationError::Internal(format!("bad digest {}: {e}", b.digest)))?;
+            if !self.engine.images().has_blob(&d) {
+                need.push(b.digest.clone());
+            }
+        }
+        self.image_was_new = self.engine.images().resolve(&image.manifest).is_err();
+        self.pending_blobs = need.len();
+        self.offer = Some(image);
+        self.wire.send(Message::NeedBlobs { digests: need }).await?;
+        if self.pending_blobs == 0 {
+            self.register_image().await?;
+        }
+        Ok(())
+    }
+
+    async fn receive_blob(
+        &mut self,
+        digest: String,
+        stream: u32,
+        compression: Compression,
+    ) -> Result<(), MigrationError> {
+        self.step("image").await?;
+        let tmp = self.work.path().join("blob.tmp");
+        self.wire.recv_file(stream, &tmp, compression).await?;
+        let _alive = self.wire.heartbeat("image");
+        let e = self.engine.clone();
+        let d = Digest::parse(&digest)
+            .map_err(|e| MigrationError::Internal(format!("bad digest {digest}: {e}")))?;
+        blocking(move || {
+            let f = std::fs::File::open(&tmp).map_err(|e| MigrationError::io(&tmp, e))?;
+            e.images()
+                .write_blob(&d, std::io::BufReader::new(f))
+                .map_err(|err| MigrationError::Image(err.to_string()))?;
+            Ok(())
+        })
+        .await?;
+        self.pending_blobs = self.pending_blobs.saturating_sub(1);
+        if self.pending_blobs == 0 {
+            self.register_image().await?;
+        }
+        Ok(())
+    }
+
+    async fn register_image(&mut self) -> Result<(), MigrationError> {
+        let offer = self
+            .offer
+            .clone()
+            .ok_or_else(|| MigrationError::Internal("no image offer".into()))?;
+        let e = self.engine.clone();
+        blocking(move || {
+            let d = Digest::parse(&offer.manifest)
+                .map_err(|err| MigrationError::Image(format!("bad manifest digest: {err}")))?;
+            e.images().register(&d, &offer.names).map_err(|err| {
+                MigrationError::Image(format!(
+                    "the destination could not assemble the image: {err}"
+                ))
+            })?;
+            Ok(())
+        })
+        .await?;
+        self.image_registered = true;
+        Ok(())
+    }
+
+    async fn receive_fs(
+        &mut self,
+        what: FsTarget,
+        stream: u32,
+        compression: Compression,
+        summary: Option<serde_json::Value>,
+    ) -> Result<(), MigrationError> {
+        self.step("fs").await?;
+        let target = fs_target(&self.engine, self.config()?, &what)?;
+        let summary: DiffSummary = summary
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| MigrationError::Internal(format!("bad filesystem summary: {e}")))?
+            .ok_or_else(|| MigrationError::Internal("filesystem stream without summary".into()))?;
+        let tar = self.work.path().join("fs.tar");
+        self.wire.recv_file(stream, &tar, compression).await?;
+        let _alive = self.wire.heartbeat("fs");
+        blocking(move || {
+            std::fs::create_dir_all(&target).map_err(|e| MigrationError::io(&target, e))?;
+            let f = std::fs::File::open(&tar).map_err(|e| MigrationError::io(&tar, e))?;
+            fsdiff::apply_to_upper(&target, std::io::BufReader::new(f), &summary)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The freeze comes next: stage the gated network now, off the downtime path, and put
+    /// the page server behind the tunnel.
+    async fn open_page_sink(&mut self) -> Result<(), MigrationError> {
+        self.step("dump").await?;
+        let (e, name) = (self.engine.clone(), self.name());
+        blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
+        let dir = self.images_dir()?;
+        let log = self.work.path().join("page-server.log");
+        let ps = blocking(move || {
+            Ok(PageServer::spawn(
+                &dir,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                &log,
+            )?)
+        })
+        .await?;
+        let rx = self.wire.demux.stream(TUNNEL_STREAM)?;
+        let tunnel = tunnel_connect(ps.addr(), self.wire.sink.clone(), rx).await?;
+        self.announcer = Some(announce_when_frozen(&self.engine, self.name(), &tunnel));
+        self.page_server = Some(ps);
+        self.tunnel = Some(tunnel);
+        self.wire.send(Message::PagesReady {}).await
+    }
+
+    async fn receive_images(
+        &mut self,
+        stream: u32,
+        compression: Compression,
+    ) -> Result<(), MigrationError> {
+        self.step("images").await?;
+        let tar = self.work.path().join("images.tar");
+        self.wire.recv_file(stream, &tar, compression).await?;
+        let dir = self.images_dir()?;
+        blocking(move || {
+            let f = std::fs::File::open(&tar).map_err(|e| MigrationError::io(&tar, e))?;
+            fsdiff::unpack_dir(std::io::BufReader::new(f), &dir)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Restores the copy, gated, with heartbeats to the source while CRIU works. The stage
+    /// `Restored` is recorded before the source hears of it.
+    async fn restore(&mut self) -> Result<(), MigrationError> {
+        self.step("restore").await?;
+        let _alive = self.wire.heartbeat("restore");
+        if let Some(ps) = self.page_server.take() {
+            blocking(move || Ok(ps.wait()?)).await?;
+        }
+        let (e, name, dir) = (self.engine.clone(), self.name(), self.images_dir()?);
+        match blocking(move || Ok(e.restore_incoming(&name, &dir)?)).await {
+            Ok(stats) => {
+                let id = self.migration_id.clone().unwrap_or_default();
+                record::transition(self.engine.paths(), &id, Stage::Restored, |_| {})?;
+                drop(_alive);
+                self.wire.send(Message::Restored { stats }).await
+            }
+            Err(err) => {
+                self.keep_restore_log();
+                let reason = err.to_string();
+                drop(_alive);
+                self.wire
+                    .send(Message::RestoreFailed {
+                        reason: reason.clone(),
+                    })
+                    .await?;
+                Err(MigrationError::RestoreFailed(reason))
+            }
+        }
+    }
+
+    /// A restored copy waits, gated, for the verdict: `Commit` on this connection, the
+    /// source's answer to our inquiries once the connection is gone, an inquiry of the source
+    /// (which commits through the record), or an operator.
+    async fn await_verdict(&mut self) -> Result<Stage, MigrationError> {
+        let id = self.migration_id.clone().unwrap_or_default();
+        let mut decisions = commit::register_waiting(&id);
+        let result = self.verdict_loop(&id, &mut decisions).await;
+        commit::unregister_waiting(&id);
+        result
+    }
+
+    async fn verdict_loop(
+        &mut self,
+        id: &str,
+        decisions: &mut commit::Decisions,
+    ) -> Result<Stage, MigrationError> {
+        let mut last_heard = Instant::now();
+        loop {
+            if let Some(stage) = self.settled(id)? {
+                return Ok(stage);
+            }
+            tokio::select! {
+                msg = self.wire.recv() => match msg {
+                    Ok(Message::Commit {}) => return self.commit(id).await,
+                    Ok(Message::Progress { .. }) => last_heard = Instant::now(),
+                    Err(MigrationError::PeerAborted(reason)) => {
+                        tracing::warn!(%reason, "the source aborted; discarding the copy");
+                        return self.discard(id).await;
+                    }
+                    Ok(other) => {
+                        tracing::warn!(message = other.name(), "unexpected while awaiting the verdict");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the source before the verdict; asking it");
+                        break;
+                    }
+                },
+                d = decisions.recv() => if let Some((d, reply)) = d {
+                    let r = match d {
+                        Decision::KeepDestination => self.commit_quietly(id).await,
+                        Decision::ResumeSource => self.discard(id).await,
+                    };
+                    let _ = reply.send(r.as_ref().map(|s| *s).map_err(|e| e.to_string()));
+                    return r;
+                },
+                _ = tokio::time::sleep(INQUIRE_EVERY) => if last_heard.elapsed() > IDLE {
+                    tracing::warn!("the source went silent before the verdict; asking it");
+                    break;
+                },
+            }
+        }
+        if let Some(a) = self.announcer.take() {
+            a.abort();
+        }
+        let stage = commit::settle_destination(
+            self.engine.clone(),
+            self.identity.clone(),
+            id.to_owned(),
+            self.config()?.clone(),
+            self.remote.clone(),
+            decisions,
+        )
+        .await?;
+        if stage == Stage::Discarded {
+            self.remove_new_image().await;
+        }
+        Ok(stage)
+    }
+
+    /// A verdict recorded meanwhile (an inquiry of the source committed this copy).
+    fn settled(&self, id: &str) -> Result<Option<Stage>, MigrationError> {
+        Ok(record::load(self.engine.paths(), id)?
+            .map(|r| r.stage)
+            .filter(|s| s.is_final()))
+    }
+
+    /// `Commit` arrived: record it, open the gate, then say so.
+    async fn commit(&mut self, id: &str) -> Result<Stage, MigrationError> {
+        let stage = self.commit_quietly(id).await?;
+        self.step("commit-reply").await?;
+        self.wire.send(Message::Committed {}).await?;
+        Ok(stage)
+    }
+
+    async fn commit_quietly(&mut self, id: &str) -> Result<Stage, MigrationError> {
+        if let Some(a) = self.announcer.take() {
+            a.abort();
+        }
+        let (e, i, name) = (self.engine.clone(), id.to_owned(), self.name());
+        blocking(move || commit::commit_destination(&e, &i, &name)).await?;
+        Ok(Stage::Committed)
+    }
+
+    async fn discard(&mut self, id: &str) -> Result<Stage, MigrationError> {
+        let cfg = self.config()?.clone();
+        let (e, i) = (self.engine.clone(), id.to_owned());
+        blocking(move || commit::discard_destination(&e, &i, &cfg)).await?;
+        self.remove_new_image().await;
+        Ok(Stage::Discarded)
+    }
+
+    /// The next control message. Silence is fine while page bytes still flow through the
+    /// tunnel (a big dump); silence with nothing moving for [`IDLE`] means the source or the
+    /// link is gone.
+    async fn next_message(&mut self) -> Result<Message, MigrationError> {
+        let stats = |t: &Option<Tunnel>| t.as_ref().map(|t| t.stats());
+        let mut last = stats(&self.tunnel);
+        let mut last_move = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), self.wire.recv()).await {
+                Ok(Ok(Message::Progress { .. })) => last_move = Instant::now(),
+                Ok(m) => return m,
+                Err(_) => {
+                    let now = stats(&self.tunnel);
+                    if now != last {
+                        last = now;
+                        last_move = Instant::now();
+                    } else if last_move.elapsed() > IDLE {
+                        return Err(MigrationError::Timeout {
+                            what: "the source (no message and no page data)".into(),
+                            after: IDLE,
+                        });
+                    }
                 }
             }
+        }
+    }
+
+    /// Removes everything an unfinished incoming migration made on this host (before a copy
+    /// was restored, or after its restore failed).
+    async fn undo(&mut self, why: &MigrationError) {
+        if let Some(mut ps) = self.page_server.take() {
+            ps.kill();
+        }
+        let Some(id) = self.migration_id.clone() else {
+            return;
+        };
+        if let Err(e) = record::update(self.engine.paths(), &id, |r| {
+            r.error = Some(why.to_string())
+        }) {
+            tracing::warn!(error = %e, "recording why a migration failed");
+        }
+        // Only a copy that never restored is ours to remove on a failure; a restored one waits
+        // for a verdict (a committed one is the container now).
+        let stage = record::load(self.engine.paths(), &id)
+            .ok()
+            .flatten()
+            .map(|r| r.stage);
+        if self.config.is_some() && stage == Some(Stage::Receiving) {
+            if let Err(e) = self.discard(&id).await {
+                self.note_cleanup(&format!("discarding the incoming copy: {e}"));
+            }
+        }
+    }
+
+    async fn remove_new_image(&mut self) {
+        let image = self
+            .offer
+            .as_ref()
+            .map(|o| o.manifest.clone())
+            .filter(|_| self.image_was_new && self.image_registered);
+        if let Some(img) = image {
+            let e = self.engine.clone();
+            let removed = blocking(move || {
+                if !e.images_in_use().contains(&img) {
+                    e.images()
+                        .remove(&img)
+                        .map_err(|err| MigrationError::Image(err.to_string()))?;
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(e) = removed {
+                self.note_cleanup(&format!("removing the image it brought: {e}"));
+            }
+        }
+    }
+
+    fn note_cleanup(&self, msg: &str) {
+        tracing::warn!("{msg}");
+        if let Some(id) = &self.migration_id {
+            if let Err(e) = record::update(self.engine.paths(), id, |r| {
+                r.cleanup_failures.push(msg.to_owned())
+            }) {
+                tracing::warn!(error = %e, "recording a cleanup failure");
+            }
+        }
+    }
+
+    /// CRIU's restore.log of a failed restore, kept under the migration record.
+    fn keep_restore_log(&self) {
+        let (Some(id), Some(cfg)) = (&self.migration_id, &self.config) else {
+            return;
+        };
+        let log = self
+            .engine
+            .container_dir(&cfg.id)
+            .join("criu-work")
+            .join("restore.log");
+        let dir = super::logs_dir(self.engine.paths(), id);
+        let kept = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::copy(&log, dir.join("restore.log")));
+        if let Err(e) = kept {
+            self.note_cleanup(&format!("keeping {}: {e}", log.display()));
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(t) = self.tunnel.take() {
+            t.abort();
+        }
+        if let Some(a) = self.announcer.take() {
+            a.abort();
         }
     }
 }
@@ -367,12 +706,11 @@ async fn next_message(wire: &mut Wire, tunnel: Option<&Tunnel>) -> Result<Messag
 /// the clients' packets are better held here than dropped there.
 fn announce_when_frozen(
     engine: &Arc<Engine>,
-    st: &Incoming,
+    name: String,
     tunnel: &Tunnel,
 ) -> tokio::task::JoinHandle<()> {
     let counters = tunnel.counter_handle();
     let engine = engine.clone();
-    let name = st.name();
     tokio::spawn(async move {
         while counters.from_peer() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -390,27 +728,6 @@ fn announce_when_frozen(
     })
 }
 
-async fn register_image(engine: &Arc<Engine>, st: &mut Incoming) -> Result<(), MigrationError> {
-    let offer = st
-        .offer
-        .clone()
-        .ok_or_else(|| MigrationError::Internal("no image offer".into()))?;
-    let e = engine.clone();
-    blocking(move || {
-        let d = Digest::parse(&offer.manifest)
-            .map_err(|err| MigrationError::Image(format!("bad manifest digest: {err}")))?;
-        e.images().register(&d, &offer.names).map_err(|err| {
-            MigrationError::Image(format!(
-                "the destination could not assemble the image: {err}"
-            ))
-        })?;
-        Ok(())
-    })
-    .await?;
-    st.image_registered = true;
-    Ok(())
-}
-
 fn fs_target(
     engine: &Engine,
     cfg: &ContainerConfig,
@@ -426,32 +743,5 @@ fn fs_target(
         FsTarget::Volume(name) => Err(MigrationError::Internal(format!(
             "volume {name} is not one of the container's volumes"
         ))),
-    }
-}
-
-/// Removes everything an unfinished incoming migration made on this host.
-async fn undo(engine: &Arc<Engine>, st: &mut Incoming) {
-    if let Some(mut ps) = st.page_server.take() {
-        ps.kill();
-    }
-    if st.committed {
-        return;
-    }
-    if let Some(cfg) = st.config.clone() {
-        let e = engine.clone();
-        let image = st
-            .offer
-            .as_ref()
-            .map(|o| o.manifest.clone())
-            .filter(|_| st.image_was_new && st.image_registered);
-        let _ = tokio::task::spawn_blocking(move || {
-            e.abort_incoming(&cfg);
-            if let Some(img) = image {
-                if !e.images_in_use().contains(&img) {
-                    let _ = e.images().remove(&img);
-                }
-            }
-        })
-        .await;
     }
 }

@@ -6,6 +6,11 @@
 //! the verdict: `ok` lets CRIU kill the source; anything else makes CRIU unlock the network and
 //! thaw the source, so the container keeps running where it was. Without the variable (a plain
 //! `ferry checkpoint`) the hook returns at once.
+//!
+//! If ferryd dies while the hook waits, the hook reads the migration's durable record
+//! (`FERRY_HOOK_RECORD`): before `Commit` was sent it resumes the source at once; once the
+//! migration is in doubt it keeps the source frozen and waits for the restarted ferryd, which
+//! rebinds the same socket and answers after asking the destination (see `commit`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -13,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::record::Stage;
+
 pub const HOOK_SOCKET_ENV: &str = "FERRY_HOOK_SOCKET";
+pub const HOOK_RECORD_ENV: &str = "FERRY_HOOK_RECORD";
 pub const HOOK_SCRIPT: &str = "criu-hook.sh";
 pub const CRIU_CONF: &str = "criu.conf";
 
@@ -200,18 +208,40 @@ pub fn run_hook() -> i32 {
         return 0;
     };
     let action = std::env::var("CRTOOLS_SCRIPT_ACTION").unwrap_or_default();
-    let Ok(mut conn) = UnixStream::connect(&sock) else {
-        // The migration is gone: resume rather than kill.
-        return i32::from(action == "post-dump");
-    };
-    if conn.write_all(format!("{action}\n").as_bytes()).is_err() {
-        return i32::from(action == "post-dump");
+    let record = std::env::var_os(HOOK_RECORD_ENV).map(PathBuf::from);
+    loop {
+        match ask(Path::new(&sock), &action) {
+            Some(answer) => return i32::from(answer != "ok"),
+            // ferryd is gone. Before post-dump nothing is held: fail, CRIU resumes.
+            None if action != "post-dump" => return 1,
+            // Held at post-dump: the record decides. Committed: let the source go. In doubt
+            // (the destination may already serve): wait for the restarted ferryd's verdict.
+            // Anything else: resume.
+            None => match recorded_stage(record.as_deref()) {
+                Some(Stage::Committed) => return 0,
+                Some(Stage::InDoubt) => std::thread::sleep(Duration::from_millis(500)),
+                _ => return 1,
+            },
+        }
     }
+}
+
+/// One exchange with ferryd; `None` if it is not there or went away before answering.
+fn ask(sock: &Path, action: &str) -> Option<String> {
+    let mut conn = UnixStream::connect(sock).ok()?;
+    conn.write_all(format!("{action}\n").as_bytes()).ok()?;
     let mut answer = String::new();
     match BufReader::new(&conn).read_line(&mut answer) {
-        Ok(_) if answer.trim() == "ok" => 0,
-        _ => 1,
+        Ok(n) if n > 0 => Some(answer.trim().to_owned()),
+        _ => None,
     }
+}
+
+fn recorded_stage(record: Option<&Path>) -> Option<Stage> {
+    let bytes = std::fs::read(record?).ok()?;
+    serde_json::from_slice::<super::record::MigrationRecord>(&bytes)
+        .ok()
+        .map(|r| r.stage)
 }
 
 #[cfg(test)]

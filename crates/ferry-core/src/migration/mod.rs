@@ -5,8 +5,12 @@
 //! `wire`). The rollback rule: until the destination has confirmed the commit, the source is
 //! either still running or frozen at CRIU's `post-dump` and resumable (see `hook`).
 
+pub mod commit;
 pub mod dest;
+pub mod fault;
 pub mod hook;
+pub mod record;
+pub mod recovery;
 pub mod report;
 pub mod resume;
 pub mod source;
@@ -46,6 +50,8 @@ pub enum MigrationError {
     RestoreFailed(String),
     #[error("dump failed: {0}")]
     Dump(String),
+    #[error("in doubt: {0}")]
+    InDoubt(String),
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout { what: String, after: Duration },
     #[error("protocol: expected {expected}, got {got}")]
@@ -74,6 +80,8 @@ pub enum MigrationError {
     FsDiff(#[from] crate::fsdiff::FsDiffError),
     #[error(transparent)]
     Hook(#[from] hook::HookError),
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
 }
 
 impl MigrationError {
@@ -92,19 +100,9 @@ impl MigrationError {
     }
 }
 
-/// Each side keeps a record of every migration it took part in (`migrations/ID.json`), so the
-/// outcome can be checked after the fact on both hosts.
-pub fn record_outcome(paths: &crate::paths::HostPaths, id: &str, record: &serde_json::Value) {
-    let dir = paths.migrations();
-    let write = std::fs::create_dir_all(&dir).and_then(|_| {
-        std::fs::write(
-            dir.join(format!("{id}.json")),
-            serde_json::to_vec_pretty(record).unwrap_or_default(),
-        )
-    });
-    if let Err(e) = write {
-        tracing::warn!(error = %e, "could not record the migration outcome");
-    }
+/// Where a migration's logs (CRIU's dump.log, restore.log) are kept after it fails.
+pub fn logs_dir(paths: &crate::paths::HostPaths, id: &str) -> std::path::PathBuf {
+    paths.migrations().join(id)
 }
 
 /// Runs blocking engine work (runc, CRIU, files) off the async workers.

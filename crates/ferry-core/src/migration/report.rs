@@ -76,6 +76,11 @@ pub enum Outcome {
     RolledBack,
     /// The migration failed before the source was touched.
     Refused,
+    /// `Commit` was sent but no verdict came back: the source stays frozen until the
+    /// destination answers or an operator runs `ferry migration resolve`.
+    InDoubt,
+    /// The migration failed and resuming the source could not be verified: see the error.
+    RollbackFailed,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -111,6 +116,9 @@ pub struct MigrationReport {
     pub criu_dump: Option<serde_json::Value>,
     pub criu_restore: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// Cleanup steps that failed (recorded, never ignored).
+    #[serde(default)]
+    pub cleanup_failures: Vec<String>,
 }
 
 impl MigrationReport {
@@ -131,6 +139,7 @@ impl MigrationReport {
             criu_dump: None,
             criu_restore: None,
             error: None,
+            cleanup_failures: Vec::new(),
         }
     }
 }

@@ -97,9 +97,18 @@ pub enum CheckpointProcess {
     /// (`std::os::unix::process::CommandExt::process_group(0)`): killing the group kills runc,
     /// `criu swrk` and the action-script hook.
     Child(Child),
-    /// From a record, after ferryd restarted: the processes are no longer our children.
-    Orphan(GroupRecord),
+    /// From a record that kept the group and its leader's start time, after ferryd restarted:
+    /// the processes are no longer our children. A reused group number is recognised.
+    Recorded(GroupRecord),
+    /// From a record that kept only the group id. The group is killed only if every member is
+    /// one of the checkpoint's programs (runc, criu, the hook), since the number may have been
+    /// reused; prefer [`CheckpointProcess::Recorded`].
+    Orphan { pgid: i32 },
 }
+
+/// `comm` of the programs a `runc checkpoint` group holds: runc, `criu swrk`, and the action
+/// script (`criu-hook.sh`, which execs `ferryd criu-hook`).
+const CHECKPOINT_COMMS: [&str; 5] = ["runc", "criu", "criu-hook.sh", "sh", "ferryd"];
 
 /// The steps of a rollback, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -145,6 +154,9 @@ pub struct ResumeReport {
     /// Tasks the workload itself had stopped (`T`); left stopped on purpose (see module doc).
     pub stopped_by_user: Vec<Task>,
     pub network_lock: Option<LockRemoval>,
+    /// Failed steps, as "step: detail" (the same as [`ResumeReport::failures`]); empty whenever
+    /// [`resume_source`] returned Ok, since then every step held.
+    pub cleanup_failures: Vec<String>,
     pub total_ms: u64,
 }
 
@@ -173,14 +185,35 @@ pub enum ResumeError {
         failed: Vec<String>,
         report: Box<ResumeReport>,
     },
+    /// The checkpoint's processes did not end by themselves (see [`wait_gone`]).
+    #[error("the source's checkpoint did not end by itself: {0}")]
+    Checkpoint(String),
 }
 
 impl ResumeError {
-    pub fn report(&self) -> &ResumeReport {
+    /// What the rollback did, when it ran.
+    pub fn report(&self) -> Option<&ResumeReport> {
         match self {
-            ResumeError::NotResumed { report, .. } => report,
+            ResumeError::NotResumed { report, .. } => Some(report),
+            ResumeError::Checkpoint(_) => None,
         }
     }
+}
+
+/// After a committed migration (verdict `ok`): waits up to `timeout` for CRIU to finish the
+/// source and for the whole checkpoint group to end; kills whatever is left after that. Err when
+/// anything had to be killed or would not die.
+pub fn wait_gone(p: CheckpointProcess, timeout: Duration) -> Result<(), ResumeError> {
+    let opts = ResumeOptions {
+        criu_grace: timeout,
+        ..ResumeOptions::default()
+    };
+    let (res, lingering) = stop_checkpoint(p, &opts);
+    let detail = res.map_err(ResumeError::Checkpoint)?;
+    if !lingering.is_empty() || detail.contains("SIGKILLed") {
+        return Err(ResumeError::Checkpoint(detail));
+    }
+    Ok(())
 }
 
 /// [`resume_source_with`] with the default limits.
@@ -208,6 +241,7 @@ pub fn resume_source_with(
         steps: Vec::new(),
         stopped_by_user: Vec::new(),
         network_lock: None,
+        cleanup_failures: Vec::new(),
         total_ms: 0,
     };
 
@@ -277,7 +311,7 @@ pub fn resume_source_with(
     let veth = Engine::host_veth(&cfg.id);
     let bridge = engine.config().bridge.name.clone();
     let t = Instant::now();
-    let attach = block_on(network::attach_veth(&veth, &bridge))
+    let attach = crate::fsutil::block_on_fresh(network::attach_veth(&veth, &bridge))
         .map(|()| format!("{veth} is on {bridge} and up"))
         .map_err(|e| format!("attaching {veth} to {bridge}: {e}"));
     push(&mut r, Step::Reattach, t, attach);
@@ -293,7 +327,7 @@ pub fn resume_source_with(
     let t = Instant::now();
     let record = if r.ok() {
         engine
-            .end_migration(&cfg.name, Status::Running)
+            .try_end_migration(&cfg.name, Status::Running)
             .map(|()| "running".to_owned())
             .map_err(|e| format!("saving status running: {e}"))
     } else {
@@ -305,6 +339,7 @@ pub fn resume_source_with(
     };
     push(&mut r, Step::Record, t, record);
     r.total_ms = t0.elapsed().as_millis() as u64;
+    r.cleanup_failures = r.failures();
 
     if r.ok() {
         tracing::info!(container = %cfg.name, ms = r.total_ms, "source resumed and verified");
@@ -414,7 +449,7 @@ fn list(procs: &[Proc]) -> String {
 }
 
 /// Waits until none of `procs` is alive.
-fn wait_gone(procs: &[Proc], limit: Duration) -> Result<(), String> {
+fn wait_procs_gone(procs: &[Proc], limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
         let left = still_alive(procs);
@@ -451,7 +486,7 @@ impl Lingering {
 
     /// Waits for every lingering process, then reaps the child.
     fn wait(mut self, limit: Duration) -> Result<(), String> {
-        wait_gone(&self.procs, limit)?;
+        wait_procs_gone(&self.procs, limit)?;
         if let Some(child) = self.child.as_mut() {
             // wait_gone saw it exit (a zombie), so this returns at once.
             child
@@ -475,7 +510,10 @@ fn stop_checkpoint(
     let own_pgrp = nix::unistd::getpgrp().as_raw();
     match cp {
         CheckpointProcess::Child(child) => stop_child(child, own_pgrp, opts),
-        CheckpointProcess::Orphan(rec) => stop_orphan(rec, own_pgrp, opts),
+        CheckpointProcess::Recorded(rec) => {
+            stop_orphan(rec.pgid, Some(rec.leader_start), own_pgrp, opts)
+        }
+        CheckpointProcess::Orphan { pgid } => stop_orphan(pgid, None, own_pgrp, opts),
     }
 }
 
@@ -566,7 +604,7 @@ fn stop_child(
             "runc (pid {pid}) did not exit within {:?}",
             opts.kill_wait
         )),
-        (_, Some(_)) => wait_gone(&members, rest),
+        (_, Some(_)) => wait_procs_gone(&members, rest),
     };
     let lingering = Lingering {
         procs: if result.is_ok() {
@@ -586,11 +624,11 @@ fn stop_child(
 }
 
 fn stop_orphan(
-    rec: GroupRecord,
+    pgid: i32,
+    leader_start: Option<u64>,
     own_pgrp: i32,
     opts: &ResumeOptions,
 ) -> (Result<String, String>, Lingering) {
-    let pgid = rec.pgid;
     if pgid <= 1 || pgid == own_pgrp {
         return (
             Err(format!(
@@ -600,8 +638,8 @@ fn stop_orphan(
         );
     }
     // A leader alive with another start time means the number was reused: not ours.
-    if let Some(leader) = read_proc(pgid) {
-        if leader.start != rec.leader_start && !leader.exited() {
+    if let (Some(leader), Some(start)) = (read_proc(pgid), leader_start) {
+        if leader.start != start && !leader.exited() {
             return (
                 Ok(format!(
                     "the checkpoint's process group {pgid} is gone (the number now belongs to {leader})"
@@ -622,6 +660,21 @@ fn stop_orphan(
             Lingering::none(),
         );
     }
+    let strangers: Vec<Proc> = members
+        .iter()
+        .filter(|p| !CHECKPOINT_COMMS.contains(&p.comm.as_str()))
+        .cloned()
+        .collect();
+    if leader_start.is_none() && !strangers.is_empty() {
+        return (
+            Err(format!(
+                "process group {pgid} holds {}, which is not runc, criu or the hook: not killed \
+                 (the number may have been reused; the checkpoint's fate is unknown)",
+                list(&strangers)
+            )),
+            Lingering::none(),
+        );
+    }
     let killed = format!(
         "the checkpoint's process group {pgid} outlived ferryd ({}); SIGKILLed it",
         list(&members)
@@ -634,7 +687,7 @@ fn stop_orphan(
             );
         }
     }
-    match wait_gone(&members, opts.kill_wait) {
+    match wait_procs_gone(&members, opts.kill_wait) {
         Ok(()) => (Ok(format!("{killed}; all gone")), Lingering::none()),
         Err(e) => (
             Err(format!("{killed}: {e}")),
@@ -739,15 +792,6 @@ fn tasks_running(
     Ok(detail)
 }
 
-/// Runs one async network call to completion from this (blocking) thread.
-fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread tokio runtime")
-        .block_on(fut)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -807,7 +851,7 @@ mod tests {
     fn orphan_group_is_killed_by_record() {
         let mut child = sleeper_group();
         let rec = GroupRecord::of_child(&child).expect("group leader");
-        let (res, _) = stop_checkpoint(CheckpointProcess::Orphan(rec), &quick());
+        let (res, _) = stop_checkpoint(CheckpointProcess::Recorded(rec), &quick());
         assert!(res.expect("stopped").contains("SIGKILLed"));
         child.wait().expect("reap");
         assert!(group_members(rec.pgid).is_empty());
@@ -819,7 +863,7 @@ mod tests {
         let mut child = sleeper_group();
         let mut rec = GroupRecord::of_child(&child).expect("group leader");
         rec.leader_start -= 1;
-        let (res, _) = stop_checkpoint(CheckpointProcess::Orphan(rec), &quick());
+        let (res, _) = stop_checkpoint(CheckpointProcess::Recorded(rec), &quick());
         assert!(res.expect("ok").contains("now belongs to"));
         assert!(
             !group_members(rec.pgid).is_empty(),
@@ -850,5 +894,55 @@ mod tests {
             .unwrap();
         let (res, _) = stop_checkpoint(CheckpointProcess::Child(child), &quick());
         assert!(res.unwrap().contains("ended by itself"));
+    }
+
+    /// With only a group id, a group that holds anything but the checkpoint's programs is
+    /// not killed: the number may belong to someone else now.
+    #[test]
+    fn pgid_only_record_kills_only_what_looks_like_a_checkpoint() {
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = stranger.id() as i32;
+        let (res, _) = stop_checkpoint(CheckpointProcess::Orphan { pgid }, &quick());
+        let e = res.unwrap_err();
+        assert!(e.contains("not runc, criu or the hook"), "{e}");
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "a stranger was killed"
+        );
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+
+        // An `sh` (as the hook runs) waiting on its stdin: looks like a checkpoint's group.
+        let mut hook_like = std::process::Command::new("sh")
+            .args(["-c", "read x"])
+            .stdin(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = hook_like.id() as i32;
+        let (res, _) = stop_checkpoint(CheckpointProcess::Orphan { pgid }, &quick());
+        assert!(res.unwrap().contains("SIGKILLed"));
+        hook_like.wait().unwrap();
+    }
+
+    /// The committed path: a checkpoint that ends by itself is fine, one that must be killed
+    /// is reported.
+    #[test]
+    fn wait_gone_reports_a_kill() {
+        let quick_exit = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        wait_gone(CheckpointProcess::Child(quick_exit), Duration::from_secs(5)).unwrap();
+        let e = wait_gone(
+            CheckpointProcess::Child(sleeper_group()),
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SIGKILLed"), "{e}");
     }
 }

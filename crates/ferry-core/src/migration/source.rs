@@ -1,15 +1,15 @@
-//! The source side of a stop-and-copy migration.
+//! The source side of a stop-and-copy migration, as short named steps over [`Outgoing`].
 //!
 //! The container keeps running through the image and first filesystem pass. Then runc
 //! checkpoints it with `--page-server` pointed at a local tunnel, so its memory streams to the
 //! destination inside the authenticated channel and never touches the source's disk. CRIU is
 //! held at `post-dump` (see [`super::hook`]) with the source frozen and intact until the
-//! destination has restored the copy and opened its gate. Only then is the source let go; any
-//! failure before that resumes it.
+//! destination has restored the copy; the fenced commit ([`super::commit`]) decides the rest.
+//! Any failure before `Commit` is sent resumes the source, verified ([`super::resume`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,454 +18,529 @@ use ferry_proto::{
     MIN_SUPPORTED, PROTOCOL_VERSION, TUNNEL_STREAM,
 };
 
-use super::hook::{HookServer, HOOK_SOCKET_ENV};
+use super::commit::{self, Frozen};
+use super::fault::{self, Injected};
+use super::hook::{HookServer, HOOK_RECORD_ENV, HOOK_SOCKET_ENV};
+use super::record::{self, MigrationRecord, Role, Stage};
 use super::report::{MigrationReport, Outcome, Phase, Progress};
+use super::resume::CheckpointProcess;
 use super::wire::{budget, within, Machine, Wire};
 use super::{blocking, host_versions, MigrateRequest, MigrationError};
-use crate::container::{ContainerRecord, Engine, RootfsDirs, Status};
+use crate::container::{ContainerConfig, Engine, RootfsDirs};
 use crate::fsdiff::{self, UpperSnapshot};
+use crate::image::Digest;
 use crate::network;
 use crate::peer::channel::{Demux, PeerConn};
-use crate::peer::registry::Peers;
+use crate::peer::registry::{PeerEntry, Peers};
 use crate::peer::tls::HostIdentity;
-use crate::peer::tunnel::tunnel_listen;
+use crate::peer::tunnel::{tunnel_listen, Tunnel};
 
-const REPLY: Duration = Duration::from_secs(30);
-const RESTORE: Duration = Duration::from_secs(180);
+/// How long a reply may take when the peer sends no heartbeat either.
+pub(crate) const REPLY: Duration = Duration::from_secs(15);
 /// No page bytes for this long while dumping means the link or the peer is gone.
 const DUMP_STALL: Duration = Duration::from_secs(10);
 
-/// What the source holds while the migration runs, so every exit path can clean up.
-struct Frozen {
-    hook: HookServer,
-    child: Child,
-    /// The source veth was taken off the bridge at commit; put it back on rollback.
-    detached: bool,
+/// One outgoing migration: what it knows and what it holds, so every exit can clean up.
+pub(crate) struct Outgoing {
+    pub engine: Arc<Engine>,
+    pub identity: Arc<HostIdentity>,
+    pub cfg: ContainerConfig,
+    pub peer: Option<PeerEntry>,
+    pub mode: MigrationMode,
+    pub report: MigrationReport,
+    pub progress: Progress,
+    /// Scratch for this migration (`tmp/migrate-ID-*`); removed when the last holder is
+    /// done (an in-doubt wait may outlive this value).
+    pub work: Arc<tempfile::TempDir>,
+    pub wire: Option<Wire>,
+    blobs: Vec<(Digest, u64)>,
+    targets: Vec<(FsTarget, PathBuf)>,
+    snapshots: Vec<UpperSnapshot>,
+    /// Set from the freeze on: the held checkpoint.
+    pub frozen: Option<Frozen>,
+    tunnel: Option<Tunnel>,
 }
 
-/// Migrates `req.container` to `req.to`. Never leaves zero or two running copies: on any
-/// error the source keeps (or resumes) running.
+/// Migrates `req.container` to `req.to`. Never leaves zero or two running copies: any error
+/// before `Commit` resumes the source; after it, only the destination's verdict ends the wait.
 pub async fn migrate_out(
     engine: Arc<Engine>,
     identity: Arc<HostIdentity>,
     req: MigrateRequest,
-    mut progress: Progress,
+    progress: Progress,
 ) -> Result<MigrationReport, (MigrationError, MigrationReport)> {
     let t0 = Instant::now();
-    let id = super::new_migration_id();
-    let mode = req.mode.unwrap_or(MigrationMode::StopAndCopy);
-    let mut report = MigrationReport::new(
-        &id,
-        &req.container,
-        &engine.config().host_name,
-        &req.to,
-        match mode {
-            MigrationMode::StopAndCopy => "stop-and-copy",
-            MigrationMode::PostCopy => "post-copy",
-        },
-    );
-    // Claim the container: nothing else may touch it while it moves.
-    let rec = {
-        let e = engine.clone();
-        let name = req.container.clone();
-        match blocking(move || Ok(e.begin_migration(&name)?)).await {
-            Ok(r) => r,
-            Err(err) => {
-                report.outcome = Some(Outcome::Refused);
-                report.error = Some(err.to_string());
-                return Err((err, report));
-            }
-        }
-    };
-    let mut frozen: Option<Frozen> = None;
-    // The connection, once open: kept here so a failure can still send `Abort` on it.
-    let mut wire: Option<Wire> = None;
-    let result = run(
-        &engine,
-        &identity,
-        &req,
-        mode,
-        &rec,
-        &mut report,
-        &mut progress,
-        &mut frozen,
-        &mut wire,
-    )
-    .await;
-    report.total_ms = t0.elapsed().as_millis() as u64;
-    let result = match result {
-        Ok(()) => {
-            report.outcome = Some(Outcome::Committed);
-            Ok(report)
-        }
-        Err(err) => {
-            progress.start(Phase::Rollback);
-            if let Some(w) = wire.as_mut() {
-                w.abort(&err.to_string()).await;
-            }
-            let touched = frozen.is_some();
-            rollback(&engine, &rec, frozen.take()).await;
-            progress.done(&mut report, 0);
-            report.outcome = Some(if touched {
-                Outcome::RolledBack
-            } else {
-                Outcome::Refused
-            });
+    let mut out = match Outgoing::claim(engine, identity, &req, progress).await {
+        Ok(out) => out,
+        Err((err, mut report)) => {
+            report.outcome = Some(Outcome::Refused);
             report.error = Some(err.to_string());
-            report.total_ms = t0.elapsed().as_millis() as u64;
-            Err((err, report))
+            return Err((err, report));
         }
     };
-    let r = match &result {
-        Ok(r) | Err((_, r)) => r,
+    let result = out.run().await;
+    let result = match result {
+        Ok(()) => commit::commit_source(&mut out).await,
+        Err(e) => Err(e),
     };
-    let mut rec = serde_json::to_value(r).unwrap_or_default();
-    rec["role"] = "source".into();
-    super::record_outcome(engine.paths(), &r.migration_id, &rec);
-    result
+    out.report.total_ms = t0.elapsed().as_millis() as u64;
+    commit::finish_source(out, result, t0).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    engine: &Arc<Engine>,
-    identity: &Arc<HostIdentity>,
-    req: &MigrateRequest,
-    mode: MigrationMode,
-    rec: &ContainerRecord,
-    report: &mut MigrationReport,
-    progress: &mut Progress,
-    frozen: &mut Option<Frozen>,
-    wire: &mut Option<Wire>,
-) -> Result<(), MigrationError> {
-    if mode == MigrationMode::PostCopy {
-        return Err(MigrationError::Unsupported(
-            "post-copy migration is not implemented yet; use stop-and-copy".into(),
-        ));
+impl Outgoing {
+    /// Claims the container (nothing else may touch it while it moves) and records the
+    /// migration durably before anything else happens.
+    async fn claim(
+        engine: Arc<Engine>,
+        identity: Arc<HostIdentity>,
+        req: &MigrateRequest,
+        progress: Progress,
+    ) -> Result<Self, (MigrationError, MigrationReport)> {
+        let id = super::new_migration_id();
+        let mode = req.mode.unwrap_or(MigrationMode::StopAndCopy);
+        let report = MigrationReport::new(
+            &id,
+            &req.container,
+            &engine.config().host_name,
+            &req.to,
+            match mode {
+                MigrationMode::StopAndCopy => "stop-and-copy",
+                MigrationMode::PostCopy => "post-copy",
+            },
+        );
+        let (e, name) = (engine.clone(), req.container.clone());
+        let claimed = blocking(move || Ok(e.begin_migration(&name)?)).await;
+        let rec = match claimed {
+            Ok(r) => r,
+            Err(err) => return Err((err, report)),
+        };
+        let setup = (|| {
+            let mut r = MigrationRecord::new(
+                &id,
+                Role::Source,
+                Stage::Claimed,
+                &rec.config.name,
+                &rec.config.id,
+            );
+            r.peer = req.to.clone();
+            record::create(engine.paths(), &r)?;
+            let tmp = engine.paths().tmp();
+            std::fs::create_dir_all(&tmp).map_err(|e| MigrationError::io(&tmp, e))?;
+            tempfile::Builder::new()
+                .prefix(&format!("migrate-{id}-"))
+                .tempdir_in(&tmp)
+                .map_err(|e| MigrationError::io(&tmp, e))
+        })();
+        let work = match setup {
+            Ok(w) => w,
+            Err(err) => {
+                engine.end_migration(&rec.config.name, crate::container::Status::Running);
+                return Err((err, report));
+            }
+        };
+        Ok(Outgoing {
+            engine,
+            identity,
+            cfg: rec.config,
+            peer: None,
+            mode,
+            report,
+            progress,
+            work: Arc::new(work),
+            wire: None,
+            blobs: Vec::new(),
+            targets: Vec::new(),
+            snapshots: Vec::new(),
+            frozen: None,
+            tunnel: None,
+        })
     }
-    let cfg = rec.config.clone();
-    let ctr_dir = engine.container_dir(&cfg.id);
-    let work = engine
-        .paths()
-        .tmp()
-        .join(format!("migrate-{}", report.migration_id));
-    std::fs::create_dir_all(&work).map_err(|e| MigrationError::io(&work, e))?;
-    let _cleanup = RemoveOnDrop(work.clone());
 
-    // 1. Connect and handshake (after checking this side can dump at all).
-    progress.start(Phase::Connect);
-    crate::container::checkpoint::require_cr_support()?;
-    let peers = Peers::load(engine.paths()).map_err(MigrationError::from)?;
-    let peer = peers
-        .get(&req.to)
-        .cloned()
-        .ok_or_else(|| MigrationError::UnknownPeer(req.to.clone()))?;
-    let conn = PeerConn::connect(identity, &peer.name, peer.addr)
-        .await
-        .map_err(MigrationError::from)?;
-    let (sink, source) = conn.split();
-    let (demux, control) = Demux::spawn(source);
-    *wire = Some(Wire::new(
-        sink,
-        demux,
-        control,
-        Machine::Sender(SenderMachine::new()),
-    ));
-    let versions = host_versions(engine);
-    let hello = Hello {
-        versions: (MIN_SUPPORTED, PROTOCOL_VERSION),
-        host: identity.name.clone(),
-        criu_version: versions.criu_version.clone(),
-        runc_version: versions.runc_version.clone(),
-        kernel: super::kernel_release(),
-        mode,
-        features: vec![
-            ferry_proto::FEATURE_TCP_ESTABLISHED.into(),
-            ferry_proto::FEATURE_PAGE_TUNNEL.into(),
-            ferry_proto::FEATURE_ZSTD.into(),
-        ],
-    };
-    {
-        let w = wire.as_mut().expect("wire");
-        let Machine::Sender(m) = &mut w.machine else {
-            unreachable!("source drives a sender machine")
+    pub fn id(&self) -> &str {
+        &self.report.migration_id
+    }
+
+    pub fn wire(&mut self) -> Result<&mut Wire, MigrationError> {
+        self.wire
+            .as_mut()
+            .ok_or_else(|| MigrationError::Internal("no connection to the destination".into()))
+    }
+
+    /// Runs the steps up to a restored (gated) copy on the destination.
+    async fn run(&mut self) -> Result<(), MigrationError> {
+        if self.mode == MigrationMode::PostCopy {
+            return Err(MigrationError::Unsupported(
+                "post-copy migration is not implemented yet; use stop-and-copy".into(),
+            ));
+        }
+        // Refused before anything moves; checked again just before the freeze.
+        self.check_workload().await?;
+        self.handshake().await?;
+        self.check_cpu().await?;
+        let need = self.prepare().await?;
+        self.send_image(&need).await?;
+        self.fs_pass().await?;
+        self.check_workload().await?;
+        self.dump().await?;
+        self.send_images().await?;
+        self.send_delta().await?;
+        self.restore().await
+    }
+
+    /// Fault-injection point at the start of a step; a `corrupt` fault sends a bad frame.
+    pub async fn step(&mut self, phase: Phase, name: &str) -> Result<(), MigrationError> {
+        self.progress.start(phase);
+        if fault::at(self.engine.paths(), Role::Source, name).await? == Injected::Corrupt {
+            if let Some(w) = self.wire.as_ref() {
+                w.sink.send_corrupt_frame().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects with mutual TLS and agrees on a protocol version (after checking that this
+    /// side can dump at all).
+    async fn handshake(&mut self) -> Result<(), MigrationError> {
+        self.step(Phase::Connect, "handshake").await?;
+        crate::container::checkpoint::require_cr_support()?;
+        let to = self.report.to.clone();
+        let peers = Peers::load(self.engine.paths())?;
+        let peer = peers
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| MigrationError::UnknownPeer(to.clone()))?;
+        let conn = PeerConn::connect(&self.identity, &peer.name, peer.addr).await?;
+        let (sink, source) = conn.split();
+        let (demux, control) = Demux::spawn(source);
+        let mut wire = Wire::new(sink, demux, control, Machine::Sender(SenderMachine::new()));
+        let versions = host_versions(&self.engine);
+        let hello = Hello {
+            versions: (MIN_SUPPORTED, PROTOCOL_VERSION),
+            host: self.identity.name.clone(),
+            criu_version: versions.criu_version,
+            runc_version: versions.runc_version,
+            kernel: super::kernel_release(),
+            mode: self.mode,
+            features: vec![
+                ferry_proto::FEATURE_TCP_ESTABLISHED.into(),
+                ferry_proto::FEATURE_PAGE_TUNNEL.into(),
+                ferry_proto::FEATURE_ZSTD.into(),
+            ],
+        };
+        let Machine::Sender(m) = &mut wire.machine else {
+            unreachable!("the source drives a sender machine")
         };
         let welcome = within("the destination's welcome", REPLY, async {
             Ok(crate::peer::handshake::handshake_source(
-                &w.sink,
-                &mut w.control,
+                &wire.sink,
+                &mut wire.control,
                 m,
                 &peer.name,
                 hello,
             )
             .await?)
         })
-        .await?;
-        progress.note(format!(
+        .await;
+        self.wire = Some(wire);
+        let welcome = welcome?;
+        self.progress.note(format!(
             "{} speaks protocol v{} (CRIU {}, {})",
             welcome.host, welcome.version, welcome.criu_version, welcome.runc_version
         ));
+        self.peer = Some(peer);
+        self.progress.done(&mut self.report, 0);
+        Ok(())
     }
-    progress.done(report, 0);
 
-    // 2. CPU compatibility, before anything big moves.
-    progress.start(Phase::CpuCheck);
-    let cpu_dir = work.join("cpuinfo");
-    let cd = cpu_dir.clone();
-    blocking(move || {
-        std::fs::create_dir_all(&cd).map_err(|e| MigrationError::io(&cd, e))?;
-        Ok(crate::criu::cpuinfo_dump(&cd)?)
-    })
-    .await?;
-    {
-        let w = wire.as_mut().expect("wire");
+    /// CPU compatibility (CRIU's cpuinfo), before anything big moves.
+    async fn check_cpu(&mut self) -> Result<(), MigrationError> {
+        self.step(Phase::CpuCheck, "cpu-check").await?;
+        let dir = self.work.path().join("cpuinfo");
+        let d = dir.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&d).map_err(|e| MigrationError::io(&d, e))?;
+            Ok(crate::criu::cpuinfo_dump(&d)?)
+        })
+        .await?;
+        let w = self.wire()?;
         let stream = w.new_stream();
-        let res = async {
-            w.send(Message::CpuInfo {
-                stream,
-                compression: Compression::None,
+        w.send(Message::CpuInfo {
+            stream,
+            compression: Compression::None,
+        })
+        .await?;
+        w.send_file(stream, &dir.join(super::CPUINFO_IMAGE), Compression::None)
+            .await?;
+        w.await_reply("the CPU check", REPLY, |m| match m {
+            Message::CpuOk {} => Some(()),
+            _ => None,
+        })
+        .await?;
+        self.progress.done(&mut self.report, 0);
+        Ok(())
+    }
+
+    /// The destination checks name, IP and image, and says which blobs it lacks.
+    async fn prepare(&mut self) -> Result<Vec<String>, MigrationError> {
+        self.step(Phase::Prepare, "prepare").await?;
+        let image = self
+            .engine
+            .images()
+            .resolve(&self.cfg.image)
+            .map_err(|e| MigrationError::Container(e.into()))?;
+        self.blobs = self.engine.images().blobs_of(&image);
+        let offer = ImageOffer {
+            manifest: image.digest.to_string(),
+            names: image.names.clone(),
+            blobs: self
+                .blobs
+                .iter()
+                .map(|(d, size)| BlobRef {
+                    digest: d.to_string(),
+                    size: *size,
+                })
+                .collect(),
+        };
+        let msg = Message::Prepare {
+            migration_id: self.id().to_owned(),
+            container: serde_json::to_value(&self.cfg)
+                .map_err(|e| MigrationError::Internal(e.to_string()))?,
+            image: offer,
+        };
+        let need = self
+            .wire()?
+            .request(msg, "the destination's preparation", REPLY, |m| match m {
+                Message::NeedBlobs { digests } => Some(digests),
+                _ => None,
             })
             .await?;
-            w.send_file(
-                stream,
-                &cpu_dir.join(super::CPUINFO_IMAGE),
-                Compression::None,
+        self.progress.done(&mut self.report, 0);
+        Ok(need)
+    }
+
+    /// Only the layers the destination lacks, by digest.
+    async fn send_image(&mut self, need: &[String]) -> Result<(), MigrationError> {
+        self.step(Phase::Image, "image").await?;
+        let mut sent = 0u64;
+        for digest in need {
+            let (d, size) = self
+                .blobs
+                .iter()
+                .find(|(d, _)| &d.to_string() == digest)
+                .cloned()
+                .ok_or_else(|| {
+                    MigrationError::Internal(format!("{digest} was asked for but not offered"))
+                })?;
+            let path = self.engine.images().blob_path(&d);
+            let w = self.wire()?;
+            let stream = w.new_stream();
+            within("sending an image blob", budget(size), async {
+                w.send(Message::BlobStart {
+                    digest: digest.clone(),
+                    size,
+                    stream,
+                    compression: Compression::None,
+                })
+                .await?;
+                w.send_file(stream, &path, Compression::None).await?;
+                Ok(())
+            })
+            .await?;
+            sent += size;
+            self.progress.bytes(Phase::Image, sent);
+        }
+        self.report.bytes.layers = sent;
+        self.report.layers_sent = need.len();
+        self.report.layers_skipped = self.blobs.len() - need.len();
+        self.progress.done(&mut self.report, sent);
+        Ok(())
+    }
+
+    /// Filesystem pass 1 while the container runs: the overlay upper dir and each volume.
+    async fn fs_pass(&mut self) -> Result<(), MigrationError> {
+        self.step(Phase::FsPass1, "fs-pass").await?;
+        let upper = RootfsDirs::new(&self.engine.container_dir(&self.cfg.id)).upper;
+        self.targets = vec![(FsTarget::Upper, upper)];
+        for v in &self.cfg.volumes {
+            self.targets.push((
+                FsTarget::Volume(v.name.clone()),
+                self.engine.paths().volume_data(&v.name),
+            ));
+        }
+        let mut bytes = 0u64;
+        for i in 0..self.targets.len() {
+            let (target, dir) = self.targets[i].clone();
+            let (n, snap) = self.send_fs(1, i, &target, &dir, None).await?;
+            bytes += n;
+            self.snapshots.push(snap);
+            self.progress.bytes(Phase::FsPass1, bytes);
+        }
+        self.report.bytes.fs = bytes;
+        self.progress.done(&mut self.report, bytes);
+        Ok(())
+    }
+
+    /// Refuses, before the freeze, a workload CRIU could not dump (the reason names the task).
+    async fn check_workload(&mut self) -> Result<(), MigrationError> {
+        let (e, cfg) = (self.engine.clone(), self.cfg.clone());
+        blocking(move || Ok(e.check_movable(&cfg)?)).await
+    }
+
+    /// Freezes and dumps; pages go through the tunnel to the destination's page server. Ends
+    /// with the source frozen and held at CRIU's `post-dump`.
+    async fn dump(&mut self) -> Result<(), MigrationError> {
+        self.step(Phase::Dump, "dump").await?;
+        self.wire()?
+            .request(
+                Message::OpenPageSink {},
+                "the destination's page server",
+                REPLY,
+                |m| match m {
+                    Message::PagesReady {} => Some(()),
+                    _ => None,
+                },
             )
             .await?;
-            match w.recv_within("the CPU check", REPLY).await? {
-                Message::CpuOk {} => Ok(()),
-                Message::Refuse { reason } => Err(MigrationError::Refused(reason)),
-                other => Err(MigrationError::unexpected("CpuOk", &other)),
-            }
-        }
-        .await;
-        res?;
-    }
-    progress.done(report, 0);
-
-    // 3. Prepare: the destination checks name, IP and image, and says which blobs it lacks.
-    progress.start(Phase::Prepare);
-    let image = engine
-        .images()
-        .resolve(&cfg.image)
-        .map_err(|e| MigrationError::Container(e.into()))?;
-    let blobs = engine.images().blobs_of(&image);
-    let offer = ImageOffer {
-        manifest: image.digest.to_string(),
-        names: image.names.clone(),
-        blobs: blobs
-            .iter()
-            .map(|(d, size)| BlobRef {
-                digest: d.to_string(),
-                size: *size,
-            })
-            .collect(),
-    };
-    let need = {
-        let w = wire.as_mut().expect("wire");
-        let res = async {
-            w.send(Message::Prepare {
-                migration_id: report.migration_id.clone(),
-                container: serde_json::to_value(&cfg)
-                    .map_err(|e| MigrationError::Internal(e.to_string()))?,
-                image: offer,
-            })
-            .await?;
-            match w
-                .recv_within("the destination's preparation", REPLY)
-                .await?
-            {
-                Message::NeedBlobs { digests } => Ok(digests),
-                Message::Refuse { reason } => Err(MigrationError::Refused(reason)),
-                other => Err(MigrationError::unexpected("NeedBlobs", &other)),
-            }
-        }
-        .await;
-        res?
-    };
-    progress.done(report, 0);
-
-    // 4. Only the layers the destination lacks, by digest.
-    progress.start(Phase::Image);
-    let mut layer_bytes = 0u64;
-    for digest in &need {
-        let (d, size) = blobs
-            .iter()
-            .find(|(d, _)| &d.to_string() == digest)
-            .cloned()
-            .ok_or_else(|| {
-                MigrationError::Internal(format!(
-                    "destination asked for {digest}, which was not offered"
-                ))
-            })?;
-        let path = engine.images().blob_path(&d);
-        let w = wire.as_mut().expect("wire");
-        let stream = w.new_stream();
-        let res = within("sending an image blob", budget(size), async {
-            w.send(Message::BlobStart {
-                digest: digest.clone(),
-                size,
-                stream,
-                compression: Compression::None,
-            })
-            .await?;
-            w.send_file(stream, &path, Compression::None).await?;
-            Ok(())
-        })
-        .await;
-        res?;
-        layer_bytes += size;
-        progress.bytes(Phase::Image, layer_bytes);
-    }
-    report.bytes.layers = layer_bytes;
-    report.layers_sent = need.len();
-    report.layers_skipped = blobs.len() - need.len();
-    progress.done(report, layer_bytes);
-
-    // 5. Filesystem pass 1 while the container runs.
-    progress.start(Phase::FsPass1);
-    let rootfs = RootfsDirs::new(&ctr_dir);
-    let mut targets: Vec<(FsTarget, PathBuf)> = vec![(FsTarget::Upper, rootfs.upper.clone())];
-    for v in &cfg.volumes {
-        targets.push((
-            FsTarget::Volume(v.name.clone()),
-            engine.paths().volume_data(&v.name),
-        ));
-    }
-    let mut snapshots: Vec<UpperSnapshot> = Vec::new();
-    let mut fs_bytes = 0u64;
-    for (i, (target, dir)) in targets.iter().enumerate() {
-        let (bytes, snap) =
-            send_fs(wire.as_mut().expect("wire"), &work, 1, i, target, dir, None).await?;
-        fs_bytes += bytes;
-        snapshots.push(snap);
-        progress.bytes(Phase::FsPass1, fs_bytes);
-    }
-    progress.done(report, fs_bytes);
-
-    // 6. Freeze and dump; pages go through the tunnel to the destination's page server.
-    progress.start(Phase::Dump);
-    {
-        let w = wire.as_mut().expect("wire");
-        let res = async {
-            w.send(Message::OpenPageSink {}).await?;
-            match w
-                .recv_within("the destination's page server", REPLY)
-                .await?
-            {
-                Message::PagesReady {} => Ok(()),
-                other => Err(MigrationError::unexpected("PagesReady", &other)),
-            }
-        }
-        .await;
-        res?;
-    }
-    let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .map_err(MigrationError::from)?;
-    let tunnel_addr = listener.local_addr();
-    let rx = wire
-        .as_ref()
-        .expect("wire")
-        .demux
-        .stream(TUNNEL_STREAM)
-        .map_err(MigrationError::from);
-    let rx = rx?;
-    let tunnel = listener.bridge(wire.as_ref().expect("wire").sink.clone(), rx);
-    let images = work.join("images");
-    let criu_work = work.join("criu-work");
-    for d in [&images, &criu_work] {
-        std::fs::create_dir_all(d).map_err(|e| MigrationError::io(d, e))?;
-    }
-    let hook = HookServer::bind(&work.join("hook.sock")).map_err(MigrationError::from)?;
-    let mut opts = engine.checkpoint_opts(&images, &criu_work);
-    opts.page_server = Some(tunnel_addr);
-    let tool = engine
-        .runc()
-        .checkpoint_command(&cfg.id, &opts)
-        .env(HOOK_SOCKET_ENV, hook.path());
-    let err_path = work.join("runc-checkpoint.err");
-    let err_file =
-        std::fs::File::create(&err_path).map_err(|e| MigrationError::io(&err_path, e))?;
-    let t_freeze = Instant::now();
-    let child = tool
-        .command()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err_file)
-        .spawn()
-        .map_err(|e| MigrationError::Internal(format!("starting runc checkpoint: {e}")))?;
-    *frozen = Some(Frozen {
-        hook,
-        child,
-        detached: false,
-    });
-    // Wait for post-dump (all pages on the destination), watching the tunnel for stalls.
-    let mut last_bytes = 0u64;
-    let mut last_move = Instant::now();
-    loop {
-        let f = frozen.as_mut().expect("frozen");
-        if f.hook.poll("post-dump").is_some() {
-            break;
-        }
-        if let Ok(Some(status)) = f.child.try_wait() {
-            let log = crate::criu::explain_log(&criu_work.join("dump.log"));
-            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-            tunnel.abort();
-            return Err(MigrationError::Dump(format!(
-                "runc checkpoint exited ({status}) before the dump completed: {} ({log})",
-                stderr.trim()
-            )));
-        }
-        let now_bytes = tunnel.stats().to_peer;
-        if now_bytes != last_bytes {
-            if last_bytes == 0 {
-                // Pages flow: the source is frozen and its network locked. Take it off the
-                // fabric now, or its netns would still answer the clients' ARP and pull their
-                // packets back here while the destination holds them (see network::hold).
-                let f = frozen.as_mut().expect("frozen");
-                if !f.detached {
-                    let _ = network::detach_veth(&Engine::host_veth(&cfg.id)).await;
-                    f.detached = true;
-                }
-            }
-            last_bytes = now_bytes;
-            last_move = Instant::now();
-            progress.bytes(Phase::Dump, now_bytes);
-        } else if last_move.elapsed() > DUMP_STALL {
-            // Closing CRIU's page-server socket makes the dump fail, and a failed dump resumes.
-            tunnel.abort();
-            return Err(MigrationError::Timeout {
-                what: "memory pages to flow to the destination".into(),
-                after: DUMP_STALL,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let pages = tunnel.stats().to_peer;
-    report.bytes.pages = pages;
-    {
-        let w = wire.as_mut().expect("wire");
+        self.start_checkpoint().await?;
+        self.await_post_dump().await?;
+        let pages = self.tunnel.as_ref().map(|t| t.stats().to_peer).unwrap_or(0);
+        self.report.bytes.pages = pages;
         let stats = ferry_proto::DumpStats {
             tunnel_bytes: pages,
             ..Default::default()
         };
-        w.send(Message::DumpDone { stats }).await?;
+        self.wire()?.send(Message::DumpDone { stats }).await?;
+        self.progress.done(&mut self.report, pages);
+        Ok(())
     }
-    progress.done(report, pages);
 
-    // 7. The small CRIU images, then the final filesystem delta (the container is frozen).
-    progress.start(Phase::Images);
-    let images_tar = work.join("images.tar");
-    let (src, dst) = (images.clone(), images_tar.clone());
-    let images_bytes = blocking(move || {
-        let f = std::fs::File::create(&dst).map_err(|e| MigrationError::io(&dst, e))?;
-        Ok(fsdiff::pack_dir(&src, std::io::BufWriter::new(f))?)
-    })
-    .await?;
-    {
-        let w = wire.as_mut().expect("wire");
+    /// Starts `runc checkpoint` in its own process group (so a stuck CRIU can be killed with
+    /// it), its page server aimed at the tunnel, its hook at this migration.
+    async fn start_checkpoint(&mut self) -> Result<(), MigrationError> {
+        let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let tunnel_addr = listener.local_addr();
+        let w = self.wire()?;
+        let rx = w.demux.stream(TUNNEL_STREAM)?;
+        self.tunnel = Some(listener.bridge(w.sink.clone(), rx));
+        let work = self.work.path().to_owned();
+        let (images, criu_work) = (work.join("images"), work.join("criu-work"));
+        for d in [&images, &criu_work] {
+            std::fs::create_dir_all(d).map_err(|e| MigrationError::io(d, e))?;
+        }
+        let hook_path = work.join("hook.sock");
+        let hook = HookServer::bind(&hook_path)?;
+        let mut opts = self.engine.checkpoint_opts(&images, &criu_work);
+        opts.page_server = Some(tunnel_addr);
+        let record_path = record::path(self.engine.paths(), self.id());
+        let tool = self
+            .engine
+            .runc()
+            .checkpoint_command(&self.cfg.id, &opts)
+            .env(HOOK_SOCKET_ENV, hook.path())
+            .env(HOOK_RECORD_ENV, &record_path);
+        let err_path = work.join("runc-checkpoint.err");
+        let err_file =
+            std::fs::File::create(&err_path).map_err(|e| MigrationError::io(&err_path, e))?;
+        // Recorded before the spawn: from here on a crash must resume the source.
+        record::transition(self.engine.paths(), self.id(), Stage::Frozen, |r| {
+            r.hook_socket = Some(hook_path.clone());
+            r.logs_dir = Some(super::logs_dir(self.engine.paths(), &r.migration_id));
+        })?;
+        let mut cmd = tool.command();
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err_file)
+            .spawn()
+            .map_err(|e| MigrationError::Internal(format!("starting runc checkpoint: {e}")))?;
+        let pgid = child.id() as i32;
+        record::update(self.engine.paths(), self.id(), |r| {
+            r.checkpoint_pgid = Some(pgid)
+        })?;
+        self.frozen = Some(Frozen {
+            hook,
+            process: Some(CheckpointProcess::Child(child)),
+            detached: false,
+            frozen_at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Waits for `post-dump` (all pages on the destination), watching the tunnel for stalls.
+    async fn await_post_dump(&mut self) -> Result<(), MigrationError> {
+        let work = self.work.path().to_owned();
+        let mut last_bytes = 0u64;
+        let mut last_move = Instant::now();
+        loop {
+            let (Some(tunnel), Some(f)) = (self.tunnel.as_ref(), self.frozen.as_mut()) else {
+                return Err(MigrationError::Internal(
+                    "waiting for the dump without a checkpoint".into(),
+                ));
+            };
+            if f.hook.poll("post-dump").is_some() {
+                return Ok(());
+            }
+            if let Some(status) = f.exited() {
+                let log = crate::criu::explain_log(&work.join("criu-work").join("dump.log"));
+                let stderr =
+                    std::fs::read_to_string(work.join("runc-checkpoint.err")).unwrap_or_default();
+                tunnel.abort();
+                return Err(MigrationError::Dump(format!(
+                    "runc checkpoint exited ({status}) before the dump completed: {} ({log})",
+                    stderr.trim()
+                )));
+            }
+            let now_bytes = tunnel.stats().to_peer;
+            if now_bytes != last_bytes {
+                if last_bytes == 0 {
+                    // Pages flow: the source is frozen and its network locked. Take it off the
+                    // fabric now, or its netns would still answer the clients' ARP and pull their
+                    // packets back here while the destination holds them (see network::hold).
+                    self.detach_source().await?;
+                }
+                last_bytes = now_bytes;
+                last_move = Instant::now();
+                self.progress.bytes(Phase::Dump, now_bytes);
+            } else if last_move.elapsed() > DUMP_STALL {
+                // Closing CRIU's page-server socket makes the dump fail, and a failed dump resumes.
+                tunnel.abort();
+                return Err(MigrationError::Timeout {
+                    what: "memory pages to flow to the destination".into(),
+                    after: DUMP_STALL,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Takes the frozen source's veth off the bridge (once).
+    pub async fn detach_source(&mut self) -> Result<(), MigrationError> {
+        let Some(f) = self.frozen.as_mut() else {
+            return Ok(());
+        };
+        if !f.detached {
+            network::detach_veth(&Engine::host_veth(&self.cfg.id))
+                .await
+                .map_err(|e| MigrationError::Internal(format!("detaching the source: {e}")))?;
+            f.detached = true;
+        }
+        Ok(())
+    }
+
+    /// The small CRIU images (the pages are already there).
+    async fn send_images(&mut self) -> Result<(), MigrationError> {
+        self.step(Phase::Images, "images").await?;
+        let images_tar = self.work.path().join("images.tar");
+        let (src, dst) = (self.work.path().join("images"), images_tar.clone());
+        let bytes = blocking(move || {
+            let f = std::fs::File::create(&dst).map_err(|e| MigrationError::io(&dst, e))?;
+            Ok(fsdiff::pack_dir(&src, std::io::BufWriter::new(f))?)
+        })
+        .await?;
+        let w = self.wire()?;
         let stream = w.new_stream();
-        let res = within("sending CRIU images", budget(images_bytes), async {
+        within("sending CRIU images", budget(bytes), async {
             w.send(Message::ImagesStart {
                 stream,
                 compression: Compression::Zstd,
@@ -474,208 +549,138 @@ async fn run(
             w.send_file(stream, &images_tar, Compression::Zstd).await?;
             Ok(())
         })
-        .await;
-        res?;
-    }
-    report.bytes.images = images_bytes;
-    progress.done(report, images_bytes);
-
-    progress.start(Phase::FsPass2);
-    let mut delta_bytes = 0u64;
-    for (i, (target, dir)) in targets.iter().enumerate() {
-        let (bytes, _) = send_fs(
-            wire.as_mut().expect("wire"),
-            &work,
-            2,
-            i,
-            target,
-            dir,
-            Some(&snapshots[i]),
-        )
         .await?;
-        delta_bytes += bytes;
-    }
-    // The log last: the container is frozen, so its history is complete up to the freeze.
-    let log_dir = work.join("log");
-    let copied = std::fs::create_dir_all(&log_dir).and_then(|_| {
-        std::fs::copy(
-            ctr_dir.join(crate::runtime::shim::LOG_FILE),
-            log_dir.join(crate::runtime::shim::LOG_FILE),
-        )
-    });
-    if copied.is_ok() {
-        let (bytes, _) = send_fs(
-            wire.as_mut().expect("wire"),
-            &work,
-            2,
-            targets.len(),
-            &FsTarget::Log,
-            &log_dir,
-            None,
-        )
-        .await?;
-        delta_bytes += bytes;
-    }
-    report.bytes.fs = fs_bytes + delta_bytes;
-    progress.done(report, delta_bytes);
-
-    // 8. Restore on the destination, gated.
-    progress.start(Phase::Restore);
-    {
-        let w = wire.as_mut().expect("wire");
-        let res = async {
-            w.send(Message::Restore {}).await?;
-            match w.recv_within("the destination's restore", RESTORE).await? {
-                Message::Restored { stats } => Ok(stats),
-                Message::RestoreFailed { reason } => Err(MigrationError::RestoreFailed(reason)),
-                other => Err(MigrationError::unexpected("Restored", &other)),
-            }
-        }
-        .await;
-        let stats = res?;
-        report.criu_restore = serde_json::to_value(&stats).ok();
-    }
-    progress.done(report, 0);
-
-    // 9. Commit: source off the fabric, destination opens its gate, then the source is let go.
-    progress.start(Phase::Commit);
-    if !frozen.as_ref().expect("frozen").detached {
-        let _ = network::detach_veth(&Engine::host_veth(&cfg.id)).await;
-        frozen.as_mut().expect("frozen").detached = true;
-    }
-    {
-        let w = wire.as_mut().expect("wire");
-        let res = async {
-            w.send(Message::Commit {}).await?;
-            match w.recv_within("the destination's commit", REPLY).await? {
-                Message::Committed {} => Ok(()),
-                other => Err(MigrationError::unexpected("Committed", &other)),
-            }
-        }
-        .await;
-        res?;
-    }
-    // Downtime runs from CRIU's pre-dump action (just before it freezes the tasks); runc's
-    // and CRIU's start-up before that is not downtime, the container still serves.
-    let freeze_at = frozen
-        .as_ref()
-        .and_then(|f| {
-            f.hook
-                .seen()
-                .iter()
-                .find(|e| e.action == "pre-dump")
-                .map(|e| e.at)
-        })
-        .unwrap_or(t_freeze);
-    report.downtime_ms = Some(freeze_at.elapsed().as_millis() as u64);
-    // Point of no return: the destination runs the container. Let CRIU finish the source.
-    let mut f = frozen.take().expect("frozen");
-    f.hook.verdict(true);
-    let crit = criu_work.clone();
-    let stats = blocking(move || {
-        let _ = f.child.wait();
-        drop(f.hook);
-        Ok(crate::criu::read_dump_stats(&crit).ok())
-    })
-    .await
-    .unwrap_or(None);
-    report.criu_dump = stats.and_then(|s| serde_json::to_value(s).ok());
-    let _ = tunnel.wait().await;
-    let e = engine.clone();
-    let id = cfg.id.clone();
-    let name = cfg.name.clone();
-    let _ = blocking(move || Ok(e.finish_migration_out(&name, &id)?)).await;
-    progress.done(report, 0);
-    Ok(())
-}
-
-/// Sends one filesystem (pass 1: everything; pass 2: changes since `since`, with deletions).
-async fn send_fs(
-    w: &mut Wire,
-    work: &Path,
-    pass: u8,
-    index: usize,
-    target: &FsTarget,
-    dir: &Path,
-    since: Option<&UpperSnapshot>,
-) -> Result<(u64, UpperSnapshot), MigrationError> {
-    let tar = work.join(format!("fs-{pass}-{index}.tar"));
-    let (d, t, s) = (dir.to_owned(), tar.clone(), since.cloned());
-    let summary = blocking(move || {
-        let f = std::fs::File::create(&t).map_err(|e| MigrationError::io(&t, e))?;
-        Ok(fsdiff::export_upper(
-            &d,
-            std::io::BufWriter::new(f),
-            s.as_ref(),
-        )?)
-    })
-    .await?;
-    let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
-    let stream = w.new_stream();
-    let snapshot = summary.snapshot.clone();
-    let summary_json =
-        serde_json::to_value(&summary).map_err(|e| MigrationError::Internal(e.to_string()))?;
-    within("sending a filesystem", budget(size), async {
-        w.send(Message::FsStart {
-            pass,
-            what: target.clone(),
-            stream,
-            compression: Compression::Zstd,
-            summary: Some(summary_json),
-        })
-        .await?;
-        w.send_file(stream, &tar, Compression::Zstd).await?;
+        self.report.bytes.images = bytes;
+        self.progress.done(&mut self.report, bytes);
         Ok(())
-    })
-    .await?;
-    let _ = std::fs::remove_file(&tar);
-    Ok((size, snapshot))
-}
-
-/// Puts the source back: CRIU resumes it (no verdict or a `fail` verdict), its veth rejoins
-/// the bridge, and its record says running again.
-async fn rollback(engine: &Arc<Engine>, rec: &ContainerRecord, frozen: Option<Frozen>) {
-    if let Some(mut f) = frozen {
-        f.hook.verdict(false);
-        let detached = f.detached;
-        let _ = tokio::task::spawn_blocking(move || {
-            // CRIU thaws the tasks and exits; a stuck dump is killed (the freezer is undone by CRIU's cleanup).
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                match f.child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = f.child.kill();
-                        let _ = f.child.wait();
-                        break;
-                    }
-                }
-            }
-            drop(f.hook);
-        })
-        .await;
-        if detached {
-            let veth = Engine::host_veth(&rec.config.id);
-            let bridge = engine.config().bridge.name.clone();
-            let _ = network::attach_veth(&veth, &bridge).await;
-        }
-        // The destination may already have announced the MAC: take the clients back.
-        let cn = engine.container_net(&rec.config);
-        let _ =
-            network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
     }
-    let e = engine.clone();
-    let name = rec.config.name.clone();
-    let _ = tokio::task::spawn_blocking(move || e.end_migration(&name, Status::Running)).await;
-}
 
-struct RemoveOnDrop(PathBuf);
+    /// The final filesystem delta (with deletions), then the log: the container is frozen,
+    /// so both are complete up to the freeze.
+    async fn send_delta(&mut self) -> Result<(), MigrationError> {
+        self.step(Phase::FsPass2, "delta").await?;
+        let mut bytes = 0u64;
+        for i in 0..self.targets.len() {
+            let (target, dir) = self.targets[i].clone();
+            let since = self.snapshots[i].clone();
+            bytes += self.send_fs(2, i, &target, &dir, Some(&since)).await?.0;
+        }
+        let log_dir = self.work.path().join("log");
+        let log = crate::runtime::shim::LOG_FILE;
+        let copied = std::fs::create_dir_all(&log_dir).and_then(|_| {
+            std::fs::copy(
+                self.engine.container_dir(&self.cfg.id).join(log),
+                log_dir.join(log),
+            )
+        });
+        if copied.is_ok() {
+            let index = self.targets.len();
+            bytes += self
+                .send_fs(2, index, &FsTarget::Log, &log_dir, None)
+                .await?
+                .0;
+        }
+        self.report.bytes.fs += bytes;
+        self.progress.done(&mut self.report, bytes);
+        Ok(())
+    }
 
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    /// The destination restores, gated, and says so (its heartbeats keep the wait open while
+    /// CRIU works; silence means it is gone).
+    async fn restore(&mut self) -> Result<(), MigrationError> {
+        self.step(Phase::Restore, "restore").await?;
+        let stats = self
+            .wire()?
+            .request(
+                Message::Restore {},
+                "the destination's restore",
+                REPLY,
+                |m| match m {
+                    Message::Restored { stats } => Some(stats),
+                    _ => None,
+                },
+            )
+            .await?;
+        self.report.criu_restore = serde_json::to_value(&stats).ok();
+        self.progress.done(&mut self.report, 0);
+        Ok(())
+    }
+
+    /// Sends one filesystem (pass 1: everything; pass 2: changes since `since`, with deletions).
+    async fn send_fs(
+        &mut self,
+        pass: u8,
+        index: usize,
+        target: &FsTarget,
+        dir: &Path,
+        since: Option<&UpperSnapshot>,
+    ) -> Result<(u64, UpperSnapshot), MigrationError> {
+        let tar = self.work.path().join(format!("fs-{pass}-{index}.tar"));
+        let (d, t, s) = (dir.to_owned(), tar.clone(), since.cloned());
+        // Packing a big volume takes a while; the destination must not take it for silence.
+        let alive = self.wire()?.heartbeat("fs");
+        let summary = blocking(move || {
+            let f = std::fs::File::create(&t).map_err(|e| MigrationError::io(&t, e))?;
+            Ok(fsdiff::export_upper(
+                &d,
+                std::io::BufWriter::new(f),
+                s.as_ref(),
+            )?)
+        })
+        .await?;
+        drop(alive);
+        let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
+        let snapshot = summary.snapshot.clone();
+        let summary =
+            serde_json::to_value(&summary).map_err(|e| MigrationError::Internal(e.to_string()))?;
+        let w = self.wire()?;
+        let stream = w.new_stream();
+        within("sending a filesystem", budget(size), async {
+            w.send(Message::FsStart {
+                pass,
+                what: target.clone(),
+                stream,
+                compression: Compression::Zstd,
+                summary: Some(summary),
+            })
+            .await?;
+            w.send_file(stream, &tar, Compression::Zstd).await?;
+            Ok(())
+        })
+        .await?;
+        if let Err(e) = std::fs::remove_file(&tar) {
+            tracing::warn!(error = %e, path = %tar.display(), "removing a sent filesystem tar");
+        }
+        Ok((size, snapshot))
+    }
+
+    /// Keeps CRIU's logs of a failed migration under its record, for diagnosis.
+    pub fn keep_logs(&self) {
+        let dir = super::logs_dir(self.engine.paths(), self.id());
+        let work = self.work.path();
+        let keep = [
+            work.join("criu-work").join("dump.log"),
+            work.join("runc-checkpoint.err"),
+        ];
+        for f in keep.iter().filter(|f| f.exists()) {
+            let copied = std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::copy(f, dir.join(f.file_name().unwrap_or_default())));
+            if let Err(e) = copied {
+                tracing::warn!(error = %e, file = %f.display(), "keeping a migration log");
+            }
+        }
+    }
+
+    /// Ends the tunnel (after a commit, its last bytes are CRIU's goodbye).
+    pub async fn close_tunnel(&mut self, wait: bool) {
+        if let Some(t) = self.tunnel.take() {
+            if wait {
+                if let Err(e) = t.wait().await {
+                    tracing::debug!(error = %e, "page tunnel ended");
+                }
+            } else {
+                t.abort();
+            }
+        }
     }
 }

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{
@@ -28,7 +30,7 @@ impl Machine {
         }
     }
 
-    fn on_message(&mut self, m: &Message) -> Result<(), ferry_proto::ProtoError> {
+    pub(super) fn on_message(&mut self, m: &Message) -> Result<(), ferry_proto::ProtoError> {
         match self {
             Machine::Sender(s) => s.on_message(m),
             Machine::Receiver(r) => r.on_message(m),
@@ -106,6 +108,82 @@ impl Wire {
         }
     }
 
+    /// Sends `msg` and waits for the reply, which `accept` turns into a value or rejects.
+    /// `accept` picks the expected reply (`None`: unexpected). `Refuse` and `RestoreFailed` become
+    /// their errors; heartbeats (`Progress`) only prove the
+    /// peer alive, so `idle` bounds the silence, not the whole wait.
+    pub async fn request<T>(
+        &mut self,
+        msg: Message,
+        what: &str,
+        idle: Duration,
+        accept: impl Fn(Message) -> Option<T>,
+    ) -> Result<T, MigrationError> {
+        let expected = msg.name();
+        self.send(msg).await?;
+        self.await_reply(what, idle, accept)
+            .await
+            .map_err(|e| match e {
+                MigrationError::Unexpected { expected: _, got } => MigrationError::Unexpected {
+                    expected: "the reply",
+                    got: format!("{got} (in answer to {expected})"),
+                },
+                other => other,
+            })
+    }
+
+    /// The reply half of [`Wire::request`], for a request that was a message and a stream.
+    pub async fn await_reply<T>(
+        &mut self,
+        what: &str,
+        idle: Duration,
+        accept: impl Fn(Message) -> Option<T>,
+    ) -> Result<T, MigrationError> {
+        loop {
+            match self.recv_within(what, idle).await? {
+                Message::Progress { .. } => continue,
+                Message::Refuse { reason } => return Err(MigrationError::Refused(reason)),
+                Message::RestoreFailed { reason } => {
+                    return Err(MigrationError::RestoreFailed(reason))
+                }
+                reply => {
+                    let got = reply.name().to_owned();
+                    return accept(reply).ok_or(MigrationError::Unexpected {
+                        expected: "the reply",
+                        got,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends a heartbeat every [`HEARTBEAT`] until the returned guard drops, so the peer can
+    /// tell a long step from a dead host.
+    pub fn heartbeat(&self, phase: &str) -> Heartbeat {
+        let sink = self.sink.clone();
+        let phase = phase.to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        // Never aborted mid-write (that would cut a frame in half): it notices the flag.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let m = Message::Progress {
+                    phase: phase.clone(),
+                    done: 0,
+                    total: None,
+                };
+                if sink.send_message(&m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Heartbeat(stop)
+    }
+
     /// Best effort: tells the peer we give up. Never fails.
     pub async fn abort(&mut self, reason: &str) {
         let m = Message::Abort {
@@ -148,6 +226,18 @@ impl Wire {
         use tokio::io::AsyncWriteExt;
         w.flush().await.map_err(|e| MigrationError::io(path, e))?;
         Ok(end)
+    }
+}
+
+/// How often a side busy with a long step says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Stops its heartbeat task when dropped.
+pub struct Heartbeat(Arc<AtomicBool>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 

@@ -13,6 +13,12 @@ pub enum NetError {
         #[source]
         source: Box<rtnetlink::Error>,
     },
+    #[error("setting {what} in a container's netns")]
+    Sysctl {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("network interface {name} does not exist")]
     LinkNotFound { name: String },
     #[error("network interface {name} exists but is not a bridge")]

@@ -127,6 +127,18 @@ pub fn remove_gate(netns_path: &Path, kind: GateKind) -> Result<(), NetError> {
     }
 }
 
+/// Whether `ifname` in the netns at `netns` answers ARP. An uncommitted copy stays silent
+/// (`arp_ignore` 8): if its ferryd dies, it must not pull the clients away from a source that
+/// resumed. Its MAC is announced by gratuitous ARP instead, while a migration runs.
+pub fn set_arp_replies(netns: &Path, ifname: &str, on: bool) -> Result<(), NetError> {
+    let knob = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_ignore");
+    let value = if on { "0" } else { "8" };
+    super::in_netns(netns, move || std::fs::write(&knob, value))?.map_err(|e| NetError::Sysctl {
+        what: format!("arp_ignore={value} on {ifname}"),
+        source: e,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::error::NetError;
+use crate::fsutil::{self, MODE_SHARED};
 use crate::paths::HostPaths;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -116,10 +117,8 @@ impl Ipam {
     }
 
     fn save(&self) -> Result<(), NetError> {
-        let tmp = self.state_path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&self.state).expect("IPAM state serializes");
-        std::fs::write(&tmp, bytes).map_err(NetError::io("write", &tmp))?;
-        std::fs::rename(&tmp, &self.state_path).map_err(NetError::io("replace", &self.state_path))
+        fsutil::write_json(&self.state_path, &self.state, MODE_SHARED)
+            .map_err(NetError::io("save", &self.state_path))
     }
 
     /// Reloads, applies `change`, saves, all under the lock.

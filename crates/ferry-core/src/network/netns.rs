@@ -12,6 +12,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use super::error::NetError;
+use crate::fsutil::block_on_fresh;
 
 /// `statfs` magic of nsfs, the filesystem behind /proc/*/ns/*.
 const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
@@ -69,14 +70,6 @@ pub async fn netlink_in_netns(path: &Path) -> Result<rtnetlink::Handle, NetError
     .map_err(NetError::NetlinkSocket)?;
     tokio::spawn(conn);
     Ok(handle)
-}
-
-pub(crate) fn block_on_fresh<F: Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("building a single-threaded tokio runtime")
-        .block_on(fut)
 }
 
 fn is_nsfs_mount(path: &Path) -> bool {

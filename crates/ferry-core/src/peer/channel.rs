@@ -250,6 +250,24 @@ impl FrameSink {
         Ok(())
     }
 
+    /// Fault injection only: a control frame whose payload does not match its CRC, as a
+    /// corrupting link would deliver it.
+    pub async fn send_corrupt_frame(&self) -> Result<(), PeerError> {
+        let payload = br#"{"type":"progress","phase":"corrupt","done":0}"#;
+        let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+        buf.extend_from_slice(&Header::encode(
+            FrameKind::Control,
+            ferry_proto::CONTROL_STREAM,
+            payload,
+        ));
+        buf.extend_from_slice(payload);
+        let last = buf.len() - 2;
+        buf[last] ^= 0x55;
+        let mut w = self.inner.lock().await;
+        w.write_all(&buf).await.map_err(PeerError::Net)?;
+        w.flush().await.map_err(PeerError::Net)
+    }
+
     /// Ends this side's half of `stream`.
     pub async fn send_end(&self, stream: u32, end: &StreamEnd) -> Result<(), PeerError> {
         self.send_frame(&Frame::end(stream, end)).await
@@ -454,6 +472,12 @@ impl Demux {
             match frame.kind {
                 FrameKind::Control | FrameKind::Abort => {
                     let msg = frame.to_message()?;
+                    if matches!(msg, Message::Progress { .. }) {
+                        // A heartbeat only proves the peer alive; when nobody reads control for
+                        // a while (a long upload), drop it rather than stall every stream.
+                        let _ = control.try_send(Ok(msg));
+                        continue;
+                    }
                     // Nobody listening for control any more: keep routing streams regardless.
                     let _ = control.send(Ok(msg)).await;
                 }

@@ -67,6 +67,20 @@ pub async fn handshake_destination(
     check: impl FnOnce(&Hello) -> Result<(), String>,
 ) -> Result<Hello, PeerError> {
     let msg = control.recv().await?;
+    answer_hello(sink, msg, machine, peer_name, local, supported, check).await
+}
+
+/// [`handshake_destination`] for a first message already read (the acceptor reads it to tell
+/// a migration's `Hello` from a verdict inquiry).
+pub async fn answer_hello(
+    sink: &FrameSink,
+    msg: Message,
+    machine: &mut ReceiverMachine,
+    peer_name: &str,
+    local: &LocalVersions,
+    supported: VersionRange,
+    check: impl FnOnce(&Hello) -> Result<(), String>,
+) -> Result<Hello, PeerError> {
     if let Err(e) = machine.on_message(&msg) {
         abort(sink, &e.to_string()).await;
         return Err(e.into());

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{validate_name, PeerError};
+use crate::fsutil::{self, MODE_SHARED};
 use crate::paths::HostPaths;
 
 const FILE: &str = "peers.json";
@@ -80,15 +81,10 @@ impl Peers {
         self.entries.values().collect()
     }
 
-    /// Write-then-rename, so a crash never leaves a half-written registry.
+    /// Replaced atomically, so a crash never leaves a half-written registry.
     fn save(&self) -> Result<(), PeerError> {
-        let dir = self.path.parent().expect("registry file has a parent dir");
-        fs::create_dir_all(dir).map_err(PeerError::io(dir))?;
         let list: Vec<&PeerEntry> = self.entries.values().collect();
-        let json = serde_json::to_vec_pretty(&list).expect("peer entries always serialize");
-        let tmp = self.path.with_extension("json.tmp");
-        fs::write(&tmp, json).map_err(PeerError::io(&tmp))?;
-        fs::rename(&tmp, &self.path).map_err(PeerError::io(&self.path))
+        fsutil::write_json(&self.path, &list, MODE_SHARED).map_err(PeerError::io(&self.path))
     }
 }
 

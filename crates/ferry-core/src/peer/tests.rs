@@ -283,12 +283,17 @@ async fn handshake_refusals() {
     assert!(matches!(h, Err(PeerError::WeRefused(_))));
     assert_eq!((sm.state(), rm.state()), (State::Refused, State::Refused));
 
+    // A v1 peer (no fenced commit) could leave two copies running: refused.
+    let (w, _, _, _) = run_handshake(&c, hello("host-a", (1, 1)), |_| Ok(())).await;
+    assert!(matches!(w, Err(PeerError::Refused(r)) if r.contains("no common protocol version")));
+
     // A Hello claiming another host than the certificate.
-    let (w, _, _, _) = run_handshake(&c, hello("host-z", (1, 1)), |_| Ok(())).await;
+    let v = (PROTOCOL_VERSION, PROTOCOL_VERSION);
+    let (w, _, _, _) = run_handshake(&c, hello("host-z", v), |_| Ok(())).await;
     assert!(matches!(w, Err(PeerError::Refused(r)) if r.contains("certificate says")));
 
     // The caller's own checks (tool versions, mode).
-    let (w, _, _, _) = run_handshake(&c, hello("host-a", (1, 1)), |h| {
+    let (w, _, _, _) = run_handshake(&c, hello("host-a", v), |h| {
         Err(format!("CRIU {} too old", h.criu_version))
     })
     .await;

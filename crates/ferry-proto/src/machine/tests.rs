@@ -285,6 +285,13 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
         Message::Commit {},
         Message::Committed {},
         Message::LazyComplete { bytes: 0 },
+        Message::Inquire {
+            migration_id: "m1".into(),
+        },
+        Message::Verdict {
+            migration_id: "m1".into(),
+            verdict: crate::Verdict::Pending,
+        },
         abort(),
         Message::Progress {
             phase: "p".into(),
@@ -303,9 +310,10 @@ fn allowed(state: State, from: Side, name: &str, blobs_left: bool, images_sent: 
     }
     match (state, from, name) {
         (_, _, "Abort") => true,
-        (Start | Negotiating, _, "Progress") => false,
+        (Start | Negotiating | Inquiring, _, "Progress") => false,
         (_, _, "Progress") => true,
-        (Start, S, "Hello") => true,
+        (Start, S, "Hello" | "Inquire") => true,
+        (Inquiring, D, "Verdict") => true,
         (Negotiating, D, "Welcome" | "Refuse") => true,
         (Welcomed, S, "CpuInfo") => true,
         (CheckingCpu, D, "CpuOk" | "Refuse") => true,
@@ -461,4 +469,31 @@ fn content_rules() {
         h.versions = (3, 1);
     }
     assert!(invalid(s.on_send(&h)));
+}
+
+#[test]
+fn inquiry_is_one_question_and_one_answer() {
+    let mut s = SenderMachine::new();
+    let mut r = ReceiverMachine::new();
+    let ask = Message::Inquire {
+        migration_id: "m1".into(),
+    };
+    s.on_send(&ask).unwrap();
+    r.on_message(&ask).unwrap();
+    assert_eq!(r.state(), State::Inquiring);
+    assert!(r
+        .on_send(&Message::Welcome(match welcome() {
+            Message::Welcome(w) => w,
+            _ => unreachable!(),
+        }))
+        .is_err());
+    let answer = Message::Verdict {
+        migration_id: "m1".into(),
+        verdict: crate::Verdict::Committed,
+    };
+    r.on_send(&answer).unwrap();
+    s.on_message(&answer).unwrap();
+    assert_eq!(s.state(), State::Answered);
+    assert!(s.state().is_final());
+    assert!(s.on_send(&Message::Commit {}).is_err());
 }

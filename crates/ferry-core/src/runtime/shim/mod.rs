@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::runc::{RestoreOpts, Runc};
+use crate::fsutil::{self, MODE_SHARED};
 
 pub use log::{read_log, LogEntry, LogReader, LogStream};
 pub use process::main;
@@ -287,21 +288,9 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Shi
     }
 }
 
-/// Writes JSON via a temp file and rename, so readers never see half a file.
+/// The shim's status files, replaced atomically so ferryd never reads half of one.
 fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ShimError> {
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(value).map_err(|source| ShimError::Json {
-        path: path.to_owned(),
-        source,
-    })?;
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|source| ShimError::Io {
+    fsutil::write_json(path, value, MODE_SHARED).map_err(|source| ShimError::Io {
         what: "write",
         path: path.to_owned(),
         source,

@@ -20,6 +20,8 @@ use oci_spec::runtime::{
 
 pub use user::resolve_user;
 
+use crate::fsutil::{self, MODE_PRIVATE};
+
 /// Annotation runc reads to pass a per-container CRIU config file to every dump and restore.
 pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
 /// Annotation recording the ferry container id in the bundle.
@@ -36,8 +38,6 @@ pub enum SpecError {
     },
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
-    #[error("could not serialize the OCI spec: {0}")]
-    Json(#[from] serde_json::Error),
     #[error("could not write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -396,15 +396,9 @@ pub fn current_hard_limits() -> Vec<(String, u64)> {
 
 /// Writes `config.json` into the bundle dir (created if needed), atomically.
 pub fn write_bundle(bundle_dir: &Path, spec: &Spec) -> Result<(), SpecError> {
-    std::fs::create_dir_all(bundle_dir).map_err(|source| SpecError::Write {
-        path: bundle_dir.to_owned(),
-        source,
-    })?;
     let path = bundle_dir.join("config.json");
-    let tmp = bundle_dir.join(".config.json.tmp");
-    let json = serde_json::to_vec_pretty(spec)?;
-    std::fs::write(&tmp, json)
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    // Private: the spec holds the container's environment.
+    fsutil::write_json(&path, spec, MODE_PRIVATE)
         .map_err(|source| SpecError::Write { path, source })
 }
 

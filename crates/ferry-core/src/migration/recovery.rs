@@ -1,0 +1,146 @@
+//! A restarted ferryd finishes every migration its records say was interrupted.
+//!
+//! - Source, claimed but never frozen: the container still runs; release the claim.
+//! - Source, frozen: the CRIU hook found ferryd gone and resumed the source (or CRIU is
+//!   stuck): resume it, verified, re-attached and announced.
+//! - Source, in doubt: the hook keeps the source frozen; rebind its socket and settle with
+//!   the destination (or an operator), as the live migration would have.
+//! - Destination, receiving: nothing restored yet; discard.
+//! - Destination, restored: keep the gated copy and settle with the source.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_proto::Verdict;
+
+use super::commit::{self, Frozen, SourceDoubt};
+use super::hook::HookServer;
+use super::record::{self, MigrationRecord, Role, Stage};
+use super::resume::CheckpointProcess;
+use super::{blocking, MigrationError};
+use crate::container::Engine;
+use crate::peer::tls::HostIdentity;
+
+/// Runs once at startup, before peers are served.
+pub async fn recover(engine: Arc<Engine>, identity: Option<Arc<HostIdentity>>) {
+    let records = record::list(engine.paths());
+    let mut waiting = Vec::new();
+    for rec in records.into_iter().filter(|r| !r.stage.is_final()) {
+        tracing::warn!(migration = %rec.migration_id, role = ?rec.role, stage = %rec.stage, "finishing an interrupted migration");
+        let id = rec.migration_id.clone();
+        if let Err(e) = recover_one(&engine, identity.clone(), rec, &mut waiting).await {
+            tracing::error!(migration = %id, error = %e, "could not finish an interrupted migration");
+        }
+    }
+    // Containers the records do not explain: an uncommitted arrival with no waiting record is
+    // discarded, a departure marked migrating runs here.
+    let e = engine.clone();
+    let _ = blocking(move || {
+        e.recover_migrations(&waiting);
+        Ok(())
+    })
+    .await;
+}
+
+async fn recover_one(
+    engine: &Arc<Engine>,
+    identity: Option<Arc<HostIdentity>>,
+    rec: MigrationRecord,
+    waiting: &mut Vec<String>,
+) -> Result<(), MigrationError> {
+    let cfg = engine.inspect(&rec.container).ok().map(|r| r.config);
+    let cfg = match cfg {
+        Some(c) if c.id == rec.container_id => c,
+        _ => {
+            // The container is gone here: the record can only say so.
+            let next = match rec.role {
+                Role::Source => Stage::RolledBack,
+                Role::Destination => Stage::Discarded,
+            };
+            record::transition(engine.paths(), &rec.migration_id, next, |r| {
+                r.error = Some("the container was gone when ferryd restarted".into())
+            })?;
+            return Ok(());
+        }
+    };
+    let id = rec.migration_id.clone();
+    match (rec.role, rec.stage) {
+        (Role::Source, Stage::Claimed) => {
+            engine.end_migration(&cfg.name, crate::container::Status::Running);
+            record::transition(engine.paths(), &id, Stage::RolledBack, |_| {})?;
+        }
+        (Role::Source, Stage::Frozen | Stage::Failed) => {
+            waiting.push(cfg.id.clone());
+            let process = rec
+                .checkpoint_pgid
+                .map(|pgid| CheckpointProcess::Orphan { pgid });
+            let e = engine.clone();
+            blocking(move || {
+                commit::resume_source_verified(&e, &cfg, &id, process)
+                    .map_err(MigrationError::Internal)
+            })
+            .await?;
+        }
+        (Role::Source, Stage::InDoubt) => {
+            waiting.push(cfg.id.clone());
+            let Some(identity) = identity else {
+                return Err(MigrationError::Internal(
+                    "in doubt, but this ferryd has no peer identity to ask the destination".into(),
+                ));
+            };
+            let sock = rec.hook_socket.clone().ok_or_else(|| {
+                MigrationError::Internal("in doubt, but the record names no hook socket".into())
+            })?;
+            if let Some(dir) = sock.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| MigrationError::io(dir, e))?;
+            }
+            let doubt = SourceDoubt {
+                engine: engine.clone(),
+                identity,
+                id: id.clone(),
+                peer: rec.peer.clone(),
+                cfg,
+                frozen: Frozen {
+                    hook: HookServer::bind(&sock)?,
+                    process: rec
+                        .checkpoint_pgid
+                        .map(|pgid| CheckpointProcess::Orphan { pgid }),
+                    detached: true,
+                    frozen_at: Instant::now(),
+                },
+                work: None,
+            };
+            tokio::spawn(async move {
+                let r = commit::settle_source(doubt, Verdict::Pending).await;
+                tracing::warn!(migration = %id, result = ?r, "in-doubt migration settled after a restart");
+            });
+        }
+        (Role::Destination, Stage::Receiving) => {
+            let e = engine.clone();
+            blocking(move || commit::discard_destination(&e, &id, &cfg)).await?;
+        }
+        (Role::Destination, Stage::Restored) => {
+            waiting.push(cfg.id.clone());
+            let engine = engine.clone();
+            let source = rec.peer.clone();
+            tokio::spawn(async move {
+                let mut decisions = commit::register_waiting(&id);
+                let r = commit::settle_destination(
+                    engine,
+                    identity,
+                    id.clone(),
+                    cfg,
+                    source,
+                    &mut decisions,
+                )
+                .await;
+                commit::unregister_waiting(&id);
+                tracing::warn!(migration = %id, result = ?r, "restored copy settled after a restart");
+            });
+        }
+        (role, stage) => {
+            tracing::warn!(?role, %stage, "nothing to do for this record");
+        }
+    }
+    Ok(())
+}
