@@ -47,6 +47,10 @@ pub enum Status {
     Checkpointed,
     /// Frozen or being moved by a migration; do not touch.
     Migrating,
+    /// A rollback could not verify that the container runs again (still frozen, CRIU still
+    /// alive, network still locked...). `ContainerRecord::error` says what; an operator must
+    /// look. Never shown as running.
+    Error,
 }
 
 impl std::fmt::Display for Status {
@@ -57,6 +61,7 @@ impl std::fmt::Display for Status {
             Status::Stopped => "stopped",
             Status::Checkpointed => "checkpointed",
             Status::Migrating => "migrating",
+            Status::Error => "error",
         };
         f.write_str(s)
     }
@@ -84,6 +89,9 @@ pub struct ContainerRecord {
     /// Arrived by migration and not committed yet: discarded if ferryd restarts before commit.
     #[serde(default)]
     pub incoming_uncommitted: bool,
+    /// Why the status is [`Status::Error`]; None otherwise.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl ContainerRecord {
@@ -98,6 +106,7 @@ impl ContainerRecord {
             exit: None,
             restored_from,
             incoming_uncommitted: false,
+            error: None,
         }
     }
 }

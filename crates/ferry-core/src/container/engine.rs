@@ -15,8 +15,6 @@ use super::config::{merge_env, parse_volume, validate_env, validate_name};
 use super::store::RecordStore;
 use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
 use crate::api::RunRequest;
-// The old name, kept only for migration/resume.rs until it calls fsutil::block_on_fresh.
-pub(crate) use crate::fsutil::block_on_fresh as block_on;
 use crate::fsutil::block_on_fresh;
 use crate::image::ImageStore;
 use crate::network::{self, BridgeConfig, ContainerNet, Ipam};

@@ -16,14 +16,35 @@ impl Engine {
         Ok(rec.clone())
     }
 
-    /// Ends a failed outgoing migration: the container runs here again (or, if it died, is stopped).
+    /// [`Engine::try_end_migration`] for callers that cannot act on a failure: it is logged.
     pub fn end_migration(&self, name: &str, status: Status) {
-        if let Ok(slot) = self.slot(name) {
-            let mut rec = lock(&slot);
-            rec.status = status;
-            let _ = self.save(&rec);
-            self.refresh(&mut rec);
+        if let Err(e) = self.try_end_migration(name, status) {
+            tracing::error!(container = %name, %status, error = %e, "recording the end of a migration");
         }
+    }
+
+    /// Ends a failed outgoing migration: the container runs here again (or, if it died, is
+    /// stopped). Call it with `Running` only once the container is verified to run (see
+    /// `migration::resume`). A record that cannot be saved is an error: the caller must not
+    /// report the rollback as done.
+    pub fn try_end_migration(&self, name: &str, status: Status) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        rec.status = status;
+        rec.error = None;
+        self.save(&rec)?;
+        self.refresh(&mut rec);
+        Ok(())
+    }
+
+    /// Ends a failed outgoing migration whose rollback could not be verified: the record says
+    /// [`Status::Error`] with `reason`, never running.
+    pub fn fail_migration(&self, name: &str, reason: &str) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let mut rec = lock(&slot);
+        rec.status = Status::Error;
+        rec.error = Some(reason.to_owned());
+        self.save(&rec)
     }
 
     /// After a committed outgoing migration: the container lives elsewhere now; remove every

@@ -6,6 +6,7 @@
 //! [`run_in_netns`] (a fresh thread that entered that namespace), as the tests and the lab do.
 
 mod arp;
+mod criu_lock;
 mod error;
 mod gate;
 mod hold;
@@ -19,6 +20,9 @@ mod netns;
 mod tests;
 
 pub use arp::{garp_frame, send_gratuitous_arp, ArpOp};
+pub use criu_lock::{
+    install_criu_lock_like_criu, remove_criu_lock, CriuLockError, LockRemoval, CRIU_CHAIN,
+};
 pub use error::NetError;
 pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind};
 pub use hold::{PacketHold, HOLD_QUEUE};

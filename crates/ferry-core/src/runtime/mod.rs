@@ -8,7 +8,9 @@
 //! - [`shim`] is a small detached process per container (`ferryd shim …`) that starts or restores
 //!   the container, copies its stdout/stderr into `ctr.log` and records `exit.json`, so neither
 //!   depends on ferryd staying up.
+//! - [`freezer`] reads, thaws and checks a container's cgroup-v1 freezer (rollback after CRIU).
 
+pub mod freezer;
 pub mod runc;
 pub mod shim;
 pub mod spec;
