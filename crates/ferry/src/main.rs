@@ -343,7 +343,14 @@ async fn run(cli: Cli) -> Result<()> {
                 c.call(Method::GET, "/v1/containers", None::<()>).await?;
             let list: Vec<_> = list
                 .into_iter()
-                .filter(|r| all || r.status == ferry_core::container::Status::Running)
+                // Live ones, and those a failed migration left in error: never hide those.
+                .filter(|r| {
+                    use ferry_core::container::Status;
+                    all || matches!(
+                        r.status,
+                        Status::Running | Status::Migrating | Status::Error
+                    )
+                })
                 .collect();
             if json {
                 output::print_json(&list)?;

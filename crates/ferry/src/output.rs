@@ -87,6 +87,9 @@ pub fn containers_table(list: &[ContainerRecord]) {
             r.config.ip,
             cmd
         );
+        if let Some(e) = &r.error {
+            println!("{:<14} error: {e}", "");
+        }
     }
 }
 

@@ -437,15 +437,17 @@ pub(crate) fn resume_source_verified(
     match resume::resume_source(engine, cfg, process) {
         Ok(report) => {
             record::transition(engine.paths(), id, Stage::RolledBack, |r| {
-                r.cleanup_failures.extend(report.cleanup_failures.clone())
+                r.rollback = serde_json::to_value(&report).ok();
             })
             .map_err(|e| e.to_string())?;
             Ok(Stage::RolledBack)
         }
         Err(e) => {
             let msg = e.to_string();
+            let report = e.report().and_then(|r| serde_json::to_value(r).ok());
             if let Err(re) = record::transition(engine.paths(), id, Stage::Failed, |r| {
-                r.error = Some(msg.clone())
+                r.error = Some(msg.clone());
+                r.rollback = report;
             }) {
                 tracing::warn!(error = %re, "recording a failed rollback");
             }
@@ -498,8 +500,15 @@ pub(crate) async fn finish_source(
                     }
                 }
                 None => {
-                    out.engine
-                        .end_migration(&out.cfg.name, crate::container::Status::Running);
+                    // Never frozen: the container ran all along; only the claim goes.
+                    if let Err(e) = out
+                        .engine
+                        .try_end_migration(&out.cfg.name, crate::container::Status::Running)
+                    {
+                        out.report
+                            .cleanup_failures
+                            .push(format!("releasing the claim: {e}"));
+                    }
                     if let Err(e) =
                         record::transition(out.engine.paths(), out.id(), Stage::RolledBack, |_| {})
                     {

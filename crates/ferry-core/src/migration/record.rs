@@ -119,9 +119,13 @@ pub struct MigrationRecord {
     pub container_id: String,
     /// The other host (its certificate name).
     pub peer: String,
-    /// Source: the process group of `runc checkpoint` (and its CRIU), to kill it if stuck.
+    /// Source: the process group of `runc checkpoint` (and its CRIU), to kill it if stuck,
+    /// with its leader's start time so a reused number is never taken for it.
     #[serde(default)]
-    pub checkpoint_pgid: Option<i32>,
+    pub checkpoint: Option<super::resume::GroupRecord>,
+    /// Source: what the rollback did and verified.
+    #[serde(default)]
+    pub rollback: Option<serde_json::Value>,
     /// Source: the socket the CRIU hook reports to, rebound by a restarted ferryd.
     #[serde(default)]
     pub hook_socket: Option<PathBuf>,
@@ -150,7 +154,8 @@ impl MigrationRecord {
             container: container.to_owned(),
             container_id: ctr_id.to_owned(),
             peer: String::new(),
-            checkpoint_pgid: None,
+            checkpoint: None,
+            rollback: None,
             hook_socket: None,
             logs_dir: None,
             error: None,

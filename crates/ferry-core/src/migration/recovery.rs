@@ -71,9 +71,7 @@ async fn recover_one(
         }
         (Role::Source, Stage::Frozen | Stage::Failed) => {
             waiting.push(cfg.id.clone());
-            let process = rec
-                .checkpoint_pgid
-                .map(|pgid| CheckpointProcess::Orphan { pgid });
+            let process = rec.checkpoint.map(CheckpointProcess::Recorded);
             let e = engine.clone();
             blocking(move || {
                 commit::resume_source_verified(&e, &cfg, &id, process)
@@ -102,9 +100,7 @@ async fn recover_one(
                 cfg,
                 frozen: Frozen {
                     hook: HookServer::bind(&sock)?,
-                    process: rec
-                        .checkpoint_pgid
-                        .map(|pgid| CheckpointProcess::Orphan { pgid }),
+                    process: rec.checkpoint.map(CheckpointProcess::Recorded),
                     detached: true,
                     frozen_at: Instant::now(),
                 },

@@ -454,10 +454,8 @@ impl Outgoing {
             .stderr(err_file)
             .spawn()
             .map_err(|e| MigrationError::Internal(format!("starting runc checkpoint: {e}")))?;
-        let pgid = child.id() as i32;
-        record::update(self.engine.paths(), self.id(), |r| {
-            r.checkpoint_pgid = Some(pgid)
-        })?;
+        let group = super::resume::GroupRecord::of_child(&child);
+        record::update(self.engine.paths(), self.id(), |r| r.checkpoint = group)?;
         self.frozen = Some(Frozen {
             hook,
             process: Some(CheckpointProcess::Child(child)),
