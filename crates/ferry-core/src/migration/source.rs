@@ -567,7 +567,8 @@ impl Outgoing {
                     after: DUMP_STALL,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Short: the time from CRIU's post-dump to this loop noticing it is downtime.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

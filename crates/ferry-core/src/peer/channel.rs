@@ -45,6 +45,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_QUEUE: usize = 32;
 /// Control messages buffered before the demux pushes back.
 const CONTROL_QUEUE: usize = 64;
+/// Frames up to this size are joined with their header before they go into TLS.
+const SMALL_FRAME: usize = 16 * 1024;
 
 type Tls = TlsStream<TcpStream>;
 
@@ -212,12 +214,20 @@ impl std::fmt::Debug for FrameSink {
 
 impl FrameSink {
     async fn write(&self, kind: FrameKind, stream: u32, payload: &[u8]) -> Result<(), PeerError> {
-        // One buffer per frame: one write into the TLS layer, so few, full records.
-        let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
-        buf.extend_from_slice(&Header::encode(kind, stream, payload));
-        buf.extend_from_slice(payload);
+        let header = Header::encode(kind, stream, payload);
         let mut w = self.inner.lock().await;
-        w.write_all(&buf).await.map_err(PeerError::Net)?;
+        // Small frames in one buffer: one write into the TLS layer, one record. A big payload
+        // goes as it is, after its header: TLS copies it into its records anyway, so joining
+        // them first would only copy every byte once more.
+        if payload.len() <= SMALL_FRAME {
+            let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+            buf.extend_from_slice(&header);
+            buf.extend_from_slice(payload);
+            w.write_all(&buf).await.map_err(PeerError::Net)?;
+        } else {
+            w.write_all(&header).await.map_err(PeerError::Net)?;
+            w.write_all(payload).await.map_err(PeerError::Net)?;
+        }
         w.flush().await.map_err(PeerError::Net)
     }
 
@@ -305,11 +315,21 @@ impl FrameSource {
             .await
             .map_err(PeerError::Net)?;
         let h = Header::parse(&header)?;
-        let mut payload = vec![0u8; h.length as usize];
-        self.inner
-            .read_exact(&mut payload)
+        // Read into spare capacity: no zeroing of a buffer that is overwritten at once, and a
+        // large payload bypasses the BufReader (read straight out of TLS, one copy less).
+        let len = h.length as usize;
+        let mut payload = Vec::with_capacity(len);
+        let got = (&mut self.inner)
+            .take(len as u64)
+            .read_to_end(&mut payload)
             .await
             .map_err(PeerError::Net)?;
+        if got < len {
+            return Err(PeerError::Net(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the connection ended {} bytes into a frame of {len}", got),
+            )));
+        }
         h.check_payload(&payload)?;
         Ok(Some(Frame {
             kind: h.kind,
