@@ -264,3 +264,116 @@ cells! {
         ["host-a" says "no reply to Commit: in doubt"];
     commit_reply_cut_both: "destination" "commit-reply" CutBoth => Destination, full;
 }
+
+/// The destination's page scratch is a tiny tmpfs: the pages do not fit (disk full), the dump
+/// fails, and the source must resume with nothing lost and nothing left on the destination.
+#[test]
+fn pages_dest_disk_full() {
+    let mut t = lab();
+    start_redis(&t, "host-a", IP, 16 * 1024);
+    let w = Writer::start_keyed(
+        RedisConn::connect(&t.client_ns(), IP).unwrap(),
+        "f:",
+        Duration::from_millis(3),
+    );
+    // host-b's ferryd uses a mount it finds at <root>/pages as its page scratch.
+    t.lab.kill_ferryd("host-b").unwrap();
+    let pages = t.host_root("host-b").join("pages");
+    std::fs::create_dir_all(&pages).unwrap();
+    nix::mount::mount(
+        Some("ferry-test-full"),
+        &pages,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m,mode=0700"),
+    )
+    .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if let Err(e) = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("unmounting {}: {e}", self.0.display());
+            }
+        }
+    }
+    let _unmount = Unmount(pages);
+    t.lab.start_ferryd("host-b").unwrap();
+    let (ok, report, err) = t.migrate("host-a", "redis", "host-b");
+    assert!(!ok, "the pages cannot fit: {report}");
+    assert_eq!(report["outcome"], "rolled-back", "{report}\n{err}");
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"));
+    wait_for("every record final", Duration::from_secs(60), || {
+        all_final(&t, "host-a") && all_final(&t, "host-b")
+    });
+    t.assert_clean("host-b", "after the disk filled up");
+    let before = w.acked();
+    wait_for("writes go on", Duration::from_secs(60), || {
+        w.acked() > before + 100
+    });
+    let mut r = w.stop();
+    assert!(r.error.is_none(), "client error {:?}", r.error);
+    verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
+}
+
+/// The CRIU processes dumping for host-a (children of its `runc checkpoint`).
+fn criu_of(t: &TestLab, host: &str) -> Vec<i32> {
+    let runc_root = t.lab.host(host).unwrap().runc_root.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "criu" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .unwrap_or("0");
+        let parent = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+        let parent = String::from_utf8_lossy(&parent).replace('\0', " ");
+        if parent.contains("checkpoint") && parent.contains(&runc_root) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// CRIU hangs mid-dump (SIGSTOP): the stalled pages make the source give up, kill the stuck
+/// CRIU, thaw and verify the container, which keeps every write.
+#[test]
+fn dump_criu_stopped() {
+    let t = lab();
+    start_redis(&t, "host-a", IP, 32 * 1024);
+    let w = Writer::start_keyed(
+        RedisConn::connect(&t.client_ns(), IP).unwrap(),
+        "f:",
+        Duration::from_millis(3),
+    );
+    t.throttle("host-b", "100mbit");
+    let (ok, log) = migrate_and_interfere(migrate_command(&t, "redis"), || {
+        let pids = criu_of(&t, "host-a");
+        assert!(!pids.is_empty(), "a CRIU process dumps for host-a");
+        for p in pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGSTOP).unwrap();
+        }
+    });
+    assert!(!ok, "the migration must fail:\n{log}");
+    assert!(log.contains("rolled-back"), "a verified rollback:\n{log}");
+    assert!(criu_of(&t, "host-a").is_empty(), "the stuck CRIU is gone");
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"));
+    wait_for("every record final", Duration::from_secs(60), || {
+        all_final(&t, "host-a") && all_final(&t, "host-b")
+    });
+    t.assert_clean("host-b", "after CRIU hung on the source");
+    let before = w.acked();
+    wait_for("writes go on", Duration::from_secs(60), || {
+        w.acked() > before + 100
+    });
+    let mut r = w.stop();
+    assert!(r.error.is_none(), "client error {:?}", r.error);
+    verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
+}
