@@ -103,8 +103,15 @@ impl TestLab {
     }
 
     /// Nothing of a failed incoming migration is left on `host`.
+    /// A committed source finishes removing its copy after the verdict is recorded (CRIU
+    /// must end first), so this waits a little for the container to go.
     pub fn assert_clean(&self, host: &str, what: &str) {
-        let ps = self.ok(host, &["ps", "-a", "--json"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut ps = self.ok(host, &["ps", "-a", "--json"]);
+        while ps.trim() != "[]" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            ps = self.ok(host, &["ps", "-a", "--json"]);
+        }
         assert_eq!(ps.trim(), "[]", "{what}: {host} has no containers");
         let h = self.lab.host(host).unwrap();
         let runc = Command::new("runc")
