@@ -49,6 +49,8 @@ print(json.dumps({
   "writes_verified": all(c["all_acknowledged_writes_present"] for c in l),
   "pages_bytes": r["bytes"]["pages"],
   "phases": {p["phase"]: p["ms"] for p in r["phases"]},
+  "breakdown": r.get("downtime_breakdown"),
+  "source_cleanup_ms": r.get("source_cleanup_ms"),
 }))
 PY
     tail -1 "$WORK/runs.jsonl"
@@ -68,5 +70,23 @@ for size in sorted({r["size_mib"] for r in runs}):
           f"{sum(r['writes_verified'] for r in rs)} | {st.median(d):.0f} ({min(d)}–{max(d)}) | "
           f"{st.median(c):.0f} ({min(c)}–{max(c)}) | {st.median([r['phases'].get('dump',0) for r in rs]):.0f} | "
           f"{st.median([r['phases'].get('restore',0) for r in rs]):.0f} |")
+# Where the frozen window went: the median of each part (ms), and the details under it.
+rows = [r for r in runs if r.get("breakdown")]
+if rows:
+    names = [p["part"] for p in rows[0]["breakdown"]["parts"]]
+    details = [("criu_dump", k) for k in ("freezing_ms", "memdump_ms", "memwrite_ms", "frozen_ms")] + \
+              [("restore", k) for k in ("destination_ms", "page_server_ms", "runc_restore_ms",
+                                        "criu_restore_ms", "round_trip_ms")]
+    print()
+    print("| size | " + " | ".join(names) + " | between | total | " +
+          " | ".join(f"{a}.{k}" for a, k in details) + " |")
+    print("|---" * (len(names) + 3 + len(details)) + "|")
+    for size in sorted({r["size_mib"] for r in rows}):
+        rs = [r["breakdown"] for r in rows if r["size_mib"] == size]
+        med = lambda f: f"{st.median([f(b) or 0 for b in rs]):.0f}"
+        cells = [med(lambda b, n=n: next((p["ms"] for p in b["parts"] if p["part"] == n), 0)) for n in names]
+        cells += [med(lambda b: b["unaccounted_ms"]), med(lambda b: b["total_ms"])]
+        cells += [med(lambda b, a=a, k=k: (b.get(a) or {}).get(k)) for a, k in details]
+        print(f"| {size} MiB | " + " | ".join(cells) + " |")
 PY
 cat "$OUT/migrate-$STAMP.md"

@@ -120,6 +120,7 @@ fn redis_256mib_keeps_every_write_and_its_connections() {
         report["bytes"]["pages"].as_u64().unwrap() > 256 << 20,
         "memory moved: {report}"
     );
+    assert_downtime_breakdown(&report);
     eprintln!(
         "redis 256 MiB: downtime {} ms, longest client stall {:?} / {:?}, total {} ms ({}), pages {} B, criu {}",
         report["downtime_ms"],
@@ -130,6 +131,61 @@ fn redis_256mib_keeps_every_write_and_its_connections() {
         report["bytes"]["pages"],
         report["criu_dump"]
     );
+}
+
+/// The report says where the frozen window went: every part, in order, and they add up to
+/// about the downtime (what falls between them is small next to it).
+fn assert_downtime_breakdown(report: &serde_json::Value) {
+    let w = &report["downtime_breakdown"];
+    let parts: Vec<(&str, f64)> = w["parts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no downtime breakdown: {report}"))
+        .iter()
+        .map(|p| (p["part"].as_str().unwrap(), p["ms"].as_f64().unwrap()))
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|p| p.0).collect();
+    assert_eq!(
+        names,
+        [
+            "freeze",
+            "pages",
+            "post-dump",
+            "images",
+            "delta",
+            "restore",
+            "commit"
+        ],
+        "{w}"
+    );
+    let total = w["total_ms"].as_f64().unwrap();
+    let downtime = report["downtime_ms"].as_f64().unwrap();
+    assert!((total - downtime).abs() <= 1.0, "the same window: {w}");
+    let sum: f64 = parts.iter().map(|p| p.1).sum();
+    let between = w["unaccounted_ms"].as_f64().unwrap();
+    assert!((sum + between - total).abs() < 1.0, "{w}");
+    assert!(
+        between <= total * 0.1 + 20.0,
+        "the parts explain the downtime: {sum} of {total} ms, {between} ms between them: {w}"
+    );
+    assert_eq!(
+        w["parts"][1]["bytes"], report["bytes"]["pages"],
+        "the pages part carried the pages: {w}"
+    );
+    let criu = &w["criu_dump"];
+    assert!(criu["pages_written"].as_u64().unwrap() > 0, "{w}");
+    assert!(criu["frozen_ms"].as_f64().unwrap() > 0.0, "{w}");
+    let dest = &w["restore"];
+    let on_dest = dest["destination_ms"].as_f64().unwrap();
+    assert!(on_dest > 0.0, "{w}");
+    assert!(
+        dest["runc_restore_ms"].as_f64().unwrap() <= on_dest,
+        "runc's restore is part of the destination's time: {w}"
+    );
+    assert!(
+        parts[5].1 + 1.0 >= on_dest,
+        "the source waited at least as long as the destination worked: {w}"
+    );
+    assert!(dest["criu_restore_ms"].as_f64().unwrap() > 0.0, "{w}");
 }
 
 /// A numbered line stream from a server in the container; the same client socket must see

@@ -130,6 +130,14 @@ pub struct RestoreStats {
     pub pages_restored: u64,
     /// Post-copy: bytes still to be pulled from the source when the restore returned.
     pub lazy_remaining_bytes: u64,
+    /// CRIU's own restore time (`stats-restore`).
+    pub criu_restore_us: u64,
+    /// Waiting for the page server to finish and exit, after `Restore` arrived.
+    pub page_server_us: u64,
+    /// `Restore` received → `Restored` sent, on the destination's clock.
+    pub total_us: u64,
+    /// Staging the gated network (before the freeze, so not part of the downtime).
+    pub network_staging_us: u64,
 }
 
 /// One side's durable answer about a migration's outcome (see the module docs).

@@ -1,7 +1,7 @@
 //! `ferry migrate`: follows the daemon's progress stream and ends with the stats table.
 
 use anyhow::{bail, Result};
-use ferry_core::migration::report::{MigrationEvent, MigrationReport, Outcome};
+use ferry_core::migration::report::{Downtime, MigrationEvent, MigrationReport, Outcome, Part};
 use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::json;
@@ -124,6 +124,57 @@ fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
     let _ = std::io::stderr().flush();
 }
 
+/// Where the frozen window went: its parts, each with what explains it.
+fn window(w: &Downtime, to: &str) {
+    println!("  where the frozen window went:");
+    let line = |label: &str, ms: f64, bytes: u64| {
+        let (size, rate) = if bytes > 0 && ms > 0.0 {
+            (
+                human_bytes(bytes),
+                format!("{}/s", human_bytes((bytes as f64 * 1000.0 / ms) as u64)),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        println!("    {label:<30}{ms:>9.1} ms{size:>12}{rate:>14}");
+    };
+    for p in &w.parts {
+        let label = match p.part {
+            Part::Restore => format!("restore on {to}"),
+            other => other.label().to_owned(),
+        };
+        line(&label, p.ms, p.bytes);
+        match (p.part, &w.criu_dump, &w.restore) {
+            (Part::Pages, Some(c), _) => println!(
+                "      CRIU: freezing {:.1} ms, memdump {:.1} ms, memwrite {:.1} ms, \
+                 {} of {} pages written, frozen {:.1} ms in all",
+                c.freezing_ms,
+                c.memdump_ms,
+                c.memwrite_ms,
+                c.pages_written,
+                c.pages_scanned,
+                c.frozen_ms
+            ),
+            (Part::Restore, _, Some(d)) => println!(
+                "      {to}: {:.1} ms: page server {:.1}, runc restore {:.1} (CRIU forking {:.1}, \
+                 restore {:.1}), {} pages; wire {:.1} ms; network staged before the freeze \
+                 ({:.1} ms)",
+                d.destination_ms,
+                d.page_server_ms,
+                d.runc_restore_ms,
+                d.criu_forking_ms,
+                d.criu_restore_ms,
+                d.pages_restored,
+                d.round_trip_ms,
+                d.network_staged_before_freeze_ms
+            ),
+            _ => {}
+        }
+    }
+    line("between the parts", w.unaccounted_ms, 0);
+    line("total", w.total_ms, 0);
+}
+
 pub fn table(r: &MigrationReport) {
     println!();
     println!(
@@ -158,6 +209,12 @@ pub fn table(r: &MigrationReport) {
     match r.downtime_ms {
         Some(d) => println!("  downtime (freeze → running on {}): {d} ms", r.to),
         None => println!("  downtime: -"),
+    }
+    if let Some(w) = &r.downtime_breakdown {
+        window(w, &r.to);
+    }
+    if let Some(ms) = r.source_cleanup_ms {
+        println!("  after the commit, the source let go of its copy in {ms} ms");
     }
     println!("  total: {} ms", r.total_ms);
     let outcome = match r.outcome {

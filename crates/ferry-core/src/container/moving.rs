@@ -122,6 +122,7 @@ impl Engine {
                     forking_us: stats.as_ref().map(|s| s.forking_time_us).unwrap_or(0),
                     pages_restored: stats.as_ref().and_then(|s| s.pages_restored).unwrap_or(0),
                     lazy_remaining_bytes: 0,
+                    ..Default::default()
                 })
             }
             Err(e) => {

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::hook::HookServer;
 use super::record::{self, RecordError, Role, Stage};
-use super::report::{MigrationReport, Outcome, Phase};
+use super::report::{Downtime, MigrationReport, Outcome, Part, Phase};
 use super::resume::{self, CheckpointProcess};
 use super::source::{Outgoing, REPLY};
 use super::wire::{Machine, Wire};
@@ -261,6 +261,7 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
     out.detach_source().await?;
     record::transition(out.engine.paths(), out.id(), Stage::InDoubt, |_| {})?;
     // From here the source must not resume on its own: the destination may already serve.
+    let commit_sent = Instant::now();
     let sent = out
         .wire()?
         .request(
@@ -273,6 +274,11 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
             },
         )
         .await;
+    // The destination opens its gate before it answers: the downtime ends here.
+    let committed_at = sent.as_ref().ok().map(|()| Instant::now());
+    if committed_at.is_some() {
+        out.span_since(Part::Commit, commit_sent, 0);
+    }
     let frozen = out
         .frozen
         .take()
@@ -317,11 +323,23 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
     };
     match stage {
         Ok(Stage::Committed) => {
-            out.report.downtime_ms = Some(downtime_from.elapsed().as_millis() as u64);
+            // In doubt first: the downtime lasted until the verdict was known.
+            let end = committed_at.unwrap_or_else(Instant::now);
+            out.report.downtime_ms = Some(end.duration_since(downtime_from).as_millis() as u64);
+            out.report.source_cleanup_ms = Some(end.elapsed().as_millis() as u64);
             let crit = out.work.path().join("criu-work");
-            out.report.criu_dump = crate::criu::read_dump_stats(&crit)
-                .ok()
+            let dump_stats = crate::criu::read_dump_stats(&crit).ok();
+            out.report.criu_dump = dump_stats
+                .as_ref()
                 .and_then(|s| serde_json::to_value(s).ok());
+            let mut window = Downtime::from_spans(downtime_from, end, &out.spans);
+            if let Some(r) = &out.restored {
+                window = window.with_restore(r);
+            }
+            if let Some(s) = &dump_stats {
+                window = window.with_criu_dump(s);
+            }
+            out.report.downtime_breakdown = Some(window);
             out.close_tunnel(true).await;
             out.progress.done(&mut out.report, 0);
             Ok(())

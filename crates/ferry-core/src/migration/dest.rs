@@ -52,6 +52,8 @@ struct Incoming {
     page_server: Option<PageServer>,
     tunnel: Option<Tunnel>,
     announcer: Option<tokio::task::JoinHandle<()>>,
+    /// How long staging the gated network took (before the freeze), for the report.
+    network_staging: Duration,
 }
 
 /// Serves one accepted, authenticated connection: a migration, or a verdict inquiry.
@@ -140,6 +142,7 @@ impl Incoming {
             page_server: None,
             tunnel: None,
             announcer: None,
+            network_staging: Duration::ZERO,
         })
     }
 
@@ -418,7 +421,9 @@ impl Incoming {
     async fn open_page_sink(&mut self) -> Result<(), MigrationError> {
         self.step("dump").await?;
         let (e, name) = (self.engine.clone(), self.name());
+        let t = Instant::now();
         blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
+        self.network_staging = t.elapsed();
         let dir = self.images_dir()?;
         let log = self.work.path().join("page-server.log");
         let ps = blocking(move || {
@@ -457,17 +462,30 @@ impl Incoming {
     /// Restores the copy, gated, with heartbeats to the source while CRIU works. The stage
     /// `Restored` is recorded before the source hears of it.
     async fn restore(&mut self) -> Result<(), MigrationError> {
+        let t = Instant::now();
         self.step("restore").await?;
         let _alive = self.wire.heartbeat("restore");
         if let Some(ps) = self.page_server.take() {
             blocking(move || Ok(ps.wait()?)).await?;
         }
+        let page_server = t.elapsed();
         let (e, name, dir) = (self.engine.clone(), self.name(), self.images_dir()?);
         match blocking(move || Ok(e.restore_incoming(&name, &dir)?)).await {
-            Ok(stats) => {
+            Ok(mut stats) => {
                 let id = self.migration_id.clone().unwrap_or_default();
                 record::transition(self.engine.paths(), &id, Stage::Restored, |_| {})?;
                 drop(_alive);
+                let work = self
+                    .engine
+                    .container_dir(&self.config()?.id)
+                    .join("criu-work");
+                // Best effort: the restore worked; only its statistics would be missing.
+                if let Ok(criu) = crate::criu::read_restore_stats(&work) {
+                    stats.criu_restore_us = criu.restore_time_us;
+                }
+                stats.page_server_us = page_server.as_micros() as u64;
+                stats.network_staging_us = self.network_staging.as_micros() as u64;
+                stats.total_us = t.elapsed().as_micros() as u64;
                 self.wire.send(Message::Restored { stats }).await
             }
             Err(err) => {

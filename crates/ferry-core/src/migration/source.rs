@@ -22,7 +22,7 @@ use super::commit::{self, Frozen};
 use super::fault::{self, Injected};
 use super::hook::{HookServer, HOOK_RECORD_ENV, HOOK_SOCKET_ENV};
 use super::record::{self, MigrationRecord, Role, Stage};
-use super::report::{MigrationReport, Outcome, Phase, Progress};
+use super::report::{MigrationReport, Outcome, Part, Phase, Progress, Span};
 use super::resume::CheckpointProcess;
 use super::wire::{budget, within, Machine, Wire};
 use super::{blocking, host_versions, MigrateRequest, MigrationError};
@@ -59,6 +59,10 @@ pub(crate) struct Outgoing {
     /// Set from the freeze on: the held checkpoint.
     pub frozen: Option<Frozen>,
     tunnel: Option<Tunnel>,
+    /// The measured parts of the frozen window so far (see [`super::report::Downtime`]).
+    pub spans: Vec<Span>,
+    /// The destination's account of its restore.
+    pub restored: Option<ferry_proto::RestoreStats>,
 }
 
 /// Migrates `req.container` to `req.to`. Never leaves zero or two running copies: any error
@@ -153,6 +157,8 @@ impl Outgoing {
             snapshots: Vec::new(),
             frozen: None,
             tunnel: None,
+            spans: Vec::new(),
+            restored: None,
         })
     }
 
@@ -410,8 +416,61 @@ impl Outgoing {
             ..Default::default()
         };
         self.wire()?.send(Message::DumpDone { stats }).await?;
+        self.dump_spans(pages);
         self.progress.done(&mut self.report, pages);
         Ok(())
+    }
+
+    /// The dump's parts of the frozen window, from the hook's and the tunnel's timestamps.
+    fn dump_spans(&mut self, pages: u64) {
+        let now = Instant::now();
+        let Some(f) = self.frozen.as_ref() else {
+            return;
+        };
+        let at = |action: &str| {
+            f.hook
+                .seen()
+                .iter()
+                .find(|e| e.action == action)
+                .map(|e| e.at)
+        };
+        let frozen = at("pre-dump").unwrap_or(f.frozen_at);
+        let post_dump = at("post-dump").unwrap_or(now);
+        let first_page = self
+            .tunnel
+            .as_ref()
+            .and_then(|t| t.first_byte_to_peer())
+            .unwrap_or(post_dump);
+        self.spans.extend([
+            Span {
+                part: Part::Freeze,
+                from: frozen,
+                to: first_page,
+                bytes: 0,
+            },
+            Span {
+                part: Part::Pages,
+                from: first_page,
+                to: post_dump,
+                bytes: pages,
+            },
+            Span {
+                part: Part::PostDump,
+                from: post_dump,
+                to: now,
+                bytes: 0,
+            },
+        ]);
+    }
+
+    /// Records a part of the frozen window that ran from `from` until now.
+    pub fn span_since(&mut self, part: Part, from: Instant, bytes: u64) {
+        self.spans.push(Span {
+            part,
+            from,
+            to: Instant::now(),
+            bytes,
+        });
     }
 
     /// Starts `runc checkpoint` in its own process group (so a stuck CRIU can be killed with
@@ -529,6 +588,7 @@ impl Outgoing {
     /// The small CRIU images (the pages are already there).
     async fn send_images(&mut self) -> Result<(), MigrationError> {
         self.step(Phase::Images, "images").await?;
+        let t = Instant::now();
         let images_tar = self.work.path().join("images.tar");
         let (src, dst) = (self.work.path().join("images"), images_tar.clone());
         let bytes = blocking(move || {
@@ -549,6 +609,7 @@ impl Outgoing {
         })
         .await?;
         self.report.bytes.images = bytes;
+        self.span_since(Part::Images, t, bytes);
         self.progress.done(&mut self.report, bytes);
         Ok(())
     }
@@ -557,6 +618,7 @@ impl Outgoing {
     /// so both are complete up to the freeze.
     async fn send_delta(&mut self) -> Result<(), MigrationError> {
         self.step(Phase::FsPass2, "delta").await?;
+        let t = Instant::now();
         let mut bytes = 0u64;
         for i in 0..self.targets.len() {
             let (target, dir) = self.targets[i].clone();
@@ -579,6 +641,7 @@ impl Outgoing {
                 .0;
         }
         self.report.bytes.fs += bytes;
+        self.span_since(Part::Delta, t, bytes);
         self.progress.done(&mut self.report, bytes);
         Ok(())
     }
@@ -587,6 +650,7 @@ impl Outgoing {
     /// CRIU works; silence means it is gone).
     async fn restore(&mut self) -> Result<(), MigrationError> {
         self.step(Phase::Restore, "restore").await?;
+        let t = Instant::now();
         let stats = self
             .wire()?
             .request(
@@ -599,7 +663,9 @@ impl Outgoing {
                 },
             )
             .await?;
+        self.span_since(Part::Restore, t, 0);
         self.report.criu_restore = serde_json::to_value(&stats).ok();
+        self.restored = Some(stats);
         self.progress.done(&mut self.report, 0);
         Ok(())
     }

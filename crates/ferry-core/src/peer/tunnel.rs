@@ -18,7 +18,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use ferry_proto::StreamEnd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,6 +60,8 @@ impl TunnelCounters {
 struct Counters {
     to_peer: AtomicU64,
     from_peer: AtomicU64,
+    /// When the first byte went to the peer (the first page of a dump).
+    first_to_peer: OnceLock<Instant>,
 }
 
 /// A running tunnel.
@@ -75,6 +78,11 @@ impl Tunnel {
             to_peer: self.counters.to_peer.load(Ordering::Relaxed),
             from_peer: self.counters.from_peer.load(Ordering::Relaxed),
         }
+    }
+
+    /// When the local client's first byte was read (for a dump: its first page bytes).
+    pub fn first_byte_to_peer(&self) -> Option<Instant> {
+        self.counters.first_to_peer.get().copied()
     }
 
     /// Waits until both directions have ended.
@@ -208,6 +216,7 @@ async fn local_to_peer(
                 )
                 .await;
         }
+        c.first_to_peer.get_or_init(Instant::now);
         sink.send_data(stream, &buf[..n]).await?;
         total += n as u64;
         c.to_peer.fetch_add(n as u64, Ordering::Relaxed);
