@@ -133,9 +133,17 @@ async fn recover_one(
                 },
                 work: None,
             };
+            // The scratch of the interrupted migration (kept for the hook socket) goes once
+            // the verdict is applied and CRIU has ended.
+            let scratch = sock.parent().map(|p| p.to_owned());
             tokio::spawn(async move {
                 let r = commit::settle_source(doubt, Verdict::Pending).await;
                 tracing::warn!(migration = %id, result = ?r, "in-doubt migration settled after a restart");
+                if let Some(dir) = scratch {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(path = %dir.display(), error = %e, "removing the settled migration's scratch");
+                    }
+                }
             });
         }
         (Role::Destination, Stage::Receiving) => {
