@@ -103,8 +103,15 @@ impl TestLab {
     }
 
     /// Nothing of a failed incoming migration is left on `host`.
+    /// A committed source finishes removing its copy after the verdict is recorded (CRIU
+    /// must end first), so this waits a little for the container to go.
     pub fn assert_clean(&self, host: &str, what: &str) {
-        let ps = self.ok(host, &["ps", "-a", "--json"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut ps = self.ok(host, &["ps", "-a", "--json"]);
+        while ps.trim() != "[]" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            ps = self.ok(host, &["ps", "-a", "--json"]);
+        }
         assert_eq!(ps.trim(), "[]", "{what}: {host} has no containers");
         let h = self.lab.host(host).unwrap();
         let runc = Command::new("runc")
@@ -123,6 +130,43 @@ impl TestLab {
         assert!(
             leftovers.is_empty(),
             "{what}: no container dirs on {host}: {leftovers:?}"
+        );
+        // Nor a netns, a cgroup, a staged migration dir or pages waiting in the scratch. They
+        // go a moment after the container does, so allow a few seconds.
+        let state_dirs = [
+            h.root.join("netns"),
+            h.root.join("tmp"),
+            h.root.join("pages"),
+        ];
+        let cgroups = ["pids", "freezer"].map(|c| {
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(&h.cgroup_parent)
+        });
+        let entries = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+            std::fs::read_dir(d)
+                .map(|r| r.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        let left = || -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = state_dirs.iter().flat_map(|d| entries(d)).collect();
+            // A cgroup dir holds control files; a container's cgroup is a sub-directory.
+            v.extend(
+                cgroups
+                    .iter()
+                    .flat_map(|d| entries(d))
+                    .filter(|p| p.is_dir()),
+            );
+            v
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !left().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            left().is_empty(),
+            "{what}: nothing left on {host}: {:?}",
+            left()
         );
     }
 

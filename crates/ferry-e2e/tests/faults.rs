@@ -48,6 +48,29 @@ const IP: &str = "10.77.1.90";
 /// Longer than every peer timeout (15 s of silence).
 const STOPPED_FOR: Duration = Duration::from_secs(20);
 
+/// Redis on host-a with `keys` 1 KiB values, and one client writing on one connection.
+fn redis_under_writer(t: &TestLab, keys: u64) -> Writer {
+    start_redis(t, "host-a", IP, keys);
+    Writer::start_keyed(
+        RedisConn::connect(&t.client_ns(), IP).unwrap(),
+        "f:",
+        Duration::from_millis(3),
+    )
+}
+
+/// The client's connection goes on, and every write it saw acknowledged is there.
+fn writes_intact(w: Writer, what: &str) {
+    let before = w.acked();
+    wait_for(
+        &format!("{what}: writes go on"),
+        Duration::from_secs(60),
+        || w.acked() > before + 100,
+    );
+    let mut r = w.stop();
+    assert!(r.error.is_none(), "{what}: client error {:?}", r.error);
+    verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
+}
+
 fn fault_dir(t: &TestLab, host: &str) -> PathBuf {
     let d = t.host_root(host).join("inject-fault");
     std::fs::create_dir_all(&d).unwrap();
@@ -94,6 +117,23 @@ fn all_final(t: &TestLab, host: &str) -> bool {
         })
 }
 
+/// Waits until every record on both hosts is final; on timeout, shows them.
+fn wait_final(t: &TestLab, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if all_final(t, "host-a") && all_final(t, "host-b") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!(
+        "{what}: records not final after 120 s\nhost-a: {:#?}\nhost-b: {:#?}\n{}",
+        records(t, "host-a"),
+        records(t, "host-b"),
+        t.logs_tail()
+    );
+}
+
 fn wait_exit(child: &mut Child, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -108,12 +148,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) {
 
 fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &str)]) {
     let mut t = lab();
-    start_redis(&t, "host-a", IP, 16 * 1024);
-    let w = Writer::start_keyed(
-        RedisConn::connect(&t.client_ns(), IP).unwrap(),
-        "f:",
-        Duration::from_millis(3),
-    );
+    let w = redis_under_writer(&t, 16 * 1024);
     let at = host_of(role);
     let dir = fault_dir(&t, at);
     let pause = dir.join(format!("pause-{role}-{step}"));
@@ -172,11 +207,7 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &st
     }
     wait_exit(&mut child, Duration::from_secs(120));
     let what = format!("{role}:{step} × {fault:?}");
-    wait_for(
-        &format!("{what}: every record final on both hosts"),
-        Duration::from_secs(120),
-        || all_final(&t, "host-a") && all_final(&t, "host-b"),
-    );
+    wait_final(&t, &what);
     let on_b = t.status("host-b", "redis").as_deref() == Some("running");
     let (win, lose) = match winner {
         Winner::Source => ("host-a", "host-b"),
@@ -200,16 +231,7 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &st
             t.logs_tail()
         );
     }
-    // The client's connection goes on, and every write it saw acknowledged is there.
-    let before = w.acked();
-    wait_for(
-        &format!("{what}: writes go on"),
-        Duration::from_secs(60),
-        || w.acked() > before + 100,
-    );
-    let mut r = w.stop();
-    assert!(r.error.is_none(), "{what}: client error {:?}", r.error);
-    verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
+    writes_intact(w, &what);
 }
 
 fn full() -> bool {
@@ -263,4 +285,155 @@ cells! {
     commit_reply_corrupt_frame: "destination" "commit-reply" Corrupt => Destination
         ["host-a" says "no reply to Commit: in doubt"];
     commit_reply_cut_both: "destination" "commit-reply" CutBoth => Destination, full;
+}
+
+/// The destination's page scratch is a tiny tmpfs: the pages do not fit (disk full), the dump
+/// fails, and the source must resume with nothing lost and nothing left on the destination.
+#[test]
+fn pages_dest_disk_full() {
+    let t = lab();
+    let w = redis_under_writer(&t, 16 * 1024);
+    // A tiny tmpfs over host-b's page scratch, in its ferryd's mount namespace.
+    let pages = t.host_root("host-b").join("pages");
+    let ferryd = t.lab.host("host-b").unwrap().pid().unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--mount=/proc/{ferryd}/ns/mnt"))
+        .args([
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m,mode=0700",
+            "ferry-test-full",
+        ])
+        .arg(&pages)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, report, err) = t.migrate("host-a", "redis", "host-b");
+    assert!(!ok, "the pages cannot fit: {report}");
+    assert_eq!(report["outcome"], "rolled-back", "{report}\n{err}");
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"));
+    wait_final(&t, "the fault");
+    t.assert_clean("host-b", "after the disk filled up");
+    writes_intact(w, "page scratch full");
+}
+
+/// The CRIU processes dumping for host-a (children of its `runc checkpoint`).
+fn criu_of(t: &TestLab, host: &str) -> Vec<i32> {
+    let runc_root = t.lab.host(host).unwrap().runc_root.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "criu" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .unwrap_or("0");
+        let parent = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+        let parent = String::from_utf8_lossy(&parent).replace('\0', " ");
+        if parent.contains("checkpoint") && parent.contains(&runc_root) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// CRIU hangs mid-dump (SIGSTOP): the stalled pages make the source give up, kill the stuck
+/// CRIU, thaw and verify the container, which keeps every write.
+#[test]
+fn dump_criu_stopped() {
+    let t = lab();
+    let w = redis_under_writer(&t, 32 * 1024);
+    t.throttle("host-b", "100mbit");
+    let (ok, log) = migrate_and_interfere(migrate_command(&t, "redis"), || {
+        let pids = criu_of(&t, "host-a");
+        assert!(!pids.is_empty(), "a CRIU process dumps for host-a");
+        for p in pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGSTOP).unwrap();
+        }
+    });
+    assert!(!ok, "the migration must fail:\n{log}");
+    assert!(
+        log.contains("rolled-back") || log.contains("rolled back"),
+        "a verified rollback:\n{log}"
+    );
+    assert!(criu_of(&t, "host-a").is_empty(), "the stuck CRIU is gone");
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"));
+    wait_final(&t, "the fault");
+    t.assert_clean("host-b", "after CRIU hung on the source");
+    let fresh = RedisConn::connect(&t.client_ns(), IP).and_then(|mut c| c.cmd(&["PING"]));
+    assert!(
+        fresh.is_ok(),
+        "a new client reaches the resumed source: {fresh:?}"
+    );
+    writes_intact(w, "CRIU stopped");
+}
+
+/// The destination dies with its restored copy waiting and stays down: the source, in doubt,
+/// stays frozen (never resumes on a guess) until the operator decides. `--resume-source` brings
+/// it back, verified; the destination, once up again, learns the verdict and discards its copy.
+#[test]
+fn in_doubt_until_the_operator_resolves() {
+    let mut t = lab();
+    let w = redis_under_writer(&t, 16 * 1024);
+    let dir = fault_dir(&t, "host-a");
+    let pause = dir.join("pause-source-commit");
+    std::fs::write(&pause, b"").unwrap();
+    let mut child = migrate_command(&t, "redis")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the source at its commit", Duration::from_secs(90), || {
+        dir.join("reached-source-commit").exists()
+    });
+    t.lab.kill_ferryd("host-b").unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let in_doubt = || {
+        records(&t, "host-a")
+            .iter()
+            .find(|r| r["stage"] == "in-doubt")
+            .and_then(|r| r["migration_id"].as_str().map(str::to_owned))
+    };
+    wait_for("the source in doubt", Duration::from_secs(30), || {
+        in_doubt().is_some()
+    });
+    let id = in_doubt().unwrap();
+    // It stays frozen while nobody knows: not running, on neither host for now.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("migrating"));
+    // `resolve` needs the in-doubt wait to have started (after the Commit reply timed out).
+    let mut resolved = String::new();
+    wait_for(
+        "the operator's decision taken",
+        Duration::from_secs(40),
+        || {
+            let out = t.ferry(
+                "host-a",
+                &["migration", "resolve", &id, "--resume-source", "--json"],
+            );
+            resolved = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
+        },
+    );
+    assert!(resolved.contains("rolled-back"), "{resolved}");
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"));
+    wait_exit(&mut child, Duration::from_secs(60));
+    t.lab.start_ferryd("host-b").unwrap();
+    wait_final(&t, "after the operator resumed the source");
+    t.assert_clean("host-b", "the destination learnt the verdict");
+    writes_intact(w, "resolved by the operator");
 }

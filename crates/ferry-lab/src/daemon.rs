@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ferry_core::tool::Tool;
 
-use crate::nsexec::{enter_as_host_daemon, PrivateView};
+use crate::nsexec::{enter_as_host_daemon, enter_as_restarted_daemon, PrivateView};
 use crate::state::{HostHandle, LabState, HOST_BRIDGE, PREFIX_LEN};
 
 /// Finds one of the project's binaries: `$ENV`, else next to the running executable, else one
@@ -59,9 +59,15 @@ pub fn issue_certificates(ferry: &Path, lab: &LabState) -> Result<()> {
     Ok(())
 }
 
-/// Starts ferryd for `host` inside its netns and a private mount namespace, as a session
-/// leader, logging to `<host>/ferryd.log`; records its pid in `<host>/ferryd.pid`.
-pub fn spawn_ferryd(ferryd: &Path, lab: &LabState, host: &HostHandle) -> Result<Child> {
+/// Starts ferryd for `host` inside its netns and a private mount namespace (or `mount_ns`, the
+/// one an earlier ferryd of this host had), as a session leader, logging to
+/// `<host>/ferryd.log`; records its pid in `<host>/ferryd.pid`.
+pub fn spawn_ferryd(
+    ferryd: &Path,
+    lab: &LabState,
+    host: &HostHandle,
+    mount_ns: Option<&Path>,
+) -> Result<Child> {
     for d in [&host.root, &host.runc_root, &lab.sock_dir()] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -91,14 +97,17 @@ pub fn spawn_ferryd(ferryd: &Path, lab: &LabState, host: &HostHandle) -> Result<
         .args(["--host-name", &host.name]);
     let mut cmd = tool.command();
     cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-    enter_as_host_daemon(
-        &mut cmd,
-        &host.netns_path,
-        &PrivateView {
-            lab_dir: lab.dir.clone(),
-            keep: vec![host.dir.clone(), lab.sock_dir()],
-        },
-    );
+    match mount_ns {
+        Some(ns) => enter_as_restarted_daemon(&mut cmd, &host.netns_path, ns, &host.dir),
+        None => enter_as_host_daemon(
+            &mut cmd,
+            &host.netns_path,
+            &PrivateView {
+                lab_dir: lab.dir.clone(),
+                keep: vec![host.dir.clone(), lab.sock_dir()],
+            },
+        ),
+    }
     let child = cmd.spawn().map_err(|e| tool.spawn_error(e))?;
     std::fs::write(&host.pidfile, child.id().to_string())
         .with_context(|| format!("writing {}", host.pidfile.display()))?;

@@ -63,6 +63,9 @@ pub struct Lab {
     state: LabState,
     hosts: Vec<HostHandle>,
     children: Vec<Child>,
+    /// Each host's mount namespace, held open: a restarted ferryd re-enters it, as a real
+    /// ferryd restarts in its host's mounts (netns files, rootfs overlays, page scratch).
+    mount_ns: std::collections::HashMap<String, std::fs::File>,
     armed: bool,
 }
 
@@ -107,6 +110,7 @@ impl Lab {
             hosts: state.all_hosts(),
             state,
             children: Vec::new(),
+            mount_ns: std::collections::HashMap::new(),
             armed: true,
         };
         for h in &lab.hosts {
@@ -156,26 +160,38 @@ impl Lab {
     }
 
     /// Starts a host's ferryd again (after [`Lab::kill_ferryd`]) and waits until it answers.
-    /// It gets a fresh private mount namespace; its state dir is the same.
+    /// It runs in the same mount namespace as before, with the same state dir.
     pub fn start_ferryd(&mut self, host: &str) -> Result<()> {
         let h = self
             .host(host)
             .with_context(|| format!("no host {host}"))?
             .clone();
         let ferryd = find_binary("ferryd", "FERRYD")?;
-        let child = daemon::spawn_ferryd(&ferryd, &self.state, &h)?;
+        self.spawn(&ferryd, &h, Duration::from_secs(30))
+    }
+
+    fn spawn(&mut self, ferryd: &Path, h: &HostHandle, timeout: Duration) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        // The child still holds this descriptor between fork and exec, where it enters it.
+        let ns = self
+            .mount_ns
+            .get(&h.name)
+            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())));
+        let child = daemon::spawn_ferryd(ferryd, &self.state, h, ns.as_deref())?;
+        if ns.is_none() {
+            let path = format!("/proc/{}/ns/mnt", child.id());
+            let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            self.mount_ns.insert(h.name.clone(), f);
+        }
         self.children.push(child);
         let child = self.children.last_mut().expect("just pushed");
-        daemon::wait_ready(child, &h, Duration::from_secs(30))
+        daemon::wait_ready(child, h, timeout)
     }
 
     fn start_daemons(&mut self, ferryd: &Path, ferry: &Path, timeout: Duration) -> Result<()> {
         daemon::issue_certificates(ferry, &self.state)?;
         for h in self.hosts.clone() {
-            let child = daemon::spawn_ferryd(ferryd, &self.state, &h)?;
-            self.children.push(child);
-            let child = self.children.last_mut().expect("just pushed");
-            daemon::wait_ready(child, &h, timeout)?;
+            self.spawn(ferryd, &h, timeout)?;
         }
         daemon::register_peers(ferry, &self.state)
     }

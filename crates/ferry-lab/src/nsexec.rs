@@ -55,6 +55,26 @@ pub fn enter(cmd: &mut Command, netns: &Path, mount_ns_of: Option<i32>) {
     }
 }
 
+/// Makes `cmd` start as a session leader in the netns at `netns` and the existing mount
+/// namespace at `mount_ns` (a host's, kept from its first ferryd), in `cwd`.
+pub fn enter_as_restarted_daemon(cmd: &mut Command, netns: &Path, mount_ns: &Path, cwd: &Path) {
+    let net = cstring(netns);
+    let mnt = cstring(mount_ns);
+    let dir = cstring(cwd);
+    // SAFETY: the closure only makes syscalls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            setsid()?;
+            let net_fd = open_ns(&net)?;
+            let mnt_fd = open_ns(&mnt)?;
+            setns(&net_fd, CloneFlags::CLONE_NEWNET)?;
+            setns(&mnt_fd, CloneFlags::CLONE_NEWNS)?;
+            chdir(dir.as_c_str())?;
+            Ok(())
+        });
+    }
+}
+
 /// What a ferryd's private mount namespace shows of the lab directory.
 pub struct PrivateView {
     /// Hidden under an empty tmpfs …

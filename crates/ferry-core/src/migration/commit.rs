@@ -474,6 +474,10 @@ pub(crate) fn resume_source_verified(
     }
 }
 
+fn settled_as(out: &Outgoing, stage: Stage) -> bool {
+    matches!(record::load(out.engine.paths(), out.id()), Ok(Some(r)) if r.stage == stage)
+}
+
 /// Ends an outgoing migration: on error, abort the destination and put the source back,
 /// verified; then the report, in the record and to the caller.
 pub(crate) async fn finish_source(
@@ -517,6 +521,8 @@ pub(crate) async fn finish_source(
                         }
                     }
                 }
+                // Settled while in doubt (the destination said not committed, or an operator).
+                None if settled_as(&out, Stage::RolledBack) => Outcome::RolledBack,
                 None => {
                     // Never frozen: the container ran all along; only the claim goes.
                     if let Err(e) = out

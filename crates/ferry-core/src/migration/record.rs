@@ -73,19 +73,19 @@ impl Stage {
     }
 
     /// Whether `self` may become `next`: forward only, finals never change. `Failed` may still
-    /// be resolved (an operator or a later rollback that verifies).
+    /// be resolved (an operator or a later rollback that verifies). Staying put is refused too,
+    /// so of two racing callers exactly one acts (the other sees `Stale` with the stage).
     fn may_become(self, next: Stage) -> bool {
         use Stage::*;
-        match (self, next) {
-            (a, b) if a == b => true,
-            (Claimed, Frozen | RolledBack | Failed) => true,
-            (Frozen, InDoubt | RolledBack | Failed) => true,
-            (InDoubt, Committed | RolledBack | Failed) => true,
-            (Receiving, Restored | Discarded) => true,
-            (Restored, Committed | Discarded) => true,
-            (Failed, RolledBack | Committed) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Claimed, Frozen | RolledBack | Failed)
+                | (Frozen, InDoubt | RolledBack | Failed)
+                | (InDoubt, Committed | RolledBack | Failed)
+                | (Receiving, Restored | Discarded)
+                | (Restored, Committed | Discarded)
+                | (Failed, RolledBack | Committed)
+        )
     }
 
     /// What this side answers a peer's `Inquire` with, given its role.
@@ -317,5 +317,9 @@ mod tests {
             Verdict::NotCommitted
         );
         assert!(!Stage::InDoubt.may_become(Stage::Frozen));
+        assert!(
+            !Stage::Committed.may_become(Stage::Committed),
+            "one caller acts"
+        );
     }
 }

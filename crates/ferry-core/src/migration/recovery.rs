@@ -37,9 +37,36 @@ pub async fn recover(engine: Arc<Engine>, identity: Option<Arc<HostIdentity>>) {
     let e = engine.clone();
     let _ = blocking(move || {
         e.recover_migrations(&waiting);
+        sweep_scratch(&e);
         Ok(())
     })
     .await;
+}
+
+/// Scratch a killed ferryd left behind (its drop guards never ran): every `incoming-*` dir, and
+/// every `migrate-*` dir but those an in-doubt source still needs (its CRIU hook socket).
+fn sweep_scratch(engine: &Engine) {
+    let keep: Vec<std::path::PathBuf> = record::list(engine.paths())
+        .into_iter()
+        .filter(|r| !r.stage.is_final())
+        .filter_map(|r| r.hook_socket.and_then(|s| s.parent().map(|p| p.to_owned())))
+        .collect();
+    let paths = engine.paths();
+    for dir in [paths.tmp(), paths.page_scratch()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with("incoming-") || name.starts_with("migrate-");
+            if !ours || keep.contains(&e.path()) {
+                continue;
+            }
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "removing a stale migration scratch dir");
+            }
+        }
+    }
 }
 
 async fn recover_one(
@@ -106,9 +133,17 @@ async fn recover_one(
                 },
                 work: None,
             };
+            // The scratch of the interrupted migration (kept for the hook socket) goes once
+            // the verdict is applied and CRIU has ended.
+            let scratch = sock.parent().map(|p| p.to_owned());
             tokio::spawn(async move {
                 let r = commit::settle_source(doubt, Verdict::Pending).await;
                 tracing::warn!(migration = %id, result = ?r, "in-doubt migration settled after a restart");
+                if let Some(dir) = scratch {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(path = %dir.display(), error = %e, "removing the settled migration's scratch");
+                    }
+                }
             });
         }
         (Role::Destination, Stage::Receiving) => {

@@ -117,7 +117,9 @@ pub enum Step {
     StopCheckpoint,
     Thaw,
     TasksRunning,
+    TcpRepair,
     NetworkLock,
+    Kick,
     Reattach,
     Announce,
     Record,
@@ -129,6 +131,8 @@ impl std::fmt::Display for Step {
             Step::StopCheckpoint => "stop the checkpoint",
             Step::Thaw => "thaw the cgroup",
             Step::TasksRunning => "tasks running",
+            Step::TcpRepair => "take sockets out of TCP repair mode",
+            Step::Kick => "kick the connections",
             Step::NetworkLock => "remove CRIU's network lock",
             Step::Reattach => "re-attach the veth",
             Step::Announce => "gratuitous ARP",
@@ -245,7 +249,12 @@ pub fn resume_source_with(
         total_ms: 0,
     };
 
-    // 1. The checkpoint's processes: CRIU's own rollback, else SIGKILL.
+    // 1. The checkpoint's processes: CRIU's own rollback, else SIGKILL. The tasks are held
+    // frozen across it: a CRIU killed mid-dump leaves sockets in TCP repair mode, and a task
+    // that ran before they leave it would read EINVAL and drop its clients. (A healthy CRIU
+    // thaws them itself when it rolls back; the thaw below verifies either way.)
+    let freezer = Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
+    let held = checkpoint.is_some() && freezer.exists() && freezer.freeze(opts.thaw_wait).is_ok();
     let t = Instant::now();
     let (stop, lingering) = match checkpoint {
         Some(cp) => stop_checkpoint(cp, opts),
@@ -256,8 +265,23 @@ pub fn resume_source_with(
     };
     push(&mut r, Step::StopCheckpoint, t, stop);
 
+    // Sockets out of repair mode while nothing runs.
+    let t = Instant::now();
+    let repair = task_pids(&freezer).and_then(|pids| {
+        network::leave_tcp_repair(&pids)
+            .map(|n| {
+                let when = if held {
+                    "while frozen"
+                } else {
+                    "(tasks were not held)"
+                };
+                format!("{n} sockets were in TCP repair mode; none is now {when}")
+            })
+            .map_err(|e| e.to_string())
+    });
+    push(&mut r, Step::TcpRepair, t, repair);
+
     // 2. The freezer, then what the container's tasks and runc say.
-    let freezer = Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
     let t = Instant::now();
     let thaw = thaw(&freezer, opts);
     push(&mut r, Step::Thaw, t, thaw);
@@ -322,6 +346,15 @@ pub fn resume_source_with(
             .map(|()| format!("announced {} from {}", cn.ip, network::CONTAINER_IFNAME))
             .map_err(|e| e.to_string());
     push(&mut r, Step::Announce, t, garp);
+    // What the clients sent into the network lock was dropped: each connection resends now
+    // rather than after its backed-off retransmit timer.
+    let t = Instant::now();
+    let kick = task_pids(&freezer).and_then(|pids| {
+        network::kick_tcp_retransmits(&pids)
+            .map(|n| format!("{n} connections kicked"))
+            .map_err(|e| e.to_string())
+    });
+    push(&mut r, Step::Kick, t, kick);
 
     // 5. The record: running only if everything above held.
     let t = Instant::now();
@@ -697,6 +730,16 @@ fn stop_orphan(
 }
 
 // ---- step 2: freezer and tasks --------------------------------------------------------------
+
+/// The container's task ids (threads included).
+fn task_pids(freezer: &Freezer) -> Result<Vec<u32>, String> {
+    Ok(freezer
+        .tasks()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|t| t.tid as u32)
+        .collect())
+}
 
 fn thaw(freezer: &Freezer, opts: &ResumeOptions) -> Result<String, String> {
     if !freezer.exists() {

@@ -114,10 +114,12 @@ fn set_tcp_opt(fd: &OwnedFd, opt: libc::c_int, val: libc::c_int) -> std::io::Res
     }
 }
 
-/// Kicks every established TCP socket held by `pids`. Returns how many were kicked. Sockets
-/// that cannot be taken are skipped: this only saves time, it changes no data.
-pub fn kick_tcp_retransmits(pids: &[u32]) -> Result<usize, NetError> {
-    let mut kicked = 0;
+/// Calls `f` once for each TCP socket held by `pids` (taken with pidfd_getfd), with its
+/// (state, unacknowledged segments). Sockets that cannot be taken are skipped.
+fn each_tcp_socket(
+    pids: &[u32],
+    mut f: impl FnMut(&OwnedFd, u8, u32) -> Result<(), NetError>,
+) -> Result<(), NetError> {
     let mut seen = std::collections::HashSet::new();
     for &pid in pids {
         let Ok(pidfd) = pidfd_open(pid) else { continue };
@@ -129,7 +131,7 @@ pub fn kick_tcp_retransmits(pids: &[u32]) -> Result<usize, NetError> {
                 continue;
             };
             let link = link.to_string_lossy().into_owned();
-            // One socket can be open in several processes: kick it once.
+            // One socket can be open in several processes: once is enough.
             if !link.starts_with("socket:") || !seen.insert(link) {
                 continue;
             }
@@ -139,20 +141,46 @@ pub fn kick_tcp_retransmits(pids: &[u32]) -> Result<usize, NetError> {
             let Ok(sock) = pidfd_getfd(&pidfd, target) else {
                 continue;
             };
-            let unacked = match tcp_state(&sock) {
-                Some((TCP_ESTABLISHED, unacked)) => unacked,
-                _ => continue,
-            };
-            push_pending(&sock).map_err(sys("TCP_NODELAY push"))?;
-            if unacked > 0 {
-                for _ in 0..PROBES {
-                    set_repair(&sock, true).map_err(sys("TCP_REPAIR on"))?;
-                    // Off (not off-without-probe): the kernel sends a window probe.
-                    set_repair(&sock, false).map_err(sys("TCP_REPAIR off"))?;
-                }
+            if let Some((state, unacked)) = tcp_state(&sock) {
+                f(&sock, state, unacked)?;
             }
-            kicked += 1;
         }
     }
+    Ok(())
+}
+
+/// Kicks every established TCP socket held by `pids`. Returns how many were kicked. Sockets
+/// that cannot be taken are skipped: this only saves time, it changes no data.
+pub fn kick_tcp_retransmits(pids: &[u32]) -> Result<usize, NetError> {
+    let mut kicked = 0;
+    each_tcp_socket(pids, |sock, state, unacked| {
+        if state != TCP_ESTABLISHED {
+            return Ok(());
+        }
+        push_pending(sock).map_err(sys("TCP_NODELAY push"))?;
+        if unacked > 0 {
+            for _ in 0..PROBES {
+                set_repair(sock, true).map_err(sys("TCP_REPAIR on"))?;
+                // Off (not off-without-probe): the kernel sends a window probe.
+                set_repair(sock, false).map_err(sys("TCP_REPAIR off"))?;
+            }
+        }
+        kicked += 1;
+        Ok(())
+    })?;
     Ok(kicked)
+}
+
+/// Takes every TCP socket of `pids` out of repair mode (a CRIU killed mid-dump leaves them
+/// there). Returns how many were in it.
+pub fn leave_tcp_repair(pids: &[u32]) -> Result<usize, NetError> {
+    let mut fixed = 0;
+    each_tcp_socket(pids, |sock, _, _| {
+        if get_tcp_opt(sock, libc::TCP_REPAIR).map_err(sys("TCP_REPAIR get"))? != 0 {
+            set_repair(sock, false).map_err(sys("TCP_REPAIR off"))?;
+            fixed += 1;
+        }
+        Ok(())
+    })?;
+    Ok(fixed)
 }

@@ -27,7 +27,7 @@ pub use error::NetError;
 pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind};
 pub use hold::{PacketHold, HOLD_QUEUE};
 pub use ipam::Ipam;
-pub use kick::kick_tcp_retransmits;
+pub use kick::{kick_tcp_retransmits, leave_tcp_repair};
 pub use link::{
     attach_veth, create_veth, delete_link, detach_veth, ensure_bridge, ensure_bridge_link,
     link_mac, set_link_up, setup_container_net, BridgeConfig, ContainerNet, CONTAINER_IFNAME,
