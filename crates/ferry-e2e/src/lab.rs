@@ -170,50 +170,44 @@ impl TestLab {
         );
     }
 
-    /// Slows host-b's uplink so a memory transfer lasts long enough to interfere with.
-    pub fn throttle(&self, host: &str, rate: &str) {
-        let fab = self.lab.fabric_netns();
+    /// Runs a command in the fabric's netns (where each host's uplink `fab-<host>` is).
+    fn fabric(&self, program: &str, args: &[&str]) {
         let out = Command::new("nsenter")
-            .arg(format!("--net={}", fab.display()))
-            .args([
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                &format!("fab-{host}"),
-                "root",
-                "tbf",
-                "rate",
-                rate,
-            ])
-            .args(["burst", "64kb", "latency", "2s"])
+            .arg(format!("--net={}", self.lab.fabric_netns().display()))
+            .arg(program)
+            .args(args)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "tc: {}",
+            "{program} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
 
-    pub fn link(&self, host: &str, up: bool) {
-        let fab = self.lab.fabric_netns();
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", fab.display()))
-            .args([
-                "ip",
-                "link",
-                "set",
-                &format!("fab-{host}"),
-                if up { "up" } else { "down" },
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip link: {}",
-            String::from_utf8_lossy(&out.stderr)
+    /// Slows a host's uplink so a memory transfer lasts long enough to interfere with.
+    pub fn throttle(&self, host: &str, rate: &str) {
+        let dev = format!("fab-{host}");
+        self.fabric(
+            "tc",
+            &[
+                "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", rate, "burst", "64kb",
+                "latency", "2s",
+            ],
         );
+    }
+
+    /// Takes a host's uplink down (both directions cut) or up.
+    pub fn link(&self, host: &str, up: bool) {
+        let dev = format!("fab-{host}");
+        self.fabric("ip", &["link", "set", &dev, if up { "up" } else { "down" }]);
+    }
+
+    /// Drops every frame the fabric bridge forwards to `host` (a one-way partition), or stops.
+    pub fn cut_toward(&self, host: &str, cut: bool) {
+        let dev = format!("fab-{host}");
+        let op = if cut { "-A" } else { "-D" };
+        self.fabric("ebtables", &[op, "FORWARD", "-o", &dev, "-j", "DROP"]);
     }
 }
 
@@ -271,6 +265,16 @@ pub fn phase_ms(report: &serde_json::Value) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
+}
+
+/// `ferry migrate NAME --to host-b` started in the background, its output discarded.
+pub fn spawn_migrate(t: &TestLab, name: &str) -> std::process::Child {
+    migrate_command(t, name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 pub fn migrate_command(t: &TestLab, name: &str) -> Command {

@@ -32,6 +32,11 @@ pub const REDIS_SERVER: [&str; 11] = [
     "yes",
 ];
 
+/// The inotify image's workload: watches on a lower dir (copied up by the writes) and on a
+/// lower-only file, and a file written every 0.2 s to fire them.
+pub const INOTIFY_WATCHER: &str = "/bin/inotify-watch /data /data/conf & \
+     i=0; while true; do i=$((i+1)); echo x > /data/f$i; sleep 0.2; done";
+
 /// The numbers of the `tick N` lines in a log, in order.
 pub fn ticks(logs: &str) -> Vec<u64> {
     logs.lines()

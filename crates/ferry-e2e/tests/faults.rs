@@ -8,10 +8,11 @@
 //! - every write the client saw acknowledged is there, on the same connection;
 //! - nothing of the container left on the losing host.
 //!
-//! CI runs the cells below; `FERRY_FAULT_MATRIX=full` adds the rest of the matrix.
+//! CI runs the cells below; the ones marked `full` are `#[ignore]`d to keep CI short, and
+//! `cargo test -p ferry-e2e --test faults -- --include-ignored` runs the whole matrix.
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::lab::*;
@@ -84,22 +85,6 @@ fn host_of(role: &str) -> &'static str {
     }
 }
 
-/// Drops every frame the fabric bridge forwards to host-b (a one-way partition).
-fn one_way_drop(t: &TestLab, on: bool) {
-    let fab = t.lab.fabric_netns();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", fab.display()))
-        .args(["ebtables", if on { "-A" } else { "-D" }, "FORWARD"])
-        .args(["-o", "fab-host-b", "-j", "DROP"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ebtables: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Every migration record on `host` (as `ferry migration ls --json` shows them).
 fn records(t: &TestLab, host: &str) -> Vec<serde_json::Value> {
     let out = t.ferry(host, &["migration", "ls", "--json"]);
@@ -154,12 +139,7 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &st
     let pause = dir.join(format!("pause-{role}-{step}"));
     let reached = dir.join(format!("reached-{role}-{step}"));
     std::fs::write(&pause, b"").unwrap();
-    let mut child = migrate_command(&t, "redis")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_migrate(&t, "redis");
     wait_for(
         &format!("the {role} reaching {step}"),
         Duration::from_secs(90),
@@ -171,7 +151,7 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &st
         Fault::StopSource => t.lab.signal_ferryd("host-a", Signal::SIGSTOP).unwrap(),
         Fault::StopDest => t.lab.signal_ferryd("host-b", Signal::SIGSTOP).unwrap(),
         Fault::CutBoth => t.link("host-b", false),
-        Fault::CutToDest => one_way_drop(&t, true),
+        Fault::CutToDest => t.cut_toward("host-b", true),
         Fault::Corrupt => std::fs::write(dir.join(format!("corrupt-{role}-{step}")), b"").unwrap(),
     }
     std::fs::remove_file(&pause).unwrap();
@@ -201,7 +181,7 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &st
         }
         Fault::CutToDest => {
             std::thread::sleep(STOPPED_FOR);
-            one_way_drop(&t, false);
+            t.cut_toward("host-b", false);
         }
         Fault::Corrupt => {}
     }
@@ -234,22 +214,12 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &st
     writes_intact(w, &what);
 }
 
-fn full() -> bool {
-    std::env::var("FERRY_FAULT_MATRIX").is_ok_and(|v| v == "full")
-}
-
 macro_rules! cells {
     ($($name:ident: $role:literal $step:literal $fault:ident => $winner:ident
        $([$($host:literal says $phrase:literal),*])? $(, $only_full:ident)?;)*) => {$(
         #[test]
+        $(#[ignore = stringify!($only_full matrix: run with --include-ignored)])?
         fn $name() {
-            $(
-                let _ = stringify!($only_full);
-                if !full() {
-                    eprintln!("SKIPPED: {} runs with FERRY_FAULT_MATRIX=full", stringify!($name));
-                    return;
-                }
-            )?
             cell($role, $step, Fault::$fault, Winner::$winner, &[$($(($host, $phrase)),*)?]);
         }
     )*};
@@ -391,12 +361,7 @@ fn in_doubt_until_the_operator_resolves() {
     let dir = fault_dir(&t, "host-a");
     let pause = dir.join("pause-source-commit");
     std::fs::write(&pause, b"").unwrap();
-    let mut child = migrate_command(&t, "redis")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_migrate(&t, "redis");
     wait_for("the source at its commit", Duration::from_secs(90), || {
         dir.join("reached-source-commit").exists()
     });

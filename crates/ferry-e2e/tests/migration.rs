@@ -509,8 +509,7 @@ fn inotify_watch_migrates_and_keeps_firing() {
             "inotify",
             "sh",
             "-c",
-            "/bin/inotify-watch /data /data/conf & \
-             i=0; while true; do i=$((i+1)); echo x > /data/f$i; sleep 0.2; done",
+            ferry_e2e::INOTIFY_WATCHER,
         ],
     );
     wait_for("inotify events on host-a", Duration::from_secs(20), || {

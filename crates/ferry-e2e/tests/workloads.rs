@@ -22,8 +22,7 @@ fn inotify_watches_in_the_rootfs_survive_export_and_import() {
         "inotify",
         "sh",
         "-c",
-        "/bin/inotify-watch /data /data/conf & \
-         i=0; while true; do i=$((i+1)); echo x > /data/f$i; sleep 0.2; done",
+        ferry_e2e::INOTIFY_WATCHER,
     ]);
     h.wait_for("inotify events", Duration::from_secs(20), || {
         events(&h.logs("watcher")).len() >= 5

@@ -67,7 +67,22 @@ pub enum Decision {
     KeepDestination,
 }
 
+impl Decision {
+    /// The verdict this decision stands for.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            Decision::KeepDestination => Verdict::Committed,
+            Decision::ResumeSource => Verdict::NotCommitted,
+        }
+    }
+}
+
 pub(crate) type Reply = oneshot::Sender<Result<Stage, String>>;
+
+/// Tells the operator's `resolve` how its decision ended (it may have stopped listening).
+pub(crate) fn answer(reply: Reply, result: &Result<Stage, MigrationError>) {
+    let _ = reply.send(result.as_ref().map(|s| *s).map_err(|e| e.to_string()));
+}
 /// Where a waiting migration receives an operator's decision.
 pub(crate) type Decisions = mpsc::UnboundedReceiver<(Decision, Reply)>;
 
@@ -381,21 +396,18 @@ pub(crate) async fn settle_source(doubt: SourceDoubt, known: Verdict) -> Result<
     let mut decisions = register_waiting(&doubt.id);
     let mut verdict = known;
     let mut reply: Option<Reply> = None;
-    let mut asked_at: Option<Instant> = None;
+    let mut first = true;
     while verdict == Verdict::Pending {
         tokio::select! {
             d = decisions.recv() => {
                 if let Some((d, r)) = d {
                     tracing::warn!(migration = %doubt.id, ?d, "operator resolved an in-doubt migration");
-                    verdict = match d {
-                        Decision::KeepDestination => Verdict::Committed,
-                        Decision::ResumeSource => Verdict::NotCommitted,
-                    };
+                    verdict = d.verdict();
                     reply = Some(r);
                 }
             }
-            _ = tokio::time::sleep(if asked_at.is_none() { Duration::ZERO } else { INQUIRE_EVERY }) => {
-                asked_at = Some(Instant::now());
+            _ = tokio::time::sleep(if first { Duration::ZERO } else { INQUIRE_EVERY }) => {
+                first = false;
                 match inquire(&doubt.identity, &doubt.engine, &doubt.peer, &doubt.id).await {
                     Ok(v) => verdict = v,
                     Err(e) => tracing::info!(migration = %doubt.id, error = %e, "in doubt: destination unreachable"),
@@ -584,12 +596,8 @@ pub(crate) async fn settle_destination(
         let verdict = tokio::select! {
             d = decisions.recv() => match d {
                 Some((d, reply)) => {
-                    let v = match d {
-                        Decision::KeepDestination => Verdict::Committed,
-                        Decision::ResumeSource => Verdict::NotCommitted,
-                    };
-                    let r = apply_destination_verdict(&engine, &id, &cfg, v).await;
-                    let _ = reply.send(r.as_ref().map(|s| *s).map_err(|e| e.to_string()));
+                    let r = apply_destination_verdict(&engine, &id, &cfg, d.verdict()).await;
+                    answer(reply, &r);
                     return r;
                 }
                 None => Verdict::Pending,

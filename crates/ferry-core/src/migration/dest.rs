@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Compression, FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine,
+    Compression, FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, Verdict,
     TUNNEL_STREAM,
 };
 
-use super::commit::{self, Decision};
+use super::commit;
 use super::fault::{self, Injected};
 use super::record::{self, MigrationRecord, Role, Stage};
 use super::wire::{Machine, Wire};
@@ -464,7 +464,7 @@ impl Incoming {
     async fn restore(&mut self) -> Result<(), MigrationError> {
         let t = Instant::now();
         self.step("restore").await?;
-        let _alive = self.wire.heartbeat("restore");
+        let alive = self.wire.heartbeat("restore");
         if let Some(ps) = self.page_server.take() {
             blocking(move || Ok(ps.wait()?)).await?;
         }
@@ -474,7 +474,7 @@ impl Incoming {
             Ok(mut stats) => {
                 let id = self.migration_id.clone().unwrap_or_default();
                 record::transition(self.engine.paths(), &id, Stage::Restored, |_| {})?;
-                drop(_alive);
+                drop(alive);
                 let work = self
                     .engine
                     .container_dir(&self.config()?.id)
@@ -491,7 +491,7 @@ impl Incoming {
             Err(err) => {
                 self.keep_restore_log();
                 let reason = err.to_string();
-                drop(_alive);
+                drop(alive);
                 self.wire
                     .send(Message::RestoreFailed {
                         reason: reason.clone(),
@@ -541,11 +541,11 @@ impl Incoming {
                     }
                 },
                 d = decisions.recv() => if let Some((d, reply)) = d {
-                    let r = match d {
-                        Decision::KeepDestination => self.commit_quietly(id).await,
-                        Decision::ResumeSource => self.discard(id).await,
+                    let r = match d.verdict() {
+                        Verdict::Committed => self.commit_quietly(id).await,
+                        _ => self.discard(id).await,
                     };
-                    let _ = reply.send(r.as_ref().map(|s| *s).map_err(|e| e.to_string()));
+                    commit::answer(reply, &r);
                     return r;
                 },
                 _ = tokio::time::sleep(INQUIRE_EVERY) => if last_heard.elapsed() > IDLE {

@@ -24,6 +24,13 @@ use crate::peer::tls::HostIdentity;
 /// Runs once at startup, before peers are served.
 pub async fn recover(engine: Arc<Engine>, identity: Option<Arc<HostIdentity>>) {
     let records = record::list(engine.paths());
+    // An in-doubt source's scratch holds the socket its CRIU hook comes back to: keep it.
+    let keep: Vec<std::path::PathBuf> = records
+        .iter()
+        .filter(|r| r.role == Role::Source && r.stage == Stage::InDoubt)
+        .filter_map(|r| r.hook_socket.as_deref().and_then(|s| s.parent()))
+        .map(|p| p.to_owned())
+        .collect();
     let mut waiting = Vec::new();
     for rec in records.into_iter().filter(|r| !r.stage.is_final()) {
         tracing::warn!(migration = %rec.migration_id, role = ?rec.role, stage = %rec.stage, "finishing an interrupted migration");
@@ -37,7 +44,7 @@ pub async fn recover(engine: Arc<Engine>, identity: Option<Arc<HostIdentity>>) {
     let e = engine.clone();
     let _ = blocking(move || {
         e.recover_migrations(&waiting);
-        sweep_scratch(&e);
+        sweep_scratch(&e, &keep);
         Ok(())
     })
     .await;
@@ -45,12 +52,7 @@ pub async fn recover(engine: Arc<Engine>, identity: Option<Arc<HostIdentity>>) {
 
 /// Scratch a killed ferryd left behind (its drop guards never ran): every `incoming-*` dir, and
 /// every `migrate-*` dir but those an in-doubt source still needs (its CRIU hook socket).
-fn sweep_scratch(engine: &Engine) {
-    let keep: Vec<std::path::PathBuf> = record::list(engine.paths())
-        .into_iter()
-        .filter(|r| !r.stage.is_final())
-        .filter_map(|r| r.hook_socket.and_then(|s| s.parent().map(|p| p.to_owned())))
-        .collect();
+fn sweep_scratch(engine: &Engine, keep: &[std::path::PathBuf]) {
     let paths = engine.paths();
     for dir in [paths.tmp(), paths.page_scratch()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -31,7 +31,7 @@ use crate::fsdiff::{self, UpperSnapshot};
 use crate::image::Digest;
 use crate::network;
 use crate::peer::channel::{Demux, PeerConn};
-use crate::peer::registry::{PeerEntry, Peers};
+use crate::peer::registry::Peers;
 use crate::peer::tls::HostIdentity;
 use crate::peer::tunnel::{tunnel_listen, Tunnel};
 
@@ -45,7 +45,6 @@ pub(crate) struct Outgoing {
     pub engine: Arc<Engine>,
     pub identity: Arc<HostIdentity>,
     pub cfg: ContainerConfig,
-    pub peer: Option<PeerEntry>,
     pub mode: MigrationMode,
     pub report: MigrationReport,
     pub progress: Progress,
@@ -146,7 +145,6 @@ impl Outgoing {
             engine,
             identity,
             cfg: rec.config,
-            peer: None,
             mode,
             report,
             progress,
@@ -253,7 +251,6 @@ impl Outgoing {
             "{} speaks protocol v{} (CRIU {}, {})",
             welcome.host, welcome.version, welcome.criu_version, welcome.runc_version
         ));
-        self.peer = Some(peer);
         self.progress.done(&mut self.report, 0);
         Ok(())
     }
