@@ -225,7 +225,7 @@ mod tests {
     fn real_dump_and_restore_stats() {
         let _turn = serial();
         let dir = tempfile::tempdir().unwrap();
-        let (tag, pid) = dump_sleeper(dir.path(), &[]);
+        let tag = dump_sleeper(dir.path(), &[]);
 
         let d = read_dump_stats(dir.path()).unwrap();
         assert!(d.pages_written > 0, "{d:?}");
@@ -242,7 +242,7 @@ mod tests {
             .sum();
         assert_eq!(page_bytes, d.pages_written * 4096, "{d:?}");
 
-        let restored: RestoredProcess = restore_detached(dir.path(), &tag, pid, &[]);
+        let restored: RestoredProcess = restore_detached(dir.path(), &tag, &[]);
         assert!(restored.is_alive());
         let r = read_restore_stats(dir.path()).unwrap();
         assert!(r.restore_time_us > 0, "{r:?}");

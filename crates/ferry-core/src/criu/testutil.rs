@@ -125,8 +125,8 @@ fn is_our_sleeper(pid: u32, arg: &str) -> bool {
 }
 
 /// Spawns a sleeper and dumps it into `images_dir` (log `dump.log` there), with `extra` CRIU
-/// options; returns its tag and pid.
-pub(crate) fn dump_sleeper(images_dir: &Path, extra: &[&str]) -> (String, u32) {
+/// options; returns its tag.
+pub(crate) fn dump_sleeper(images_dir: &Path, extra: &[&str]) -> String {
     let sleeper = Sleeper::spawn();
     let tag = sleeper.tag();
     let pid = sleeper.pid();
@@ -143,7 +143,7 @@ pub(crate) fn dump_sleeper(images_dir: &Path, extra: &[&str]) -> (String, u32) {
         );
     }
     sleeper.reap();
-    (tag, pid)
+    tag
 }
 
 /// A restored process, killed when dropped.
@@ -167,29 +167,17 @@ impl Drop for RestoredProcess {
     }
 }
 
-/// `criu restore -d` from `images_dir` (log `restore.log` there).
-/// Finds the restored copy by its tag (its pid differs when restored into a new pid namespace).
-/// `original` is the dumped pid, which may still be frozen (post-copy) and carries the same tag.
-pub(crate) fn restore_detached(
-    images_dir: &Path,
-    tag: &str,
-    original: u32,
-    extra: &[&str],
-) -> RestoredProcess {
-    let tagged = || -> Vec<u32> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| is_our_sleeper(pid, tag))
-            .collect()
-    };
-    // The original may still run (post-copy keeps it until every page is pulled): only a
-    // process that appears with the restore is the copy.
-    let before = tagged();
+/// `criu restore -d` from `images_dir` (log `restore.log` there); the copy's pid comes from
+/// CRIU's `--pidfile`. Looking for the copy by its argv instead raced with post-copy: a lazily
+/// restored process's `/proc/PID/cmdline` lives in memory that may not have arrived yet, so the
+/// search found only the frozen original, which the dump then killed (issue 8's flaky test).
+pub(crate) fn restore_detached(images_dir: &Path, tag: &str, extra: &[&str]) -> RestoredProcess {
+    let pidfile = images_dir.join("restored.pid");
     let result = criu_tool()
         .args(["restore", "-d", "-D"])
         .arg(images_dir)
-        .args(["-o", "restore.log", "-v4"])
+        .args(["-o", "restore.log", "-v4", "--pidfile"])
+        .arg(&pidfile)
         .args(extra)
         .run();
     if let Err(e) = result {
@@ -198,16 +186,10 @@ pub(crate) fn restore_detached(
             explain_log(&images_dir.join("restore.log"))
         );
     }
-    let mut candidates: Vec<u32> = tagged()
-        .into_iter()
-        .filter(|pid| !before.contains(pid) || *pid == original)
-        .collect();
-    // Restored in the same pid namespace, the copy has the original's pid; in a new one, the
-    // original may still be alive next to it.
-    candidates.sort_by_key(|&pid| pid == original);
-    let pid = *candidates
-        .first()
-        .unwrap_or_else(|| panic!("no restored sleeper {tag} is running"));
+    let pid = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("criu restore wrote no pid to {}", pidfile.display()));
     RestoredProcess {
         pid,
         tag: tag.to_owned(),
