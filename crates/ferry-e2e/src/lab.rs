@@ -84,7 +84,21 @@ impl TestLab {
     }
 
     pub fn migrate(&self, from: &str, name: &str, to: &str) -> (bool, serde_json::Value, String) {
-        let out = self.ferry(from, &["migrate", name, "--to", to, "--json"]);
+        self.migrate_mode(from, name, to, "stop-copy")
+    }
+
+    /// `ferry migrate --mode MODE` (`stop-copy`, `lazy` or `auto`).
+    pub fn migrate_mode(
+        &self,
+        from: &str,
+        name: &str,
+        to: &str,
+        mode: &str,
+    ) -> (bool, serde_json::Value, String) {
+        let out = self.ferry(
+            from,
+            &["migrate", name, "--to", to, "--mode", mode, "--json"],
+        );
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (

@@ -54,6 +54,9 @@ pub enum Stage {
     Receiving,
     /// Destination: a restored copy waits, gated, for the verdict.
     Restored,
+    /// Post-copy, both sides: committed (the copy runs on the destination), its memory still
+    /// moving from the source, which stays frozen until the last page has arrived.
+    Draining,
     /// Final: the container lives on the destination.
     Committed,
     /// Final, source: the container was verified running here again.
@@ -62,13 +65,17 @@ pub enum Stage {
     Discarded,
     /// Source: resuming could not be verified; `ferry ps` shows the container in error.
     Failed,
+    /// Final, post-copy: the source or the link died after the destination resumed, before the
+    /// last page. The destination's copy was killed; what the source still holds is the state
+    /// at the freeze, without what changed on the destination since.
+    Lost,
 }
 
 impl Stage {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Stage::Committed | Stage::RolledBack | Stage::Discarded
+            Stage::Committed | Stage::RolledBack | Stage::Discarded | Stage::Lost
         )
     }
 
@@ -81,9 +88,10 @@ impl Stage {
             (self, next),
             (Claimed, Frozen | RolledBack | Failed)
                 | (Frozen, InDoubt | RolledBack | Failed)
-                | (InDoubt, Committed | RolledBack | Failed)
+                | (InDoubt, Committed | Draining | RolledBack | Failed)
                 | (Receiving, Restored | Discarded)
-                | (Restored, Committed | Discarded)
+                | (Restored, Committed | Draining | Discarded)
+                | (Draining, Committed | Lost)
                 | (Failed, RolledBack | Committed)
         )
     }
@@ -91,7 +99,7 @@ impl Stage {
     /// What this side answers a peer's `Inquire` with, given its role.
     pub fn verdict(self, role: Role) -> Verdict {
         match (role, self) {
-            (_, Stage::Committed) => Verdict::Committed,
+            (_, Stage::Committed | Stage::Draining | Stage::Lost) => Verdict::Committed,
             // The source decided to commit: the destination should commit too.
             (Role::Source, Stage::InDoubt) => Verdict::Committed,
             (Role::Source, Stage::RolledBack) => Verdict::NotCommitted,
@@ -119,6 +127,9 @@ pub struct MigrationRecord {
     pub container_id: String,
     /// The other host (its certificate name).
     pub peer: String,
+    /// Post-copy: committing means draining the memory first (see [`Stage::Draining`]).
+    #[serde(default)]
+    pub post_copy: bool,
     /// Source: the process group of `runc checkpoint` (and its CRIU), to kill it if stuck,
     /// with its leader's start time so a reused number is never taken for it.
     #[serde(default)]
@@ -154,6 +165,7 @@ impl MigrationRecord {
             container: container.to_owned(),
             container_id: ctr_id.to_owned(),
             peer: String::new(),
+            post_copy: false,
             checkpoint: None,
             rollback: None,
             hook_socket: None,
