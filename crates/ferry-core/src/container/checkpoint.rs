@@ -595,7 +595,7 @@ impl Engine {
         let args = ShimArgs::new(
             &rec.config.id,
             self.runc(),
-            bundle.clone(),
+            bundle,
             ctr_dir,
             ShimMode::Restore(opts),
         );
