@@ -292,9 +292,20 @@ pub fn spawn_migrate(t: &TestLab, name: &str) -> std::process::Child {
 }
 
 pub fn migrate_command(t: &TestLab, name: &str) -> Command {
+    migrate_command_mode(t, name, "stop-copy")
+}
+
+/// `ferry migrate NAME --to host-b --mode MODE --json` on host-a, not started.
+pub fn migrate_command_mode(t: &TestLab, name: &str, mode: &str) -> Command {
     let mut c = t.lab.host_command("host-a", "ferry").unwrap();
-    c.args(["migrate", name, "--to", "host-b", "--json"]);
+    c.args(["migrate", name, "--to", "host-b", "--mode", mode, "--json"]);
     c
+}
+
+/// `ferry migration ls --json` on `host`: this host's migration records.
+pub fn migration_records(t: &TestLab, host: &str) -> Vec<serde_json::Value> {
+    let out = t.ferry(host, &["migration", "ls", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 /// Runs `ferry migrate` in the background and calls `on_pages` once memory starts to flow.

@@ -65,3 +65,106 @@ fn redis_256mib_lazy_keeps_every_write_and_its_connections() {
     );
     t.assert_clean("host-a", "after a lazy migration out");
 }
+
+/// The stage of the only migration record on `host`, if there is one.
+fn only_stage(t: &TestLab, host: &str) -> Option<String> {
+    let recs = migration_records(t, host);
+    assert!(recs.len() <= 1, "{host}: {recs:#?}");
+    recs.first()
+        .and_then(|r| r["stage"].as_str())
+        .map(str::to_owned)
+}
+
+/// The link is cut before the destination resumes: nothing ran there yet, so the source
+/// resumes (verified) and keeps every write on the same connection.
+#[test]
+fn lazy_link_cut_before_the_resume_rolls_back_to_the_source() {
+    let t = lab();
+    let ip = "10.77.1.61";
+    start_redis(&t, "host-a", ip, 16 * 1024);
+    let conn = RedisConn::connect(&t.client_ns(), ip).unwrap();
+    let port = conn.local_port;
+    let w = Writer::start_keyed(conn, "f:", Duration::from_millis(3));
+    let dir = t.host_root("host-a").join("inject-fault");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pause = dir.join("pause-source-restore");
+    std::fs::write(&pause, b"").unwrap();
+    let mut child = migrate_command_mode(&t, "redis", "lazy")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the source about to ask for the restore",
+        Duration::from_secs(90),
+        || dir.join("reached-source-restore").exists(),
+    );
+    t.link("host-b", false);
+    std::fs::remove_file(&pause).unwrap();
+    let status = child.wait().unwrap();
+    t.link("host-b", true);
+    assert!(!status.success(), "the migration must fail");
+    wait_for("both records final", Duration::from_secs(90), || {
+        only_stage(&t, "host-a").as_deref() == Some("rolled-back")
+            && only_stage(&t, "host-b").as_deref() == Some("discarded")
+    });
+    assert_eq!(t.status("host-a", "redis").as_deref(), Some("running"));
+    assert_eq!(t.status("host-b", "redis"), None);
+    let at = w.acked();
+    wait_for(
+        "writes go on at the source",
+        Duration::from_secs(30),
+        || w.acked() > at + 100,
+    );
+    let mut r = w.stop();
+    assert!(r.error.is_none(), "no reset or error: {:?}", r.error);
+    assert_eq!(r.conn.local_port, port, "the same connection");
+    verify_acked_keyed(&mut r.conn, "f:", r.acked_sets, r.acked_incrs);
+    t.assert_clean("host-b", "a lazy migration rolled back");
+}
+
+/// The source's ferryd dies after the destination resumed, before the last page: the
+/// migration cannot complete. The destination kills its copy (never a half-working one) and
+/// records the loss; the restarted source holds its copy frozen, in error, and says why.
+#[test]
+fn lazy_source_killed_while_draining_leaves_nothing_half_working() {
+    let mut t = lab();
+    let ip = "10.77.1.62";
+    start_redis(&t, "host-a", ip, 256 * 1024);
+    // A slow link keeps the drain going long enough to kill the source in the middle of it.
+    t.throttle("host-b", "200mbit");
+    let mut child = migrate_command_mode(&t, "redis", "lazy")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the destination draining", Duration::from_secs(90), || {
+        only_stage(&t, "host-b").as_deref() == Some("draining")
+    });
+    t.lab.kill_ferryd("host-a").unwrap();
+    let _ = child.wait();
+    wait_for(
+        "the destination records the loss",
+        Duration::from_secs(60),
+        || only_stage(&t, "host-b").as_deref() == Some("lost"),
+    );
+    assert_eq!(t.status("host-b", "redis"), None, "the copy was killed");
+    let rec = &migration_records(&t, "host-b")[0];
+    assert!(
+        rec["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("post-copy") && e.contains("killed")),
+        "{rec:#}"
+    );
+    t.lab.start_ferryd("host-a").unwrap();
+    wait_for(
+        "the source records the loss",
+        Duration::from_secs(60),
+        || only_stage(&t, "host-a").as_deref() == Some("lost"),
+    );
+    assert_eq!(
+        t.status("host-a", "redis").as_deref(),
+        Some("error"),
+        "the source holds its frozen copy, in error"
+    );
+}

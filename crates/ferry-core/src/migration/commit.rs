@@ -574,7 +574,13 @@ pub(crate) async fn finish_source(
             if let Some(w) = out.wire.as_mut() {
                 w.abort(&err.to_string()).await;
             }
-            out.close_tunnel(false).await;
+            // Post-copy: CRIU serves the lazy pages through the tunnel, and would thaw the
+            // source with its sockets still in repair mode the moment the tunnel closed; the
+            // rollback below stops CRIU first, so the tunnel goes after it.
+            let lazy = out.mode == MigrationMode::PostCopy;
+            if !lazy {
+                out.close_tunnel(false).await;
+            }
             out.keep_logs();
             let outcome = match out.frozen.take() {
                 Some(mut f) => {
@@ -588,13 +594,15 @@ pub(crate) async fn finish_source(
                     })
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()));
-                    match resumed {
+                    let outcome = match resumed {
                         Ok(_) => Outcome::RolledBack,
                         Err(why) => {
                             out.report.cleanup_failures.push(why);
                             Outcome::RollbackFailed
                         }
-                    }
+                    };
+                    out.close_tunnel(false).await;
+                    outcome
                 }
                 // Settled while in doubt (the destination said not committed, or an operator).
                 None if settled_as(&out, Stage::RolledBack) => Outcome::RolledBack,

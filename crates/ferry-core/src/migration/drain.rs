@@ -236,3 +236,72 @@ async fn lose_source(
     }
     MigrationError::PostCopyLost(msg)
 }
+
+/// A restarted ferryd finds a source that was draining when it died. CRIU lost its tunnel
+/// with it: if it had served every page it let the source go (nothing left: the migration is
+/// complete); otherwise it gave up and may have thawed the source, which is now held frozen,
+/// marked in error with what was lost.
+pub(super) fn recover_source(
+    engine: &Engine,
+    cfg: &ContainerConfig,
+    id: &str,
+    checkpoint: Option<CheckpointProcess>,
+) -> Result<Stage, MigrationError> {
+    let freezer =
+        crate::runtime::freezer::Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
+    let alive = freezer.tasks().is_ok_and(|t| !t.is_empty());
+    if !alive {
+        record::transition(engine.paths(), id, Stage::Committed, |_| {})?;
+        engine.finish_migration_out(&cfg.name, &cfg.id)?;
+        return Ok(Stage::Committed);
+    }
+    let held = resume::hold_frozen(engine, cfg, checkpoint);
+    let msg = format!(
+        "post-copy migration {id} was interrupted on this host (ferryd stopped) after the \
+         container resumed on the destination, before its last page: the destination kills its \
+         copy. This host holds the container frozen as it was at the freeze; what it did on the \
+         destination since the commit is lost"
+    );
+    record::transition(engine.paths(), id, Stage::Lost, |r| {
+        r.error = Some(msg.clone());
+        if let Err(e) = &held {
+            r.cleanup_failures
+                .push(format!("holding the source frozen: {e}"));
+        }
+    })?;
+    engine.fail_migration(&cfg.name, &msg)?;
+    Ok(Stage::Lost)
+}
+
+/// A restarted ferryd finds a destination copy that was draining when it died: complete if
+/// its lazy-pages daemon's log says every page arrived; otherwise the copy is killed (pages
+/// are missing) and the migration recorded lost.
+pub(super) fn recover_destination(
+    engine: &Engine,
+    cfg: &ContainerConfig,
+    id: &str,
+) -> Result<Stage, MigrationError> {
+    let log = engine
+        .container_dir(&cfg.id)
+        .join("criu-work")
+        .join(crate::container::LAZY_PAGES_LOG);
+    let moved = LazyTransfer::read(&log);
+    if moved.total_pages > 0 && moved.copied_pages == moved.total_pages {
+        record::transition(engine.paths(), id, Stage::Committed, |_| {})?;
+        return Ok(Stage::Committed);
+    }
+    let killed = engine.destroy_lost_copy(cfg);
+    let msg = format!(
+        "post-copy migration {id} was interrupted on this host (ferryd stopped) before the last \
+         page arrived ({} of {} pages): the copy was killed; what changed in it since the \
+         commit is lost",
+        moved.copied_pages, moved.total_pages
+    );
+    record::transition(engine.paths(), id, Stage::Lost, |r| {
+        r.error = Some(msg.clone());
+        if let Err(e) = &killed {
+            r.cleanup_failures.push(format!("killing the copy: {e}"));
+        }
+    })?;
+    Ok(Stage::Lost)
+}

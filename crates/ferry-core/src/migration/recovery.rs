@@ -7,6 +7,8 @@
 //!   the destination (or an operator), as the live migration would have.
 //! - Destination, receiving: nothing restored yet; discard.
 //! - Destination, restored: keep the gated copy and settle with the source.
+//! - Post-copy, draining (either side): complete if every page had arrived, else lost (see
+//!   `drain`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -147,6 +149,20 @@ async fn recover_one(
                     }
                 }
             });
+        }
+        (Role::Source, Stage::Draining) => {
+            waiting.push(cfg.id.clone());
+            let process = rec.checkpoint.map(CheckpointProcess::Recorded);
+            let e = engine.clone();
+            let stage =
+                blocking(move || super::drain::recover_source(&e, &cfg, &id, process)).await?;
+            tracing::warn!(%stage, "a post-copy source interrupted while draining");
+        }
+        (Role::Destination, Stage::Draining) => {
+            waiting.push(cfg.id.clone());
+            let e = engine.clone();
+            let stage = blocking(move || super::drain::recover_destination(&e, &cfg, &id)).await?;
+            tracing::warn!(%stage, "a post-copy destination interrupted while draining");
         }
         (Role::Destination, Stage::Receiving) => {
             let e = engine.clone();
