@@ -124,8 +124,11 @@ fn lazy_link_cut_before_the_resume_rolls_back_to_the_source() {
 }
 
 /// The source's ferryd dies after the destination resumed, before the last page: the
-/// migration cannot complete. The destination kills its copy (never a half-working one) and
-/// records the loss; the restarted source holds its copy frozen, in error, and says why.
+/// migration cannot complete. The destination kills its copy at once (never a half-working
+/// one) and records the loss. The source's CRIU takes its closed page connection for the end of
+/// the transfer and ends the source too (the post-copy risk the README states); the restarted
+/// source learns the verdict from the destination, records the loss and keeps the container's
+/// record in error, saying what was lost.
 #[test]
 fn lazy_source_killed_while_draining_leaves_nothing_half_working() {
     let mut t = lab();
@@ -165,6 +168,25 @@ fn lazy_source_killed_while_draining_leaves_nothing_half_working() {
     assert_eq!(
         t.status("host-a", "redis").as_deref(),
         Some("error"),
-        "the source holds its frozen copy, in error"
+        "the source's container is marked in error"
     );
+    let rec = &migration_records(&t, "host-a")[0];
+    assert!(
+        rec["error"].as_str().is_some_and(|e| e.contains("lost")),
+        "{rec:#}"
+    );
+    // Nothing of the container runs on either host: no half-working copy.
+    t.assert_clean("host-b", "the lost copy");
+    let parent = t.lab.host("host-a").unwrap().cgroup_parent.clone();
+    let cgroups = std::path::Path::new("/sys/fs/cgroup/freezer").join(parent);
+    let tasks: Vec<String> = std::fs::read_dir(&cgroups)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| std::fs::read_to_string(e.path().join("tasks")).ok())
+                .filter(|t| !t.trim().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(tasks.is_empty(), "host-a still runs tasks: {tasks:?}");
 }

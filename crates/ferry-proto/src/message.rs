@@ -152,6 +152,9 @@ pub enum Verdict {
     NotCommitted,
     /// Not decided yet: ask again later.
     Pending,
+    /// Post-copy: the container resumed on the destination but its memory never all arrived;
+    /// the destination's copy was killed.
+    Lost,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -507,6 +507,17 @@ fn apply_source_verdict(mut doubt: SourceDoubt, verdict: Verdict) -> Result<Stag
         drop(doubt.work.take());
         return Ok(Stage::Committed);
     }
+    if verdict == Verdict::Lost {
+        // Post-copy died after the resume: there is nothing to resume to (see `drain`).
+        let process = doubt.frozen.process.take();
+        return Ok(super::drain::lost_on_source(
+            &doubt.engine,
+            process,
+            &doubt.cfg,
+            &id,
+            "the destination reports the post-copy migration lost".into(),
+        ));
+    }
     doubt.frozen.hook.verdict(false);
     resume_source_verified(&doubt.engine, &doubt.cfg, &id, doubt.frozen.process.take())
 }

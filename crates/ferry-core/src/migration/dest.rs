@@ -621,11 +621,19 @@ impl Incoming {
     /// rest of the memory before the migration is done.
     async fn commit(&mut self, id: &str) -> Result<Stage, MigrationError> {
         let stage = self.commit_quietly(id).await?;
-        self.step("commit-reply").await?;
-        self.wire.send(Message::Committed {}).await?;
+        let replied = match self.step("commit-reply").await {
+            Ok(()) => self.wire.send(Message::Committed {}).await,
+            Err(e) => Err(e),
+        };
         if self.lazy {
+            // The copy runs with missing pages: whatever happened to the reply, only the drain
+            // may end this (it completes, or it kills the copy).
+            if let Err(e) = &replied {
+                tracing::warn!(error = %e, "could not tell the source about the commit");
+            }
             return self.drain(id).await;
         }
+        replied?;
         Ok(stage)
     }
 

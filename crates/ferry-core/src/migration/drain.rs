@@ -209,68 +209,64 @@ async fn lose_source(
     why: String,
 ) -> MigrationError {
     tracing::error!(migration = %id, %why, "post-copy lost its destination; holding the source frozen");
-    let (e, c) = (engine.clone(), cfg.clone());
-    let held = blocking(move || Ok(resume::hold_frozen(&e, &c, process))).await;
-    let msg = format!(
-        "post-copy migration {id} failed after the container resumed on the destination: {why}. \
-         The destination kills its copy. This host holds the container frozen as it was at \
-         the freeze; what it did on the destination since the commit is lost"
-    );
-    let failed_to_hold = match held {
-        Ok(Ok(detail)) => {
-            tracing::info!(migration = %id, %detail, "source held frozen");
-            None
-        }
-        Ok(Err(e)) => Some(format!("holding the source frozen failed: {e}")),
-        Err(e) => Some(format!("holding the source frozen failed: {e}")),
+    let (e, c, i) = (engine.clone(), cfg.clone(), id.to_owned());
+    let msg = blocking(move || {
+        lost_on_source(&e, process, &c, &i, why);
+        Ok(())
+    })
+    .await;
+    let msg = match msg {
+        Ok(()) => record::load(engine.paths(), id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.error)
+            .unwrap_or_default(),
+        Err(e) => e.to_string(),
     };
-    let paths = engine.paths();
-    if let Err(e) = record::transition(paths, id, Stage::Lost, |r| {
+    MigrationError::PostCopyLost(msg)
+}
+
+/// The source's side of a lost post-copy migration: CRIU is stopped before it can thaw the
+/// source (the tasks, if CRIU has not already ended them, stay frozen as at the freeze), the
+/// record says `Lost`, and the container is marked in error with what was lost.
+pub(super) fn lost_on_source(
+    engine: &Engine,
+    process: Option<CheckpointProcess>,
+    cfg: &ContainerConfig,
+    id: &str,
+    why: String,
+) -> Stage {
+    let held = resume::hold_frozen(engine, cfg, process);
+    let freezer =
+        crate::runtime::freezer::Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
+    let kept = freezer.tasks().is_ok_and(|t| !t.is_empty());
+    let what_is_left = if kept {
+        "This host holds the container frozen as it was at the freeze; what it did on the \
+         destination since the commit is lost"
+    } else {
+        // CRIU takes a closed page connection for the end of the transfer and ends the
+        // source: with ferryd gone, nothing could stop it.
+        "Its processes are gone here too: CRIU ended them when its page connection closed. \
+         The container's state is lost; its filesystem and volumes remain"
+    };
+    let msg = format!(
+        "post-copy migration {id} failed after the container resumed on the destination: \
+         {why}. The destination kills its copy, since part of its memory never arrived. \
+         {what_is_left}"
+    );
+    if let Err(e) = record::transition(engine.paths(), id, Stage::Lost, |r| {
         r.error = Some(msg.clone());
-        r.cleanup_failures.extend(failed_to_hold.clone());
+        if let (Err(e), true) = (&held, kept) {
+            r.cleanup_failures
+                .push(format!("holding the source frozen: {e}"));
+        }
     }) {
         tracing::warn!(error = %e, "recording a lost post-copy migration");
     }
     if let Err(e) = engine.fail_migration(&cfg.name, &msg) {
         tracing::warn!(error = %e, "marking the source container");
     }
-    MigrationError::PostCopyLost(msg)
-}
-
-/// A restarted ferryd finds a source that was draining when it died. CRIU lost its tunnel
-/// with it: if it had served every page it let the source go (nothing left: the migration is
-/// complete); otherwise it gave up and may have thawed the source, which is now held frozen,
-/// marked in error with what was lost.
-pub(super) fn recover_source(
-    engine: &Engine,
-    cfg: &ContainerConfig,
-    id: &str,
-    checkpoint: Option<CheckpointProcess>,
-) -> Result<Stage, MigrationError> {
-    let freezer =
-        crate::runtime::freezer::Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
-    let alive = freezer.tasks().is_ok_and(|t| !t.is_empty());
-    if !alive {
-        record::transition(engine.paths(), id, Stage::Committed, |_| {})?;
-        engine.finish_migration_out(&cfg.name, &cfg.id)?;
-        return Ok(Stage::Committed);
-    }
-    let held = resume::hold_frozen(engine, cfg, checkpoint);
-    let msg = format!(
-        "post-copy migration {id} was interrupted on this host (ferryd stopped) after the \
-         container resumed on the destination, before its last page: the destination kills its \
-         copy. This host holds the container frozen as it was at the freeze; what it did on the \
-         destination since the commit is lost"
-    );
-    record::transition(engine.paths(), id, Stage::Lost, |r| {
-        r.error = Some(msg.clone());
-        if let Err(e) = &held {
-            r.cleanup_failures
-                .push(format!("holding the source frozen: {e}"));
-        }
-    })?;
-    engine.fail_migration(&cfg.name, &msg)?;
-    Ok(Stage::Lost)
+    Stage::Lost
 }
 
 /// A restarted ferryd finds a destination copy that was draining when it died: complete if

@@ -88,7 +88,7 @@ impl Stage {
             (self, next),
             (Claimed, Frozen | RolledBack | Failed)
                 | (Frozen, InDoubt | RolledBack | Failed)
-                | (InDoubt, Committed | Draining | RolledBack | Failed)
+                | (InDoubt, Committed | Draining | Lost | RolledBack | Failed)
                 | (Receiving, Restored | Discarded)
                 | (Restored, Committed | Draining | Discarded)
                 | (Draining, Committed | Lost)
@@ -99,7 +99,10 @@ impl Stage {
     /// What this side answers a peer's `Inquire` with, given its role.
     pub fn verdict(self, role: Role) -> Verdict {
         match (role, self) {
-            (_, Stage::Committed | Stage::Draining | Stage::Lost) => Verdict::Committed,
+            (_, Stage::Committed) => Verdict::Committed,
+            // Post-copy: committed, but complete only with the last page.
+            (_, Stage::Draining) => Verdict::Pending,
+            (_, Stage::Lost) => Verdict::Lost,
             // The source decided to commit: the destination should commit too.
             (Role::Source, Stage::InDoubt) => Verdict::Committed,
             (Role::Source, Stage::RolledBack) => Verdict::NotCommitted,
@@ -317,6 +320,26 @@ mod tests {
         assert_eq!(back.stage.verdict(Role::Destination), Verdict::Committed);
         assert!(load(&paths, "../../etc/passwd").unwrap().is_none());
         assert!(load(&paths, "m2").unwrap().is_none());
+    }
+
+    /// Post-copy: committed, then complete with the last page, or lost; never back.
+    #[test]
+    fn post_copy_stages() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = HostPaths::new(t.path());
+        let rec = MigrationRecord::new("m1", Role::Destination, Stage::Receiving, "r", "id1");
+        create(&paths, &rec).unwrap();
+        transition(&paths, "m1", Stage::Restored, |_| {}).unwrap();
+        transition(&paths, "m1", Stage::Draining, |_| {}).unwrap();
+        assert_eq!(Stage::Draining.verdict(Role::Destination), Verdict::Pending);
+        assert!(!Stage::Draining.is_final());
+        assert!(transition(&paths, "m1", Stage::Discarded, |_| {}).is_err());
+        transition(&paths, "m1", Stage::Lost, |_| {}).unwrap();
+        assert!(transition(&paths, "m1", Stage::Committed, |_| {}).is_err());
+        assert_eq!(Stage::Lost.verdict(Role::Source), Verdict::Lost);
+        assert!(Stage::Lost.is_final());
+        assert!(Stage::InDoubt.may_become(Stage::Draining));
+        assert!(Stage::Draining.may_become(Stage::Committed));
     }
 
     #[test]
