@@ -515,7 +515,7 @@ fn apply_source_verdict(mut doubt: SourceDoubt, verdict: Verdict) -> Result<Stag
             process,
             &doubt.cfg,
             &id,
-            "the destination reports the post-copy migration lost".into(),
+            "the destination reports the post-copy migration lost",
         ));
     }
     doubt.frozen.hook.verdict(false);

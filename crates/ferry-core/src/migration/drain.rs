@@ -211,7 +211,7 @@ async fn lose_source(
     tracing::error!(migration = %id, %why, "post-copy lost its destination; holding the source frozen");
     let (e, c, i) = (engine.clone(), cfg.clone(), id.to_owned());
     let msg = blocking(move || {
-        lost_on_source(&e, process, &c, &i, why);
+        lost_on_source(&e, process, &c, &i, &why);
         Ok(())
     })
     .await;
@@ -234,7 +234,7 @@ pub(super) fn lost_on_source(
     process: Option<CheckpointProcess>,
     cfg: &ContainerConfig,
     id: &str,
-    why: String,
+    why: &str,
 ) -> Stage {
     let held = resume::hold_frozen(engine, cfg, process);
     let freezer =
