@@ -100,7 +100,7 @@ enum Cmd {
         /// container resumes on the destination at once and its memory follows; if the source
         /// or the link dies before the last page, the container is lost (see README). auto:
         /// lazy for big containers on hosts that support it.
-        #[arg(long, value_parser = ["stop-copy", "lazy", "auto"], default_value = "auto")]
+        #[arg(long, value_parser = ["stop-copy", "lazy", "auto", "pre-copy"], default_value = "auto")]
         mode: String,
     },
     /// Migrations this host took part in, and the operator's way out of an in-doubt one.

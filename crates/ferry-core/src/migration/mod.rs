@@ -44,6 +44,7 @@ pub struct MigrateRequest {
 fn mode_or_auto<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MigrationMode>, D::Error> {
     match Option::<String>::deserialize(d)?.as_deref() {
         None | Some("auto") => Ok(None),
+        Some("pre-copy") => Err(serde::de::Error::custom(pre_copy_refusal())),
         Some(other) => serde_json::from_value(serde_json::Value::String(other.to_owned()))
             .map(Some)
             .map_err(|_| {
@@ -51,6 +52,18 @@ fn mode_or_auto<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Migrati
                     "unknown migration mode {other:?}: use stop-copy, lazy or auto"
                 ))
             }),
+    }
+}
+
+/// Why `--mode pre-copy` is refused: the kernel's answer first, since that is what a user can
+/// act on.
+fn pre_copy_refusal() -> String {
+    match crate::criu::require(&[crate::criu::Feature::MemDirtyTrack]) {
+        Err(e) => format!(
+            "pre-copy needs soft-dirty memory tracking, which this host lacks ({e}); use \
+             stop-copy or lazy"
+        ),
+        Ok(()) => "pre-copy is not implemented in ferry yet; use stop-copy or lazy".into(),
     }
 }
 
@@ -171,5 +184,53 @@ pub fn host_versions(engine: &Engine) -> LocalVersions {
             .map(|v| v.to_string())
             .unwrap_or_else(|_| "unknown".into()),
         runc_version: engine.runc_version(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(json: &str) -> Result<Option<MigrationMode>, String> {
+        let body = format!(r#"{{"container":"r","to":"b"{json}}}"#);
+        serde_json::from_str::<MigrateRequest>(&body)
+            .map(|r| r.mode)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn migration_modes_from_the_api() {
+        assert_eq!(mode(""), Ok(None));
+        assert_eq!(mode(r#","mode":"auto""#), Ok(None));
+        assert_eq!(
+            mode(r#","mode":"stop-copy""#),
+            Ok(Some(MigrationMode::StopAndCopy))
+        );
+        assert_eq!(
+            mode(r#","mode":"stop-and-copy""#),
+            Ok(Some(MigrationMode::StopAndCopy))
+        );
+        assert_eq!(mode(r#","mode":"lazy""#), Ok(Some(MigrationMode::PostCopy)));
+        assert_eq!(
+            mode(r#","mode":"post-copy""#),
+            Ok(Some(MigrationMode::PostCopy))
+        );
+        let bogus = mode(r#","mode":"fast""#).unwrap_err();
+        assert!(bogus.contains("use stop-copy, lazy or auto"), "{bogus}");
+        // Pre-copy is refused with the kernel's reason (this machine has no soft-dirty).
+        let pre = mode(r#","mode":"pre-copy""#).unwrap_err();
+        assert!(pre.contains("pre-copy"), "{pre}");
+        if crate::criu::require(&[crate::criu::Feature::MemDirtyTrack]).is_err() {
+            assert!(pre.contains("soft-dirty"), "{pre}");
+        }
+    }
+
+    #[test]
+    fn auto_stays_on_stop_and_copy_for_small_or_unknown_memory() {
+        assert_eq!(auto_mode(None), MigrationMode::StopAndCopy);
+        assert_eq!(auto_mode(Some(64 << 20)), MigrationMode::StopAndCopy);
+        let big = auto_mode(Some(AUTO_LAZY_ABOVE + 1));
+        let lazy_ok = crate::criu::require(&[crate::criu::Feature::LazyPages]).is_ok();
+        assert_eq!(big == MigrationMode::PostCopy, lazy_ok);
     }
 }
