@@ -6,7 +6,8 @@
 #  - migrates Redis to host-b and prints the report,
 #  - checks that every acknowledged write is there, on the same connections,
 #  - tears the lab down.
-# Run as root. FERRY_DEMO_KEYS changes the dataset (1 KiB values; default 262144 = 256 MiB).
+# Run as root. FERRY_DEMO_KEYS changes the dataset (1 KiB values; default 262144 = 256 MiB);
+# MODE=stop-copy|lazy|auto (default auto) chooses the migration mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -47,8 +48,8 @@ echo "== clients writing (SET + INCR) over two persistent connections"
 $LAB redis-load --ip $IP --connections 2 --stop-file "$WORK/stop" > "$WORK/load.txt" &
 LOAD=$!
 sleep 2
-echo "== ferry migrate redis --to host-b"
-$LAB exec host-a -- ferry migrate redis --to host-b
+echo "== ferry migrate redis --to host-b --mode ${MODE:-auto}"
+$LAB exec host-a -- ferry migrate redis --to host-b --mode "${MODE:-auto}"
 sleep 2
 touch "$WORK/stop"
 wait $LOAD && status=0 || status=$?
