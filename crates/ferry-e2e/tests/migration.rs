@@ -192,6 +192,26 @@ fn assert_downtime_breakdown(report: &serde_json::Value) {
 /// every number, in order, across the migration.
 #[test]
 fn tcp_stream_keeps_flowing_on_the_same_socket() {
+    tcp_stream_across("stop-copy");
+}
+
+/// Post-copy: the same socket, every line in order, while the memory follows the resume.
+#[test]
+fn tcp_stream_keeps_flowing_on_the_same_socket_in_lazy_mode() {
+    tcp_stream_across("lazy");
+}
+
+/// The report names the mode that ran.
+fn assert_mode(report: &serde_json::Value, mode: &str) {
+    let name = if mode == "lazy" {
+        "post-copy"
+    } else {
+        "stop-and-copy"
+    };
+    assert_eq!(report["mode"], name, "{report}");
+}
+
+fn tcp_stream_across(mode: &str) {
     let t = lab();
     t.import("host-a", "busybox");
     t.ok(
@@ -252,8 +272,9 @@ fn tcp_stream_keeps_flowing_on_the_same_socket() {
         Ok((expect, longest))
     });
     std::thread::sleep(Duration::from_secs(2));
-    let (ok, report, err) = t.migrate("host-a", "stream", "host-b");
+    let (ok, report, err) = t.migrate_mode("host-a", "stream", "host-b", mode);
     assert!(ok, "migration failed: {err}\n{}", t.logs_tail());
+    assert_mode(&report, mode);
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
     let (count, longest) = reader
@@ -262,7 +283,7 @@ fn tcp_stream_keeps_flowing_on_the_same_socket() {
         .expect("an unbroken, in-order stream");
     assert!(count > 500, "the stream kept flowing: {count} lines");
     eprintln!(
-        "stream: {count} lines in order, longest gap {longest:?}, downtime {} ms",
+        "stream ({mode}): {count} lines in order, longest gap {longest:?}, downtime {} ms",
         report["downtime_ms"]
     );
 }
@@ -308,6 +329,15 @@ impl TsChecker {
 /// the same socket must get an unbroken transport stream across the migration.
 #[test]
 fn mpegts_stream_from_ffmpeg_survives_migration() {
+    mpegts_stream_across("stop-copy");
+}
+
+#[test]
+fn mpegts_stream_from_ffmpeg_survives_lazy_migration() {
+    mpegts_stream_across("lazy");
+}
+
+fn mpegts_stream_across(mode: &str) {
     let t = lab();
     t.import("host-a", "ffmpeg");
     t.ok(
@@ -372,14 +402,15 @@ fn mpegts_stream_from_ffmpeg_survives_migration() {
         Ok((ts.packets, longest))
     });
     std::thread::sleep(Duration::from_secs(3));
-    let (ok, report, err) = t.migrate("host-a", "video", "host-b");
+    let (ok, report, err) = t.migrate_mode("host-a", "video", "host-b", mode);
     assert!(ok, "migration failed: {err}\n{}", t.logs_tail());
+    assert_mode(&report, mode);
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::SeqCst);
     let (packets, longest) = reader.join().unwrap().expect("an unbroken MPEG-TS stream");
     assert!(packets > 500, "the video kept flowing: {packets} packets");
     eprintln!(
-        "mpeg-ts: {packets} packets intact, longest gap {longest:?}, downtime {} ms",
+        "mpeg-ts ({mode}): {packets} packets intact, longest gap {longest:?}, downtime {} ms",
         report["downtime_ms"]
     );
 }
