@@ -384,6 +384,7 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
 /// complete only with the last page (see [`super::drain`]).
 async fn drain_source(out: &mut Outgoing, committed_at: Instant) -> Result<(), MigrationError> {
     record::transition(out.engine.paths(), out.id(), Stage::Draining, |_| {})?;
+    out.progress.done(&mut out.report, 0);
     out.progress.start(Phase::Drain);
     let (engine, cfg, id) = (out.engine.clone(), out.cfg.clone(), out.id().to_owned());
     let mut process = out.frozen.as_mut().and_then(|f| f.process.take());
