@@ -68,6 +68,15 @@ pub async fn run(c: &Client, name: &str, to: &str, mode: &str, json_out: bool) -
                 Some(Outcome::RolledBack) => {
                     "rolled back: the container keeps running on the source"
                 }
+                Some(Outcome::Lost) => {
+                    "lost: post-copy failed after the container resumed on the destination"
+                }
+                Some(Outcome::InDoubt) => {
+                    "in doubt: the container stays frozen on the source until the verdict"
+                }
+                Some(Outcome::RollbackFailed) => {
+                    "the container could not be verified running on the source"
+                }
                 _ => "the container was not touched and keeps running on the source",
             };
             bail!("migration failed ({where_}): {error}")
@@ -91,11 +100,18 @@ fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
                 eprint!("{clear}  {:<32}", phase.label());
             }
         }
-        MigrationEvent::Bytes { phase, bytes } => {
+        MigrationEvent::Bytes {
+            phase,
+            bytes,
+            total,
+        } => {
             if tty {
                 let secs = phase_start.elapsed().as_secs_f64().max(0.001);
+                let to_go = total
+                    .map(|t| format!("  {} to go", human_bytes(t.saturating_sub(*bytes))))
+                    .unwrap_or_default();
                 eprint!(
-                    "{clear}  {:<32}{:>10}  {:>10}/s",
+                    "{clear}  {:<32}{:>10}  {:>10}/s{to_go}",
                     phase.label(),
                     human_bytes(*bytes),
                     human_bytes((*bytes as f64 / secs) as u64)

@@ -146,3 +146,40 @@ mod tests {
         );
     }
 }
+
+/// Bytes a lazy dump left to be served on demand: the sum of CRIU's `Pagemap generated: N pages
+/// (M lazy)` lines (verbosity 4) times the page size.
+pub fn lazy_bytes_in_dump_log(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let pages: u64 = text
+        .lines()
+        .filter(|l| l.contains("Pagemap generated:"))
+        .filter_map(|l| {
+            let open = l.rfind('(')?;
+            l[open + 1..].split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod lazy_tests {
+    #[test]
+    fn lazy_bytes_add_up_from_the_dump_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(
+            &log,
+            "(00.20) Pagemap generated: 0 pages (0 lazy) 0 holes\n\
+             (00.20) Pagemap generated: 2 pages (2 lazy) 0 holes\n\
+             (00.21) Pagemap generated: 9 pages (5 lazy) 1 holes\n\
+             (00.22) Running post-dump scripts\n",
+        )
+        .unwrap();
+        assert_eq!(super::lazy_bytes_in_dump_log(&log), Some(7 * 4096));
+        assert_eq!(
+            super::lazy_bytes_in_dump_log(&dir.path().join("none")),
+            None
+        );
+    }
+}

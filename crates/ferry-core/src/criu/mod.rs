@@ -25,7 +25,7 @@ pub use image::{
     read_image_entries, write_image_entries, ImageMagic, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC,
     STATS_MAGIC,
 };
-pub use log::{explain_log, CriuLogExcerpt};
+pub use log::{explain_log, lazy_bytes_in_dump_log, CriuLogExcerpt};
 pub use server::{free_loopback_port, LazyPagesDaemon, LazyTransfer, PageServer, ReadySignal};
 pub use stats::{read_dump_stats, read_restore_stats, DumpStats, RestoreStats};
 pub use version::{require_supported_version, version, CriuVersion};

@@ -402,6 +402,7 @@ async fn drain_source(out: &mut Outgoing, committed_at: Instant) -> Result<(), M
         &id,
         &out.progress,
         committed_at,
+        out.lazy_total,
     )
     .await;
     if let Some(f) = out.frozen.as_mut() {

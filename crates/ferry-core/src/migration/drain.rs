@@ -144,6 +144,7 @@ pub(super) async fn source(
     id: &str,
     progress: &Progress,
     committed_at: Instant,
+    total: Option<u64>,
 ) -> Result<Drained, MigrationError> {
     let mut last = (tunnel.stats(), Instant::now());
     let mut complete: Option<(u64, u64, u64)> = None;
@@ -176,7 +177,10 @@ pub(super) async fn source(
         }
         let now = tunnel.stats();
         if now != last.0 {
-            progress.bytes(Phase::Drain, now.to_peer);
+            match total {
+                Some(t) => progress.bytes_of(Phase::Drain, now.to_peer, t),
+                None => progress.bytes(Phase::Drain, now.to_peer),
+            }
             last = (now, Instant::now());
         } else if last.1.elapsed() > STALL && complete.is_none() {
             break Some(format!("the destination asked for no page for {STALL:?}"));

@@ -57,6 +57,9 @@ pub enum MigrationEvent {
     Bytes {
         phase: Phase,
         bytes: u64,
+        /// What the phase will move in all, when known (post-copy's memory pull).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
     },
     Note {
         message: String,
@@ -374,7 +377,20 @@ impl Progress {
     }
 
     pub fn bytes(&self, phase: Phase, bytes: u64) {
-        self.emit(MigrationEvent::Bytes { phase, bytes });
+        self.emit(MigrationEvent::Bytes {
+            phase,
+            bytes,
+            total: None,
+        });
+    }
+
+    /// Bytes moved so far out of a known total.
+    pub fn bytes_of(&self, phase: Phase, bytes: u64, total: u64) {
+        self.emit(MigrationEvent::Bytes {
+            phase,
+            bytes,
+            total: Some(total),
+        });
     }
 
     pub fn note(&self, message: impl Into<String>) {

@@ -63,6 +63,8 @@ pub(crate) struct Outgoing {
     pub tunnel: Option<Tunnel>,
     /// Post-copy: keeps CRIU's lazy page server (it binds 0.0.0.0) off the network.
     pub lazy_port: Option<network::LoopbackOnlyPort>,
+    /// Post-copy: the memory CRIU left to be pulled after the resume (from its dump log).
+    pub lazy_total: Option<u64>,
     /// The measured parts of the frozen window so far (see [`super::report::Downtime`]).
     pub spans: Vec<Span>,
     /// The destination's account of its restore.
@@ -170,6 +172,7 @@ impl Outgoing {
             frozen: None,
             tunnel: None,
             lazy_port: None,
+            lazy_total: None,
             spans: Vec::new(),
             restored: None,
         })
@@ -594,6 +597,14 @@ impl Outgoing {
             )));
         }
         self.detach_source().await?;
+        let log = self.work.path().join("criu-work").join("dump.log");
+        self.lazy_total = crate::criu::lazy_bytes_in_dump_log(&log);
+        if let Some(total) = self.lazy_total {
+            self.progress.note(format!(
+                "post-copy: {} MiB of memory stay here, to be pulled after the resume",
+                total >> 20
+            ));
+        }
         let w = self.wire()?;
         let rx = w.demux.stream(TUNNEL_STREAM)?;
         let tunnel = tunnel_connect_with(server, w.sink.clone(), rx, Hold::OnError).await?;
