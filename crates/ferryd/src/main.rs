@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+mod json;
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
