@@ -15,7 +15,7 @@ use crate::checkpoint::archive::{self, Compression, Limits};
 use crate::criu;
 use crate::criu::preflight::{self, PreflightError};
 use crate::fsdiff::{self, DiffSummary};
-use crate::fsutil::{self, ScratchDir, MODE_PRIVATE, MODE_SHARED};
+use crate::fsutil::{self, ScratchDir, MODE_PRIVATE};
 use crate::ids::SnapshotName;
 use crate::network::{self, GateKind};
 use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
@@ -225,7 +225,7 @@ impl Engine {
                 "{name}/{snap} (checkpoint)"
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        fsutil::create_private_dir_all(&dir).map_err(io(&dir))?;
         let result = self.checkpoint_into(&mut rec, &dir, req.leave_running);
         let (checkpoint_ms, files_ms) = match result {
             Ok(t) => t,
@@ -269,8 +269,8 @@ impl Engine {
         let images = dir.join(IMAGES_DIR);
         let work = ctr_dir.join("criu-work");
         let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&images).map_err(io(&images))?;
-        std::fs::create_dir_all(&work).map_err(io(&work))?;
+        fsutil::create_private_dir_all(&images).map_err(io(&images))?;
+        fsutil::create_private_dir_all(&work).map_err(io(&work))?;
         let mut opts = self.checkpoint_opts(&images, &work);
         opts.leave_running = leave_running;
         let t = Instant::now();
@@ -315,19 +315,19 @@ impl Engine {
             prefix: cfg.prefix,
             mac: cfg.mac.clone(),
         };
-        write_shared_json(&dir.join(NETWORK_STATUS), &net)?;
+        write_private_json(&dir.join(NETWORK_STATUS), &net)?;
         let rootfs = RootfsDirs::new(&ctr_dir);
         let tar_path = dir.join(ROOTFS_DIFF);
-        let out = BufWriter::new(File::create(&tar_path).map_err(io(&tar_path))?);
+        let out = BufWriter::new(create_private(&tar_path)?);
         let summary = fsdiff::export_upper(&rootfs.upper, out, None)?;
-        write_shared_json(&dir.join(DELETED_FILES), &summary.deleted)?;
-        write_shared_json(&dir.join(ROOTFS_SUMMARY), &summary)?;
+        write_private_json(&dir.join(DELETED_FILES), &summary.deleted)?;
+        write_private_json(&dir.join(ROOTFS_SUMMARY), &summary)?;
         if !cfg.volumes.is_empty() {
             let vdir = dir.join(VOLUMES_DIR);
-            std::fs::create_dir_all(&vdir).map_err(io(&vdir))?;
+            fsutil::create_private_dir_all(&vdir).map_err(io(&vdir))?;
             for v in &cfg.volumes {
                 let p = CheckpointLayout::new(dir).volume_tar(&v.name);
-                let out = BufWriter::new(File::create(&p).map_err(io(&p))?);
+                let out = BufWriter::new(create_private(&p)?);
                 fsdiff::pack_dir(&self.paths().volume_data(&v.name), out)?;
             }
         }
@@ -359,7 +359,7 @@ impl Engine {
             if data.exists() {
                 std::fs::remove_dir_all(&data).map_err(io(&data))?;
             }
-            std::fs::create_dir_all(&data).map_err(io(&data))?;
+            fsutil::create_dir_with_mode(&data, fsutil::MODE_CONTAINER_DIR).map_err(io(&data))?;
             let r = BufReader::new(File::open(&p).map_err(io(&p))?);
             fsdiff::unpack_dir(r, &data)?;
         }
@@ -698,8 +698,21 @@ pub fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-fn write_shared_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
-    fsutil::write_json(path, v, MODE_SHARED).map_err(io(path))
+/// Every file of a checkpoint is private: the rootfs diff and volumes hold the container's
+/// data, and the rest says where it runs.
+fn write_private_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
+    fsutil::write_json(path, v, MODE_PRIVATE).map_err(io(path))
+}
+
+fn create_private(path: &Path) -> Result<File, ContainerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(MODE_PRIVATE)
+        .open(path)
+        .map_err(io(path))
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ContainerError> {

@@ -17,7 +17,7 @@ use super::config::{merge_env, parse_volume, validate_env, validate_name};
 use super::store::RecordStore;
 use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
 use crate::api::RunRequest;
-use crate::fsutil::block_on_fresh;
+use crate::fsutil::{self, block_on_fresh};
 use crate::ids::{ContainerId, PathComponent};
 use crate::image::ImageStore;
 use crate::network::{self, BridgeConfig, ContainerNet, Ipam};
@@ -70,13 +70,21 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     pub fn open(cfg: EngineConfig) -> Result<Self, ContainerError> {
+        // Private by default: the root and every state dir in it are 0700, so checkpoints
+        // (whole memories), records (environments) and volumes are root's alone, also in a
+        // state dir an older ferry left at 0755.
         for d in [
+            cfg.paths.root().to_owned(),
             cfg.paths.containers(),
             cfg.paths.volumes(),
             cfg.paths.netns_dir(),
             cfg.paths.network_state(),
+            cfg.paths.checkpoints(),
+            cfg.paths.migrations(),
+            cfg.paths.tmp(),
+            cfg.paths.images(),
         ] {
-            std::fs::create_dir_all(&d).map_err(|e| ContainerError::io(&d, e))?;
+            fsutil::ensure_private_dir(&d).map_err(|e| ContainerError::io(&d, e))?;
         }
         mount_page_scratch(&cfg.paths.page_scratch())?;
         let images = ImageStore::open(&cfg.paths)?;
@@ -363,7 +371,8 @@ impl Engine {
         let mut mounts = Vec::new();
         for v in &cfg.volumes {
             let data = self.cfg.paths.volume_data(&v.name);
-            std::fs::create_dir_all(&data).map_err(|e| ContainerError::io(&data, e))?;
+            fsutil::create_dir_with_mode(&data, fsutil::MODE_CONTAINER_DIR)
+                .map_err(|e| ContainerError::io(&data, e))?;
             mounts.push(BindMount {
                 source: data,
                 destination: PathBuf::from(&v.destination),
