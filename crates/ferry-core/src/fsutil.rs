@@ -71,6 +71,16 @@ pub fn create_dir_with_mode(path: &Path, mode: u32) -> io::Result<()> {
         .map_err(FsError::io("set the mode of", path))
 }
 
+/// Space an import leaves free on the filesystem it writes to, for everything else.
+pub const FREE_SPACE_RESERVE: u64 = 256 << 20;
+
+/// Bytes an unprivileged writer may still use on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| FsError::io("measure the free space of", path)(e.into()))?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 /// Sets the process umask to [`PRIVATE_UMASK`], for the daemon: files that runc, CRIU and the
 /// shims create (images, logs, pid files) are then private too.
 pub fn set_private_umask() {

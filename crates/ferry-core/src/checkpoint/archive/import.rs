@@ -126,6 +126,7 @@ fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest,
         }
         let manifest = parse_manifest(&bytes)?;
         check_limits(&manifest, limits)?;
+        check_free_space(&manifest, root)?;
         write_file(root, MANIFEST, &bytes)?;
         manifest
     };
@@ -263,6 +264,27 @@ fn check_limits(manifest: &Manifest, limits: &Limits) -> Result<(), ArchiveError
             detail: format!(
                 "{total} bytes in all, at most {} allowed",
                 limits.max_total_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The manifest says how much the archive expands to: refuse, before writing any of it, an
+/// archive that would not fit (a small zstd archive can declare many GiB of zeros).
+fn check_free_space(manifest: &Manifest, root: &Path) -> Result<(), ArchiveError> {
+    let total: u64 = manifest
+        .members
+        .values()
+        .fold(0u64, |t, m| t.saturating_add(m.size));
+    let free = crate::fsutil::free_bytes(root).map_err(|e| ArchiveError::io(root, e))?;
+    let room = free.saturating_sub(crate::fsutil::FREE_SPACE_RESERVE);
+    if total > room {
+        return Err(ArchiveError::OverLimit {
+            detail: format!(
+                "it expands to {total} bytes, and {} has {free} bytes free (keeping {} in reserve)",
+                root.display(),
+                crate::fsutil::FREE_SPACE_RESERVE
             ),
         });
     }
