@@ -393,6 +393,7 @@ impl Engine {
         from: Option<&str>,
     ) -> Result<RestoreReport, ContainerError> {
         let t0 = Instant::now();
+        let from = from.map(SnapshotName::new).transpose()?;
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.refresh(&mut rec);
@@ -403,7 +404,6 @@ impl Engine {
                 why: "a container can only be restored while it is not running".into(),
             });
         }
-        let from = from.map(SnapshotName::new).transpose()?;
         let snaps = self.snapshots_of(&rec.config)?;
         let snap = match from {
             Some(f) => snaps
@@ -516,7 +516,8 @@ impl Engine {
         let snapshot = SnapshotName::new("imported")?;
         let dir = self.paths().snapshot(&rec.config.id, &snapshot);
         let result = (|| {
-            std::fs::create_dir_all(dir.parent().expect("snapshot parent")).map_err(io(&dir))?;
+            fsutil::create_private_dir_all(dir.parent().expect("snapshot parent"))
+                .map_err(io(&dir))?;
             std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
             self.apply_checkpoint_files(&rec.config, &dir)?;
             self.restore_from_dir(&mut rec, &dir, &snapshot, t0)
