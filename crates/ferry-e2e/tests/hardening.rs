@@ -609,3 +609,59 @@ fn with_engine<T: Send + 'static>(h: &Host, f: impl FnOnce(&Engine) -> T + Send 
     })
     .expect("enter the host's netns")
 }
+
+/// After a live migration, what arrived on the destination is as private as what was made
+/// there: its container dir, record and log, the volume, and no readable scratch.
+#[test]
+fn state_is_private_after_a_migration() {
+    use ferry_e2e::lab::{lab, wait_for};
+    let t = lab();
+    t.import("host-a", "busybox");
+    t.ok(
+        "host-a",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "mover",
+            "-e",
+            "SECRET=hunter2",
+            "-v",
+            "mvol:/data",
+            "busybox",
+            "sh",
+            "-c",
+            ferry_e2e::COUNTER,
+        ],
+    );
+    wait_for("ticks on A", Duration::from_secs(20), || {
+        ferry_e2e::ticks(&t.logs("host-a", "mover")).len() >= 5
+    });
+    let (ok, report, err) = t.migrate("host-a", "mover", "host-b");
+    assert!(ok, "A→B failed: {err}\n{}", t.logs_tail());
+    assert_eq!(report["outcome"], "committed", "{report}");
+    let root = t.host_root("host-b");
+    let rec: serde_json::Value =
+        serde_json::from_str(&t.ok("host-b", &["inspect", "mover"])).unwrap();
+    let id = rec["config"]["id"].as_str().unwrap().to_owned();
+    let ctr = root.join("containers").join(&id);
+    assert_eq!(mode(&root), 0o700);
+    for d in ["containers", "volumes", "checkpoints", "tmp", "migrations"] {
+        assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&ctr), 0o700);
+    assert_eq!(mode(&ctr.join("container.json")), 0o600);
+    assert!(
+        mode(&ctr.join("ctr.log")) & 0o037 == 0,
+        "ctr.log {:o}",
+        mode(&ctr.join("ctr.log"))
+    );
+    assert_eq!(mode(&root.join("volumes/mvol")), 0o700);
+    // Whatever a migration leaves in tmp/ (a crash would) is private too.
+    for e in walk(&root.join("tmp")) {
+        let m = mode(&e);
+        assert!(m & 0o007 == 0, "{} is {m:o}", e.display());
+    }
+    let open = readable_by_others(&root);
+    assert!(open.is_empty(), "readable by others: {open:?}");
+}
