@@ -27,6 +27,7 @@ pub struct Info {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImportImageRequest {
     /// Path on the daemon's host: an OCI layout (dir or tar) or a rootfs tarball.
     pub path: String,
@@ -43,6 +44,7 @@ pub struct ImageSummary {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunRequest {
     pub name: String,
     pub image: String,
@@ -59,17 +61,20 @@ pub struct RunRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StopRequest {
     /// Seconds to wait after SIGTERM before SIGKILL.
     pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KillRequest {
     pub signal: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HostAddRequest {
     pub name: String,
     pub addr: String,
@@ -83,6 +88,7 @@ pub struct HostEntry {
 
 /// `POST /v1/migrations/{id}/resolve`: an operator's decision for an in-doubt migration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     pub decision: crate::migration::commit::Decision,
 }

@@ -14,7 +14,7 @@
 use std::fs::Permissions;
 use std::future::Future;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -23,6 +23,69 @@ use serde::Serialize;
 pub const MODE_PRIVATE: u32 = 0o600;
 /// Mode of a file anyone on the host may read (less the umask).
 pub const MODE_SHARED: u32 = 0o644;
+/// Mode of every state directory: checkpoints hold whole memories, records hold environments.
+pub const MODE_PRIVATE_DIR: u32 = 0o700;
+/// The most a log may be: the owner writes, the group (e.g. an operators' group) reads.
+pub const MODE_LOG: u32 = 0o640;
+/// ferryd's umask: what it, runc and CRIU create is private unless made otherwise on purpose.
+pub const PRIVATE_UMASK: u32 = 0o077;
+
+/// Creates `path` and any missing parents as private directories ([`MODE_PRIVATE_DIR`]).
+/// Directories that exist keep their mode.
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(MODE_PRIVATE_DIR)
+        .create(path)
+        .map_err(FsError::io("create", path))
+}
+
+/// [`create_private_dir_all`], and tightens `path` itself to [`MODE_PRIVATE_DIR`] if it was
+/// there already (a state dir made by an older ferry, or by hand).
+pub fn ensure_private_dir(path: &Path) -> io::Result<()> {
+    create_private_dir_all(path)?;
+    std::fs::set_permissions(path, Permissions::from_mode(MODE_PRIVATE_DIR))
+        .map_err(FsError::io("make private", path))
+}
+
+/// Mode of a directory a container sees as its own: the overlay upper dir (overlayfs gives
+/// the container's `/` the upper dir's mode) and a volume's `_data`. Its privacy comes from
+/// the private directories above it.
+pub const MODE_CONTAINER_DIR: u32 = 0o755;
+
+/// Creates `path` (parents private) with exactly `mode`, whatever the umask, if it does not
+/// exist; a directory that exists keeps its mode (the container may have changed it).
+pub fn create_dir_with_mode(path: &Path, mode: u32) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir_all(parent)?;
+    }
+    match std::fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+        Err(e) => return Err(FsError::io("create", path)(e)),
+    }
+    std::fs::set_permissions(path, Permissions::from_mode(mode))
+        .map_err(FsError::io("set the mode of", path))
+}
+
+/// Space an import leaves free on the filesystem it writes to, for everything else.
+pub const FREE_SPACE_RESERVE: u64 = 256 << 20;
+
+/// Bytes an unprivileged writer may still use on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| FsError::io("measure the free space of", path)(e.into()))?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+/// Sets the process umask to [`PRIVATE_UMASK`], for the daemon: files that runc, CRIU and the
+/// shims create (images, logs, pid files) are then private too.
+pub fn set_private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(PRIVATE_UMASK));
+}
 
 /// What went wrong, carried inside the `io::Error` the functions here return.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +131,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).map_err(FsError::io("create", dir))?;
+    create_private_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -119,9 +182,10 @@ pub struct ScratchDir {
 impl ScratchDir {
     /// Creates `parent` if needed, then `parent/<prefix><random>`.
     pub fn new_in(parent: &Path, prefix: &str) -> io::Result<Self> {
-        std::fs::create_dir_all(parent).map_err(FsError::io("create", parent))?;
+        create_private_dir_all(parent)?;
         let dir = tempfile::Builder::new()
             .prefix(prefix)
+            .permissions(Permissions::from_mode(MODE_PRIVATE_DIR))
             .tempdir_in(parent)
             .map_err(FsError::io("create a scratch directory in", parent))?;
         Ok(ScratchDir { dir: Some(dir) })
@@ -333,6 +397,24 @@ mod tests {
         let got = std::fs::read(&*p).unwrap();
         assert!(got.len() == 4096 && got.iter().all(|&x| x == got[0]));
         assert!(others(d.path(), &["rec.json"]).is_empty());
+    }
+
+    #[test]
+    fn directories_are_created_private_and_tightened() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state/containers/abc/container.json");
+        write_atomic(&p, b"{}", MODE_PRIVATE).unwrap();
+        for dir in ["state", "state/containers", "state/containers/abc"] {
+            assert_eq!(mode_of(&d.path().join(dir)), 0o700, "{dir}");
+        }
+        let old = d.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&old).unwrap();
+        assert_eq!(mode_of(&old), 0o700);
+        let scratch = ScratchDir::new_in(&d.path().join("tmp"), "x-").unwrap();
+        assert_eq!(mode_of(scratch.path()), 0o700);
+        assert_eq!(mode_of(&d.path().join("tmp")), 0o700);
     }
 
     #[test]

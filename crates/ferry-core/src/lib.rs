@@ -8,6 +8,7 @@ pub mod container;
 pub mod criu;
 pub mod fsdiff;
 pub mod fsutil;
+pub mod ids;
 pub mod image;
 pub mod migration;
 pub mod network;

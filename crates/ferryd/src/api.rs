@@ -18,6 +18,7 @@ use ferry_core::container::{ContainerRecord, Engine};
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::json::ApiJson;
 use crate::DaemonArgs;
 
 pub struct AppState {
@@ -113,7 +114,7 @@ async fn images_list(State(s): S) -> ApiResult<Json<Vec<ImageSummary>>> {
 
 async fn images_import(
     State(s): S,
-    Json(req): Json<ImportImageRequest>,
+    ApiJson(req): ApiJson<ImportImageRequest>,
 ) -> ApiResult<Json<ImageSummary>> {
     let img = blocking(&s, move |e| {
         let path = std::path::PathBuf::from(&req.path);
@@ -156,7 +157,7 @@ async fn containers_list(State(s): S) -> ApiResult<Json<Vec<ContainerRecord>>> {
 
 async fn containers_run(
     State(s): S,
-    Json(req): Json<RunRequest>,
+    ApiJson(req): ApiJson<RunRequest>,
 ) -> ApiResult<(StatusCode, Json<ContainerRecord>)> {
     let rec = blocking(&s, move |e| Ok(e.run(&req)?)).await?;
     Ok((StatusCode::CREATED, Json(rec)))
@@ -170,6 +171,7 @@ async fn containers_inspect(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RmQuery {
     #[serde(default)]
     force: bool,
@@ -195,7 +197,7 @@ async fn containers_start(
 async fn containers_stop(
     State(s): S,
     Path(name): Path<String>,
-    Json(req): Json<StopRequest>,
+    ApiJson(req): ApiJson<StopRequest>,
 ) -> ApiResult<Json<ContainerRecord>> {
     let timeout = Duration::from_secs(req.timeout.unwrap_or(10));
     Ok(Json(
@@ -206,7 +208,7 @@ async fn containers_stop(
 async fn containers_kill(
     State(s): S,
     Path(name): Path<String>,
-    Json(req): Json<KillRequest>,
+    ApiJson(req): ApiJson<KillRequest>,
 ) -> ApiResult<StatusCode> {
     let sig = req.signal.unwrap_or_else(|| "SIGKILL".to_owned());
     blocking(&s, move |e| Ok(e.kill(&name, &sig)?)).await?;
@@ -214,6 +216,7 @@ async fn containers_kill(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
@@ -293,7 +296,7 @@ fn tokio_stream_from(
 async fn checkpoint(
     State(s): S,
     Path(name): Path<String>,
-    Json(req): Json<CheckpointRequest>,
+    ApiJson(req): ApiJson<CheckpointRequest>,
 ) -> ApiResult<Json<CheckpointReport>> {
     Ok(Json(
         blocking(&s, move |e| Ok(e.checkpoint(&name, &req)?)).await?,
@@ -303,7 +306,7 @@ async fn checkpoint(
 async fn restore_named(
     State(s): S,
     Path(name): Path<String>,
-    Json(req): Json<RestoreRequest>,
+    ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Json<RestoreReport>> {
     Ok(Json(
         blocking(&s, move |e| Ok(e.restore(Some(&name), &req)?)).await?,
@@ -312,7 +315,7 @@ async fn restore_named(
 
 async fn restore_import(
     State(s): S,
-    Json(req): Json<RestoreRequest>,
+    ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Json<RestoreReport>> {
     Ok(Json(
         blocking(&s, move |e| Ok(e.restore(None, &req)?)).await?,
@@ -320,6 +323,7 @@ async fn restore_import(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CheckpointLsQuery {
     container: Option<String>,
 }
@@ -344,7 +348,7 @@ async fn checkpoint_rm(
 async fn migrate(
     State(s): S,
     Path(name): Path<String>,
-    Json(mut req): Json<ferry_core::migration::MigrateRequest>,
+    ApiJson(mut req): ApiJson<ferry_core::migration::MigrateRequest>,
 ) -> ApiResult<Response> {
     use ferry_core::migration::report::{MigrationEvent, Progress};
     req.container = name;
@@ -392,12 +396,12 @@ async fn migrations_ls(
 async fn migrations_resolve(
     State(s): S,
     Path(id): Path<String>,
-    Json(req): Json<ferry_core::api::ResolveRequest>,
+    ApiJson(req): ApiJson<ferry_core::api::ResolveRequest>,
 ) -> ApiResult<Json<ferry_core::migration::record::MigrationRecord>> {
     use ferry_core::migration::{commit, record};
-    if !record::valid_id(&id) {
-        return Err(ApiError::invalid(format!("{id:?} is not a migration id")));
-    }
+    let id = ferry_core::ids::MigrationId::new(id)
+        .map_err(|e| ApiError::invalid(e.to_string()))?
+        .into_string();
     if record::load(s.engine.paths(), &id)
         .map_err(|e| ApiError::internal(e.to_string()))?
         .is_none()
@@ -432,7 +436,10 @@ async fn hosts_ls(State(s): S) -> ApiResult<Json<Vec<HostEntry>>> {
     Ok(Json(list))
 }
 
-async fn hosts_add(State(s): S, Json(req): Json<HostAddRequest>) -> ApiResult<Json<HostEntry>> {
+async fn hosts_add(
+    State(s): S,
+    ApiJson(req): ApiJson<HostAddRequest>,
+) -> ApiResult<Json<HostEntry>> {
     let entry = blocking(&s, move |e| {
         let addr: std::net::SocketAddr = req.addr.parse().map_err(|_| {
             ApiError::invalid(format!(

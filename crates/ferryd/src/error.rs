@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferry_core::api::ApiErrorBody;
+use ferry_core::checkpoint::archive::ArchiveError;
 use ferry_core::container::ContainerError;
 use ferry_core::image::ImageError;
 use ferry_core::network::NetError;
@@ -19,6 +20,14 @@ impl ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid",
+            message: msg.into(),
+        }
+    }
+
+    pub fn with_status(status: StatusCode, kind: &'static str, msg: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
             message: msg.into(),
         }
     }
@@ -84,7 +93,12 @@ impl From<ContainerError> for ApiError {
             ContainerError::NameInUse(_) | ContainerError::WrongState { .. } => {
                 ApiError::conflict(msg)
             }
-            ContainerError::InvalidName(_) | ContainerError::Invalid(_) => ApiError::invalid(msg),
+            ContainerError::InvalidName(_)
+            | ContainerError::InvalidId(_)
+            | ContainerError::Invalid(_) => ApiError::invalid(msg),
+            // A damaged or hostile archive is the caller's input; a failed write is ours.
+            ContainerError::Archive(ArchiveError::Io { .. }) => ApiError::internal(msg),
+            ContainerError::Archive(_) => ApiError::invalid(msg),
             ContainerError::Image(ie) => ApiError::from_image(ie, msg),
             ContainerError::Network(NetError::InUse { .. }) => ApiError::conflict(msg),
             ContainerError::Network(

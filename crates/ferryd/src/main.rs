@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+mod json;
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -39,9 +40,12 @@ pub struct DaemonArgs {
     /// State directory (images, containers, volumes, checkpoints).
     #[arg(long, default_value = "/var/lib/ferry")]
     root: PathBuf,
-    /// API socket (mode 0660).
+    /// API socket (mode 0660, owner root).
     #[arg(long, default_value = "/run/ferry/ferry.sock")]
     socket: PathBuf,
+    /// Group (name or number) that may use the API socket; default: root's group only.
+    #[arg(long, env = "FERRY_SOCKET_GROUP")]
+    socket_group: Option<String>,
     /// runc state directory for this host.
     #[arg(long, default_value = "/run/ferry/runc")]
     runc_root: PathBuf,
@@ -112,6 +116,8 @@ fn main() -> Result<()> {
         Some(Sub::CriuHook) => std::process::exit(ferry_core::migration::hook::run_hook()),
         None => {}
     }
+    // Before anything is created: what ferryd, runc and CRIU write is private by default.
+    ferry_core::fsutil::set_private_umask();
     tracing_subscriber::fmt()
         .with_env_filter(
             // netlink-packet-route warns about every link on this kernel (a newer IFLA_INET6_CONF size).
@@ -125,14 +131,28 @@ fn main() -> Result<()> {
     rt.block_on(serve(cli.daemon))
 }
 
+/// `--socket-group`: a group name or a numeric gid.
+fn socket_gid(group: &str) -> Result<nix::unistd::Gid> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => bail!("--socket-group {group:?}: no such group on this host"),
+        Err(e) => bail!("--socket-group {group:?}: looking it up failed: {e}"),
+    }
+}
+
 async fn serve(args: DaemonArgs) -> Result<()> {
+    // Checked first: a bad group must not leave a half-started daemon.
+    let gid = args.socket_group.as_deref().map(socket_gid).transpose()?;
     let (addr, prefix) = parse_cidr(&args.bridge_address)?;
     let ip_range = args.ip_range.as_deref().map(parse_range).transpose()?;
     let host_name = match &args.host_name {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
-    std::fs::create_dir_all(&args.root)
+    ferry_core::fsutil::ensure_private_dir(&args.root)
         .with_context(|| format!("creating state dir {}", args.root.display()))?;
     std::fs::create_dir_all(&args.runc_root)?;
     let cfg = EngineConfig {
@@ -221,6 +241,11 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     let listener = tokio::net::UnixListener::bind(&args.socket)
         .with_context(|| format!("binding {}", args.socket.display()))?;
+    // Owner root, group `--socket-group` (or root's), read-write for both, nothing for others.
+    if let Some(gid) = gid {
+        nix::unistd::chown(&args.socket, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", args.socket.display()))?;
+    }
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660))?;
     tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "ferryd ready");
 

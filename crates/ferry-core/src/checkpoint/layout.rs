@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::ids::{PathComponent, VolumeName};
+
 /// CRIU's images.
 pub const IMAGES_DIR: &str = "checkpoint";
 /// The container's OCI runtime spec (config.json).
@@ -65,7 +67,8 @@ impl CheckpointLayout {
         self.root.join(VOLUMES_DIR)
     }
 
-    pub fn volume_tar(&self, name: &str) -> PathBuf {
+    pub fn volume_tar(&self, name: &(impl PathComponent<VolumeName> + ?Sized)) -> PathBuf {
+        let name = name.component();
         self.volumes().join(format!("{name}.tar"))
     }
 

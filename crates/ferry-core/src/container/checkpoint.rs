@@ -15,14 +15,15 @@ use crate::checkpoint::archive::{self, Compression, Limits};
 use crate::criu;
 use crate::criu::preflight::{self, PreflightError};
 use crate::fsdiff::{self, DiffSummary};
-use crate::fsutil::{self, ScratchDir, MODE_PRIVATE, MODE_SHARED};
+use crate::fsutil::{self, ScratchDir, MODE_PRIVATE};
+use crate::ids::SnapshotName;
 use crate::network::{self, GateKind};
 use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
 
 use crate::checkpoint::layout::{
-    CONFIG_DUMP, DELETED_FILES, IMAGES_DIR, MANIFEST, NETWORK_STATUS, ROOTFS_DIFF, SPEC_DUMP,
-    STATS_DUMP, VOLUMES_DIR,
+    CheckpointLayout, CONFIG_DUMP, DELETED_FILES, IMAGES_DIR, MANIFEST, NETWORK_STATUS,
+    ROOTFS_DIFF, SPEC_DUMP, STATS_DUMP, VOLUMES_DIR,
 };
 
 /// ferry's additions to Podman's layout: the full rootfs diff summary (opaque dirs, for an
@@ -31,6 +32,7 @@ pub const ROOTFS_SUMMARY: &str = "rootfs-diff.json";
 pub const DUMP_LOG: &str = "dump.log";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CheckpointRequest {
     #[serde(default)]
     pub leave_running: bool,
@@ -60,6 +62,7 @@ pub struct CheckpointReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     /// Snapshot to restore (default: the newest).
     pub from: Option<String>,
@@ -149,7 +152,7 @@ fn ms(d: Duration) -> u64 {
 
 impl Engine {
     fn snapshots_dir(&self, id: &str) -> PathBuf {
-        self.paths().checkpoints().join(id)
+        self.paths().snapshots(id)
     }
 
     /// The CRIU options ferry always wants: established TCP, file locks, external unix sockets.
@@ -219,26 +222,23 @@ impl Engine {
                 return Err(invalid(format!("export target {exp} already exists")));
             }
         }
+        let snap = match &req.name {
+            Some(s) => SnapshotName::new(s.as_str())?,
+            None => SnapshotName::new(chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string())?,
+        };
         require_cr_support()?;
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.require_running(&mut rec, "checkpointed")?;
+        self.refuse_if_stopping(&rec, "checkpointed")?;
         self.check_movable(&rec.config)?;
-        let snap = match &req.name {
-            Some(s) => {
-                super::validate_name(s)
-                    .map_err(|_| invalid(format!("invalid checkpoint name {s:?}")))?;
-                s.clone()
-            }
-            None => chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string(),
-        };
-        let dir = self.snapshots_dir(&rec.config.id).join(&snap);
+        let dir = self.paths().snapshot(&rec.config.id, &snap);
         if dir.exists() {
             return Err(ContainerError::NameInUse(format!(
                 "{name}/{snap} (checkpoint)"
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        fsutil::create_private_dir_all(&dir).map_err(io(&dir))?;
         let result = self.checkpoint_into(&mut rec, &dir, req.leave_running);
         let (checkpoint_ms, files_ms) = match result {
             Ok(t) => t,
@@ -257,7 +257,7 @@ impl Engine {
         let images = dir.join(IMAGES_DIR);
         Ok(CheckpointReport {
             container: rec.config.name.clone(),
-            snapshot: snap,
+            snapshot: snap.into_string(),
             dir: dir.display().to_string(),
             exported,
             leave_running: req.leave_running,
@@ -282,8 +282,8 @@ impl Engine {
         let images = dir.join(IMAGES_DIR);
         let work = ctr_dir.join("criu-work");
         let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&images).map_err(io(&images))?;
-        std::fs::create_dir_all(&work).map_err(io(&work))?;
+        fsutil::create_private_dir_all(&images).map_err(io(&images))?;
+        fsutil::create_private_dir_all(&work).map_err(io(&work))?;
         let mut opts = self.checkpoint_opts(&images, &work);
         opts.leave_running = leave_running;
         let t = Instant::now();
@@ -328,19 +328,19 @@ impl Engine {
             prefix: cfg.prefix,
             mac: cfg.mac.clone(),
         };
-        write_shared_json(&dir.join(NETWORK_STATUS), &net)?;
+        write_private_json(&dir.join(NETWORK_STATUS), &net)?;
         let rootfs = RootfsDirs::new(&ctr_dir);
         let tar_path = dir.join(ROOTFS_DIFF);
-        let out = BufWriter::new(File::create(&tar_path).map_err(io(&tar_path))?);
+        let out = BufWriter::new(create_private(&tar_path)?);
         let summary = fsdiff::export_upper(&rootfs.upper, out, None)?;
-        write_shared_json(&dir.join(DELETED_FILES), &summary.deleted)?;
-        write_shared_json(&dir.join(ROOTFS_SUMMARY), &summary)?;
+        write_private_json(&dir.join(DELETED_FILES), &summary.deleted)?;
+        write_private_json(&dir.join(ROOTFS_SUMMARY), &summary)?;
         if !cfg.volumes.is_empty() {
             let vdir = dir.join(VOLUMES_DIR);
-            std::fs::create_dir_all(&vdir).map_err(io(&vdir))?;
+            fsutil::create_private_dir_all(&vdir).map_err(io(&vdir))?;
             for v in &cfg.volumes {
-                let p = vdir.join(format!("{}.tar", v.name));
-                let out = BufWriter::new(File::create(&p).map_err(io(&p))?);
+                let p = CheckpointLayout::new(dir).volume_tar(&v.name);
+                let out = BufWriter::new(create_private(&p)?);
                 fsdiff::pack_dir(&self.paths().volume_data(&v.name), out)?;
             }
         }
@@ -367,12 +367,12 @@ impl Engine {
         let r = BufReader::new(File::open(&tar_path).map_err(io(&tar_path))?);
         fsdiff::apply_to_upper(&rootfs.upper, r, &summary)?;
         for v in &cfg.volumes {
-            let p = dir.join(VOLUMES_DIR).join(format!("{}.tar", v.name));
+            let p = CheckpointLayout::new(dir).volume_tar(&v.name);
             let data = self.paths().volume_data(&v.name);
             if data.exists() {
                 std::fs::remove_dir_all(&data).map_err(io(&data))?;
             }
-            std::fs::create_dir_all(&data).map_err(io(&data))?;
+            fsutil::create_dir_with_mode(&data, fsutil::MODE_CONTAINER_DIR).map_err(io(&data))?;
             let r = BufReader::new(File::open(&p).map_err(io(&p))?);
             fsdiff::unpack_dir(r, &data)?;
         }
@@ -406,6 +406,7 @@ impl Engine {
         from: Option<&str>,
     ) -> Result<RestoreReport, ContainerError> {
         let t0 = Instant::now();
+        let from = from.map(SnapshotName::new).transpose()?;
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.refresh(&mut rec);
@@ -420,7 +421,7 @@ impl Engine {
         let snap = match from {
             Some(f) => snaps
                 .iter()
-                .find(|s| s.snapshot == f)
+                .find(|s| f == s.snapshot)
                 .ok_or_else(|| ContainerError::NotFound(format!("checkpoint {f} of {name}")))?,
             None => snaps
                 .last()
@@ -453,7 +454,13 @@ impl Engine {
         // `import` wants a destination that does not exist yet.
         let tmp = scratch.path().join("checkpoint");
         archive::import(file, &tmp, &Limits::default())?;
-        let mut cfg: ContainerConfig = read_json(&tmp.join(CONFIG_DUMP))?;
+        // The archive's own config: its id, name and volume names are checked as it parses.
+        let mut cfg: ContainerConfig = read_json(&tmp.join(CONFIG_DUMP)).map_err(|e| match e {
+            ContainerError::CorruptState { reason, .. } => {
+                invalid(format!("the archive's {CONFIG_DUMP} is refused: {reason}"))
+            }
+            e => e,
+        })?;
         self.images().resolve(&cfg.image).map_err(|_| {
             invalid(format!(
                 "the checkpoint needs image {} ({}), which this host does not have; import it first",
@@ -487,16 +494,43 @@ impl Engine {
             }
             cfg.name = n.clone();
         }
+        // The name may have changed; everything must pass before a path is built from it.
+        cfg.validate()?;
         if self.paths().container(&cfg.id).exists() {
             // The original still exists on this host: the copy needs its own identity.
             cfg.id = super::engine::new_id();
         }
+        // A volume another container uses is not this archive's to overwrite.
+        let others = self.list_raw();
+        for v in &cfg.volumes {
+            if let Some(user) = others
+                .iter()
+                .find(|r| r.config.volumes.iter().any(|u| u.name == v.name))
+            {
+                return Err(ContainerError::WrongState {
+                    name: user.config.name.clone(),
+                    status: user.status,
+                    why: format!(
+                        "it uses volume {}, which the archive would overwrite; remove it first",
+                        v.name
+                    ),
+                });
+            }
+        }
+        // Volumes this import creates go again if it fails; ones that were here stay.
+        let new_volumes: Vec<PathBuf> = cfg
+            .volumes
+            .iter()
+            .map(|v| self.paths().volume(&v.name))
+            .filter(|p| !p.exists())
+            .collect();
         let slot = self.register_incoming(cfg, &format!("archive:{}", file.display()))?;
         let mut rec = lock(&slot);
-        let snapshot = "imported".to_owned();
-        let dir = self.snapshots_dir(&rec.config.id).join(&snapshot);
+        let snapshot = SnapshotName::new("imported")?;
+        let dir = self.paths().snapshot(&rec.config.id, &snapshot);
         let result = (|| {
-            std::fs::create_dir_all(dir.parent().expect("snapshot parent")).map_err(io(&dir))?;
+            fsutil::create_private_dir_all(dir.parent().expect("snapshot parent"))
+                .map_err(io(&dir))?;
             std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
             self.apply_checkpoint_files(&rec.config, &dir)?;
             self.restore_from_dir(&mut rec, &dir, &snapshot, t0)
@@ -507,8 +541,16 @@ impl Engine {
             Err(e) => {
                 let mut r = rec.clone();
                 drop(rec);
-                let _ = self.forget(&mut r);
-                let _ = std::fs::remove_dir_all(self.snapshots_dir(&r.config.id));
+                if let Err(fe) = self.forget(&mut r) {
+                    tracing::warn!(container = %r.config.name, error = %fe, "cleaning up a failed import");
+                }
+                for p in std::iter::once(self.snapshots_dir(&r.config.id)).chain(new_volumes) {
+                    if let Err(re) = std::fs::remove_dir_all(&p) {
+                        if re.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(path = %p.display(), error = %re, "cleaning up a failed import");
+                        }
+                    }
+                }
                 Err(e)
             }
         }
@@ -664,11 +706,12 @@ impl Engine {
 
     /// `ferry checkpoint rm CTR SNAP`.
     pub fn remove_checkpoint(&self, name: &str, snapshot: &str) -> Result<(), ContainerError> {
+        let snapshot = SnapshotName::new(snapshot)?;
         let rec = self.inspect(name)?;
         let snaps = self.snapshots_of(&rec.config)?;
         let s = snaps
             .iter()
-            .find(|s| s.snapshot == snapshot)
+            .find(|s| snapshot == s.snapshot)
             .ok_or_else(|| ContainerError::NotFound(format!("checkpoint {snapshot} of {name}")))?;
         std::fs::remove_dir_all(&s.dir).map_err(io(Path::new(&s.dir)))
     }
@@ -699,8 +742,21 @@ pub fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-fn write_shared_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
-    fsutil::write_json(path, v, MODE_SHARED).map_err(io(path))
+/// Every file of a checkpoint is private: the rootfs diff and volumes hold the container's
+/// data, and the rest says where it runs.
+fn write_private_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
+    fsutil::write_json(path, v, MODE_PRIVATE).map_err(io(path))
+}
+
+fn create_private(path: &Path) -> Result<File, ContainerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(MODE_PRIVATE)
+        .open(path)
+        .map_err(io(path))
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ContainerError> {

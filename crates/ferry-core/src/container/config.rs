@@ -6,12 +6,21 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::ContainerError;
+use crate::ids::{self, ContainerId, ContainerName, IdError, VolumeName};
 
 /// Everything needed to recreate the container on any host. This is what a checkpoint's
 /// `config.dump` and a migration's `Prepare` carry.
+///
+/// The id, the name and the volume names become paths on this host. They are plain strings
+/// (the code that reads them, and the wire and disk formats, stay as they were), but parsing
+/// a config checks each against its rule in [`crate::ids`]: a `config.dump` or a `Prepare`
+/// with `"id": "x/../../etc"` does not parse. A config built or edited in code is checked by
+/// [`ContainerConfig::validate`] before the engine registers it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerConfig {
+    #[serde(deserialize_with = "ids::de::container_id")]
     pub id: String,
+    #[serde(deserialize_with = "ids::de::container_name")]
     pub name: String,
     /// Image manifest digest (`sha256:…`) and the reference the user gave.
     pub image: String,
@@ -30,9 +39,28 @@ pub struct ContainerConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeMount {
+    #[serde(deserialize_with = "ids::de::volume_name")]
     pub name: String,
     pub destination: String,
     pub readonly: bool,
+}
+
+impl ContainerConfig {
+    /// Checks every identifier that becomes a path (id, name, volume names) against its rule.
+    pub fn validate(&self) -> Result<(), IdError> {
+        ContainerId::new(self.id.as_str())?;
+        ContainerName::new(self.name.as_str())?;
+        for v in &self.volumes {
+            VolumeName::new(v.name.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// The id, as the validated type path builders take. A config's id was checked when it
+    /// was parsed or registered, so this fails only for a config edited in code since.
+    pub fn container_id(&self) -> Result<ContainerId, IdError> {
+        ContainerId::new(self.id.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -111,25 +139,16 @@ impl ContainerRecord {
     }
 }
 
-/// Container names: the same rule Docker uses, so scripts carry over.
+/// Container names: the same rule Docker uses, so scripts carry over (see [`ContainerName`]).
 pub fn validate_name(name: &str) -> Result<(), ContainerError> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if first_ok && rest_ok && name.len() <= 63 {
-        Ok(())
-    } else {
-        Err(ContainerError::InvalidName(name.to_owned()))
-    }
+    ContainerName::new(name)?;
+    Ok(())
 }
 
-/// Volume names follow the container-name rule.
+/// Volume names follow the container-name rule (see [`VolumeName`]).
 pub fn validate_volume_name(name: &str) -> Result<(), ContainerError> {
-    validate_name(name).map_err(|_| {
-        ContainerError::Invalid(format!(
-            "invalid volume name {name:?}: use letters, digits, '_', '.', '-' (max 63)"
-        ))
-    })
+    VolumeName::new(name)?;
+    Ok(())
 }
 
 /// Parses `NAME:/path[:ro|:rw]`.
@@ -228,6 +247,42 @@ mod tests {
         ] {
             assert!(parse_volume(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn config_json(id: &str, name: &str, volume: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "name": name, "image": "sha256:00", "image_ref": "x", "args": ["sh"],
+            "env": [], "cwd": "/", "user": "", "ip": "10.88.0.5", "prefix": 16,
+            "mac": "02:00:00:00:00:01",
+            "volumes": [{"name": volume, "destination": "/data", "readonly": false}],
+            "memory": null, "created": "now"
+        })
+    }
+
+    #[test]
+    fn a_config_with_a_hostile_identifier_does_not_parse() {
+        let ok: ContainerConfig =
+            serde_json::from_value(config_json("abc123", "web", "data")).unwrap();
+        ok.validate().unwrap();
+        for (json, what) in [
+            (
+                config_json("x/../../../../tmp", "web", "data"),
+                "container id",
+            ),
+            (config_json("abc", "../web", "data"), "container name"),
+            (config_json("abc", "web", "../../../tmp/v"), "volume name"),
+            (config_json("/etc", "web", "data"), "container id"),
+            (config_json("abc", "web", ".."), "volume name"),
+        ] {
+            let err = serde_json::from_value::<ContainerConfig>(json).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("invalid {what}")),
+                "{err}"
+            );
+        }
+        let mut edited = ok;
+        edited.volumes[0].name = "a/b".into();
+        assert!(edited.validate().is_err());
     }
 
     #[test]

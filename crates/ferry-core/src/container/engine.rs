@@ -3,7 +3,9 @@
 //!
 //! Calls are blocking (runc, mounts, files); the daemon runs them on its blocking pool.
 //! A per-container lock serialises operations on one container; the map lock is held only
-//! briefly, so a long checkpoint or migration does not stall `ps`.
+//! briefly, and never while waiting for a container's lock. Readers (`ps`, `inspect`) that
+//! find a container busy in a long operation (a checkpoint, a migration) show its last saved
+//! record instead of waiting; `stop` waits out its grace period without the lock at all.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,7 +17,8 @@ use super::config::{merge_env, parse_volume, validate_env, validate_name};
 use super::store::RecordStore;
 use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
 use crate::api::RunRequest;
-use crate::fsutil::block_on_fresh;
+use crate::fsutil::{self, block_on_fresh};
+use crate::ids::{ContainerId, PathComponent};
 use crate::image::ImageStore;
 use crate::network::{self, BridgeConfig, ContainerNet, Ipam};
 use crate::paths::HostPaths;
@@ -47,6 +50,11 @@ pub struct Engine {
     records: RecordStore,
     ipam: Mutex<Ipam>,
     containers: Mutex<BTreeMap<String, Slot>>,
+    /// The last saved record of each container, by name: what readers see of a container
+    /// whose lock a long operation holds.
+    views: Mutex<BTreeMap<String, ContainerRecord>>,
+    /// Ids of containers in a `stop`'s grace period (SIGTERM sent, lock released).
+    stopping: Mutex<std::collections::BTreeSet<String>>,
     /// Packets held for uncommitted incoming containers, by container id.
     pub(crate) holds: Mutex<BTreeMap<String, network::PacketHold>>,
 }
@@ -62,13 +70,21 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     pub fn open(cfg: EngineConfig) -> Result<Self, ContainerError> {
+        // Private by default: the root and every state dir in it are 0700, so checkpoints
+        // (whole memories), records (environments) and volumes are root's alone, also in a
+        // state dir an older ferry left at 0755.
         for d in [
+            cfg.paths.root().to_owned(),
             cfg.paths.containers(),
             cfg.paths.volumes(),
             cfg.paths.netns_dir(),
             cfg.paths.network_state(),
+            cfg.paths.checkpoints(),
+            cfg.paths.migrations(),
+            cfg.paths.tmp(),
+            cfg.paths.images(),
         ] {
-            std::fs::create_dir_all(&d).map_err(|e| ContainerError::io(&d, e))?;
+            fsutil::ensure_private_dir(&d).map_err(|e| ContainerError::io(&d, e))?;
         }
         mount_page_scratch(&cfg.paths.page_scratch())?;
         let images = ImageStore::open(&cfg.paths)?;
@@ -84,7 +100,9 @@ impl Engine {
         runc.binary = cfg.runc_binary.clone();
         let records = RecordStore::new(cfg.paths.clone());
         let mut map = BTreeMap::new();
+        let mut views = BTreeMap::new();
         for rec in records.load_all()? {
+            views.insert(rec.config.name.clone(), rec.clone());
             map.insert(rec.config.name.clone(), Arc::new(Mutex::new(rec)));
         }
         let engine = Engine {
@@ -94,6 +112,8 @@ impl Engine {
             records,
             ipam: Mutex::new(ipam),
             containers: Mutex::new(map),
+            views: Mutex::new(views),
+            stopping: Mutex::new(Default::default()),
             holds: Mutex::new(BTreeMap::new()),
         };
         engine.refresh_all();
@@ -121,21 +141,52 @@ impl Engine {
         if let Some(s) = map.get(name) {
             return Ok(s.clone());
         }
-        // Also accept an id or a unique id prefix.
-        let hits: Vec<&Slot> = map
-            .values()
-            .filter(|s| name.len() >= 6 && lock(s).config.id.starts_with(name))
-            .collect();
+        // Also accept an id or a unique id prefix, found in the views: a busy container's
+        // lock is not for the taking here, with the map lock held.
+        let hits: Vec<Slot> = if name.len() >= 6 {
+            lock(&self.views)
+                .values()
+                .filter(|r| r.config.id.starts_with(name))
+                .filter_map(|r| map.get(&r.config.name).cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
         match hits.as_slice() {
-            [one] => Ok((*one).clone()),
+            [one] => Ok(one.clone()),
             _ => Err(ContainerError::NotFound(name.to_owned())),
         }
     }
 
+    /// The record of `slot`: refreshed when the slot is free, the last saved one when a long
+    /// operation holds it (so a reader never waits for a checkpoint, a migration or a stop).
+    fn read_slot(&self, name: &str, slot: &Slot, refresh: bool) -> Option<ContainerRecord> {
+        match slot.try_lock() {
+            Ok(mut rec) => {
+                if refresh {
+                    self.refresh(&mut rec);
+                }
+                Some(rec.clone())
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().clone()),
+            Err(std::sync::TryLockError::WouldBlock) => lock(&self.views).get(name).cloned(),
+        }
+    }
+
+    fn read_all(&self, refresh: bool) -> Vec<ContainerRecord> {
+        let slots: Vec<(String, Slot)> = lock(&self.containers)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        slots
+            .iter()
+            .filter_map(|(n, s)| self.read_slot(n, s, refresh))
+            .collect()
+    }
+
     /// Records as they are, without reconciling.
     pub(crate) fn list_raw(&self) -> Vec<ContainerRecord> {
-        let slots: Vec<Slot> = lock(&self.containers).values().cloned().collect();
-        slots.iter().map(|s| lock(s).clone()).collect()
+        self.read_all(false)
     }
 
     pub fn runc_version(&self) -> String {
@@ -148,16 +199,19 @@ impl Engine {
     }
 
     pub fn list(&self) -> Vec<ContainerRecord> {
-        self.refresh_all();
-        let slots: Vec<Slot> = lock(&self.containers).values().cloned().collect();
-        slots.iter().map(|s| lock(s).clone()).collect()
+        self.read_all(true)
     }
 
     pub fn inspect(&self, name: &str) -> Result<ContainerRecord, ContainerError> {
         let slot = self.slot(name)?;
-        let mut rec = lock(&slot);
-        self.refresh(&mut rec);
-        Ok(rec.clone())
+        // `name` may be an id prefix: the view is found by the container's own name.
+        let own = lock(&self.views)
+            .values()
+            .find(|r| r.config.name == name || r.config.id.starts_with(name))
+            .map(|r| r.config.name.clone())
+            .unwrap_or_else(|| name.to_owned());
+        self.read_slot(&own, &slot, true)
+            .ok_or_else(|| ContainerError::NotFound(name.to_owned()))
     }
 
     /// Names and IPs in use, for validation by the checkpoint/migration code.
@@ -165,7 +219,7 @@ impl Engine {
         lock(&self.containers).contains_key(name)
     }
 
-    pub fn container_dir(&self, id: &str) -> PathBuf {
+    pub fn container_dir(&self, id: &(impl PathComponent<ContainerId> + ?Sized)) -> PathBuf {
         self.cfg.paths.container(id)
     }
 
@@ -260,10 +314,7 @@ impl Engine {
             slot
         };
         let mut rec = lock(&placeholder);
-        let result = self
-            .records
-            .save(&rec)
-            .and_then(|_| self.start_locked(&mut rec));
+        let result = self.save(&rec).and_then(|_| self.start_locked(&mut rec));
         if let Err(e) = result {
             tracing::warn!(name = %req.name, error = %e, "run failed; undoing");
             self.teardown(&rec.config);
@@ -271,6 +322,7 @@ impl Engine {
             let _ = lock(&self.ipam).release(&rec.config.id);
             drop(rec);
             lock(&self.containers).remove(&req.name);
+            lock(&self.views).remove(&req.name);
             return Err(e);
         }
         Ok(rec.clone())
@@ -294,7 +346,7 @@ impl Engine {
         if let Err(e) = self.start_locked(&mut rec) {
             self.teardown(&rec.config);
             rec.status = Status::Stopped;
-            let _ = self.records.save(&rec);
+            let _ = self.save(&rec);
             return Err(e);
         }
         Ok(rec.clone())
@@ -319,7 +371,8 @@ impl Engine {
         let mut mounts = Vec::new();
         for v in &cfg.volumes {
             let data = self.cfg.paths.volume_data(&v.name);
-            std::fs::create_dir_all(&data).map_err(|e| ContainerError::io(&data, e))?;
+            fsutil::create_dir_with_mode(&data, fsutil::MODE_CONTAINER_DIR)
+                .map_err(|e| ContainerError::io(&data, e))?;
             mounts.push(BindMount {
                 source: data,
                 destination: PathBuf::from(&v.destination),
@@ -400,7 +453,7 @@ impl Engine {
         rec.shim_pid = Some(started.shim_pid);
         rec.started_at = Some(now());
         rec.exit = None;
-        self.records.save(rec)
+        self.save(rec)
     }
 
     /// Records a container that was restored (or migrated in) and is running now.
@@ -415,7 +468,7 @@ impl Engine {
         rec.shim_pid = Some(shim_pid);
         rec.started_at = Some(now());
         rec.exit = None;
-        self.records.save(&rec)?;
+        self.save(&rec)?;
         lock(&self.containers).insert(rec.config.name.clone(), Arc::new(Mutex::new(rec.clone())));
         Ok(rec)
     }
@@ -431,42 +484,74 @@ impl Engine {
         Ok(())
     }
 
+    /// `ferry stop`: SIGTERM, then SIGKILL after `timeout` (at most [`MAX_STOP_TIMEOUT`]).
+    ///
+    /// The grace period runs without the container's lock, so `ps`, `inspect` and other
+    /// commands go on meanwhile; a checkpoint or migration of the dying container is refused.
     pub fn stop(&self, name: &str, timeout: Duration) -> Result<ContainerRecord, ContainerError> {
+        check_duration("stop timeout", timeout, MAX_STOP_TIMEOUT)?;
         let slot = self.slot(name)?;
-        let mut rec = lock(&slot);
-        self.refresh(&mut rec);
-        match rec.status {
-            Status::Running => {}
-            Status::Stopped | Status::Created | Status::Checkpointed => return Ok(rec.clone()),
-            s => {
-                return Err(ContainerError::WrongState {
-                    name: name.to_owned(),
-                    status: s,
-                    why: "it cannot be stopped now".into(),
-                })
+        let (id, started_at) = {
+            let mut rec = lock(&slot);
+            self.refresh(&mut rec);
+            match rec.status {
+                Status::Running => {}
+                Status::Stopped | Status::Created | Status::Checkpointed => return Ok(rec.clone()),
+                s => {
+                    return Err(ContainerError::WrongState {
+                        name: name.to_owned(),
+                        status: s,
+                        why: "it cannot be stopped now".into(),
+                    })
+                }
             }
+            let _ = self.runc.kill(&rec.config.id, "SIGTERM", false);
+            lock(&self.stopping).insert(rec.config.id.clone());
+            (rec.config.id.clone(), rec.started_at.clone())
+        };
+        let _stopping = Stopping {
+            set: &self.stopping,
+            id: id.clone(),
+        };
+        // Still the run this stop signalled (not one started again meanwhile)?
+        let same_run = |rec: &ContainerRecord| {
+            rec.config.id == id && rec.started_at == started_at && rec.status == Status::Running
+        };
+        if !self.wait_exit(&id, timeout) {
+            let rec = lock(&slot);
+            if same_run(&rec) {
+                let _ = self.runc.kill(&id, "SIGKILL", true);
+            }
+            drop(rec);
+            self.wait_exit(&id, KILL_WAIT);
         }
-        self.stop_locked(&mut rec, timeout)?;
+        let mut rec = lock(&slot);
+        if same_run(&rec) {
+            self.mark_exited(&mut rec, Status::Stopped);
+        }
         Ok(rec.clone())
     }
 
-    fn stop_locked(
+    /// Refuses an operation on a container in a `stop`'s grace period.
+    pub(crate) fn refuse_if_stopping(
         &self,
-        rec: &mut ContainerRecord,
-        timeout: Duration,
+        rec: &ContainerRecord,
+        done: &str,
     ) -> Result<(), ContainerError> {
-        let id = rec.config.id.clone();
-        let _ = self.runc.kill(&id, "SIGTERM", false);
-        if !self.wait_exit(&id, timeout) {
-            let _ = self.runc.kill(&id, "SIGKILL", true);
-            self.wait_exit(&id, Duration::from_secs(10));
+        if lock(&self.stopping).contains(&rec.config.id) {
+            return Err(ContainerError::WrongState {
+                name: rec.config.name.clone(),
+                status: rec.status,
+                why: format!("it is being stopped, so it cannot be {done}"),
+            });
         }
-        self.mark_exited(rec, Status::Stopped);
         Ok(())
     }
 
     fn wait_exit(&self, id: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // Validated durations fit; a deadline past the clock's end is "never".
+        let deadline = Instant::now().checked_add(timeout);
+        let passed = || deadline.is_some_and(|d| Instant::now() >= d);
         let exit_file = self.container_dir(id).join(shim::EXIT_FILE);
         loop {
             let stopped = match self.runc.state(id) {
@@ -474,10 +559,10 @@ impl Engine {
                 Ok(None) => true,
                 Err(_) => false,
             };
-            if stopped && (exit_file.exists() || Instant::now() >= deadline) {
+            if stopped && (exit_file.exists() || passed()) {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if passed() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -505,7 +590,7 @@ impl Engine {
         rec.status = status;
         rec.pid = None;
         rec.shim_pid = None;
-        if let Err(e) = self.records.save(rec) {
+        if let Err(e) = self.save(rec) {
             tracing::error!(error = %e, "could not persist container state");
         }
     }
@@ -528,7 +613,7 @@ impl Engine {
         match rec.status {
             Status::Running if force => {
                 let _ = self.runc.kill(&rec.config.id, "SIGKILL", true);
-                self.wait_exit(&rec.config.id, Duration::from_secs(10));
+                self.wait_exit(&rec.config.id, KILL_WAIT);
             }
             Status::Running | Status::Migrating => {
                 return Err(ContainerError::WrongState {
@@ -556,6 +641,13 @@ impl Engine {
                 .unwrap_or(true)
         }) {
             map.remove(&rec.config.name);
+            let mut views = lock(&self.views);
+            if views
+                .get(&rec.config.name)
+                .is_some_and(|v| v.config.id == rec.config.id)
+            {
+                views.remove(&rec.config.name);
+            }
         }
         Ok(())
     }
@@ -567,14 +659,16 @@ impl Engine {
         config: ContainerConfig,
         restored_from: &str,
     ) -> Result<Slot, ContainerError> {
-        validate_name(&config.name)?;
+        // Every container that did not start here (an archive, a peer) passes through this:
+        // its identifiers become paths next.
+        config.validate()?;
         let mut map = lock(&self.containers);
         if map.contains_key(&config.name) {
             return Err(ContainerError::NameInUse(config.name));
         }
         lock(&self.ipam).reserve(&config.id, config.ip)?;
         let rec = ContainerRecord::created(config, Some(restored_from.to_owned()));
-        if let Err(e) = self.records.save(&rec) {
+        if let Err(e) = self.save(&rec) {
             let _ = lock(&self.ipam).release(&rec.config.id);
             return Err(e);
         }
@@ -583,8 +677,11 @@ impl Engine {
         Ok(slot)
     }
 
+    /// Persists `rec` and publishes it to readers that find the container busy.
     pub fn save(&self, rec: &ContainerRecord) -> Result<(), ContainerError> {
-        self.records.save(rec)
+        self.records.save(rec)?;
+        lock(&self.views).insert(rec.config.name.clone(), rec.clone());
+        Ok(())
     }
 
     // ---- reconciliation ----------------------------------------------------------------
@@ -650,10 +747,43 @@ impl Engine {
     }
 
     pub fn images_in_use(&self) -> Vec<String> {
-        lock(&self.containers)
-            .values()
-            .map(|s| lock(s).config.image.clone())
+        let names: Vec<String> = lock(&self.containers).keys().cloned().collect();
+        let views = lock(&self.views);
+        names
+            .iter()
+            .filter_map(|n| views.get(n))
+            .map(|r| r.config.image.clone())
             .collect()
+    }
+}
+
+/// The longest grace period `stop` accepts: an hour is already more than any service needs
+/// to shut down; a larger value is a typo (or `u64::MAX`) and is refused, not waited for.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a SIGKILLed container may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Refuses a user's duration over `max`, naming it, before anything waits for it.
+pub fn check_duration(what: &str, d: Duration, max: Duration) -> Result<(), ContainerError> {
+    if d > max {
+        return Err(ContainerError::Invalid(format!(
+            "{what} of {} s is too long (at most {} s)",
+            d.as_secs(),
+            max.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+/// Takes a container out of the stopping set when its `stop` ends, however it ends.
+struct Stopping<'a> {
+    set: &'a Mutex<std::collections::BTreeSet<String>>,
+    id: String,
+}
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.id);
     }
 }
 

@@ -26,6 +26,9 @@ pub enum ContainerError {
     NameInUse(String),
     #[error("invalid container name {0:?}: use letters, digits, '_', '.', '-', starting with a letter or digit (max 63)")]
     InvalidName(String),
+    /// An id, name or volume name that would not be one safe path component.
+    #[error(transparent)]
+    InvalidId(#[from] crate::ids::IdError),
     #[error("{0}")]
     Invalid(String),
     #[error("container {name} is {status}: {why}")]

@@ -12,6 +12,7 @@ impl Engine {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.require_running(&mut rec, "migrated")?;
+        self.refuse_if_stopping(&rec, "migrated")?;
         rec.status = Status::Migrating;
         self.save(&rec)?;
         Ok(rec.clone())
@@ -66,7 +67,7 @@ impl Engine {
             .flat_map(|r| r.config.volumes.iter().map(|v| v.name.clone()))
             .collect();
         for v in volumes.iter().filter(|v| !in_use.contains(v)) {
-            let _ = std::fs::remove_dir_all(self.paths().volumes().join(v));
+            let _ = std::fs::remove_dir_all(self.paths().volume(v));
         }
         Ok(())
     }
@@ -74,6 +75,8 @@ impl Engine {
     /// Registers a container arriving by migration: name and IP reserved, marked uncommitted
     /// so a crash before commit discards it. Refuses volumes that already hold data here.
     pub fn accept_incoming(&self, cfg: ContainerConfig, from: &str) -> Result<(), ContainerError> {
+        // The peer's config was checked when it was parsed; check again before any path.
+        cfg.validate()?;
         for v in &cfg.volumes {
             let data = self.paths().volume_data(&v.name);
             if std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
@@ -253,7 +256,7 @@ impl Engine {
         let _ = self.runc().kill(&cfg.id, "SIGKILL", true);
         let _ = self.forget(&mut rec);
         for v in &cfg.volumes {
-            let _ = std::fs::remove_dir_all(self.paths().volumes().join(&v.name));
+            let _ = std::fs::remove_dir_all(self.paths().volume(&v.name));
         }
     }
 

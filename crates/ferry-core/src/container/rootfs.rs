@@ -28,9 +28,17 @@ impl RootfsDirs {
         }
     }
 
+    /// Creates the three dirs inside a private container dir. The upper dir is 0755, not
+    /// private: overlayfs shows its mode as the container's `/`, and a container whose user
+    /// is not root must be able to enter its own root. Its parent (0700) keeps others out.
     pub fn create(&self) -> Result<(), ContainerError> {
-        for d in [&self.upper, &self.work, &self.merged] {
-            std::fs::create_dir_all(d).map_err(|e| ContainerError::io(d, e))?;
+        use crate::fsutil::{create_dir_with_mode, MODE_CONTAINER_DIR, MODE_PRIVATE_DIR};
+        for (d, mode) in [
+            (&self.upper, MODE_CONTAINER_DIR),
+            (&self.work, MODE_PRIVATE_DIR),
+            (&self.merged, MODE_PRIVATE_DIR),
+        ] {
+            create_dir_with_mode(d, mode).map_err(|e| ContainerError::io(d, e))?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::{ContainerError, ContainerRecord};
 use crate::fsutil::{self, MODE_PRIVATE};
+use crate::ids::{ContainerId, PathComponent};
 use crate::paths::HostPaths;
 
 const RECORD_FILE: &str = "container.json";
@@ -18,7 +19,7 @@ impl RecordStore {
         RecordStore { paths }
     }
 
-    pub fn dir(&self, id: &str) -> PathBuf {
+    pub fn dir(&self, id: &(impl PathComponent<ContainerId> + ?Sized)) -> PathBuf {
         self.paths.container(id)
     }
 
@@ -57,7 +58,10 @@ impl RecordStore {
         Ok(out)
     }
 
-    pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
+    pub fn remove(
+        &self,
+        id: &(impl PathComponent<ContainerId> + ?Sized),
+    ) -> Result<(), ContainerError> {
         let dir = self.dir(id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),

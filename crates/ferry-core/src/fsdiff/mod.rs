@@ -413,7 +413,8 @@ pub fn apply_to_upper(
     tar: impl Read,
     summary: &DiffSummary,
 ) -> Result<(), FsDiffError> {
-    fs::create_dir_all(upper).map_err(io_err(upper))?;
+    crate::fsutil::create_dir_with_mode(upper, crate::fsutil::MODE_CONTAINER_DIR)
+        .map_err(io_err(upper))?;
     let mut x = Extractor::new(upper, Whiteouts::Literal);
     for r in &summary.removed {
         x.remove(&rel_of(r)?)?;
@@ -441,7 +442,8 @@ pub fn pack_dir(dir: &Path, out: impl Write) -> Result<u64, FsDiffError> {
 
 /// Extracts a tar made by [`pack_dir`] into `dir` (created if missing), safely.
 pub fn unpack_dir(tar: impl Read, dir: &Path) -> Result<(), FsDiffError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    crate::fsutil::create_dir_with_mode(dir, crate::fsutil::MODE_CONTAINER_DIR)
+        .map_err(io_err(dir))?;
     extract::extract(tar, dir, Whiteouts::Literal)?;
     Ok(())
 }

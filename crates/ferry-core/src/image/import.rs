@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::compress::{decompress, Compression};
 use super::digest::{Digest, HashingReader};
 use super::extract::normalize;
+use super::guard::ImportGuard;
 use super::oci::{
     self, ConfigFile, ContainerConfig, Descriptor, DockerSaveEntry, Index, Manifest, RootFs,
 };
@@ -34,11 +36,79 @@ impl ImageStore {
     /// untagged) and, in a layout holding several images, selects the one with that ref
     /// name. Without it, names come from the layout's annotations. On error the store is
     /// unchanged.
+    ///
+    /// The input must be a regular file or a directory (a device such as `/dev/zero` never
+    /// ends), fit in the store's free space, and be read within [`IMPORT_DEADLINE`]. It is read
+    /// and staged without the store's lock, so incoming migrations and other imports go on
+    /// meanwhile; the lock is held only for the commit's renames.
     pub fn import(&self, src: &Path, name: Option<&str>) -> Result<Image, ImageError> {
+        self.import_within(src, name, IMPORT_DEADLINE)
+    }
+
+    /// [`ImageStore::import`] with another deadline.
+    pub fn import_within(
+        &self,
+        src: &Path,
+        name: Option<&str>,
+        deadline: Duration,
+    ) -> Result<Image, ImageError> {
         let wanted = name.map(normalize_name).transpose()?;
-        let _lock = self.lock()?;
-        let staging = self.new_staging()?;
         let meta = fs::metadata(src).map_err(io_err(src))?;
+        let size = if meta.is_dir() {
+            crate::container::checkpoint::dir_size(src)
+        } else if meta.is_file() {
+            meta.len()
+        } else {
+            return Err(ImageError::BadSource {
+                path: src.to_owned(),
+                why: format!(
+                    "it is a {}; import reads a regular file (an archive) or a directory (an OCI layout)",
+                    kind_of(&meta)
+                ),
+            });
+        };
+        let mut staging = self.new_staging()?;
+        // Staging copies the input (at most its size); layers expand later, each bounded by
+        // the free space then (see `unpack_layer`).
+        let free = crate::fsutil::free_bytes(staging.path()).map_err(io_err(staging.path()))?;
+        if size.saturating_add(crate::fsutil::FREE_SPACE_RESERVE) > free {
+            return Err(ImageError::OverLimit {
+                path: src.to_owned(),
+                why: format!(
+                    "it holds {size} bytes and the image store has {free} bytes free \
+                     (keeping {} in reserve)",
+                    crate::fsutil::FREE_SPACE_RESERVE
+                ),
+            });
+        }
+        staging.guard = ImportGuard::new(deadline);
+        let guard = staging.guard.clone();
+        let staged = self.stage_import(src, &meta, &staging, wanted.as_deref());
+        let staged = staged.map_err(|e| match guard.why() {
+            Some(why) => ImageError::OverLimit {
+                path: src.to_owned(),
+                why,
+            },
+            None => e,
+        })?;
+        let (image, found_names) = staged;
+        let names = match wanted {
+            Some(n) => vec![n],
+            None => found_names,
+        };
+        let _lock = self.lock()?;
+        self.commit(&staging, image, &names)
+    }
+
+    /// Reads `src` into `staging` and unpacks the layers the store lacks: everything of an
+    /// import but the commit. Changes nothing in the store.
+    fn stage_import(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        staging: &Staging,
+        wanted: Option<&str>,
+    ) -> Result<(Image, Vec<String>), ImageError> {
         let (manifest, found_names) = if meta.is_dir() {
             let index = read_small(&src.join("index.json"), "index.json").map_err(|_| {
                 ImageError::Corrupt {
@@ -46,21 +116,36 @@ impl ImageStore {
                     why: "directory is not an OCI image layout (no readable index.json)".into(),
                 }
             })?;
-            select_from_index(&Layout::Dir(src), &staging, &index, wanted.as_deref())?
+            select_from_index(&Layout::Dir(src), staging, &index, wanted)?
         } else {
-            let scan = scan_archive(src)?;
+            let scan = scan_archive(src, &staging.guard)?;
             if scan.is_layout {
-                stage_layout_archive(src, &staging, wanted.as_deref())?
+                stage_layout_archive(src, staging, wanted)?
             } else {
-                (stage_rootfs(src, &staging, &scan)?, Vec::new())
+                (stage_rootfs(src, staging, &scan)?, Vec::new())
             }
         };
-        let image = self.prepare(&staging, &manifest)?;
-        let names = match wanted {
-            Some(n) => vec![n],
-            None => found_names,
-        };
-        self.commit(&staging, image, &names)
+        Ok((self.prepare(staging, &manifest)?, found_names))
+    }
+}
+
+/// The longest an image import may take: a big image from a slow disk takes minutes, and an
+/// input that never ends must not hold the daemon forever.
+pub const IMPORT_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
     }
 }
 
@@ -223,13 +308,13 @@ struct Scan {
     diff_id: Digest,
 }
 
-fn scan_archive(src: &Path) -> Result<Scan, ImageError> {
+fn scan_archive(src: &Path, guard: &ImportGuard) -> Result<Scan, ImageError> {
     let corrupt = |why: String| ImageError::Corrupt {
         what: src.display().to_string(),
         why,
     };
     let f = File::open(src).map_err(io_err(src))?;
-    let mut raw = HashingReader::new(f);
+    let mut raw = HashingReader::new(guard.timed(f));
     let (compression, diff_id, entries) = {
         let (compression, dec) = decompress(&mut raw).map_err(|e| corrupt(e.to_string()))?;
         let mut plain = HashingReader::new(dec);
@@ -357,7 +442,7 @@ fn stage_layout_archive(
         why,
     };
     let f = File::open(src).map_err(io_err(src))?;
-    let (_, dec) = decompress(f).map_err(|e| corrupt(e.to_string()))?;
+    let (_, dec) = decompress(staging.guard.timed(f)).map_err(|e| corrupt(e.to_string()))?;
     let mut ar = tar::Archive::new(dec);
     let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
     // Archive path → staged digest (docker save refers to files by path).

@@ -6,15 +6,21 @@ use std::path::Path;
 use super::compress::decompress;
 use super::digest::{Digest, HashingReader};
 use super::extract::{Extractor, Whiteouts};
+use super::guard::ImportGuard;
 use super::{io_err, ImageError};
 
-/// Unpacks the layer blob at `blob` into the existing empty directory `dest`.
-pub fn unpack_layer(
+/// Unpacks the layer blob at `blob` into the existing empty directory `dest`. The layer may
+/// expand to what the free space at `dest` allows (less a reserve), and no more: a small
+/// compressed bomb fails before it fills the disk.
+pub(crate) fn unpack_layer(
     blob: &Path,
     blob_digest: &Digest,
     diff_id: &Digest,
     dest: &Path,
+    guard: &ImportGuard,
 ) -> Result<(), ImageError> {
+    let room = crate::fsutil::free_bytes(dest).map_err(io_err(dest))?;
+    let max = room.saturating_sub(crate::fsutil::FREE_SPACE_RESERVE);
     let what = format!("layer {blob_digest}");
     let corrupt = |why: String| ImageError::Corrupt {
         what: what.clone(),
@@ -24,7 +30,7 @@ pub fn unpack_layer(
     let mut raw = HashingReader::new(file);
     {
         let (_, dec) = decompress(&mut raw).map_err(|e| corrupt(e.to_string()))?;
-        let mut plain = HashingReader::new(dec);
+        let mut plain = HashingReader::new(guard.capped(dec, max));
         let mut x = Extractor::new(dest, Whiteouts::Overlay);
         x.unpack(&mut plain)
             .map_err(|e| match ImageError::from(e) {

@@ -13,6 +13,7 @@ mod compress;
 mod digest;
 pub mod extract;
 pub mod fixture;
+mod guard;
 mod import;
 mod layer;
 mod oci;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compress::Compression;
 pub use digest::{BadDigest, Digest, HashingReader, HashingWriter};
+pub use import::IMPORT_DEADLINE;
 pub use store::ImageStore;
 
 /// One image: a manifest (its digest is the image id), its config and its layers.
@@ -78,6 +80,12 @@ pub enum ImageError {
     },
     #[error("{what}: unsupported media type {media_type:?}")]
     UnsupportedMediaType { what: String, media_type: String },
+    /// The import's input is not something ferry imports (a device, a FIFO, a socket).
+    #[error("cannot import {path}: {why}")]
+    BadSource { path: PathBuf, why: String },
+    /// The import was stopped by one of its bounds (deadline, free space).
+    #[error("import of {path} refused: {why}")]
+    OverLimit { path: PathBuf, why: String },
     #[error("invalid image name {name:?}: {why}")]
     BadName { name: String, why: String },
     #[error("{path}: {source}")]

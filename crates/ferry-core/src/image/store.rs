@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::digest::{Digest, HashingWriter};
+use super::guard::ImportGuard;
 use super::layer::unpack_layer;
 use super::oci::{self, ConfigFile, Manifest};
 use super::{io_err, normalize_name, Image, ImageError, RunConfig};
@@ -40,10 +41,16 @@ pub struct PruneStats {
 pub(crate) struct Staging {
     dir: ScratchDir,
     store_blobs: PathBuf,
+    /// The bounds of the import this staging serves (none for a peer's blobs).
+    pub(crate) guard: ImportGuard,
 }
 
 impl Staging {
     fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -77,7 +84,7 @@ impl Staging {
             &self.dir().join("blobs"),
             expected,
             what,
-            r,
+            self.guard.timed(r),
         )
     }
 
@@ -220,6 +227,7 @@ impl ImageStore {
         Ok(Staging {
             dir,
             store_blobs: self.blobs_dir(),
+            guard: ImportGuard::none(),
         })
     }
 
@@ -327,7 +335,7 @@ impl ImageStore {
                     }
                     let tmp = staging.layer_path(layer);
                     fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-                    unpack_layer(&blob, layer, diff_id, &tmp)?;
+                    unpack_layer(&blob, layer, diff_id, &tmp, &staging.guard)?;
                     fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
                 }
             }
@@ -474,7 +482,7 @@ impl ImageStore {
             let staged_dir = staging.layer_path(&layer);
             if !self.layer_path(&layer).is_dir() && !staged_dir.exists() {
                 fs::create_dir(&staged_dir).map_err(io_err(&staged_dir))?;
-                unpack_layer(&blob, &layer, &diff_id, &staged_dir)?;
+                unpack_layer(&blob, &layer, &diff_id, &staged_dir, &staging.guard)?;
             }
             layers.push(layer);
             diff_ids.push(diff_id);

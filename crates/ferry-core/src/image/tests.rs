@@ -607,3 +607,39 @@ fn busybox_and_redis_presets_build_and_import() {
         .unwrap();
     assert!(out.contains("Redis server"), "{out}");
 }
+
+#[test]
+fn endless_and_special_inputs_are_refused_before_reading() {
+    let e = env();
+    let before = state_listing(&e.store);
+    let fifo = e.root.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for (src, kind) in [
+        (Path::new("/dev/zero"), "character device"),
+        (&*fifo, "FIFO"),
+    ] {
+        let t = std::time::Instant::now();
+        let err = e.store.import(src, None).unwrap_err();
+        assert!(matches!(err, ImageError::BadSource { .. }), "{err}");
+        assert!(err.to_string().contains(kind), "{err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+    assert_eq!(state_listing(&e.store), before);
+}
+
+#[test]
+fn an_import_past_its_deadline_is_refused_and_leaves_nothing() {
+    let e = env();
+    let tar = e.root.join("rootfs.tar");
+    fs::write(&tar, rootfs_tar(&e.root)).unwrap();
+    let before = state_listing(&e.store);
+    let err = e
+        .store
+        .import_within(&tar, Some("late"), std::time::Duration::ZERO)
+        .unwrap_err();
+    assert!(matches!(err, ImageError::OverLimit { .. }), "{err}");
+    assert!(err.to_string().contains("deadline"), "{err}");
+    assert_eq!(state_listing(&e.store), before);
+    // The same input within the default deadline imports.
+    e.store.import(&tar, Some("late")).unwrap();
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::manifest::{check_member_path, parse_manifest, HashingReader, MAX_MANIFEST_BYTES};
@@ -51,6 +51,9 @@ pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Manifest, 
     };
     let staging = tempfile::Builder::new()
         .prefix(".ferry-import-")
+        .permissions(std::fs::Permissions::from_mode(
+            crate::fsutil::MODE_PRIVATE_DIR,
+        ))
         .tempdir_in(parent)
         .map_err(|e| ArchiveError::io(parent, e))?;
 
@@ -123,6 +126,7 @@ fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest,
         }
         let manifest = parse_manifest(&bytes)?;
         check_limits(&manifest, limits)?;
+        check_free_space(&manifest, root)?;
         write_file(root, MANIFEST, &bytes)?;
         manifest
     };
@@ -139,7 +143,8 @@ fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest,
                     return Err(ArchiveError::entry(&name, "is not listed in the manifest"));
                 }
                 let path = root.join(dir);
-                std::fs::create_dir_all(&path).map_err(|e| ArchiveError::io(&path, e))?;
+                crate::fsutil::create_private_dir_all(&path)
+                    .map_err(|e| ArchiveError::io(&path, e))?;
             }
             tar::EntryType::Regular => {
                 if name == MANIFEST || !seen.insert(name.clone()) {
@@ -158,14 +163,18 @@ fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest,
                         ),
                     ));
                 }
-                let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+                // Private whatever the archive says: a checkpoint holds a whole memory. Only
+                // the owner's bits of the archived mode are kept.
+                let mode = entry.header().mode().unwrap_or(0o600) & 0o700;
                 let path = root.join(&name);
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| ArchiveError::io(dir, e))?;
+                    crate::fsutil::create_private_dir_all(dir)
+                        .map_err(|e| ArchiveError::io(dir, e))?;
                 }
                 let mut out = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(crate::fsutil::MODE_PRIVATE)
                     .open(&path)
                     .map_err(|e| ArchiveError::io(&path, e))?;
                 let mut reader = HashingReader::new(&mut entry);
@@ -261,9 +270,37 @@ fn check_limits(manifest: &Manifest, limits: &Limits) -> Result<(), ArchiveError
     Ok(())
 }
 
+/// The manifest says how much the archive expands to: refuse, before writing any of it, an
+/// archive that would not fit (a small zstd archive can declare many GiB of zeros).
+fn check_free_space(manifest: &Manifest, root: &Path) -> Result<(), ArchiveError> {
+    let total: u64 = manifest
+        .members
+        .values()
+        .fold(0u64, |t, m| t.saturating_add(m.size));
+    let free = crate::fsutil::free_bytes(root).map_err(|e| ArchiveError::io(root, e))?;
+    let room = free.saturating_sub(crate::fsutil::FREE_SPACE_RESERVE);
+    if total > room {
+        return Err(ArchiveError::OverLimit {
+            detail: format!(
+                "it expands to {total} bytes, and {} has {free} bytes free (keeping {} in reserve)",
+                root.display(),
+                crate::fsutil::FREE_SPACE_RESERVE
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn write_file(root: &Path, name: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+    use std::io::Write;
     let path: PathBuf = root.join(name);
-    std::fs::write(&path, bytes).map_err(|e| ArchiveError::io(&path, e))
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::fsutil::MODE_PRIVATE)
+        .open(&path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| ArchiveError::io(&path, e))
 }
 
 fn read_error(e: &std::io::Error, context: &str) -> ArchiveError {

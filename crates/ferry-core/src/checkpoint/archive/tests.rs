@@ -529,3 +529,38 @@ fn size_in_header_must_match_manifest() {
         "member spec.dump: size 3 in the archive differs from the manifest's 2"
     );
 }
+
+#[test]
+fn an_archive_larger_than_the_free_space_is_refused_before_writing() {
+    let root = tempfile::tempdir().unwrap();
+    let free = crate::fsutil::free_bytes(root.path()).unwrap();
+    // A manifest that declares one member of the whole free space (under the size limits),
+    // followed by nothing: the check must fire on the manifest alone.
+    let mut manifest_members = std::collections::BTreeMap::new();
+    manifest_members.insert(
+        "checkpoint/pages-1.img".to_owned(),
+        Member {
+            sha256: sha(b""),
+            size: free,
+        },
+    );
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: "1.0".into(),
+        created: "2025-01-01T00:00:00Z".into(),
+        container: "c".into(),
+        ferry_version: "0.1.0".into(),
+        members: manifest_members,
+    };
+    let archive = root.path().join("bomb.tar");
+    RawTar::new()
+        .file("manifest.json", &serde_json::to_vec(&manifest).unwrap())
+        .write(&archive);
+    let limits = Limits {
+        max_total_bytes: u64::MAX,
+        max_member_bytes: u64::MAX,
+        ..Limits::default()
+    };
+    let err = import_fails(&archive, root.path(), &limits);
+    assert!(err.contains("bytes free"), "{err}");
+}

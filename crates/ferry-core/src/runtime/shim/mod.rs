@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::runc::{RestoreOpts, Runc};
-use crate::fsutil::{self, MODE_SHARED};
+use crate::fsutil::{self, MODE_PRIVATE};
 
 pub use log::{read_log, LogEntry, LogReader, LogStream};
 pub use process::main;
@@ -290,7 +290,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Shi
 
 /// The shim's status files, replaced atomically so ferryd never reads half of one.
 fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ShimError> {
-    fsutil::write_json(path, value, MODE_SHARED).map_err(|source| ShimError::Io {
+    fsutil::write_json(path, value, MODE_PRIVATE).map_err(|source| ShimError::Io {
         what: "write",
         path: path.to_owned(),
         source,

@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc::{Receiver, Sender};
@@ -145,9 +146,11 @@ fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running,
         what: "become a child subreaper",
         source,
     })?;
+    // The container's output may hold secrets it prints: owner and group only.
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(crate::fsutil::MODE_LOG)
         .open(files.log())
         .map_err(io("open the container log", &files.log()))?;
 

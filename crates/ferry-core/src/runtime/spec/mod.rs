@@ -161,6 +161,8 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, SpecError> {
             UserBuilder::default()
                 .uid(input.user.0)
                 .gid(input.user.1)
+                // Docker's umask, whatever ferryd's own is (it runs with 077).
+                .umask(0o022u32)
                 .build()?,
         )
         .args(input.args.clone())
