@@ -31,6 +31,7 @@ use crate::peer::PeerError;
 pub const CPUINFO_IMAGE: &str = "cpuinfo.img";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
     pub container: String,
     /// A peer registered with `ferry host add`.

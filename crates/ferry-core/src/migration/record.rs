@@ -189,12 +189,9 @@ fn guard() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Migration ids are ours (`m` + hex) or a peer's: never let one name a path elsewhere.
+/// One rule for migration ids, wherever they come from (see `crate::ids`).
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    crate::ids::MigrationId::new(id).is_ok()
 }
 
 pub fn path(paths: &HostPaths, id: &str) -> PathBuf {
