@@ -48,8 +48,17 @@ pub fn children_s() -> f64 {
 
 /// CPU seconds of the calling thread (the suite's own copy loops).
 pub fn thread_s() -> f64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if rc == 0 {
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    } else {
+        0.0
+    }
 }
 
 /// A cgroup-v1 cpuacct group, by its path below the hierarchy (`ferrysuite-host-a`).
@@ -75,8 +84,44 @@ impl Cgroup {
         std::fs::create_dir_all(&self.0)
     }
 
-    pub fn remove(&self) {
-        // Fails while a container still lives below; then whoever owns it removes it.
-        let _ = std::fs::remove_dir(&self.0);
+    /// Removes the group in every hierarchy (Podman creates it in all of them, with a
+    /// `conmon` group below), deepest first; the groups that could not go.
+    pub fn remove_everywhere(&self) -> Vec<String> {
+        let Some(rel) = self.0.strip_prefix("/sys/fs/cgroup/cpuacct").ok() else {
+            return Vec::new();
+        };
+        let mut dirs = Vec::new();
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return vec!["reading /sys/fs/cgroup".into()];
+        };
+        for h in hierarchies.flatten() {
+            collect_dirs(&h.path().join(rel), &mut dirs);
+        }
+        dirs.sort_by_key(|d: &PathBuf| std::cmp::Reverse(d.components().count()));
+        dirs.into_iter()
+            .filter_map(|d| {
+                std::fs::remove_dir(&d)
+                    .err()
+                    .map(|e| format!("removing cgroup {}: {e}", d.display()))
+            })
+            .collect()
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    // A symlinked hierarchy (cpu -> cpu,cpuacct) is the same directory: count it once.
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return;
+    };
+    if out.contains(&real) {
+        return;
+    }
+    out.push(real.clone());
+    if let Ok(entries) = std::fs::read_dir(&real) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&e.path(), out);
+            }
+        }
     }
 }

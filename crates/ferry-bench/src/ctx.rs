@@ -1,7 +1,7 @@
 //! The suite's handle on the lab: commands on its hosts and its client, and the Redis writer.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,9 +76,21 @@ impl Ctx {
     pub fn populate(&self, ip: Ipv4Addr, size_mib: u64) -> Result<u64> {
         let ip = ip.to_string();
         let keys = (size_mib * 1024).to_string();
-        let out = self.client(&["redis-cli", "-h", &ip, "DEBUG", "POPULATE", &keys, "bulk", "1024"])?;
+        let out = self.client(&[
+            "redis-cli",
+            "-h",
+            &ip,
+            "DEBUG",
+            "POPULATE",
+            &keys,
+            "bulk",
+            "1024",
+        ])?;
         if out.trim() != "OK" {
-            bail!("DEBUG POPULATE {keys} at {ip} answered {:?} (is --enable-debug-command set?)", out.trim());
+            bail!(
+                "DEBUG POPULATE {keys} at {ip} answered {:?} (is --enable-debug-command set?)",
+                out.trim()
+            );
         }
         let info = self.client(&["redis-cli", "-h", &ip, "INFO", "memory"])?;
         info.lines()
@@ -95,7 +107,13 @@ impl Ctx {
         let child = Command::new(&self.lab_bin)
             .arg("--dir")
             .arg(&st.dir)
-            .args(["--prefix", &st.prefix, "redis-load", "--ip", &ip.to_string()])
+            .args([
+                "--prefix",
+                &st.prefix,
+                "redis-load",
+                "--ip",
+                &ip.to_string(),
+            ])
             .args(["--connections", "1", "--json", "--stop-file"])
             .arg(&stop)
             .stdin(Stdio::null())
@@ -127,7 +145,10 @@ impl Load {
     pub fn stop(self) -> Result<LoadResult> {
         std::fs::write(&self.stop, b"")
             .with_context(|| format!("creating the stop file {}", self.stop.display()))?;
-        let out = self.child.wait_with_output().context("waiting for redis-load")?;
+        let out = self
+            .child
+            .wait_with_output()
+            .context("waiting for redis-load")?;
         let _ = std::fs::remove_file(&self.stop);
         parse_load(&out.stdout).with_context(|| {
             format!(
@@ -147,8 +168,9 @@ fn parse_load(stdout: &[u8]) -> Result<LoadResult> {
         ..Default::default()
     };
     for c in &v {
-        let gap = c["longest_stall_ms"].as_f64();
-        r.gap_ms = r.gap_ms.max(gap);
+        if let Some(gap) = c["longest_stall_ms"].as_f64() {
+            r.gap_ms = Some(r.gap_ms.map_or(gap, |g| g.max(gap)));
+        }
         if let Some(e) = c["error"].as_str() {
             r.resets += 1;
             r.errors.push(e.to_owned());
@@ -182,19 +204,13 @@ pub fn longest_tick_gap_ms(lines: &str) -> Option<f64> {
         else {
             continue;
         };
-        seen.entry(n)
-            .and_modify(|e| *e = (*e).min(t))
-            .or_insert(t);
+        seen.entry(n).and_modify(|e| *e = (*e).min(t)).or_insert(t);
     }
     let v: Vec<_> = seen.into_iter().collect();
     v.windows(2)
         .filter(|w| w[1].0 == w[0].0 + 1)
         .map(|w| (w[1].1 - w[0].1).num_microseconds().unwrap_or(0) as f64 / 1000.0)
         .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))))
-}
-
-pub fn path_str(p: &Path) -> String {
-    p.display().to_string()
 }
 
 #[cfg(test)]
@@ -212,9 +228,14 @@ mod tests {
 
     #[test]
     fn load_report_counts_broken_connections() {
-        let r = parse_load(br#"[{"longest_stall_ms": 812, "error": "INCR: connection reset",
-            "all_acknowledged_writes_present": false, "lost_acknowledged_writes": 0}]"#)
+        let r = parse_load(
+            br#"[{"longest_stall_ms": 812, "error": "INCR: connection reset",
+            "all_acknowledged_writes_present": false, "lost_acknowledged_writes": 0}]"#,
+        )
         .unwrap();
-        assert_eq!((r.resets, r.verified, r.lost, r.gap_ms), (1, false, Some(0), Some(812.0)));
+        assert_eq!(
+            (r.resets, r.verified, r.lost, r.gap_ms),
+            (1, false, Some(0), Some(812.0))
+        );
     }
 }

@@ -42,7 +42,12 @@ pub enum Payload {
 
 /// Sends `payload` from a thread in `from_ns` to a listener in `to_ns` on `to_addr` (the
 /// receiving host's fabric address). Timed from connect to the receiver's last byte written.
-pub fn transfer(from_ns: &Path, to_ns: &Path, to_addr: Ipv4Addr, payload: Payload) -> Result<Transfer> {
+pub fn transfer(
+    from_ns: &Path,
+    to_ns: &Path,
+    to_addr: Ipv4Addr,
+    payload: Payload,
+) -> Result<Transfer> {
     let (listener, port) = in_netns(to_ns, move || -> std::io::Result<_> {
         let l = TcpListener::bind(SocketAddr::from((to_addr, 0)))?;
         let port = l.local_addr()?.port();
@@ -75,7 +80,8 @@ pub fn transfer(from_ns: &Path, to_ns: &Path, to_addr: Ipv4Addr, payload: Payloa
                 break;
             }
             if let Some(f) = out.as_mut() {
-                f.write_all(&buf[..n]).context("writing the received file")?;
+                f.write_all(&buf[..n])
+                    .context("writing the received file")?;
             }
             got += n as u64;
         }
@@ -91,7 +97,9 @@ pub fn transfer(from_ns: &Path, to_ns: &Path, to_addr: Ipv4Addr, payload: Payloa
     };
     let sent = in_netns(from_ns, move || -> Result<(Instant, u64, f64)> {
         let mut file = match &source {
-            Some(p) => Some(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
+            Some(p) => {
+                Some(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+            }
             None => None,
         };
         let start = Instant::now();

@@ -20,7 +20,8 @@ pub fn fresh_write_ms(bytes: u64) -> Result<f64> {
     // SAFETY: memfd_create with a valid C string; the result is checked and owned at once.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("memfd_create for the fresh-memory test");
+        return Err(std::io::Error::last_os_error())
+            .context("memfd_create for the fresh-memory test");
     }
     // SAFETY: fd was just returned by memfd_create and is owned by nothing else.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
@@ -41,24 +42,38 @@ pub fn fresh_write_ms(bytes: u64) -> Result<f64> {
 pub fn fabric(ctx: &Ctx, bytes: u64) -> Result<Transfer> {
     let a = ctx.host(SOURCE)?;
     let b = ctx.host(DESTINATION)?;
-    fabric::transfer(&a.netns_path, &b.netns_path, b.address, Payload::Generated(bytes))
-        .context("measuring the fabric between host-a and host-b")
+    fabric::transfer(
+        &a.netns_path,
+        &b.netns_path,
+        b.address,
+        Payload::Generated(bytes),
+    )
+    .context("measuring the fabric between host-a and host-b")
 }
 
 /// `ferry checkpoint` and `ferry restore` of an idle busybox on host-a: (checkpoint ms of
 /// `runc checkpoint`, restore ms of `runc restore`), as ferry reports them.
 pub fn empty_checkpoint_restore(ctx: &Ctx, name: &str) -> Result<(f64, f64)> {
-    ctx.ferry(SOURCE, &["run", "-d", "--name", name, "busybox", "sleep", "1000000"])?;
+    ctx.ferry(
+        SOURCE,
+        &["run", "-d", "--name", name, "busybox", "sleep", "1000000"],
+    )?;
     let result = (|| -> Result<(f64, f64)> {
-        let cp: serde_json::Value =
-            serde_json::from_str(&ctx.ferry(SOURCE, &["checkpoint", name, "--name", "empty", "--json"])?)
-                .context("parsing ferry checkpoint --json")?;
-        let rs: serde_json::Value =
-            serde_json::from_str(&ctx.ferry(SOURCE, &["restore", name, "--from", "empty", "--json"])?)
-                .context("parsing ferry restore --json")?;
+        let cp: serde_json::Value = serde_json::from_str(
+            &ctx.ferry(SOURCE, &["checkpoint", name, "--name", "empty", "--json"])?,
+        )
+        .context("parsing ferry checkpoint --json")?;
+        let rs: serde_json::Value = serde_json::from_str(
+            &ctx.ferry(SOURCE, &["restore", name, "--from", "empty", "--json"])?,
+        )
+        .context("parsing ferry restore --json")?;
         Ok((
-            cp["checkpoint_ms"].as_f64().context("no checkpoint_ms in ferry's report")?,
-            rs["restore_ms"].as_f64().context("no restore_ms in ferry's report")?,
+            cp["checkpoint_ms"]
+                .as_f64()
+                .context("no checkpoint_ms in ferry's report")?,
+            rs["restore_ms"]
+                .as_f64()
+                .context("no restore_ms in ferry's report")?,
         ))
     })();
     let _ = ctx.ferry(SOURCE, &["checkpoint", "rm", name, "empty"]);

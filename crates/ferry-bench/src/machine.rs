@@ -20,7 +20,10 @@ pub struct Machine {
     pub options: serde_json::Value,
 }
 
-fn first_line(out: Result<String, ferry_core::tool::ToolError>, pick: impl Fn(&str) -> bool) -> String {
+fn first_line(
+    out: Result<String, ferry_core::tool::ToolError>,
+    pick: impl Fn(&str) -> bool,
+) -> String {
     match out {
         Ok(s) => s
             .lines()
@@ -57,7 +60,9 @@ fn cpu_model() -> String {
 }
 
 fn commit() -> String {
-    let rev = Tool::new("git").args(["rev-parse", "--short=12", "HEAD"]).run_text();
+    let rev = Tool::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .run_text();
     let dirty = Tool::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
         .run_text()
@@ -78,13 +83,19 @@ pub fn describe(criu: &str, options: serde_json::Value) -> Machine {
         memory_gib: meminfo_gib(),
         criu: first_line(Tool::new(criu).arg("--version").run_text(), |l| {
             l.starts_with("Version")
-        }),
+        })
+        .replace("Version:", "CRIU"),
         runc: first_line(Tool::new("runc").arg("--version").run_text(), |l| {
             l.starts_with("runc")
         }),
         podman: first_line(Tool::new("podman").arg("--version").run_text(), |_| true),
         ferry_commit: commit(),
-        profile: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
         options,
     }
 }

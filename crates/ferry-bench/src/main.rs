@@ -32,12 +32,22 @@ enum Cmd {
     /// Run the suite (root; brings its own lab up and down).
     Suite {
         /// Redis data sizes in MiB, comma-separated.
-        #[arg(long, env = "SIZES", value_delimiter = ',', default_value = "256,1024,4096")]
+        #[arg(
+            long,
+            env = "SIZES",
+            value_delimiter = ',',
+            default_value = "256,1024,4096"
+        )]
         sizes: Vec<u64>,
         #[arg(long, env = "REPEATS", default_value_t = 3)]
         repeats: u32,
         /// Methods, comma-separated: ferry, ferry-postcopy, podman.
-        #[arg(long, env = "METHODS", value_delimiter = ',', default_value = "ferry,ferry-postcopy,podman")]
+        #[arg(
+            long,
+            env = "METHODS",
+            value_delimiter = ',',
+            default_value = "ferry,ferry-postcopy,podman"
+        )]
         methods: Vec<String>,
         /// Leave out the counter baseline.
         #[arg(long, env = "NO_COUNTER")]
@@ -112,9 +122,13 @@ fn run(cli: Cli) -> Result<()> {
     let (md, png) = suite::siblings(&jsonl);
     let plotted = plot::draw(&records, &png);
     let text = report::markdown(&records, &jsonl, plotted.as_ref().err());
-    std::fs::write(&md, &text)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", md.display()))?;
+    std::fs::write(&md, &text).map_err(|e| anyhow::anyhow!("writing {}: {e}", md.display()))?;
     println!("{text}");
-    eprintln!("ferry-bench: wrote {}, {} and {}", jsonl.display(), md.display(), png.display());
+    eprintln!(
+        "ferry-bench: wrote {}, {} and {}",
+        jsonl.display(),
+        md.display(),
+        png.display()
+    );
     plotted
 }

@@ -142,8 +142,9 @@ pub fn load(path: &Path) -> Result<Vec<Record>> {
             continue;
         }
         v.push(
-            serde_json::from_str(&line)
-                .with_context(|| format!("{} line {}: not a suite record", path.display(), i + 1))?,
+            serde_json::from_str(&line).with_context(|| {
+                format!("{} line {}: not a suite record", path.display(), i + 1)
+            })?,
         );
     }
     Ok(v)

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::record::{Limit, Record, Run, Workload};
 
 pub fn size_label(mib: u64) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
+    if mib >= 1024 && mib.is_multiple_of(1024) {
         format!("{} GiB", mib / 1024)
     } else {
         format!("{mib} MiB")
@@ -54,16 +54,27 @@ fn label(r: &Run) -> String {
 const METHOD_ORDER: [&str; 3] = ["ferry", "ferry-postcopy", "podman"];
 
 fn method_rank(m: &str) -> usize {
-    METHOD_ORDER.iter().position(|x| *x == m).unwrap_or(METHOD_ORDER.len())
+    METHOD_ORDER
+        .iter()
+        .position(|x| *x == m)
+        .unwrap_or(METHOD_ORDER.len())
 }
 
+/// A workload at one size.
+pub type Case = (Workload, u64);
+/// A method, ranked for display.
+type RankedMethod = (usize, String);
+
 /// Runs grouped by (workload, size) and method, in a stable order.
-pub fn groups(runs: &[&Run]) -> Vec<((Workload, u64), String, Vec<Run>)> {
-    let mut g: BTreeMap<((Workload, u64), (usize, String)), Vec<Run>> = BTreeMap::new();
+pub fn groups(runs: &[&Run]) -> Vec<(Case, String, Vec<Run>)> {
+    let mut g: BTreeMap<(Case, RankedMethod), Vec<Run>> = BTreeMap::new();
     for r in runs {
-        g.entry(((r.workload, r.size_mib), (method_rank(&r.method), r.method.clone())))
-            .or_default()
-            .push((*r).clone());
+        g.entry((
+            (r.workload, r.size_mib),
+            (method_rank(&r.method), r.method.clone()),
+        ))
+        .or_default()
+        .push((*r).clone());
     }
     g.into_iter().map(|((k, (_, m)), v)| (k, m, v)).collect()
 }
@@ -80,13 +91,27 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
     let mut o = String::new();
     let runs: Vec<&Run> = records
         .iter()
-        .filter_map(|r| if let Record::Run(r) = r { Some(r) } else { None })
+        .filter_map(|r| {
+            if let Record::Run(r) = r {
+                Some(r)
+            } else {
+                None
+            }
+        })
         .collect();
     let limits: Vec<&Limit> = records
         .iter()
-        .filter_map(|r| if let Record::Limit(l) = r { Some(l) } else { None })
+        .filter_map(|r| {
+            if let Record::Limit(l) = r {
+                Some(l)
+            } else {
+                None
+            }
+        })
         .collect();
-    let stem = jsonl.file_stem().map_or("suite".into(), |s| s.to_string_lossy().into_owned());
+    let stem = jsonl
+        .file_stem()
+        .map_or("suite".into(), |s| s.to_string_lossy().into_owned());
     let _ = writeln!(o, "# Benchmark suite `{stem}`\n");
     for r in records {
         if let Record::Machine(m) = r {
@@ -111,8 +136,9 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let floor = floors(&limits);
-    for ((w, size), method, rs) in groups(&runs) {
-        let get = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> { rs.iter().filter_map(f).collect() };
+    for ((w, _), method, rs) in groups(&runs) {
+        let get =
+            |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> { rs.iter().filter_map(f).collect() };
         let mut cats: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in &rs {
             for (k, v) in &r.wire_bytes {
@@ -124,10 +150,17 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
             .filter(|(_, v)| v.iter().any(|b| *b > 0.0))
             .map(|(k, v)| format!("{k} {:.1}", stats(v).map_or(0.0, |s| s.0) / 1048576.0))
             .collect();
-        let verified = rs.iter().filter(|r| r.writes_verified == Some(true)).count();
+        let verified = rs
+            .iter()
+            .filter(|r| r.writes_verified == Some(true))
+            .count();
         let asked = rs.iter().filter(|r| r.writes_verified.is_some()).count();
         let lost: Option<u64> = rs.iter().map(|r| r.lost_writes).sum();
-        let gap_kind = if w == Workload::Counter { " (ticks)" } else { "" };
+        let gap_kind = if w == Workload::Counter {
+            " (ticks)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             o,
             "| {} | {method} | {}/{} | {}{gap_kind} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -137,15 +170,30 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
             cell(&get(&|r| r.gap_ms.filter(|_| r.ok)), 1.0, 0),
             cell(&get(&|r| r.downtime_ms.filter(|_| r.ok)), 1.0, 0),
             cell(&get(&|r| r.total_ms.filter(|_| r.ok)), 1.0, 0),
-            cell(&get(&|r| r.ok.then(|| r.wire_bytes.values().sum::<u64>() as f64)), 1.0 / 1048576.0, 1),
-            if by_cat.is_empty() { "–".into() } else { by_cat.join(", ") },
+            cell(
+                &get(&|r| r.ok.then(|| r.wire_bytes.values().sum::<u64>() as f64)),
+                1.0 / 1048576.0,
+                1
+            ),
+            if by_cat.is_empty() {
+                "–".into()
+            } else {
+                by_cat.join(", ")
+            },
             cell(&get(&|r| r.ok.then_some(r.cpu_s.source)), 1.0, 2),
             cell(&get(&|r| r.ok.then_some(r.cpu_s.destination)), 1.0, 2),
             rs.iter().map(|r| r.resets).sum::<u32>(),
-            lost.map_or("?".into(), |l| l.to_string()),
-            if asked == 0 { "–".into() } else { format!("{verified}/{asked}") },
+            match (w, lost) {
+                (Workload::Counter, _) => "–".into(),
+                (_, Some(l)) => l.to_string(),
+                (_, None) => "?".into(),
+            },
+            if asked == 0 {
+                "–".into()
+            } else {
+                format!("{verified}/{asked}")
+            },
         );
-        let _ = size;
     }
     let _ = writeln!(
         o,
@@ -177,7 +225,11 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                if *size == 0 { "counter".into() } else { size_label(*size) },
+                if *size == 0 {
+                    "counter".into()
+                } else {
+                    size_label(*size)
+                },
                 cell(&v(&|l| l.rss_bytes as f64), 1.0 / 1048576.0, 0),
                 cell(&v(&|l| l.fresh_write_ms), 1.0, 0),
                 cell(&gbps, 1.0, 2),
@@ -194,7 +246,11 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
     }
 
     // Issue 7's targets, for ferry's stop-and-copy.
-    let ferry: Vec<&Run> = runs.iter().copied().filter(|r| r.method == "ferry" && r.workload == Workload::Redis).collect();
+    let ferry: Vec<&Run> = runs
+        .iter()
+        .copied()
+        .filter(|r| r.method == "ferry" && r.workload == Workload::Redis)
+        .collect();
     if !ferry.is_empty() {
         let _ = writeln!(o, "\n## Targets (issue 7) for ferry stop-and-copy\n");
         let _ = writeln!(o, "| size | gap median ms | gap target | ≤ 1.5 × floor | 0 resets | wire ≤ 1.05 × (RSS + fs) |");
@@ -204,7 +260,11 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
             by.entry(r.size_mib).or_default().push(r);
         }
         for (size, rs) in by {
-            let gaps: Vec<f64> = rs.iter().filter(|r| r.ok).filter_map(|r| r.gap_ms).collect();
+            let gaps: Vec<f64> = rs
+                .iter()
+                .filter(|r| r.ok)
+                .filter_map(|r| r.gap_ms)
+                .collect();
             let gap = stats(&gaps).map(|s| s.0);
             let target = match size {
                 256 => Some(500.0),
@@ -236,7 +296,11 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
                     _ => "–".into(),
                 },
                 yes(rs.iter().all(|r| r.resets == 0)),
-                stats(&ratio).map_or("–".into(), |s| format!("{:.3}: {}", s.2, yes(s.2 <= 1.05))),
+                stats(&ratio).map_or("–".into(), |s| format!(
+                    "{:.3}: {}",
+                    s.2,
+                    yes(s.2 <= 1.05)
+                )),
             );
         }
     }
@@ -258,10 +322,20 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
             ));
         }
         if let Some(errs) = r.details.get("client_errors") {
-            notes.push(format!("- {} {} repeat {}: client connection broke: {errs}", label(r), r.method, r.repeat));
+            notes.push(format!(
+                "- {} {} repeat {}: client connection broke: {errs}",
+                label(r),
+                r.method,
+                r.repeat
+            ));
         }
         if let Some(c) = r.details.get("cleanup_failures") {
-            notes.push(format!("- {} {} repeat {}: cleanup failed: {c}", label(r), r.method, r.repeat));
+            notes.push(format!(
+                "- {} {} repeat {}: cleanup failed: {c}",
+                label(r),
+                r.method,
+                r.repeat
+            ));
         }
     }
     if let Some(e) = plot_error {
@@ -274,4 +348,37 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_range() {
+        assert_eq!(stats(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(stats(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(stats(&[]), None);
+        assert_eq!(cell(&[1500.0, 1000.0, 2000.0], 1.0, 0), "1500 (1000–2000)");
+        assert_eq!(cell(&[5.0], 1.0, 1), "5.0");
+        assert_eq!(size_label(4096), "4 GiB");
+        assert_eq!(size_label(256), "256 MiB");
+    }
+
+    #[test]
+    fn floor_is_the_sum_of_the_parts() {
+        let mut l = Limit {
+            size_mib: 256,
+            repeat: 1,
+            rss_bytes: 1_000_000_000,
+            fresh_write_ms: 400.0,
+            fabric_bytes_per_s: 2e9,
+            fabric_bytes: 1 << 30,
+            empty_checkpoint_ms: 80.0,
+            empty_restore_ms: 150.0,
+            floor_ms: 0.0,
+        };
+        l.compute_floor();
+        assert!((l.floor_ms - 1130.0).abs() < 1e-6, "{}", l.floor_ms);
+    }
 }

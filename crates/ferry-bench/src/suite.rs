@@ -60,7 +60,11 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         serde_json::to_value(opts)?,
     )))?;
 
-    let work = Work(PathBuf::from(format!("/var/tmp/ferry-bench-{stamp}")), opts.keep_work);
+    // Lower case: Podman names an image pulled from an OCI layout after its path.
+    let work = Work(
+        PathBuf::from(format!("/var/tmp/ferry-bench-{}", stamp.to_lowercase())),
+        opts.keep_work,
+    );
     std::fs::create_dir_all(&work.0).with_context(|| format!("creating {}", work.0.display()))?;
     let lab_bin = ferry_lab::find_binary("ferry-lab", "FERRY_LAB")?;
     let redis = work.0.join("redis-oci");
@@ -293,8 +297,19 @@ fn move_once(
     Ok(())
 }
 
-fn measure_limit(ctx: &Ctx, opts: &Options, size: u64, repeat: u32, rss: u64, seq: u32) -> Result<Limit> {
-    let fresh_write_ms = if rss > 0 { limits::fresh_write_ms(rss)? } else { 0.0 };
+fn measure_limit(
+    ctx: &Ctx,
+    opts: &Options,
+    size: u64,
+    repeat: u32,
+    rss: u64,
+    seq: u32,
+) -> Result<Limit> {
+    let fresh_write_ms = if rss > 0 {
+        limits::fresh_write_ms(rss)?
+    } else {
+        0.0
+    };
     let fabric = limits::fabric(ctx, opts.fabric_mib << 20)?;
     let (cp, rs) = limits::empty_checkpoint_restore(ctx, &format!("idle-{seq}"))?;
     let mut l = Limit {

@@ -322,11 +322,13 @@ fn redis_load(
             } else {
                 None
             };
-            counted.or_else(|| {
-                RedisConn::connect(&ns, ip).ok().and_then(|mut c| {
-                    count_lost_keyed(&mut c, &prefix, r.acked_sets, r.acked_incrs).ok()
+            counted
+                .or_else(|| {
+                    RedisConn::connect(&ns, ip).ok().and_then(|mut c| {
+                        count_lost_keyed(&mut c, &prefix, r.acked_sets, r.acked_incrs).ok()
+                    })
                 })
-            })
+                .map(|l| l.total())
         };
         results.push(serde_json::json!({
             "connection": prefix.trim_end_matches(':'),
@@ -336,7 +338,7 @@ fn redis_load(
             "longest_stall_ms": r.longest_stall.as_millis() as u64,
             "error": r.error,
             "all_acknowledged_writes_present": verified,
-            "lost_acknowledged_writes": lost.map(|l| l.total()),
+            "lost_acknowledged_writes": lost,
         }));
     }
     if json {

@@ -88,7 +88,11 @@ impl Method for Ferry {
         if self.lazy {
             args.extend(["--mode", "lazy"]);
         }
-        let (a0, b0, c0) = (host_cpu(ctx, SOURCE), host_cpu(ctx, DESTINATION), cpu::children_s());
+        let (a0, b0, c0) = (
+            host_cpu(ctx, SOURCE),
+            host_cpu(ctx, DESTINATION),
+            cpu::children_s(),
+        );
         let t0 = Instant::now();
         let mut c = ctx.lab.host_command(SOURCE, "ferry")?;
         c.args(&args);

@@ -77,10 +77,12 @@ impl PodHost {
             if let Err(e) = self.podman(&["rm", "-a", "-f", "-t", "0"]) {
                 failures.push(format!("{e:#}"));
             }
-            if let Err(e) = self.podman(&["system", "reset", "-f"]) {
+            if let Err(e) = self.podman(&["rmi", "-a", "-f"]) {
                 failures.push(format!("{e:#}"));
             }
         }
+        // Podman's overlay driver leaves its own mounts under the storage root.
+        failures.extend(unmount_below(&self.dir));
         failures
     }
 }
@@ -94,7 +96,12 @@ pub struct Podman {
 
 impl Podman {
     /// Both hosts' storage under `ctx.work`, each with the lab's images loaded.
-    pub fn new(ctx: &Ctx, redis_layout: &Path, busybox_layout: &Path, criu: &str) -> Result<Podman> {
+    pub fn new(
+        ctx: &Ctx,
+        redis_layout: &Path,
+        busybox_layout: &Path,
+        criu: &str,
+    ) -> Result<Podman> {
         let mk = |host: &str| -> Result<PodHost> {
             let h = ctx.host(host)?;
             let dir = ctx.work.join(format!("podman-{host}"));
@@ -104,7 +111,10 @@ impl Podman {
                 netns: h.netns_path.clone(),
                 address: h.address,
                 root: dir.join("root"),
-                runroot: PathBuf::from(format!("/run/ferry-bench-podman-{}/{host}", std::process::id())),
+                runroot: PathBuf::from(format!(
+                    "/run/ferry-bench-podman-{}/{host}",
+                    std::process::id()
+                )),
                 dir,
                 criu: criu.to_owned(),
                 redis_image: String::new(),
@@ -114,13 +124,14 @@ impl Podman {
             p.busybox_image = p.pull(busybox_layout, "busybox:latest")?;
             Ok(p)
         };
+        let (a, b) = (mk(SOURCE)?, mk(DESTINATION)?);
         let cgroup = Cgroup::new(CGROUP_PARENT);
         cgroup
             .ensure()
             .context("creating the Podman containers' cpuacct cgroup")?;
         Ok(Podman {
-            a: mk(SOURCE)?,
-            b: mk(DESTINATION)?,
+            a,
+            b,
             net: PodNet::new(),
             cgroup,
         })
@@ -131,18 +142,29 @@ impl Podman {
     }
 }
 
+impl Drop for PodHost {
+    fn drop(&mut self) {
+        for f in self.reset() {
+            eprintln!("ferry-bench cleanup (podman on {}): {f}", self.name);
+        }
+        let _ = std::fs::remove_dir_all(&self.runroot);
+        if let Some(p) = self.runroot.parent() {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
+        // The hosts' containers go first (fields drop after this), then their cgroup can.
         for h in [&self.a, &self.b] {
             for f in h.reset() {
                 eprintln!("ferry-bench cleanup (podman on {}): {f}", h.name);
             }
-            let _ = std::fs::remove_dir_all(&h.runroot);
         }
-        if let Some(p) = self.a.runroot.parent() {
-            let _ = std::fs::remove_dir(p);
+        for f in self.cgroup.remove_everywhere() {
+            eprintln!("ferry-bench cleanup (podman): {f}");
         }
-        self.cgroup.remove();
     }
 }
 
@@ -159,10 +181,19 @@ impl Method for Podman {
         let cg = format!("/{CGROUP_PARENT}");
         let network = format!("ns:{}", self.net.path.display());
         let mut args = vec![
-            "run", "-d", "--name", name, "--cgroup-parent", &cg,
-            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--cgroup-parent",
+            &cg,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
             // A log file on each host, read back for the counter's ticks.
-            "--log-driver", "k8s-file",
+            "--log-driver",
+            "k8s-file",
         ];
         match workload {
             Workload::Redis => {
@@ -172,7 +203,14 @@ impl Method for Podman {
                 args.push("yes");
             }
             Workload::Counter => {
-                args.extend(["--network", "none", &self.a.busybox_image, "sh", "-c", COUNTER]);
+                args.extend([
+                    "--network",
+                    "none",
+                    &self.a.busybox_image,
+                    "sh",
+                    "-c",
+                    COUNTER,
+                ]);
             }
         }
         self.a.podman(&args)?;
@@ -189,7 +227,12 @@ impl Method for Podman {
 
         let archive = archive_a.display().to_string();
         self.a.podman(&[
-            "container", "checkpoint", "--export", &archive, "--tcp-established", name,
+            "container",
+            "checkpoint",
+            "--export",
+            &archive,
+            "--tcp-established",
+            name,
         ])?;
         let t1 = Instant::now();
         let (c1, cg1) = (cpu::children_s(), self.cgroup.usage_s());
@@ -204,7 +247,7 @@ impl Method for Podman {
             &self.b.netns,
             self.b.address,
             Payload::File {
-                from: archive_a.clone(),
+                from: archive_a,
                 to: archive_b.clone(),
             },
         )
@@ -265,9 +308,7 @@ impl Method for Podman {
     fn cleanup(&mut self, _ctx: &Ctx, name: &str) -> Vec<String> {
         let mut failures = Vec::new();
         for h in [&self.a, &self.b] {
-            let exists = h
-                .podman(&["container", "exists", name])
-                .is_ok();
+            let exists = h.podman(&["container", "exists", name]).is_ok();
             if exists {
                 if let Err(e) = h.podman(&["rm", "-f", "-t", "0", name]) {
                     failures.push(format!("{e:#}"));
@@ -289,4 +330,28 @@ pub fn available() -> Result<String> {
         Ok(v) => Ok(v.trim().to_owned()),
         Err(e) => bail!("podman is not installed (scripts/setup.sh installs it): {e}"),
     }
+}
+
+/// Unmounts (lazily, deepest first) every mount at or below `dir`; the failures.
+fn unmount_below(dir: &Path) -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return vec!["reading /proc/self/mountinfo".into()];
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+        .into_iter()
+        .filter_map(|p| {
+            nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+                .err()
+                .filter(|e| *e != nix::Error::EINVAL && *e != nix::Error::ENOENT)
+                .map(|e| format!("unmounting {}: {e}", p.display()))
+        })
+        .collect()
 }

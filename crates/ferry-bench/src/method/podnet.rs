@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use ferry_core::network::{
-    create_netns, delete_netns, mac_for_ip, run_in_netns, send_gratuitous_arp,
-    setup_container_net, ContainerNet, CONTAINER_IFNAME,
+    create_netns, delete_netns, mac_for_ip, run_in_netns, send_gratuitous_arp, setup_container_net,
+    ContainerNet, CONTAINER_IFNAME,
 };
 use ferry_lab::{HostHandle, HOST_BRIDGE, PREFIX_LEN};
 
