@@ -60,7 +60,8 @@ impl Ctx {
         let ip = ip.to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(o) = self.client(&["redis-cli", "-h", &ip, "PING"]) {
+            // redis-cli has no connect timeout of its own: a SYN into nowhere waits minutes.
+            if let Ok(o) = self.client(&["timeout", "2", "redis-cli", "-h", &ip, "PING"]) {
                 if o.trim() == "PONG" {
                     return Ok(());
                 }

@@ -10,12 +10,19 @@ use crate::cpu::{self, Cgroup};
 use crate::ctx::{run_checked, Ctx, DESTINATION, SOURCE};
 use crate::record::{CpuSides, Workload};
 
-pub const IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
+/// A new address for every run, from `10.77.1.10` up. `ferry run` announces nothing: a
+/// container started with the address (and so the MAC) of one that last lived on host-b stays
+/// unreachable from the client until the fabric's forwarding entry for it ages out (minutes).
+fn address(run: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 1, 10 + (run % 200) as u8)
+}
 
 pub struct Ferry {
     name: String,
     /// `--mode lazy` (post-copy).
     lazy: bool,
+    /// Containers started so far (picks the address).
+    runs: u32,
 }
 
 impl Ferry {
@@ -23,6 +30,7 @@ impl Ferry {
         Ferry {
             name: "ferry".into(),
             lazy: false,
+            runs: 0,
         }
     }
 
@@ -30,6 +38,7 @@ impl Ferry {
         Ferry {
             name: "ferry-postcopy".into(),
             lazy: true,
+            runs: 0,
         }
     }
 }
@@ -60,7 +69,7 @@ impl Method for Ferry {
     }
 
     fn redis_ip(&self) -> Ipv4Addr {
-        IP
+        address(self.runs)
     }
 
     fn start(&mut self, ctx: &Ctx, workload: Workload, name: &str) -> Result<()> {
@@ -69,8 +78,9 @@ impl Method for Ferry {
             // what removed containers used.
             let _ = Cgroup::new(&ctx.host(host)?.cgroup_parent).ensure();
         }
+        self.runs += 1;
         let mut args = vec!["run", "-d", "--name", name];
-        let ip = IP.to_string();
+        let ip = address(self.runs).to_string();
         match workload {
             Workload::Redis => {
                 args.extend(["--ip", &ip, "redis"]);

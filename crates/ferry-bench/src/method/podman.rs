@@ -198,6 +198,8 @@ impl Method for Podman {
         match workload {
             Workload::Redis => {
                 self.net.create_on(ctx.host(SOURCE)?)?;
+                // The fabric may still hold the address's MAC at host-b (the previous run).
+                self.net.announce()?;
                 args.extend(["--network", &network, &self.a.redis_image]);
                 args.extend(REDIS_ARGS);
                 args.push("yes");
