@@ -84,7 +84,21 @@ impl TestLab {
     }
 
     pub fn migrate(&self, from: &str, name: &str, to: &str) -> (bool, serde_json::Value, String) {
-        let out = self.ferry(from, &["migrate", name, "--to", to, "--json"]);
+        self.migrate_mode(from, name, to, "stop-copy")
+    }
+
+    /// `ferry migrate --mode MODE` (`stop-copy`, `lazy` or `auto`).
+    pub fn migrate_mode(
+        &self,
+        from: &str,
+        name: &str,
+        to: &str,
+        mode: &str,
+    ) -> (bool, serde_json::Value, String) {
+        let out = self.ferry(
+            from,
+            &["migrate", name, "--to", to, "--mode", mode, "--json"],
+        );
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (
@@ -278,9 +292,20 @@ pub fn spawn_migrate(t: &TestLab, name: &str) -> std::process::Child {
 }
 
 pub fn migrate_command(t: &TestLab, name: &str) -> Command {
+    migrate_command_mode(t, name, "stop-copy")
+}
+
+/// `ferry migrate NAME --to host-b --mode MODE --json` on host-a, not started.
+pub fn migrate_command_mode(t: &TestLab, name: &str, mode: &str) -> Command {
     let mut c = t.lab.host_command("host-a", "ferry").unwrap();
-    c.args(["migrate", name, "--to", "host-b", "--json"]);
+    c.args(["migrate", name, "--to", "host-b", "--mode", mode, "--json"]);
     c
+}
+
+/// `ferry migration ls --json` on `host`: this host's migration records.
+pub fn migration_records(t: &TestLab, host: &str) -> Vec<serde_json::Value> {
+    let out = t.ferry(host, &["migration", "ls", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 /// Runs `ferry migrate` in the background and calls `on_pages` once memory starts to flow.

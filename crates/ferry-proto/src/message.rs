@@ -40,8 +40,10 @@ pub const FEATURE_ZSTD: &str = "zstd";
 #[serde(rename_all = "kebab-case")]
 pub enum MigrationMode {
     /// Freeze, dump all memory to the destination, restore.
+    #[serde(alias = "stop-copy")]
     StopAndCopy,
     /// Freeze, ship metadata, restore; memory is pulled from the source lazily.
+    #[serde(alias = "lazy")]
     PostCopy,
 }
 
@@ -150,6 +152,9 @@ pub enum Verdict {
     NotCommitted,
     /// Not decided yet: ask again later.
     Pending,
+    /// Post-copy: the container resumed on the destination but its memory never all arrived;
+    /// the destination's copy was killed.
+    Lost,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,6 +236,12 @@ pub enum Message {
     /// dest, post-copy only: every page has been pulled; the source may go away.
     LazyComplete {
         bytes: u64,
+        /// Pages the lazy-pages daemon moved in all, and how many of them a page fault asked
+        /// for (the rest were pushed in the background).
+        #[serde(default)]
+        pages: u64,
+        #[serde(default)]
+        faults: u64,
     },
     /// First message of a verdict inquiry (a fresh connection, no `Hello`): what became of
     /// this migration on your side?

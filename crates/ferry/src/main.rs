@@ -96,6 +96,12 @@ enum Cmd {
         /// The destination, as registered with `ferry host add`.
         #[arg(long)]
         to: String,
+        /// stop-copy: all memory moves while the container is frozen. lazy (post-copy): the
+        /// container resumes on the destination at once and its memory follows; if the source
+        /// or the link dies before the last page, the container is lost (see README). auto:
+        /// lazy for big containers on hosts that support it.
+        #[arg(long, value_parser = ["stop-copy", "lazy", "auto"], default_value = "auto")]
+        mode: String,
     },
     /// Migrations this host took part in, and the operator's way out of an in-doubt one.
     #[command(subcommand)]
@@ -413,7 +419,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Checkpoint(a) => checkpoint(&c, a, json).await?,
-        Cmd::Migrate { name, to } => migrate::run(&c, &name, &to, json).await?,
+        Cmd::Migrate { name, to, mode } => migrate::run(&c, &name, &to, &mode, json).await?,
         Cmd::Host(HostCmd::Add { name, addr }) => {
             let e: HostEntry = c
                 .call(

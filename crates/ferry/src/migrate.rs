@@ -9,12 +9,12 @@ use serde_json::json;
 use crate::client::{api_error, Client};
 use crate::output::human_bytes;
 
-pub async fn run(c: &Client, name: &str, to: &str, json_out: bool) -> Result<()> {
+pub async fn run(c: &Client, name: &str, to: &str, mode: &str, json_out: bool) -> Result<()> {
     let resp = c
         .send(
             Method::POST,
             &format!("/v1/containers/{}/migrate", crate::enc(name)),
-            Some(json!({ "container": name, "to": to })),
+            Some(json!({ "container": name, "to": to, "mode": mode })),
         )
         .await?;
     let status = resp.status();
@@ -213,6 +213,20 @@ pub fn table(r: &MigrationReport) {
     if let Some(w) = &r.downtime_breakdown {
         window(w, &r.to);
     }
+    if let Some(l) = &r.lazy {
+        println!(
+            "  post-copy: {} pulled after the resume in {} ms ({:.0} MB/s); fully copied {} ms \
+             after the freeze",
+            human_bytes(l.bytes),
+            l.drain_ms,
+            l.pull_mb_s,
+            l.fully_copied_ms
+        );
+        println!(
+            "  pages: {} in all, {} asked for by page faults, {} pushed in the background",
+            l.pages, l.pages_on_demand, l.pages_pushed
+        );
+    }
     if let Some(ms) = r.source_cleanup_ms {
         println!("  after the commit, the source let go of its copy in {ms} ms");
     }
@@ -227,6 +241,9 @@ pub fn table(r: &MigrationReport) {
         }
         Some(Outcome::RollbackFailed) => {
             "rollback failed: the container could not be verified running on the source"
+        }
+        Some(Outcome::Lost) => {
+            "lost: post-copy failed after the container resumed on the destination (see error)"
         }
         None => "unknown",
     };

@@ -71,6 +71,19 @@ pub struct RestoreRequest {
     pub ip: Option<String>,
 }
 
+/// The lazy-pages daemon's log, in the restore's CRIU work dir.
+pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
+
+/// What [`Engine::restore_images`] started.
+#[derive(Debug)]
+pub struct RestoredImages {
+    pub pid: u32,
+    pub restore_ms: u64,
+    pub stats: Option<criu::RestoreStats>,
+    /// Post-copy: the daemon still pulling pages; the restored process needs it until it exits.
+    pub lazy: Option<criu::LazyPagesDaemon>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub container: String,
@@ -512,8 +525,13 @@ impl Engine {
         t0: Instant,
     ) -> Result<RestoreReport, ContainerError> {
         let images = dir.join(IMAGES_DIR);
-        let outcome = self.restore_images(rec, &images, Some(GateKind::RstOnly));
-        let (pid, restore_ms, stats) = match outcome {
+        let outcome = self.restore_images(rec, &images, Some(GateKind::RstOnly), None);
+        let RestoredImages {
+            pid,
+            restore_ms,
+            stats,
+            ..
+        } = match outcome {
             Ok(v) => v,
             Err(e) => {
                 self.teardown(&rec.config);
@@ -537,13 +555,15 @@ impl Engine {
     /// The shared core of restore and migration: prepare the rootfs and bundle, run `runc
     /// restore` through a new shim, record the container as running. With `gate`, the network
     /// is set up here behind that gate; without, it was staged before (a migration does that
-    /// ahead of the freeze). Returns (pid, restore ms, CRIU restore stats); the gate stays.
+    /// ahead of the freeze). The gate stays. With `lazy` (post-copy), a lazy-pages daemon that
+    /// pulls the missing pages from that address serves the restored process's page faults.
     pub fn restore_images(
         &self,
         rec: &mut ContainerRecord,
         images: &Path,
         gate: Option<GateKind>,
-    ) -> Result<(u32, u64, Option<criu::RestoreStats>), ContainerError> {
+        lazy: Option<std::net::SocketAddr>,
+    ) -> Result<RestoredImages, ContainerError> {
         let ctr_dir = self.container_dir(&rec.config.id);
         if let Some(gate) = gate {
             self.stage_gated_network(&rec.config, gate)?;
@@ -554,12 +574,30 @@ impl Engine {
         std::fs::create_dir_all(&work).map_err(io(&work))?;
         let _ = self.runc().delete(&rec.config.id, true);
         let _ = std::fs::remove_file(ctr_dir.join(shim::EXIT_FILE));
+        let mut opts = self.restore_opts(images, &work, &bundle);
+        // The daemon's socket lives in its work dir, which must be the restore's.
+        let lazy_daemon = match lazy {
+            Some(source) => {
+                opts.lazy_pages = true;
+                let log = work.join(LAZY_PAGES_LOG);
+                Some(
+                    criu::LazyPagesDaemon::spawn(images, &work, source, &log).map_err(|e| {
+                        ContainerError::Criu {
+                            op: "restore",
+                            reason: format!("starting the lazy-pages daemon: {e}"),
+                            log: criu::explain_log(&log).to_string(),
+                        }
+                    })?,
+                )
+            }
+            None => None,
+        };
         let args = ShimArgs::new(
             &rec.config.id,
             self.runc(),
-            bundle.clone(),
+            bundle,
             ctr_dir,
-            ShimMode::Restore(self.restore_opts(images, &work, &bundle)),
+            ShimMode::Restore(opts),
         );
         let t = Instant::now();
         let started =
@@ -576,7 +614,12 @@ impl Engine {
         rec.started_at = Some(chrono::Utc::now().to_rfc3339());
         rec.exit = None;
         self.save(rec)?;
-        Ok((started.init_pid, restore_ms, stats))
+        Ok(RestoredImages {
+            pid: started.init_pid,
+            restore_ms,
+            stats,
+            lazy: lazy_daemon,
+        })
     }
 
     pub fn snapshots_of(&self, cfg: &ContainerConfig) -> Result<Vec<SnapshotInfo>, ContainerError> {

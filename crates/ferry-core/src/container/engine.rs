@@ -487,7 +487,20 @@ impl Engine {
     /// Cleans up after the container's processes ended and records the new status.
     pub fn mark_exited(&self, rec: &mut ContainerRecord, status: Status) {
         let dir = self.container_dir(&rec.config.id);
-        rec.exit = read_exit(&dir).or(rec.exit.take());
+        // runc reports the init gone a moment before its shim, which reaped it, has written
+        // the exit file: give a live shim that moment (seen as a lost exit code under load).
+        let mut exit = read_exit(&dir);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while exit.is_none()
+            && std::time::Instant::now() < deadline
+            && rec
+                .shim_pid
+                .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
+            std::thread::sleep(Duration::from_millis(10));
+            exit = read_exit(&dir);
+        }
+        rec.exit = exit.or(rec.exit.take());
         self.teardown(&rec.config);
         rec.status = status;
         rec.pid = None;

@@ -7,6 +7,7 @@ mod moving;
 mod rootfs;
 mod store;
 
+pub use checkpoint::{RestoredImages, LAZY_PAGES_LOG};
 pub use config::{
     merge_env, parse_volume, validate_env, validate_name, ContainerConfig, ContainerRecord,
     ExitInfo, Status, VolumeMount,

@@ -3,6 +3,7 @@
 
 use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, Status};
+use crate::criu::LazyPagesDaemon;
 use crate::network::{self, GateKind};
 
 impl Engine {
@@ -96,12 +97,14 @@ impl Engine {
     }
 
     /// Restores an incoming container from `images` (upper dir and volumes already filled),
-    /// with its network fully gated until [`Engine::commit_incoming`].
+    /// with its network fully gated until [`Engine::commit_incoming`]. Post-copy (`lazy`):
+    /// the returned daemon pulls the missing pages from that address.
     pub fn restore_incoming(
         &self,
         name: &str,
         images: &std::path::Path,
-    ) -> Result<ferry_proto::RestoreStats, ContainerError> {
+        lazy: Option<std::net::SocketAddr>,
+    ) -> Result<(ferry_proto::RestoreStats, Option<LazyPagesDaemon>), ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         // Fault-injection hook for the rollback tests: a restore that fails after the dump.
@@ -112,18 +115,20 @@ impl Engine {
                 fault.display()
             )));
         }
-        let result = self.restore_images(&mut rec, images, None);
-        match result {
-            Ok((_pid, ms, stats)) => {
+        match self.restore_images(&mut rec, images, None, lazy) {
+            Ok(restored) => {
                 rec.status = Status::Migrating;
                 self.save(&rec)?;
-                Ok(ferry_proto::RestoreStats {
-                    restore_us: ms * 1000,
-                    forking_us: stats.as_ref().map(|s| s.forking_time_us).unwrap_or(0),
-                    pages_restored: stats.as_ref().and_then(|s| s.pages_restored).unwrap_or(0),
-                    lazy_remaining_bytes: 0,
-                    ..Default::default()
-                })
+                let stats = restored.stats.as_ref();
+                Ok((
+                    ferry_proto::RestoreStats {
+                        restore_us: restored.restore_ms * 1000,
+                        forking_us: stats.map(|s| s.forking_time_us).unwrap_or(0),
+                        pages_restored: stats.and_then(|s| s.pages_restored).unwrap_or(0),
+                        ..Default::default()
+                    },
+                    restored.lazy,
+                ))
             }
             Err(e) => {
                 lock(&self.holds).remove(&rec.config.id);
@@ -131,6 +136,32 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// The container's memory in use, from its memory cgroup (v1 or v2); None if unknown.
+    pub fn memory_usage(&self, name: &str) -> Option<u64> {
+        let id = self.inspect(name).ok()?.config.id;
+        let rel = format!("{}/{id}", self.config().cgroup_parent.trim_matches('/'));
+        [
+            format!("/sys/fs/cgroup/memory/{rel}/memory.usage_in_bytes"),
+            format!("/sys/fs/cgroup/{rel}/memory.current"),
+        ]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse().ok())
+    }
+
+    /// Post-copy lost its source after the commit: the copy would read zeroes for the pages
+    /// that never came, so it is killed (first, at once) and forgotten. Its volumes stay.
+    pub fn destroy_lost_copy(&self, cfg: &ContainerConfig) -> Result<(), ContainerError> {
+        let slot = self.slot(&cfg.name)?;
+        let mut rec = lock(&slot);
+        if rec.config.id != cfg.id {
+            return Ok(());
+        }
+        lock(&self.holds).remove(&cfg.id);
+        let killed = self.runc().kill(&cfg.id, "SIGKILL", true);
+        self.forget(&mut rec)?;
+        killed.map(|_| ()).map_err(ContainerError::from)
     }
 
     /// Before the source freezes: the incoming container's netns and veth, attached but fully

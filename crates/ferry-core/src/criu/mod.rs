@@ -26,7 +26,7 @@ pub use image::{
     STATS_MAGIC,
 };
 pub use log::{explain_log, CriuLogExcerpt};
-pub use server::{LazyPagesDaemon, PageServer};
+pub use server::{free_loopback_port, LazyPagesDaemon, LazyTransfer, PageServer, ReadySignal};
 pub use stats::{read_dump_stats, read_restore_stats, DumpStats, RestoreStats};
 pub use version::{require_supported_version, version, CriuVersion};
 

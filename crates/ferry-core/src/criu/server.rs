@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -38,30 +38,16 @@ impl CriuChild {
         tool: Tool,
         log_path: &Path,
     ) -> Result<Self, CriuError> {
-        let (ready_rx, ready_tx) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| CriuError::Io {
-                path: PathBuf::from("pipe"),
-                source: e.into(),
-            })?;
-        let status_fd = ready_tx.as_raw_fd();
-        let tool = tool.arg("--status-fd").arg(status_fd.to_string());
+        let mut ready = ReadySignal::new()?;
+        let tool = tool.arg("--status-fd").arg(ready.fd().to_string());
         tracing::debug!(tool = %tool.name(), args = %tool.display_args(), "spawn");
         let mut cmd = tool.command();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: runs in the forked child before exec and only calls fcntl, which is
-        // async-signal-safe. The pipe is close-on-exec everywhere else, so only CRIU inherits it.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(status_fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        ready.pass_to(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| tool.spawn_error(e))?;
-        drop(ready_tx);
+        ready.spawned();
         let stderr = child.stderr.take().map(|mut s| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
@@ -75,7 +61,7 @@ impl CriuChild {
             log_path: log_path.to_owned(),
             stderr,
         };
-        match wait_for_ready_byte(ready_rx) {
+        match ready.wait(READY_TIMEOUT) {
             Ok(()) => Ok(this),
             Err(why) => {
                 this.kill_now();
@@ -173,19 +159,65 @@ impl Drop for CriuChild {
     }
 }
 
-/// CRIU writes one NUL byte to `--status-fd` once ready; EOF means it exited first.
-fn wait_for_ready_byte(rx: OwnedFd) -> Result<(), String> {
-    let (tx, result) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut file = std::fs::File::from(rx);
-        let mut byte = [0u8; 1];
-        let _ = tx.send(file.read(&mut byte).map(|n| n == 1));
-    });
-    match result.recv_timeout(READY_TIMEOUT) {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err("exited".into()),
-        Ok(Err(e)) => Err(format!("status pipe: {e}")),
-        Err(_) => Err(format!("not ready after {}s", READY_TIMEOUT.as_secs())),
+/// CRIU's readiness signal (`--status-fd`, also passed on by `runc checkpoint --lazy-pages`):
+/// a pipe whose write end only the child inherits. CRIU writes one byte once it listens; end
+/// of file means it exited first.
+#[derive(Debug)]
+pub struct ReadySignal {
+    rx: OwnedFd,
+    tx: Option<OwnedFd>,
+}
+
+impl ReadySignal {
+    pub fn new() -> Result<Self, CriuError> {
+        let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| CriuError::Io {
+            path: PathBuf::from("pipe"),
+            source: e.into(),
+        })?;
+        Ok(ReadySignal { rx, tx: Some(tx) })
+    }
+
+    /// The fd number to name in `--status-fd`.
+    pub fn fd(&self) -> i32 {
+        self.tx.as_ref().map(|t| t.as_raw_fd()).unwrap_or(-1)
+    }
+
+    /// Lets the child of `cmd` (and only it) inherit the write end.
+    pub fn pass_to(&self, cmd: &mut Command) {
+        let fd = self.fd();
+        // SAFETY: runs in the forked child before exec and only calls fcntl, which is
+        // async-signal-safe. The pipe is close-on-exec everywhere else, so only this child
+        // inherits it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Drops our write end once the child has it, so its exit reads as end of file.
+    pub fn spawned(&mut self) {
+        self.tx = None;
+    }
+
+    /// Blocks until the byte arrives (Ok), the child exits first, or `timeout` passes.
+    pub fn wait(self, timeout: Duration) -> Result<(), String> {
+        let (tx, result) = mpsc::channel();
+        let rx = self.rx;
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::from(rx);
+            let mut byte = [0u8; 1];
+            let _ = tx.send(file.read(&mut byte).map(|n| n == 1));
+        });
+        match result.recv_timeout(timeout) {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err("exited".into()),
+            Ok(Err(e)) => Err(format!("status pipe: {e}")),
+            Err(_) => Err(format!("not ready after {}s", timeout.as_secs())),
+        }
     }
 }
 
@@ -282,6 +314,11 @@ pub(super) fn free_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     listener.local_addr()
 }
 
+/// A loopback port free right now, for a CRIU server that cannot take port 0.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    free_port(SocketAddr::from(([127, 0, 0, 1], 0))).map(|a| a.port())
+}
+
 /// `criu lazy-pages` on the post-copy destination: serves page faults of the restored process
 /// (through `lazy-pages.socket` in `work_dir`, which must be the restore's work dir) by pulling
 /// pages from the source's page server at `source`. Exits once every page has been moved.
@@ -338,6 +375,48 @@ impl LazyPagesDaemon {
     pub fn kill(&mut self) {
         self.proc.kill()
     }
+}
+
+/// What a lazy-pages daemon moved, read from its log (verbosity 4): pages it had to handle,
+/// pages it copied in, and page faults it served on demand (the rest went in the background).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LazyTransfer {
+    pub total_pages: u64,
+    pub copied_pages: u64,
+    pub faults: u64,
+}
+
+impl LazyTransfer {
+    pub fn from_log(text: &str) -> Self {
+        let mut t = LazyTransfer::default();
+        for line in text.lines() {
+            if line.contains("#PF at 0x") {
+                t.faults += 1;
+            } else if let Some(rest) = after(line, "Found ") {
+                if rest.contains("pages to be handled by UFFD") {
+                    t.total_pages += leading_number(rest);
+                }
+            } else if let Some(rest) = after(line, "UFFD transferred pages: (") {
+                t.copied_pages += leading_number(rest);
+            }
+        }
+        t
+    }
+
+    pub fn read(log: &Path) -> Self {
+        std::fs::read_to_string(log)
+            .map(|s| Self::from_log(&s))
+            .unwrap_or_default()
+    }
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|i| &line[i + marker.len()..])
+}
+
+fn leading_number(s: &str) -> u64 {
+    let digits: String = s.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -407,6 +486,26 @@ mod tests {
     }
 
     #[test]
+    fn lazy_transfer_is_read_from_the_daemon_log() {
+        let log = "(00.01) uffd: 7-5: Found 300 pages to be handled by UFFD\n\
+                   (00.02) uffd: 7-5: #PF at 0x7f0000001000\n\
+                   (00.02) uffd: 7-5: uffd_copy: 0x7f0000001000/4096\n\
+                   (00.03) uffd: 9-6: Found 20 pages to be handled by UFFD\n\
+                   (00.03) uffd: 9-6: #PF at 0x5000\n\
+                   (00.09) uffd: 7-5: UFFD transferred pages: (300/300)\n\
+                   (00.09) uffd: 9-6: UFFD transferred pages: (19/20)\n";
+        let t = LazyTransfer::from_log(log);
+        assert_eq!(
+            t,
+            LazyTransfer {
+                total_pages: 320,
+                copied_pages: 319,
+                faults: 2
+            }
+        );
+    }
+
+    #[test]
     fn page_server_that_cannot_listen_explains_why() {
         let dst = tempfile::tempdir().unwrap();
         let log = dst.path().join("ps.log");
@@ -472,8 +571,15 @@ mod tests {
         assert!(dst.path().join("lazy-pages.socket").exists());
 
         let restored = restore_detached(dst.path(), &sleeper.tag(), &["--lazy-pages"]);
+        let lazy_log = daemon.log_path().to_owned();
         daemon.wait().unwrap();
         source.wait().unwrap();
+        let moved = LazyTransfer::read(&lazy_log);
+        assert!(moved.total_pages > 0, "{moved:?}");
+        assert_eq!(
+            moved.copied_pages, moved.total_pages,
+            "every page arrived: {moved:?}"
+        );
         sleeper.reap();
         // Its argv lives in lazily restored memory: /proc/PID/cmdline can read empty for a
         // moment while the last pages land, so look again briefly before calling it dead.

@@ -17,7 +17,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_proto::{Message, SenderMachine, Verdict};
+use ferry_proto::{Message, MigrationMode, SenderMachine, Verdict};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -206,7 +206,7 @@ fn verdict_for_peer(engine: &Engine, id: &str) -> Verdict {
     match (rec.role, rec.stage) {
         (Role::Destination, Stage::Restored) => {
             match commit_destination(engine, id, &rec.container) {
-                Ok(()) => Verdict::Committed,
+                Ok(_) => Verdict::Committed,
                 Err(e) => {
                     tracing::warn!(error = %e, "committing on an inquiry");
                     stage_verdict(engine, id, rec.role)
@@ -230,14 +230,21 @@ fn stage_verdict(engine: &Engine, id: &str, role: Role) -> Verdict {
     }
 }
 
-/// Destination: records `Committed`, then opens the gate. Idempotent; refuses a discarded copy.
-pub fn commit_destination(engine: &Engine, id: &str, name: &str) -> Result<(), MigrationError> {
-    match record::transition(engine.paths(), id, Stage::Committed, |_| {}) {
+/// Destination: records `Committed` (post-copy: `Draining`, the pages still to come), then
+/// opens the gate. Idempotent; refuses a discarded copy. Returns the stage recorded.
+pub fn commit_destination(engine: &Engine, id: &str, name: &str) -> Result<Stage, MigrationError> {
+    let post_copy = record::load(engine.paths(), id)?.is_some_and(|r| r.post_copy);
+    let target = if post_copy {
+        Stage::Draining
+    } else {
+        Stage::Committed
+    };
+    match record::transition(engine.paths(), id, target, |_| {}) {
         Ok(_) => {}
         Err(RecordError::Stale {
-            stage: Stage::Committed,
+            stage: stage @ (Stage::Committed | Stage::Draining),
             ..
-        }) => return Ok(()),
+        }) => return Ok(stage),
         Err(e) => return Err(e.into()),
     }
     // The verdict is durable: from here on this copy is the container, whatever happens.
@@ -249,7 +256,8 @@ pub fn commit_destination(engine: &Engine, id: &str, name: &str) -> Result<(), M
             tracing::warn!(error = %re, "recording a commit failure");
         }
         MigrationError::Container(e)
-    })
+    })?;
+    Ok(target)
 }
 
 /// Destination: records `Discarded`, then removes the copy. Refuses a committed one.
@@ -291,8 +299,11 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
         .await;
     // The destination opens its gate before it answers: the downtime ends here.
     let committed_at = sent.as_ref().ok().map(|()| Instant::now());
-    if committed_at.is_some() {
+    if let Some(at) = committed_at {
         out.span_since(Part::Commit, commit_sent, 0);
+        if out.mode == MigrationMode::PostCopy {
+            drain_source(out, at).await?;
+        }
     }
     let frozen = out
         .frozen
@@ -367,6 +378,49 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
         ))),
         Err(e) => Err(MigrationError::Internal(e)),
     }
+}
+
+/// Post-copy after `Committed`: the source serves the rest of its memory; the migration is
+/// complete only with the last page (see [`super::drain`]).
+async fn drain_source(out: &mut Outgoing, committed_at: Instant) -> Result<(), MigrationError> {
+    record::transition(out.engine.paths(), out.id(), Stage::Draining, |_| {})?;
+    out.progress.start(Phase::Drain);
+    let (engine, cfg, id) = (out.engine.clone(), out.cfg.clone(), out.id().to_owned());
+    let mut process = out.frozen.as_mut().and_then(|f| f.process.take());
+    let (Some(tunnel), Some(wire)) = (out.tunnel.as_ref(), out.wire.as_mut()) else {
+        return Err(MigrationError::Internal(
+            "post-copy without its tunnel".into(),
+        ));
+    };
+    let drained = super::drain::source(
+        &engine,
+        wire,
+        tunnel,
+        &mut process,
+        &cfg,
+        &id,
+        &out.progress,
+        committed_at,
+    )
+    .await;
+    if let Some(f) = out.frozen.as_mut() {
+        f.process = process;
+    }
+    let mut lazy = drained?.report;
+    if let Some(f) = out.frozen.as_ref() {
+        lazy.fully_copied_ms = frozen_at(f).elapsed().as_millis() as u64;
+    }
+    out.report.bytes.pages = lazy.bytes;
+    out.progress.done(&mut out.report, lazy.bytes);
+    out.report.lazy = Some(lazy);
+    if let Some(guard) = out.lazy_port.take() {
+        if let Err(e) = guard.remove() {
+            out.report
+                .cleanup_failures
+                .push(format!("removing the lazy page port's guard: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Downtime runs from CRIU's pre-dump action (just before it freezes the tasks).
@@ -453,6 +507,17 @@ fn apply_source_verdict(mut doubt: SourceDoubt, verdict: Verdict) -> Result<Stag
         drop(doubt.work.take());
         return Ok(Stage::Committed);
     }
+    if verdict == Verdict::Lost {
+        // Post-copy died after the resume: there is nothing to resume to (see `drain`).
+        let process = doubt.frozen.process.take();
+        return Ok(super::drain::lost_on_source(
+            &doubt.engine,
+            process,
+            &doubt.cfg,
+            &id,
+            "the destination reports the post-copy migration lost",
+        ));
+    }
     doubt.frozen.hook.verdict(false);
     resume_source_verified(&doubt.engine, &doubt.cfg, &id, doubt.frozen.process.take())
 }
@@ -506,12 +571,27 @@ pub(crate) async fn finish_source(
             out.report.outcome = Some(Outcome::InDoubt);
             Err(err)
         }
+        Err(err @ MigrationError::PostCopyLost(_)) => {
+            // Nothing to roll back to: the source stays frozen as the error says.
+            out.close_tunnel(false).await;
+            out.keep_logs();
+            out.frozen.take();
+            out.report.outcome = Some(Outcome::Lost);
+            out.report.error = Some(err.to_string());
+            Err(err)
+        }
         Err(err) => {
             out.progress.start(Phase::Rollback);
             if let Some(w) = out.wire.as_mut() {
                 w.abort(&err.to_string()).await;
             }
-            out.close_tunnel(false).await;
+            // Post-copy: CRIU serves the lazy pages through the tunnel, and would thaw the
+            // source with its sockets still in repair mode the moment the tunnel closed; the
+            // rollback below stops CRIU first, so the tunnel goes after it.
+            let lazy = out.mode == MigrationMode::PostCopy;
+            if !lazy {
+                out.close_tunnel(false).await;
+            }
             out.keep_logs();
             let outcome = match out.frozen.take() {
                 Some(mut f) => {
@@ -525,13 +605,15 @@ pub(crate) async fn finish_source(
                     })
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()));
-                    match resumed {
+                    let outcome = match resumed {
                         Ok(_) => Outcome::RolledBack,
                         Err(why) => {
                             out.report.cleanup_failures.push(why);
                             Outcome::RollbackFailed
                         }
-                    }
+                    };
+                    out.close_tunnel(false).await;
+                    outcome
                 }
                 // Settled while in doubt (the destination said not committed, or an operator).
                 None if settled_as(&out, Stage::RolledBack) => Outcome::RolledBack,
@@ -627,7 +709,7 @@ async fn apply_destination_verdict(
 ) -> Result<Stage, MigrationError> {
     let (e, i, c) = (engine.clone(), id.to_owned(), cfg.clone());
     blocking(move || match verdict {
-        Verdict::Committed => commit_destination(&e, &i, &c.name).map(|()| Stage::Committed),
+        Verdict::Committed => commit_destination(&e, &i, &c.name),
         _ => discard_destination(&e, &i, &c).map(|()| Stage::Discarded),
     })
     .await

@@ -22,12 +22,12 @@ use super::record::{self, MigrationRecord, Role, Stage};
 use super::wire::{Machine, Wire};
 use super::{blocking, host_versions, MigrationError};
 use crate::container::{ContainerConfig, Engine, RootfsDirs};
-use crate::criu::PageServer;
+use crate::criu::{LazyPagesDaemon, PageServer};
 use crate::fsdiff::{self, DiffSummary};
 use crate::image::Digest;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::tls::HostIdentity;
-use crate::peer::tunnel::{tunnel_connect, Tunnel};
+use crate::peer::tunnel::{tunnel_connect, tunnel_listen, Hold, Tunnel};
 
 /// How long the source may stay silent (no message, no heartbeat, no page bytes).
 const IDLE: Duration = Duration::from_secs(15);
@@ -52,6 +52,9 @@ struct Incoming {
     page_server: Option<PageServer>,
     tunnel: Option<Tunnel>,
     announcer: Option<tokio::task::JoinHandle<()>>,
+    /// Post-copy: memory arrives after the restore, through `lazy_daemon`.
+    lazy: bool,
+    lazy_daemon: Option<LazyPagesDaemon>,
     /// How long staging the gated network took (before the freeze), for the report.
     network_staging: Duration,
 }
@@ -142,6 +145,8 @@ impl Incoming {
             page_server: None,
             tunnel: None,
             announcer: None,
+            lazy: false,
+            lazy_daemon: None,
             network_staging: Duration::ZERO,
         })
     }
@@ -212,7 +217,12 @@ impl Incoming {
                 } => self.receive_fs(what, stream, compression, summary).await?,
                 Message::OpenPageSink {} => self.open_page_sink().await?,
                 Message::DumpDone { stats } => {
-                    tracing::info!(tunnel_bytes = stats.tunnel_bytes, "dump done on the source")
+                    tracing::info!(tunnel_bytes = stats.tunnel_bytes, "dump done on the source");
+                    if self.lazy {
+                        // No page bytes show the freeze in post-copy: the source is frozen
+                        // and off the fabric now, so hold the clients' packets here.
+                        self.announcer = Some(announce(&self.engine, self.name()));
+                    }
                 }
                 Message::ImagesStart {
                     stream,
@@ -234,13 +244,14 @@ impl Incoming {
             unreachable!("the destination drives a receiver machine")
         };
         let check = |h: &Hello| -> Result<(), String> {
-            if h.mode == MigrationMode::PostCopy {
-                return Err("post-copy migration is not implemented on this host yet".into());
-            }
             crate::container::checkpoint::require_cr_support().map_err(|e| e.to_string())?;
+            if h.mode == MigrationMode::PostCopy {
+                crate::criu::require(&[crate::criu::Feature::LazyPages])
+                    .map_err(|e| format!("this host cannot take a post-copy migration: {e}"))?;
+            }
             Ok(())
         };
-        crate::peer::handshake::answer_hello(
+        let hello = crate::peer::handshake::answer_hello(
             &self.wire.sink,
             hello,
             m,
@@ -250,6 +261,7 @@ impl Incoming {
             check,
         )
         .await?;
+        self.lazy = hello.mode == MigrationMode::PostCopy;
         Ok(())
     }
 
@@ -316,6 +328,7 @@ impl Incoming {
             &cfg.id,
         );
         rec.peer = self.remote.clone();
+        rec.post_copy = self.lazy;
         record::create(self.engine.paths(), &rec)?;
         self.migration_id = Some(migration_id);
         let (e, c, from) = (self.engine.clone(), cfg.clone(), self.remote.clone());
@@ -424,6 +437,10 @@ impl Incoming {
         let t = Instant::now();
         blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
         self.network_staging = t.elapsed();
+        if self.lazy {
+            // Post-copy: the pages stay on the source until the restored process pulls them.
+            return self.wire.send(Message::PagesReady {}).await;
+        }
         let dir = self.images_dir()?;
         let log = self.work.path().join("page-server.log");
         let ps = blocking(move || {
@@ -469,9 +486,11 @@ impl Incoming {
             blocking(move || Ok(ps.wait()?)).await?;
         }
         let page_server = t.elapsed();
+        let lazy_source = self.lazy_tunnel().await?;
         let (e, name, dir) = (self.engine.clone(), self.name(), self.images_dir()?);
-        match blocking(move || Ok(e.restore_incoming(&name, &dir)?)).await {
-            Ok(mut stats) => {
+        match blocking(move || Ok(e.restore_incoming(&name, &dir, lazy_source)?)).await {
+            Ok((mut stats, daemon)) => {
+                self.lazy_daemon = daemon;
                 let id = self.migration_id.clone().unwrap_or_default();
                 record::transition(self.engine.paths(), &id, Stage::Restored, |_| {})?;
                 drop(alive);
@@ -502,6 +521,21 @@ impl Incoming {
         }
     }
 
+    /// Post-copy: the local end the lazy-pages daemon connects to, bridged to the source's
+    /// lazy page server. Held: if the source or the link dies, the daemon is kept waiting
+    /// (and the restored process blocked on its fault) until the copy is killed.
+    async fn lazy_tunnel(&mut self) -> Result<Option<SocketAddr>, MigrationError> {
+        if !self.lazy {
+            return Ok(None);
+        }
+        let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr();
+        let rx = self.wire.demux.stream(TUNNEL_STREAM)?;
+        self.tunnel =
+            Some(listener.bridge_with(self.wire.sink.clone(), rx, Hold::OnErrorOrEarlyEnd));
+        Ok(Some(addr))
+    }
+
     /// A restored copy waits, gated, for the verdict: `Commit` on this connection, the
     /// source's answer to our inquiries once the connection is gone, an inquiry of the source
     /// (which commits through the record), or an operator.
@@ -521,6 +555,10 @@ impl Incoming {
         let mut last_heard = Instant::now();
         loop {
             if let Some(stage) = self.settled(id)? {
+                if stage == Stage::Draining {
+                    // The source's inquiry committed this copy: pull the rest of its memory.
+                    return self.drain(id).await;
+                }
                 return Ok(stage);
             }
             tokio::select! {
@@ -576,15 +614,35 @@ impl Incoming {
     fn settled(&self, id: &str) -> Result<Option<Stage>, MigrationError> {
         Ok(record::load(self.engine.paths(), id)?
             .map(|r| r.stage)
-            .filter(|s| s.is_final()))
+            .filter(|s| s.is_final() || *s == Stage::Draining))
     }
 
-    /// `Commit` arrived: record it, open the gate, then say so.
+    /// `Commit` arrived: record it, open the gate, then say so. Post-copy then pulls the
+    /// rest of the memory before the migration is done.
     async fn commit(&mut self, id: &str) -> Result<Stage, MigrationError> {
         let stage = self.commit_quietly(id).await?;
-        self.step("commit-reply").await?;
-        self.wire.send(Message::Committed {}).await?;
+        let replied = match self.step("commit-reply").await {
+            Ok(()) => self.wire.send(Message::Committed {}).await,
+            Err(e) => Err(e),
+        };
+        if self.lazy {
+            // The copy runs with missing pages: whatever happened to the reply, only the drain
+            // may end this (it completes, or it kills the copy).
+            if let Err(e) = &replied {
+                tracing::warn!(error = %e, "could not tell the source about the commit");
+            }
+            return self.drain(id).await;
+        }
+        replied?;
         Ok(stage)
+    }
+
+    /// Post-copy after the commit: the rest of the memory (see [`super::drain`]).
+    async fn drain(&mut self, id: &str) -> Result<Stage, MigrationError> {
+        let cfg = self.config()?.clone();
+        let (tunnel, daemon) = (self.tunnel.take(), self.lazy_daemon.take());
+        super::drain::destination(self.engine.clone(), &mut self.wire, tunnel, daemon, cfg, id)
+            .await
     }
 
     async fn commit_quietly(&mut self, id: &str) -> Result<Stage, MigrationError> {
@@ -592,8 +650,7 @@ impl Incoming {
             a.abort();
         }
         let (e, i, name) = (self.engine.clone(), id.to_owned(), self.name());
-        blocking(move || commit::commit_destination(&e, &i, &name)).await?;
-        Ok(Stage::Committed)
+        blocking(move || commit::commit_destination(&e, &i, &name)).await
     }
 
     async fn discard(&mut self, id: &str) -> Result<Stage, MigrationError> {
@@ -734,17 +791,26 @@ fn announce_when_frozen(
         while counters.from_peer() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // Repeated: until the source has left the fabric, its netns may still answer an ARP
-        // and pull the clients back; the commit cancels this task.
-        for pause in [0, 100, 250, 500, 1000, 2000] {
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-            let (e, n) = (engine.clone(), name.clone());
-            if let Err(err) = blocking(move || Ok(e.announce_incoming(&n)?)).await {
-                tracing::warn!(error = %err, "could not announce the incoming container");
-                return;
-            }
-        }
+        announce_repeatedly(engine, name).await
     })
+}
+
+/// Announces the incoming container now, and again a few times (see [`announce_repeatedly`]).
+fn announce(engine: &Arc<Engine>, name: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(announce_repeatedly(engine.clone(), name))
+}
+
+/// Repeated: until the source has left the fabric, its netns may still answer an ARP and pull
+/// the clients back; the commit cancels this task.
+async fn announce_repeatedly(engine: Arc<Engine>, name: String) {
+    for pause in [0, 100, 250, 500, 1000, 2000] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let (e, n) = (engine.clone(), name.clone());
+        if let Err(err) = blocking(move || Ok(e.announce_incoming(&n)?)).await {
+            tracing::warn!(error = %err, "could not announce the incoming container");
+            return;
+        }
+    }
 }
 
 fn fs_target(

@@ -212,6 +212,10 @@ pub fn run_hook() -> i32 {
     loop {
         match ask(Path::new(&sock), &action) {
             Some(answer) => return i32::from(answer != "ok"),
+            // Post-copy: the lazy page server is up, after `post-dump` was answered (the hook
+            // socket is closed by then). Nothing to decide here; failing would end the
+            // transfer and thaw the source.
+            None if action == "status-ready" => return 0,
             // ferryd is gone. Before post-dump nothing is held: fail, CRIU resumes.
             None if action != "post-dump" => return 1,
             // Held at post-dump: the record decides. Committed: let the source go. In doubt

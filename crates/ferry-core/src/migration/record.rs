@@ -54,6 +54,9 @@ pub enum Stage {
     Receiving,
     /// Destination: a restored copy waits, gated, for the verdict.
     Restored,
+    /// Post-copy, both sides: committed (the copy runs on the destination), its memory still
+    /// moving from the source, which stays frozen until the last page has arrived.
+    Draining,
     /// Final: the container lives on the destination.
     Committed,
     /// Final, source: the container was verified running here again.
@@ -62,13 +65,17 @@ pub enum Stage {
     Discarded,
     /// Source: resuming could not be verified; `ferry ps` shows the container in error.
     Failed,
+    /// Final, post-copy: the source or the link died after the destination resumed, before the
+    /// last page. The destination's copy was killed; what the source still holds is the state
+    /// at the freeze, without what changed on the destination since.
+    Lost,
 }
 
 impl Stage {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Stage::Committed | Stage::RolledBack | Stage::Discarded
+            Stage::Committed | Stage::RolledBack | Stage::Discarded | Stage::Lost
         )
     }
 
@@ -81,9 +88,10 @@ impl Stage {
             (self, next),
             (Claimed, Frozen | RolledBack | Failed)
                 | (Frozen, InDoubt | RolledBack | Failed)
-                | (InDoubt, Committed | RolledBack | Failed)
+                | (InDoubt, Committed | Draining | Lost | RolledBack | Failed)
                 | (Receiving, Restored | Discarded)
-                | (Restored, Committed | Discarded)
+                | (Restored, Committed | Draining | Discarded)
+                | (Draining, Committed | Lost)
                 | (Failed, RolledBack | Committed)
         )
     }
@@ -92,6 +100,9 @@ impl Stage {
     pub fn verdict(self, role: Role) -> Verdict {
         match (role, self) {
             (_, Stage::Committed) => Verdict::Committed,
+            // Post-copy: committed, but complete only with the last page.
+            (_, Stage::Draining) => Verdict::Pending,
+            (_, Stage::Lost) => Verdict::Lost,
             // The source decided to commit: the destination should commit too.
             (Role::Source, Stage::InDoubt) => Verdict::Committed,
             (Role::Source, Stage::RolledBack) => Verdict::NotCommitted,
@@ -119,6 +130,9 @@ pub struct MigrationRecord {
     pub container_id: String,
     /// The other host (its certificate name).
     pub peer: String,
+    /// Post-copy: committing means draining the memory first (see [`Stage::Draining`]).
+    #[serde(default)]
+    pub post_copy: bool,
     /// Source: the process group of `runc checkpoint` (and its CRIU), to kill it if stuck,
     /// with its leader's start time so a reused number is never taken for it.
     #[serde(default)]
@@ -154,6 +168,7 @@ impl MigrationRecord {
             container: container.to_owned(),
             container_id: ctr_id.to_owned(),
             peer: String::new(),
+            post_copy: false,
             checkpoint: None,
             rollback: None,
             hook_socket: None,
@@ -305,6 +320,26 @@ mod tests {
         assert_eq!(back.stage.verdict(Role::Destination), Verdict::Committed);
         assert!(load(&paths, "../../etc/passwd").unwrap().is_none());
         assert!(load(&paths, "m2").unwrap().is_none());
+    }
+
+    /// Post-copy: committed, then complete with the last page, or lost; never back.
+    #[test]
+    fn post_copy_stages() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = HostPaths::new(t.path());
+        let rec = MigrationRecord::new("m1", Role::Destination, Stage::Receiving, "r", "id1");
+        create(&paths, &rec).unwrap();
+        transition(&paths, "m1", Stage::Restored, |_| {}).unwrap();
+        transition(&paths, "m1", Stage::Draining, |_| {}).unwrap();
+        assert_eq!(Stage::Draining.verdict(Role::Destination), Verdict::Pending);
+        assert!(!Stage::Draining.is_final());
+        assert!(transition(&paths, "m1", Stage::Discarded, |_| {}).is_err());
+        transition(&paths, "m1", Stage::Lost, |_| {}).unwrap();
+        assert!(transition(&paths, "m1", Stage::Committed, |_| {}).is_err());
+        assert_eq!(Stage::Lost.verdict(Role::Source), Verdict::Lost);
+        assert!(Stage::Lost.is_final());
+        assert!(Stage::InDoubt.may_become(Stage::Draining));
+        assert!(Stage::Draining.may_become(Stage::Committed));
     }
 
     #[test]

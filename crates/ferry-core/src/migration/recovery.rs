@@ -7,6 +7,9 @@
 //!   the destination (or an operator), as the live migration would have.
 //! - Destination, receiving: nothing restored yet; discard.
 //! - Destination, restored: keep the gated copy and settle with the source.
+//! - Post-copy, draining: the source settles like an in-doubt one (the destination knows
+//!   whether every page arrived); the destination is complete if its lazy-pages daemon's log
+//!   says every page arrived, else its copy is killed and the migration lost (see `drain`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +30,7 @@ pub async fn recover(engine: Arc<Engine>, identity: Option<Arc<HostIdentity>>) {
     // An in-doubt source's scratch holds the socket its CRIU hook comes back to: keep it.
     let keep: Vec<std::path::PathBuf> = records
         .iter()
-        .filter(|r| r.role == Role::Source && r.stage == Stage::InDoubt)
+        .filter(|r| r.role == Role::Source && matches!(r.stage, Stage::InDoubt | Stage::Draining))
         .filter_map(|r| r.hook_socket.as_deref().and_then(|s| s.parent()))
         .map(|p| p.to_owned())
         .collect();
@@ -108,7 +111,9 @@ async fn recover_one(
             })
             .await?;
         }
-        (Role::Source, Stage::InDoubt) => {
+        // A draining post-copy source lost its tunnel with ferryd: only the destination knows
+        // whether every page arrived (committed) or not (lost).
+        (Role::Source, Stage::InDoubt | Stage::Draining) => {
             waiting.push(cfg.id.clone());
             let Some(identity) = identity else {
                 return Err(MigrationError::Internal(
@@ -147,6 +152,12 @@ async fn recover_one(
                     }
                 }
             });
+        }
+        (Role::Destination, Stage::Draining) => {
+            waiting.push(cfg.id.clone());
+            let e = engine.clone();
+            let stage = blocking(move || super::drain::recover_destination(&e, &cfg, &id)).await?;
+            tracing::warn!(%stage, "a post-copy destination interrupted while draining");
         }
         (Role::Destination, Stage::Receiving) => {
             let e = engine.clone();

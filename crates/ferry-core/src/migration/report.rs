@@ -18,6 +18,8 @@ pub enum Phase {
     FsPass2,
     Restore,
     Commit,
+    /// Post-copy: the memory still on the source moves while the container runs.
+    Drain,
     Rollback,
 }
 
@@ -34,6 +36,7 @@ impl Phase {
             Phase::FsPass2 => "filesystem final delta",
             Phase::Restore => "restore on destination",
             Phase::Commit => "commit",
+            Phase::Drain => "memory pull (running)",
             Phase::Rollback => "rollback",
         }
     }
@@ -81,6 +84,27 @@ pub enum Outcome {
     InDoubt,
     /// The migration failed and resuming the source could not be verified: see the error.
     RollbackFailed,
+    /// Post-copy failed after the destination resumed: its copy was killed, and the source
+    /// holds only the state at the freeze (see the error).
+    Lost,
+}
+
+/// Post-copy: the memory that moved after the resume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LazyReport {
+    /// Page bytes pulled from the source after the resume (through the tunnel).
+    pub bytes: u64,
+    /// Commit → last page on the destination.
+    pub drain_ms: u64,
+    /// Freeze → last page: until here the container needed both hosts.
+    pub fully_copied_ms: u64,
+    /// Over the drain, MB/s.
+    pub pull_mb_s: f64,
+    /// Pages the destination's lazy-pages daemon moved, and how many of them a page fault
+    /// asked for (the rest were pushed in the background).
+    pub pages: u64,
+    pub pages_on_demand: u64,
+    pub pages_pushed: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -126,6 +150,9 @@ pub struct MigrationReport {
     /// source go and its copy is removed. Not part of the downtime.
     #[serde(default)]
     pub source_cleanup_ms: Option<u64>,
+    /// Post-copy: the memory pulled after the resume.
+    #[serde(default)]
+    pub lazy: Option<LazyReport>,
 }
 
 impl MigrationReport {
@@ -149,6 +176,7 @@ impl MigrationReport {
             cleanup_failures: Vec::new(),
             downtime_breakdown: None,
             source_cleanup_ms: None,
+            lazy: None,
         }
     }
 }

@@ -220,6 +220,32 @@ pub fn wait_gone(p: CheckpointProcess, timeout: Duration) -> Result<(), ResumeEr
     Ok(())
 }
 
+/// Post-copy lost its destination after the commit: kills the checkpoint at once, before CRIU
+/// can thaw the source on its own (it would run with its network locked and without what it
+/// did on the destination since), and keeps the tasks frozen. Ok(detail) once they are.
+pub fn hold_frozen(
+    engine: &Engine,
+    cfg: &ContainerConfig,
+    checkpoint: Option<CheckpointProcess>,
+) -> Result<String, String> {
+    let opts = ResumeOptions {
+        criu_grace: Duration::ZERO,
+        ..ResumeOptions::default()
+    };
+    let stopped = match checkpoint {
+        Some(cp) => stop_checkpoint(cp, &opts).0,
+        None => Ok("no checkpoint process to stop".into()),
+    };
+    let freezer = Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
+    let frozen = freezer
+        .freeze(opts.thaw_wait)
+        .map_err(|e| format!("freezing {}: {e}", cfg.name));
+    match (stopped, frozen) {
+        (Ok(s), Ok(())) => Ok(format!("{s}; the tasks are frozen")),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
 /// [`resume_source_with`] with the default limits.
 pub fn resume_source(
     engine: &Engine,

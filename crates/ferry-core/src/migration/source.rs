@@ -27,18 +27,21 @@ use super::resume::CheckpointProcess;
 use super::wire::{budget, within, Machine, Wire};
 use super::{blocking, host_versions, MigrateRequest, MigrationError};
 use crate::container::{ContainerConfig, Engine, RootfsDirs};
+use crate::criu::ReadySignal;
 use crate::fsdiff::{self, UpperSnapshot};
 use crate::image::Digest;
 use crate::network;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::registry::Peers;
 use crate::peer::tls::HostIdentity;
-use crate::peer::tunnel::{tunnel_listen, Tunnel};
+use crate::peer::tunnel::{tunnel_connect_with, tunnel_listen, Hold, Tunnel};
 
 /// How long a reply may take when the peer sends no heartbeat either.
 pub(crate) const REPLY: Duration = Duration::from_secs(15);
 /// No page bytes for this long while dumping means the link or the peer is gone.
 const DUMP_STALL: Duration = Duration::from_secs(10);
+/// Post-copy: CRIU dumps everything but the pages before its lazy server is up.
+const LAZY_READY: Duration = Duration::from_secs(60);
 
 /// One outgoing migration: what it knows and what it holds, so every exit can clean up.
 pub(crate) struct Outgoing {
@@ -57,7 +60,9 @@ pub(crate) struct Outgoing {
     snapshots: Vec<UpperSnapshot>,
     /// Set from the freeze on: the held checkpoint.
     pub frozen: Option<Frozen>,
-    tunnel: Option<Tunnel>,
+    pub tunnel: Option<Tunnel>,
+    /// Post-copy: keeps CRIU's lazy page server (it binds 0.0.0.0) off the network.
+    pub lazy_port: Option<network::LoopbackOnlyPort>,
     /// The measured parts of the frozen window so far (see [`super::report::Downtime`]).
     pub spans: Vec<Span>,
     /// The destination's account of its restore.
@@ -100,7 +105,15 @@ impl Outgoing {
         progress: Progress,
     ) -> Result<Self, (MigrationError, MigrationReport)> {
         let id = super::new_migration_id();
-        let mode = req.mode.unwrap_or(MigrationMode::StopAndCopy);
+        let mode = match req.mode {
+            Some(m) => m,
+            None => {
+                let memory = engine.memory_usage(&req.container);
+                blocking(move || Ok(super::auto_mode(memory)))
+                    .await
+                    .unwrap_or(MigrationMode::StopAndCopy)
+            }
+        };
         let report = MigrationReport::new(
             &id,
             &req.container,
@@ -126,6 +139,7 @@ impl Outgoing {
                 &rec.config.id,
             );
             r.peer = req.to.clone();
+            r.post_copy = mode == MigrationMode::PostCopy;
             record::create(engine.paths(), &r)?;
             let tmp = engine.paths().tmp();
             std::fs::create_dir_all(&tmp).map_err(|e| MigrationError::io(&tmp, e))?;
@@ -155,6 +169,7 @@ impl Outgoing {
             snapshots: Vec::new(),
             frozen: None,
             tunnel: None,
+            lazy_port: None,
             spans: Vec::new(),
             restored: None,
         })
@@ -172,11 +187,6 @@ impl Outgoing {
 
     /// Runs the steps up to a restored (gated) copy on the destination.
     async fn run(&mut self) -> Result<(), MigrationError> {
-        if self.mode == MigrationMode::PostCopy {
-            return Err(MigrationError::Unsupported(
-                "post-copy migration is not implemented yet; use stop-and-copy".into(),
-            ));
-        }
         // Refused before anything moves; checked again just before the freeze.
         self.check_workload().await?;
         self.handshake().await?;
@@ -207,6 +217,11 @@ impl Outgoing {
     async fn handshake(&mut self) -> Result<(), MigrationError> {
         self.step(Phase::Connect, "handshake").await?;
         crate::container::checkpoint::require_cr_support()?;
+        if self.mode == MigrationMode::PostCopy {
+            crate::criu::require(&[crate::criu::Feature::LazyPages]).map_err(|e| {
+                MigrationError::Unsupported(format!("this host cannot do post-copy: {e}"))
+            })?;
+        }
         let to = self.report.to.clone();
         let peers = Peers::load(self.engine.paths())?;
         let peer = peers
@@ -225,11 +240,17 @@ impl Outgoing {
             runc_version: versions.runc_version,
             kernel: super::kernel_release(),
             mode: self.mode,
-            features: vec![
-                ferry_proto::FEATURE_TCP_ESTABLISHED.into(),
-                ferry_proto::FEATURE_PAGE_TUNNEL.into(),
-                ferry_proto::FEATURE_ZSTD.into(),
-            ],
+            features: [
+                ferry_proto::FEATURE_TCP_ESTABLISHED,
+                ferry_proto::FEATURE_PAGE_TUNNEL,
+                ferry_proto::FEATURE_ZSTD,
+            ]
+            .into_iter()
+            .chain(
+                (self.mode == MigrationMode::PostCopy).then_some(ferry_proto::FEATURE_LAZY_PAGES),
+            )
+            .map(String::from)
+            .collect(),
         };
         let Machine::Sender(m) = &mut wire.machine else {
             unreachable!("the source drives a sender machine")
@@ -404,7 +425,17 @@ impl Outgoing {
                 },
             )
             .await?;
-        self.start_checkpoint().await?;
+        if self.mode == MigrationMode::PostCopy {
+            return self.dump_lazy().await;
+        }
+        let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let tunnel_addr = listener.local_addr();
+        let w = self.wire()?;
+        let rx = w.demux.stream(TUNNEL_STREAM)?;
+        self.tunnel = Some(listener.bridge(w.sink.clone(), rx));
+        let mut opts = self.checkpoint_opts()?;
+        opts.page_server = Some(tunnel_addr);
+        self.start_checkpoint(opts, None).await?;
         self.await_post_dump().await?;
         let pages = self.tunnel.as_ref().map(|t| t.stats().to_peer).unwrap_or(0);
         self.report.bytes.pages = pages;
@@ -470,23 +501,32 @@ impl Outgoing {
         });
     }
 
-    /// Starts `runc checkpoint` in its own process group (so a stuck CRIU can be killed with
-    /// it), its page server aimed at the tunnel, its hook at this migration.
-    async fn start_checkpoint(&mut self) -> Result<(), MigrationError> {
-        let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let tunnel_addr = listener.local_addr();
-        let w = self.wire()?;
-        let rx = w.demux.stream(TUNNEL_STREAM)?;
-        self.tunnel = Some(listener.bridge(w.sink.clone(), rx));
-        let work = self.work.path().to_owned();
+    /// The checkpoint options of this migration's scratch (dirs created).
+    fn checkpoint_opts(&self) -> Result<crate::runtime::runc::CheckpointOpts, MigrationError> {
+        let work = self.work.path();
         let (images, criu_work) = (work.join("images"), work.join("criu-work"));
         for d in [&images, &criu_work] {
             std::fs::create_dir_all(d).map_err(|e| MigrationError::io(d, e))?;
         }
+        Ok(self.engine.checkpoint_opts(&images, &criu_work))
+    }
+
+    /// Starts `runc checkpoint` in its own process group (so a stuck CRIU can be killed with
+    /// it), its hook at this migration. `ready` is CRIU's `--status-fd` (post-copy).
+    async fn start_checkpoint(
+        &mut self,
+        mut opts: crate::runtime::runc::CheckpointOpts,
+        ready: Option<&mut ReadySignal>,
+    ) -> Result<(), MigrationError> {
+        let work = self.work.path().to_owned();
         let hook_path = work.join("hook.sock");
         let hook = HookServer::bind(&hook_path)?;
-        let mut opts = self.engine.checkpoint_opts(&images, &criu_work);
-        opts.page_server = Some(tunnel_addr);
+        if self.mode == MigrationMode::PostCopy {
+            // CRIU runs `post-dump` before it starts serving the lazy pages, so nothing can be
+            // held there: the rollback point is the lazy server itself (see `drain`).
+            hook.verdict(true);
+        }
+        opts.status_fd = ready.as_ref().map(|r| r.fd());
         let record_path = record::path(self.engine.paths(), self.id());
         let tool = self
             .engine
@@ -504,12 +544,19 @@ impl Outgoing {
         })?;
         let mut cmd = tool.command();
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if let Some(r) = ready.as_ref() {
+            r.pass_to(&mut cmd);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err_file)
             .spawn()
             .map_err(|e| MigrationError::Internal(format!("starting runc checkpoint: {e}")))?;
+        drop(cmd);
+        if let Some(r) = ready {
+            r.spawned();
+        }
         let group = super::resume::GroupRecord::of_child(&child);
         record::update(self.engine.paths(), self.id(), |r| r.checkpoint = group)?;
         self.frozen = Some(Frozen {
@@ -518,6 +565,46 @@ impl Outgoing {
             detached: false,
             frozen_at: Instant::now(),
         });
+        Ok(())
+    }
+
+    /// Post-copy: dumps everything but the memory, which CRIU's lazy page server then serves
+    /// (on loopback only, through the tunnel) while the source stays frozen.
+    async fn dump_lazy(&mut self) -> Result<(), MigrationError> {
+        let port = crate::criu::free_loopback_port()
+            .map_err(|e| MigrationError::io(Path::new("127.0.0.1:0"), e))?;
+        let guard = blocking(move || {
+            network::LoopbackOnlyPort::install(port)
+                .map_err(|e| MigrationError::Internal(format!("guarding the lazy page port: {e}")))
+        })
+        .await?;
+        self.lazy_port = Some(guard);
+        let server = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut opts = self.checkpoint_opts()?;
+        opts.lazy_pages = true;
+        opts.page_server = Some(server);
+        let mut ready = ReadySignal::new()?;
+        self.start_checkpoint(opts, Some(&mut ready)).await?;
+        let waited = blocking(move || Ok(ready.wait(LAZY_READY))).await?;
+        if let Err(why) = waited {
+            let log =
+                crate::criu::explain_log(&self.work.path().join("criu-work").join("dump.log"));
+            return Err(MigrationError::Dump(format!(
+                "CRIU's lazy page server did not come up ({why}): {log}"
+            )));
+        }
+        self.detach_source().await?;
+        let w = self.wire()?;
+        let rx = w.demux.stream(TUNNEL_STREAM)?;
+        let tunnel = tunnel_connect_with(server, w.sink.clone(), rx, Hold::OnError).await?;
+        self.tunnel = Some(tunnel);
+        self.wire()?
+            .send(Message::DumpDone {
+                stats: ferry_proto::DumpStats::default(),
+            })
+            .await?;
+        self.dump_spans(0);
+        self.progress.done(&mut self.report, 0);
         Ok(())
     }
 

@@ -53,12 +53,21 @@ impl GateKind {
 
 /// The `iptables-restore --noflush` input that adds the gate.
 pub(crate) fn install_script(kind: GateKind) -> String {
-    let chain = kind.chain();
+    let jumps: Vec<(&str, String)> = kind
+        .jumps()
+        .iter()
+        .map(|(b, m)| (*b, m.to_string()))
+        .collect();
+    chain_script(kind.chain(), kind.rules(), &jumps)
+}
+
+/// A chain of its own with `rules`, and the jumps into it, as one transaction.
+fn chain_script(chain: &str, rules: &[&str], jumps: &[(&str, String)]) -> String {
     let mut s = format!("*filter\n:{chain} - [0:0]\n");
-    for rule in kind.rules() {
+    for rule in rules {
         s += &format!("-A {chain} {rule}\n");
     }
-    for (builtin, matcher) in kind.jumps() {
+    for (builtin, matcher) in jumps {
         let sep = if matcher.is_empty() { "" } else { " " };
         s += &format!("-I {builtin} 1{sep}{matcher} -j {chain}\n");
     }
@@ -68,8 +77,7 @@ pub(crate) fn install_script(kind: GateKind) -> String {
 /// The input that removes every trace of the gate found in `saved` (`iptables-save -t filter`
 /// output), or None when there is nothing to remove. Jumps are deleted by their saved spec, so
 /// whatever form iptables printed them in is what gets deleted.
-pub(crate) fn removal_script(kind: GateKind, saved: &str) -> Option<String> {
-    let chain = kind.chain();
+fn chain_removal_script(chain: &str, saved: &str) -> Option<String> {
     let jump_suffix = format!(" -j {chain}");
     let mut body = String::new();
     let mut chain_exists = false;
@@ -118,12 +126,69 @@ pub fn install_gate(netns_path: &Path, kind: GateKind) -> Result<(), NetError> {
 
 /// Removes the gate of this kind; nothing to remove is fine.
 pub fn remove_gate(netns_path: &Path, kind: GateKind) -> Result<(), NetError> {
+    remove_chain(netns_path, kind.chain())
+}
+
+fn remove_chain(netns_path: &Path, chain: &str) -> Result<(), NetError> {
     let saved = in_ns(netns_path, "iptables-save")
         .args(["-t", "filter"])
         .run_text()?;
-    match removal_script(kind, &saved) {
+    match chain_removal_script(chain, &saved) {
         Some(script) => restore(netns_path, &script),
         None => Ok(()),
+    }
+}
+
+/// A TCP port of ferryd's own network namespace that only loopback may reach, for as long as
+/// this value lives. CRIU's lazy page server binds 0.0.0.0 whatever address it is given, and
+/// its pages must reach the destination only through the authenticated tunnel.
+#[derive(Debug)]
+pub struct LoopbackOnlyPort {
+    port: u16,
+    removed: bool,
+}
+
+impl LoopbackOnlyPort {
+    const NETNS: &'static str = "/proc/self/ns/net";
+
+    fn chain(port: u16) -> String {
+        format!("FERRY-LOOPBACK-{port}")
+    }
+
+    /// Drops every packet to `port` that does not arrive on loopback (IPv4; CRIU's server
+    /// socket is IPv4).
+    pub fn install(port: u16) -> Result<Self, NetError> {
+        let chain = Self::chain(port);
+        remove_chain(Path::new(Self::NETNS), &chain)?;
+        let jumps = [("INPUT", format!("-p tcp --dport {port} ! -i lo"))];
+        restore(
+            Path::new(Self::NETNS),
+            &chain_script(&chain, &["-j DROP"], &jumps),
+        )?;
+        Ok(LoopbackOnlyPort {
+            port,
+            removed: false,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Removes the rule; the caller records a failure.
+    pub fn remove(mut self) -> Result<(), NetError> {
+        self.removed = true;
+        remove_chain(Path::new(Self::NETNS), &Self::chain(self.port))
+    }
+}
+
+impl Drop for LoopbackOnlyPort {
+    fn drop(&mut self) {
+        if !self.removed {
+            if let Err(e) = remove_chain(Path::new(Self::NETNS), &Self::chain(self.port)) {
+                tracing::warn!(port = self.port, error = %e, "removing the loopback-only rule");
+            }
+        }
     }
 }
 
@@ -159,12 +224,40 @@ mod tests {
         let saved = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:CRIU - [0:0]\n\
                      :FERRY-GATE - [0:0]\n-A INPUT ! -i lo -j FERRY-GATE\n-A INPUT -j CRIU\n\
                      -A OUTPUT ! -o lo -j FERRY-GATE\n-A FERRY-GATE -j DROP\nCOMMIT\n";
-        let s = removal_script(GateKind::Full, saved).unwrap();
+        let s = chain_removal_script(GateKind::Full.chain(), saved).unwrap();
         assert_eq!(
             s,
             "*filter\n-D INPUT ! -i lo -j FERRY-GATE\n-D OUTPUT ! -o lo -j FERRY-GATE\n\
              -F FERRY-GATE\n-X FERRY-GATE\nCOMMIT\n"
         );
-        assert_eq!(removal_script(GateKind::RstOnly, saved), None);
+        assert_eq!(chain_removal_script(GateKind::RstOnly.chain(), saved), None);
+    }
+
+    /// The real rule, in this process's netns: present while the guard lives, gone after.
+    #[test]
+    fn loopback_only_port_comes_and_goes() {
+        let listing = || {
+            in_ns(Path::new(LoopbackOnlyPort::NETNS), "iptables-save")
+                .args(["-t", "filter"])
+                .run_text()
+                .unwrap()
+        };
+        let guard = LoopbackOnlyPort::install(47391).unwrap();
+        let saved = listing();
+        assert!(
+            saved.contains("-A INPUT -p tcp -m tcp --dport 47391 ! -i lo -j FERRY-LOOPBACK-47391")
+                || saved.contains(
+                    "-A INPUT ! -i lo -p tcp -m tcp --dport 47391 -j FERRY-LOOPBACK-47391"
+                ),
+            "{saved}"
+        );
+        assert!(saved.contains("-A FERRY-LOOPBACK-47391 -j DROP"), "{saved}");
+        guard.remove().unwrap();
+        assert!(!listing().contains("FERRY-LOOPBACK-47391"));
+        drop(LoopbackOnlyPort::install(47391).unwrap());
+        assert!(
+            !listing().contains("FERRY-LOOPBACK-47391"),
+            "removed on drop too"
+        );
     }
 }

@@ -24,7 +24,7 @@ pub use criu_lock::{
     install_criu_lock_like_criu, remove_criu_lock, CriuLockError, LockRemoval, CRIU_CHAIN,
 };
 pub use error::NetError;
-pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind};
+pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind, LoopbackOnlyPort};
 pub use hold::{PacketHold, HOLD_QUEUE};
 pub use ipam::Ipam;
 pub use kick::{kick_tcp_retransmits, leave_tcp_repair};

@@ -15,6 +15,13 @@
 //! when both directions have ended. Bytes are counted each way, live, for progress and stats.
 //! CRIU's client speaks first, so the connecting end never has to hold data before the local
 //! client arrives.
+//!
+//! A held tunnel ([`Hold`]) (post-copy) never lets its local CRIU see the far side fail:
+//! when the peer or the link goes, it keeps the local connection open and reports the failure
+//! ([`Tunnel::broken`]); the local connection closes only when the owner aborts the tunnel. The
+//! owner acts first: a lazy-pages daemon that lost its source would let the restored process
+//! read zeroes for its missing pages, and a lazy dump whose client vanished would thaw the
+//! source, so the destination kills its copy (or the source kills CRIU) before the abort.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +71,24 @@ struct Counters {
     from_peer: AtomicU64,
     /// When the first byte went to the peer (the first page of a dump).
     first_to_peer: OnceLock<Instant>,
+    /// The local client closed its write side (it is done talking).
+    local_done: std::sync::atomic::AtomicBool,
+    /// Why a held tunnel stopped carrying bytes.
+    broken: OnceLock<String>,
+}
+
+/// What a tunnel does when its far side fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Close the local connection (the local CRIU sees the failure at once).
+    Never,
+    /// On a broken link or a dead peer, keep the local connection open until the owner
+    /// aborts (see the module docs). A clean end from the peer still passes through.
+    OnError,
+    /// Like `OnError`, and a peer that ends its direction before the local client ended its
+    /// own counts as broken too (a lazy-pages daemon always closes first; its source server
+    /// closing first means it died).
+    OnErrorOrEarlyEnd,
 }
 
 /// A running tunnel.
@@ -85,6 +110,17 @@ impl Tunnel {
     /// When the local client's first byte was read (for a dump: its first page bytes).
     pub fn first_byte_to_peer(&self) -> Option<Instant> {
         self.counters.first_to_peer.get().copied()
+    }
+
+    /// Why a held tunnel ([`Hold`]) stopped: the peer or the link failed, and the local
+    /// connection is held open until [`Tunnel::abort`].
+    pub fn broken(&self) -> Option<String> {
+        self.counters.broken.get().cloned()
+    }
+
+    /// Whether the tunnel has ended (completed, failed, or aborted).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Waits until both directions have ended.
@@ -141,6 +177,11 @@ impl TunnelListener {
 
     /// Accepts one local connection (in the background) and bridges it to `rx.id()`.
     pub fn bridge(self, sink: FrameSink, rx: StreamReceiver) -> Tunnel {
+        self.bridge_with(sink, rx, Hold::Never)
+    }
+
+    /// [`TunnelListener::bridge`], choosing what a failure of the far side does.
+    pub fn bridge_with(self, sink: FrameSink, rx: StreamReceiver, hold: Hold) -> Tunnel {
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let task = tokio::spawn(async move {
@@ -151,7 +192,7 @@ impl TunnelListener {
                     "tunnel accepted a non-loopback client {from}"
                 ))));
             }
-            run(tcp, sink, rx, c).await
+            run(tcp, sink, rx, c, hold).await
         });
         Tunnel { counters, task }
     }
@@ -163,6 +204,16 @@ pub async fn tunnel_connect(
     sink: FrameSink,
     rx: StreamReceiver,
 ) -> Result<Tunnel, PeerError> {
+    tunnel_connect_with(target, sink, rx, Hold::Never).await
+}
+
+/// [`tunnel_connect`], choosing what a failure of the far side does.
+pub async fn tunnel_connect_with(
+    target: SocketAddr,
+    sink: FrameSink,
+    rx: StreamReceiver,
+    hold: Hold,
+) -> Result<Tunnel, PeerError> {
     let tcp = TcpStream::connect(target)
         .await
         .map_err(|source| PeerError::Io {
@@ -170,7 +221,7 @@ pub async fn tunnel_connect(
             source,
         })?;
     let counters = Arc::new(Counters::default());
-    let task = tokio::spawn(run(tcp, sink, rx, counters.clone()));
+    let task = tokio::spawn(run(tcp, sink, rx, counters.clone(), hold));
     Ok(Tunnel { counters, task })
 }
 
@@ -179,14 +230,24 @@ async fn run(
     sink: FrameSink,
     rx: StreamReceiver,
     c: Arc<Counters>,
+    hold: Hold,
 ) -> Result<TunnelStats, PeerError> {
     tcp.set_nodelay(true).map_err(PeerError::Net)?;
     let stream = rx.id();
-    let (r, w) = tcp.into_split();
-    tokio::try_join!(
-        local_to_peer(r, &sink, stream, &c),
-        peer_to_local(rx, w, &c)
-    )?;
+    let (mut r, mut w) = tcp.into_split();
+    let carried = tokio::try_join!(
+        local_to_peer(&mut r, &sink, stream, &c),
+        peer_to_local(rx, &mut w, &c, hold)
+    );
+    if let Err(e) = carried {
+        if hold == Hold::Never {
+            return Err(e);
+        }
+        // `r` and `w` stay alive, so the local connection stays open until the owner aborts.
+        let _ = c.broken.set(e.to_string());
+        tracing::warn!(error = %e, "tunnel broken; holding the local connection for the owner");
+        std::future::pending::<()>().await;
+    }
     Ok(TunnelStats {
         to_peer: c.to_peer.load(Ordering::Relaxed),
         from_peer: c.from_peer.load(Ordering::Relaxed),
@@ -194,7 +255,7 @@ async fn run(
 }
 
 async fn local_to_peer(
-    mut r: OwnedReadHalf,
+    r: &mut OwnedReadHalf,
     sink: &FrameSink,
     stream: u32,
     c: &Counters,
@@ -208,6 +269,7 @@ async fn local_to_peer(
             .map_err(|source| PeerError::StreamIo { stream, source })?;
         if n == 0 {
             // The local side closed its write direction: pass the half-close on.
+            c.local_done.store(true, Ordering::Relaxed);
             return sink
                 .send_end(
                     stream,
@@ -227,8 +289,9 @@ async fn local_to_peer(
 
 async fn peer_to_local(
     mut rx: StreamReceiver,
-    mut w: OwnedWriteHalf,
+    w: &mut OwnedWriteHalf,
     c: &Counters,
+    hold: Hold,
 ) -> Result<(), PeerError> {
     let stream = rx.id();
     let mut total = 0u64;
@@ -250,6 +313,15 @@ async fn peer_to_local(
                     return Err(PeerError::StreamCheck {
                         stream,
                         reason: format!("peer sent {} tunnel bytes, received {total}", end.bytes),
+                    });
+                }
+                if hold == Hold::OnErrorOrEarlyEnd && !c.local_done.load(Ordering::Relaxed) {
+                    return Err(PeerError::StreamCheck {
+                        stream,
+                        reason: format!(
+                            "the far side ended after {total} bytes while the local side was \
+                             still talking"
+                        ),
                     });
                 }
                 return w

@@ -138,7 +138,14 @@ fn happy_path(mode: MigrationMode) -> Vec<(Side, Message)> {
         (D, Message::Committed {}),
     ];
     if mode == MigrationMode::PostCopy {
-        v.push((D, Message::LazyComplete { bytes: 1 << 30 }));
+        v.push((
+            D,
+            Message::LazyComplete {
+                bytes: 1 << 30,
+                pages: 1 << 18,
+                faults: 12,
+            },
+        ));
     }
     v
 }
@@ -284,7 +291,11 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
         Message::RestoreFailed { reason: "x".into() },
         Message::Commit {},
         Message::Committed {},
-        Message::LazyComplete { bytes: 0 },
+        Message::LazyComplete {
+            bytes: 0,
+            pages: 0,
+            faults: 0,
+        },
         Message::Inquire {
             migration_id: "m1".into(),
         },
