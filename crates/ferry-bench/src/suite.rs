@@ -91,10 +91,11 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     }
 
     let mut methods: Vec<Box<dyn Method>> = Vec::new();
+    let modes = post_copy_available();
     for m in &opts.methods {
         match m.as_str() {
-            "ferry" => methods.push(Box::new(Ferry::stop_and_copy())),
-            "ferry-postcopy" => match post_copy_available() {
+            "ferry" => methods.push(Box::new(Ferry::stop_and_copy(modes.is_ok()))),
+            "ferry-postcopy" => match modes.clone() {
                 Ok(()) => methods.push(Box::new(Ferry::post_copy())),
                 Err(reason) => {
                     say(&format!("ferry-postcopy: {reason}"));

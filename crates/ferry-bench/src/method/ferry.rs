@@ -19,17 +19,19 @@ fn address(run: u32) -> Ipv4Addr {
 
 pub struct Ferry {
     name: String,
-    /// `--mode lazy` (post-copy).
-    lazy: bool,
+    /// `--mode` to pass (None: this build has no `--mode`, so it only does stop-and-copy).
+    mode: Option<&'static str>,
     /// Containers started so far (picks the address).
     runs: u32,
 }
 
 impl Ferry {
-    pub fn stop_and_copy() -> Ferry {
+    /// Stop-and-copy, said explicitly where the build has `--mode` (its default, `auto`,
+    /// picks post-copy for big containers).
+    pub fn stop_and_copy(has_mode: bool) -> Ferry {
         Ferry {
             name: "ferry".into(),
-            lazy: false,
+            mode: has_mode.then_some("stop-copy"),
             runs: 0,
         }
     }
@@ -37,7 +39,7 @@ impl Ferry {
     pub fn post_copy() -> Ferry {
         Ferry {
             name: "ferry-postcopy".into(),
-            lazy: true,
+            mode: Some("lazy"),
             runs: 0,
         }
     }
@@ -95,8 +97,8 @@ impl Method for Ferry {
 
     fn migrate(&mut self, ctx: &Ctx, name: &str) -> Result<Moved> {
         let mut args = vec!["migrate", name, "--to", DESTINATION, "--json"];
-        if self.lazy {
-            args.extend(["--mode", "lazy"]);
+        if let Some(mode) = self.mode {
+            args.extend(["--mode", mode]);
         }
         let (a0, b0, c0) = (
             host_cpu(ctx, SOURCE),
