@@ -1,6 +1,7 @@
 //! ferry's own `ferry migrate`, stop-and-copy or post-copy (`--mode lazy`).
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -10,9 +11,12 @@ use crate::cpu::{self, Cgroup};
 use crate::ctx::{run_checked, Ctx, DESTINATION, SOURCE};
 use crate::record::{CpuSides, Workload};
 
-/// A new address for every run, from `10.77.1.10` up. `ferry run` announces nothing: a
-/// container started with the address (and so the MAC) of one that last lived on host-b stays
-/// unreachable from the client until the fabric's forwarding entry for it ages out (minutes).
+/// A new address for every run of every ferry method, from `10.77.1.11` up. `ferry run`
+/// announces nothing: a container started with the address (and so the MAC) of one that last
+/// lived on host-b stays unreachable from the client until the fabric's forwarding entry for
+/// it ages out (minutes).
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
 fn address(run: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 1, 10 + (run % 200) as u8)
 }
@@ -21,7 +25,7 @@ pub struct Ferry {
     name: String,
     /// `--mode` to pass (None: this build has no `--mode`, so it only does stop-and-copy).
     mode: Option<&'static str>,
-    /// Containers started so far (picks the address).
+    /// The number of its last container among all ferry methods' (picks the address).
     runs: u32,
 }
 
@@ -80,7 +84,7 @@ impl Method for Ferry {
             // what removed containers used.
             let _ = Cgroup::new(&ctx.host(host)?.cgroup_parent).ensure();
         }
-        self.runs += 1;
+        self.runs = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
         let mut args = vec!["run", "-d", "--name", name];
         let ip = address(self.runs).to_string();
         match workload {
