@@ -16,6 +16,8 @@ die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 APT_PKGS=(
   runc iptables iproute2 busybox-static redis-server redis-tools iputils-arping ffmpeg
   python3 ca-certificates xz-utils dpkg-dev
+  # bench/: Podman's checkpoint/restore flow, run side by side with ferry
+  podman
   # CRIU build dependencies
   build-essential libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev libgnutls28-dev uuid-dev

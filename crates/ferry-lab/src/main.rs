@@ -280,7 +280,7 @@ fn redis_load(
     json: bool,
 ) -> Result<i32> {
     use ferry_lab::workload::redis::RedisConn;
-    use ferry_lab::workload::writer::{verify_acked_keyed, Writer};
+    use ferry_lab::workload::writer::{count_lost_keyed, verify_acked_keyed, Writer};
     let ns = state.client_netns().display().to_string();
     // A fresh key space per run, so a second run does not meet the first one's counters.
     let run = format!(
@@ -312,6 +312,24 @@ fn redis_load(
             }))
             .is_ok();
         ok &= verified;
+        // Counted only when the check failed: over the writer's connection if it still
+        // works, else over a fresh one (a reset connection). None: the server did not answer.
+        let lost = if verified {
+            Some(0)
+        } else {
+            let counted = if r.error.is_none() {
+                count_lost_keyed(&mut r.conn, &prefix, r.acked_sets, r.acked_incrs).ok()
+            } else {
+                None
+            };
+            counted
+                .or_else(|| {
+                    RedisConn::connect(&ns, ip).ok().and_then(|mut c| {
+                        count_lost_keyed(&mut c, &prefix, r.acked_sets, r.acked_incrs).ok()
+                    })
+                })
+                .map(|l| l.total())
+        };
         results.push(serde_json::json!({
             "connection": prefix.trim_end_matches(':'),
             "local_port": port,
@@ -320,6 +338,7 @@ fn redis_load(
             "longest_stall_ms": r.longest_stall.as_millis() as u64,
             "error": r.error,
             "all_acknowledged_writes_present": verified,
+            "lost_acknowledged_writes": lost,
         }));
     }
     if json {

@@ -126,3 +126,59 @@ pub fn verify_acked_keyed(conn: &mut RedisConn, prefix: &str, acked_sets: u64, a
         i = end;
     }
 }
+
+/// How many acknowledged writes a server lost, counted (where [`verify_acked_keyed`] stops at
+/// the first one): the benchmark reports losses per method, also after a reset connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LostWrites {
+    /// Acknowledged `SET <prefix>w:i` whose value is missing or wrong.
+    pub sets: u64,
+    /// Acknowledged INCRs the counter lacks (0 when it holds at least as many).
+    pub incrs: u64,
+}
+
+impl LostWrites {
+    pub fn total(&self) -> u64 {
+        self.sets + self.incrs
+    }
+}
+
+/// Counts the acknowledged writes missing on the server, over `conn` (a fresh connection works
+/// as well as the writer's own).
+pub fn count_lost_keyed(
+    conn: &mut RedisConn,
+    prefix: &str,
+    acked_sets: u64,
+    acked_incrs: u64,
+) -> std::io::Result<LostWrites> {
+    let mut lost = LostWrites::default();
+    let counter = match conn.cmd(&["GET", &format!("{prefix}counter")])? {
+        Reply::Bulk(Some(v)) => v.parse::<u64>().unwrap_or(0),
+        Reply::Bulk(None) => 0,
+        other => {
+            return Err(std::io::Error::other(format!(
+                "GET {prefix}counter: {other:?}"
+            )))
+        }
+    };
+    lost.incrs = acked_incrs.saturating_sub(counter);
+    let mut i = 0;
+    while i < acked_sets {
+        let end = (i + 500).min(acked_sets);
+        let keys: Vec<String> = (i..end).map(|k| format!("{prefix}w:{k}")).collect();
+        let mut args = vec!["MGET"];
+        args.extend(keys.iter().map(String::as_str));
+        match conn.cmd(&args)? {
+            Reply::Array(vals) => {
+                let present = (i..end)
+                    .zip(&vals)
+                    .filter(|(k, v)| **v == Reply::Bulk(Some(k.to_string())))
+                    .count() as u64;
+                lost.sets += (end - i) - present;
+            }
+            other => return Err(std::io::Error::other(format!("MGET: {other:?}"))),
+        }
+        i = end;
+    }
+    Ok(lost)
+}
