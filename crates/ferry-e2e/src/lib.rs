@@ -114,7 +114,9 @@ pub const BRIDGE_IP: &str = "10.78.0.1";
 
 impl Host {
     pub fn start() -> Host {
-        let netns = unique("ferrye2e-");
+        // Not the lab's prefix (`ferrye2e`): a lab refuses to come up next to netns that look
+        // like another lab's, and single-host and lab tests share some test binaries.
+        let netns = unique("fe2ehost-");
         run_ok(Command::new("ip").args(["netns", "add", &netns]));
         run_ok(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
         let dir = tempfile::Builder::new()

@@ -425,6 +425,20 @@ impl Engine {
         network::create_netns(&netns_path)?;
         let cn = self.container_net(cfg);
         block_on_fresh(network::setup_container_net(&cn, attach))?;
+        if attach {
+            // The IP (and so the MAC) may have lived on another host until lately: tell the
+            // fabric where it is now, or its forwarding entry sends the clients there for
+            // minutes.
+            let announced = network::send_gratuitous_arp(
+                &cn.netns_path,
+                network::CONTAINER_IFNAME,
+                cn.ip,
+                cn.mac,
+            );
+            if let Err(e) = announced {
+                tracing::warn!(container = %cfg.name, error = %e, "announcing the new container");
+            }
+        }
         Ok(())
     }
 
