@@ -4,7 +4,7 @@
 # clients writing over persistent connections. Reports downtime (freeze → running on the
 # destination), the longest stall the clients saw, and per-phase times; writes
 # bench/results/migrate-<date>.md and .json. Run as root after scripts/setup.sh.
-#   SIZES="256 1024" (MiB)   REPEATS=3
+#   SIZES="256 1024" (MiB)   REPEATS=3   MODE=stop-copy (or lazy, auto)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -36,7 +36,7 @@ for size in $SIZES; do
     $LAB redis-load --ip $IP --connections 2 --stop-file "$WORK/stop" --json > "$WORK/load.json" &
     load=$!
     sleep 1
-    $LAB exec $from -- ferry migrate redis --to $to --json > "$WORK/report.json" 2>/dev/null || true
+    $LAB exec $from -- ferry migrate redis --to $to --mode "${MODE:-stop-copy}" --json > "$WORK/report.json" 2>/dev/null || true
     sleep 1; touch "$WORK/stop"; wait $load || true
     python3 - "$size" "$run" "$WORK/report.json" "$WORK/load.json" >> "$WORK/runs.jsonl" <<'PY'
 import json, sys

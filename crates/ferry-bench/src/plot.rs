@@ -58,7 +58,7 @@ pub fn draw(records: &[Record], png: &Path) -> Result<()> {
         let gaps: Vec<f64> = rs
             .iter()
             .filter(|r| r.ok)
-            .filter_map(|r| r.gap_ms)
+            .filter_map(|r| r.measured_gap())
             .collect();
         let Some((med, lo, hi)) = stats(&gaps) else {
             continue;

@@ -93,6 +93,14 @@ pub struct Limit {
     pub floor_ms: f64,
 }
 
+impl Run {
+    /// The gap the client saw, when it measures an interruption: a run whose connection broke
+    /// has none (its writer stopped at the reset, so its longest wait says nothing).
+    pub fn measured_gap(&self) -> Option<f64> {
+        self.gap_ms.filter(|_| self.resets == 0)
+    }
+}
+
 impl Limit {
     pub fn compute_floor(&mut self) {
         let fabric_ms = if self.fabric_bytes_per_s > 0.0 {

@@ -167,7 +167,7 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
             label(&rs[0]),
             rs.iter().filter(|r| r.ok).count(),
             rs.len(),
-            cell(&get(&|r| r.gap_ms.filter(|_| r.ok)), 1.0, 0),
+            cell(&get(&|r| r.measured_gap().filter(|_| r.ok)), 1.0, 0),
             cell(&get(&|r| r.downtime_ms.filter(|_| r.ok)), 1.0, 0),
             cell(&get(&|r| r.total_ms.filter(|_| r.ok)), 1.0, 0),
             cell(
@@ -197,7 +197,7 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
     }
     let _ = writeln!(
         o,
-        "\n- gap: Redis: the writer's longest wait for an acknowledgement (one connection, SET + INCR every 2 ms); counter: the longest interval between two ticks in its log (one every 0.1 s).\n\
+        "\n- gap: Redis: the writer's longest wait for an acknowledgement (one connection, SET + INCR every 2 ms); counter: the longest interval between two ticks in its log (one every 0.1 s). A run whose client connection broke has no gap (–): its client saw a reset, not a pause, and it counts under resets.\n\
          - downtime: ferry: freeze → running on the destination (its report); Podman: `checkpoint` started → `restore` returned and the address announced (its whole flow; the container is stopped for all of it).\n\
          - wire: bytes between the hosts (ferry: its report's categories; Podman: the archive, zstd as by default, copied over raw TCP, which is cheaper than the `scp` a user would run).\n\
          - CPU: per side, the daemon (ferryd) or CLI (podman) with the runc and CRIU they ran, plus the containers' cgroup (CRIU's parasite and restorer run in the container's tasks) and, for Podman, the copy.\n\
@@ -263,7 +263,7 @@ pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Er
             let gaps: Vec<f64> = rs
                 .iter()
                 .filter(|r| r.ok)
-                .filter_map(|r| r.gap_ms)
+                .filter_map(|r| r.measured_gap())
                 .collect();
             let gap = stats(&gaps).map(|s| s.0);
             let target = match size {

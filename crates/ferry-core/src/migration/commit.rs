@@ -408,7 +408,7 @@ async fn drain_source(out: &mut Outgoing, committed_at: Instant) -> Result<(), M
     if let Some(f) = out.frozen.as_mut() {
         f.process = process;
     }
-    let mut lazy = drained?.report;
+    let mut lazy = drained?;
     if let Some(f) = out.frozen.as_ref() {
         lazy.fully_copied_ms = frozen_at(f).elapsed().as_millis() as u64;
     }

@@ -126,11 +126,6 @@ async fn lose_destination(
     Ok(Stage::Lost)
 }
 
-/// What the source learned while its memory drained.
-pub(super) struct Drained {
-    pub report: LazyReport,
-}
-
 /// The source's drain: serves pages (CRIU does, through the tunnel) until the destination
 /// says it has them all and the checkpoint ends. On failure the source is kept frozen (see the
 /// module docs) and the error says what was lost.
@@ -145,7 +140,7 @@ pub(super) async fn source(
     progress: &Progress,
     committed_at: Instant,
     total: Option<u64>,
-) -> Result<Drained, MigrationError> {
+) -> Result<LazyReport, MigrationError> {
     let mut last = (tunnel.stats(), Instant::now());
     let mut complete: Option<(u64, u64, u64)> = None;
     let failure = loop {
@@ -191,16 +186,14 @@ pub(super) async fn source(
     }
     let (bytes, pages, faults) = complete.unwrap_or_default();
     let drain = committed_at.elapsed();
-    Ok(Drained {
-        report: LazyReport {
-            bytes,
-            drain_ms: drain.as_millis() as u64,
-            fully_copied_ms: 0,
-            pull_mb_s: bytes as f64 / 1e6 / drain.as_secs_f64().max(1e-3),
-            pages,
-            pages_on_demand: faults,
-            pages_pushed: pages.saturating_sub(faults),
-        },
+    Ok(LazyReport {
+        bytes,
+        drain_ms: drain.as_millis() as u64,
+        fully_copied_ms: 0,
+        pull_mb_s: bytes as f64 / 1e6 / drain.as_secs_f64().max(1e-3),
+        pages,
+        pages_on_demand: faults,
+        pages_pushed: pages.saturating_sub(faults),
     })
 }
 
