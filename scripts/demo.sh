@@ -7,7 +7,7 @@
 #  - checks that every acknowledged write is there, on the same connections,
 #  - tears the lab down.
 # Run as root. FERRY_DEMO_KEYS changes the dataset (1 KiB values; default 262144 = 256 MiB);
-# MODE=stop-copy|lazy|auto (default auto) chooses the migration mode.
+# MODE=stop-copy|lazy|auto (default auto, which picks post-copy at 256 MiB) chooses the mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -352,9 +352,18 @@ pub(crate) async fn commit_source(out: &mut Outgoing) -> Result<(), MigrationErr
             // In doubt first: the downtime lasted until the verdict was known.
             let end = committed_at.unwrap_or_else(Instant::now);
             out.report.downtime_ms = Some(end.duration_since(downtime_from).as_millis() as u64);
-            out.report.source_cleanup_ms = Some(end.elapsed().as_millis() as u64);
+            // Post-copy: the source lets go after the last page, not at the commit.
+            let let_go_from = match &out.report.lazy {
+                Some(l) => end + Duration::from_millis(l.drain_ms),
+                None => end,
+            };
+            out.report.source_cleanup_ms = Some(let_go_from.elapsed().as_millis() as u64);
             let crit = out.work.path().join("criu-work");
-            let dump_stats = crate::criu::read_dump_stats(&crit).ok();
+            // A lazy dump's statistics come from its page server at the end and hold no
+            // page counts (and a bogus frozen time): only stop-and-copy's describe the freeze.
+            let dump_stats = crate::criu::read_dump_stats(&crit)
+                .ok()
+                .filter(|_| out.mode == MigrationMode::StopAndCopy);
             out.report.criu_dump = dump_stats
                 .as_ref()
                 .and_then(|s| serde_json::to_value(s).ok());
@@ -426,7 +435,7 @@ async fn drain_source(out: &mut Outgoing, committed_at: Instant) -> Result<(), M
 }
 
 /// Downtime runs from CRIU's pre-dump action (just before it freezes the tasks).
-fn frozen_at(f: &Frozen) -> Instant {
+pub(crate) fn frozen_at(f: &Frozen) -> Instant {
     f.hook
         .seen()
         .iter()

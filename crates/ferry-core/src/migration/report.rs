@@ -195,6 +195,9 @@ pub enum Part {
     Pages,
     /// `post-dump` seen → `DumpDone` sent.
     PostDump,
+    /// Post-copy: CRIU's `pre-dump` action → its lazy page server up and `DumpDone` sent (the
+    /// freeze and everything but the memory, which stays behind).
+    LazyDump,
     /// The other CRIU images, packed and sent.
     Images,
     /// The final filesystem delta and the log.
@@ -211,6 +214,7 @@ impl Part {
             Part::Freeze => "freeze (to the first page)",
             Part::Pages => "memory pages",
             Part::PostDump => "post-dump hand-off",
+            Part::LazyDump => "freeze + dump (memory stays)",
             Part::Images => "CRIU images",
             Part::Delta => "filesystem delta + log",
             Part::Restore => "restore on destination",

@@ -614,7 +614,10 @@ impl Outgoing {
                 stats: ferry_proto::DumpStats::default(),
             })
             .await?;
-        self.dump_spans(0);
+        if let Some(f) = self.frozen.as_ref() {
+            let from = commit::frozen_at(f);
+            self.span_since(Part::LazyDump, from, 0);
+        }
         self.progress.done(&mut self.report, 0);
         Ok(())
     }
