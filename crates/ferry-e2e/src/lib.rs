@@ -181,6 +181,15 @@ impl Host {
         self.start_ferryd();
     }
 
+    /// Stops ferryd as an operator would (SIGTERM) and waits for it to exit.
+    pub fn stop_ferryd(&mut self) {
+        if let Some(mut c) = self.ferryd.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
     pub fn kill_ferryd(&mut self) {
         if let Some(mut c) = self.ferryd.take() {
             let _ = c.kill();

@@ -665,3 +665,23 @@ fn state_is_private_after_a_migration() {
     let open = readable_by_others(&root);
     assert!(open.is_empty(), "readable by others: {open:?}");
 }
+
+/// ferryd's tmpfs for incoming pages goes with it on a clean stop (issue 13: it stayed mounted).
+#[test]
+fn pages_tmpfs_is_unmounted_when_ferryd_stops() {
+    let mut h = Host::start();
+    let pages = h.root().join("pages");
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(pages.to_str().unwrap()))
+    };
+    assert!(mounted(), "ferryd mounts {} at start", pages.display());
+    h.stop_ferryd();
+    assert!(
+        !mounted(),
+        "{} is still mounted after SIGTERM",
+        pages.display()
+    );
+}

@@ -193,7 +193,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             let addr: std::net::SocketAddr = listen
                 .parse()
                 .with_context(|| format!("--peer-listen {listen:?} is not IP:PORT"))?;
-            let listener = ferry_core::peer::channel::PeerListener::bind(&identity, addr)
+            let mut listener = ferry_core::peer::channel::PeerListener::bind(&identity, addr)
                 .await
                 .with_context(|| format!("listening for peers on {addr}"))?;
             tracing::info!(%addr, host = %identity.name, "listening for peers (mutual TLS)");
@@ -204,7 +204,8 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             let me = identity.clone();
             tokio::spawn(async move {
                 loop {
-                    // Each handshake in its own task: a silent client must not hold up the next peer.
+                    // Handshakes run concurrently inside the listener (capped, with a timeout
+                    // each): a silent client never holds up the next peer.
                     match listener.accept().await {
                         Ok((conn, remote)) => {
                             tracing::info!(peer = %remote, "incoming migration");
@@ -227,6 +228,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             None
         }
     };
+    let engine_for_exit = engine.clone();
     let state = Arc::new(api::AppState {
         engine,
         host_name,
@@ -273,5 +275,8 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = std::fs::remove_file(&args.socket);
+    if let Err(e) = engine_for_exit.release_page_scratch() {
+        tracing::warn!(error = %e, "at exit");
+    }
     Ok(())
 }

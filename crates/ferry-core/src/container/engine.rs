@@ -820,6 +820,23 @@ fn mount_page_scratch(dir: &Path) -> Result<(), ContainerError> {
     })
 }
 
+impl Engine {
+    /// At shutdown: the tmpfs of incoming pages goes with ferryd (an incoming migration cut
+    /// short is discarded at the next start anyway). Detached, so a straggler cannot block it.
+    pub fn release_page_scratch(&self) -> Result<(), ContainerError> {
+        let dir = self.cfg.paths.page_scratch();
+        if !super::is_mount_point(&dir) {
+            return Ok(());
+        }
+        nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            ContainerError::Mount {
+                path: dir.clone(),
+                reason: format!("unmounting the tmpfs for incoming pages: {e}"),
+            }
+        })
+    }
+}
+
 pub(crate) fn new_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];

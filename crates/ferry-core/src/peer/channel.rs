@@ -142,10 +142,22 @@ impl PeerConn {
 }
 
 /// Accepts peer connections: TLS with a client certificate from the cluster CA, required.
+///
+/// The listening port is open to the network before anyone is authenticated, so handshakes
+/// never hold each other up: each runs in its own task with [`HANDSHAKE_TIMEOUT`], and at most
+/// [`MAX_HANDSHAKES`] run at once ([`MAX_HANDSHAKES_PER_ADDR`] from one address). Connections
+/// beyond that are closed at once. A few hundred half-open connections used to stall every
+/// migration behind them.
 pub struct PeerListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    local: SocketAddr,
+    authenticated: mpsc::Receiver<Result<(PeerConn, String), PeerError>>,
+    task: tokio::task::JoinHandle<()>,
 }
+
+/// Handshakes in flight at once, in all.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in flight at once from one source address.
+pub const MAX_HANDSHAKES_PER_ADDR: usize = 8;
 
 impl PeerListener {
     pub async fn bind(
@@ -158,46 +170,144 @@ impl PeerListener {
                 path: format!("listen {addr}").into(),
                 source,
             })?;
+        let local = tcp.local_addr().map_err(|source| PeerError::Io {
+            path: format!("listen {addr}").into(),
+            source,
+        })?;
+        let acceptor = TlsAcceptor::from(identity.server_config());
+        let (tx, authenticated) = mpsc::channel(MAX_HANDSHAKES);
+        let task = tokio::spawn(accept_loop(tcp, acceptor, tx));
         Ok(PeerListener {
-            tcp,
-            acceptor: TlsAcceptor::from(identity.server_config()),
+            local,
+            authenticated,
+            task,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.tcp
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.local
     }
 
     /// The next authenticated peer and its host name (from its certificate). An error concerns
     /// only that one attempt (refused certificate, timeout); call again for the next peer.
-    pub async fn accept(&self) -> Result<(PeerConn, String), PeerError> {
-        let (tcp, remote) = self.tcp.accept().await.map_err(PeerError::Net)?;
-        tcp.set_nodelay(true).map_err(PeerError::Net)?;
-        let hs_err = |source| PeerError::Handshake {
-            who: remote.to_string(),
-            source,
-        };
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
-            .await
-            .map_err(|_| hs_err(timed_out("TLS handshake")))?
-            .map_err(hs_err)?;
-        let name = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(host_name)
-            .ok_or_else(|| PeerError::NoPeerName(remote.to_string()))?;
-        Ok((
-            PeerConn {
-                stream: tls.into(),
-                peer: name.clone(),
-            },
-            name,
-        ))
+    pub async fn accept(&mut self) -> Result<(PeerConn, String), PeerError> {
+        self.authenticated.recv().await.unwrap_or_else(|| {
+            Err(PeerError::Net(std::io::Error::other(
+                "the peer listener stopped",
+            )))
+        })
     }
+}
+
+impl Drop for PeerListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Handshakes in flight, in all and per source address; a slot is given back on drop.
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    by_addr: HashMap<std::net::IpAddr, usize>,
+}
+
+struct HandshakeSlot {
+    in_flight: Arc<Mutex<InFlight>>,
+    addr: std::net::IpAddr,
+}
+
+impl HandshakeSlot {
+    /// A slot for a handshake from `addr`, if both caps allow one.
+    fn take(in_flight: &Arc<Mutex<InFlight>>, addr: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut f = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = f.by_addr.get(&addr).copied().unwrap_or(0);
+        if f.total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_ADDR {
+            return None;
+        }
+        f.total += 1;
+        *f.by_addr.entry(addr).or_default() += 1;
+        Some(HandshakeSlot {
+            in_flight: in_flight.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        f.total = f.total.saturating_sub(1);
+        if let Some(n) = f.by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                f.by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<Result<(PeerConn, String), PeerError>>,
+) {
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    let mut refused = 0u64;
+    loop {
+        let (stream, remote) = match tcp.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of fds, say: the next accept may work; do not spin on it.
+                tracing::warn!(error = %e, "accepting a peer connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = HandshakeSlot::take(&in_flight, remote.ip()) else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%remote, refused, "too many peer handshakes in flight; closing");
+            }
+            continue;
+        };
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            let result = handshake(&acceptor, stream, remote).await;
+            drop(slot);
+            let _ = tx.send(result).await;
+        });
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) -> Result<(PeerConn, String), PeerError> {
+    tcp.set_nodelay(true).map_err(PeerError::Net)?;
+    let hs_err = |source| PeerError::Handshake {
+        who: remote.to_string(),
+        source,
+    };
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| hs_err(timed_out("TLS handshake")))?
+        .map_err(hs_err)?;
+    let name = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(host_name)
+        .ok_or_else(|| PeerError::NoPeerName(remote.to_string()))?;
+    Ok((
+        PeerConn {
+            stream: tls.into(),
+            peer: name.clone(),
+        },
+        name,
+    ))
 }
 
 /// The sending half. Clone it for each task that sends.

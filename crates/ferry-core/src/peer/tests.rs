@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use ferry_proto::{
     Compression, Hello, Message, MigrationMode, ReceiverMachine, SenderMachine, State, StreamEnd,
@@ -12,6 +13,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::channel::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES_PER_ADDR};
 use super::*;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -106,7 +108,7 @@ async fn serve_once(
     SocketAddr,
     tokio::task::JoinHandle<Result<(PeerConn, String), PeerError>>,
 ) {
-    let listener = PeerListener::bind(identity, any_port()).await.unwrap();
+    let mut listener = PeerListener::bind(identity, any_port()).await.unwrap();
     let addr = listener.local_addr();
     (addr, tokio::spawn(async move { listener.accept().await }))
 }
@@ -562,4 +564,59 @@ fn reloaded_ca_issues_certificates_that_verify() {
         PeerConn::connect(&a, "host-b", addr).await.unwrap();
         assert_eq!(server.await.unwrap().unwrap().1, "host-a");
     });
+}
+
+/// Hundreds of half-open connections (TCP, never a TLS hello) from one address cannot hold up
+/// a real peer from another: handshakes run concurrently, capped per address and in total.
+#[tokio::test]
+async fn silent_clients_do_not_stall_a_real_peer() {
+    let c = cluster();
+    let mut listener = PeerListener::bind(&c.b, any_port()).await.unwrap();
+    let addr = listener.local_addr();
+    let server = tokio::spawn(async move {
+        loop {
+            if let Ok(ok) = listener.accept().await {
+                return ok;
+            }
+        }
+    });
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(s) = sock.connect(addr).await {
+            silent.push(s);
+        }
+    }
+    assert!(
+        silent.len() >= 200,
+        "{} silent clients connected",
+        silent.len()
+    );
+    let t = std::time::Instant::now();
+    let conn = PeerConn::connect(&c.a, "host-b", addr).await.unwrap();
+    let (_, name) = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the real peer was accepted while the silent ones hung")
+        .unwrap();
+    assert_eq!(name, "host-a");
+    assert_eq!(conn.peer_name(), "host-b");
+    assert!(
+        t.elapsed() < HANDSHAKE_TIMEOUT,
+        "the real peer waited {:?}",
+        t.elapsed()
+    );
+    // Beyond the per-address cap the listener closed the rest at once.
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= silent.len() - MAX_HANDSHAKES_PER_ADDR,
+        "{closed} of {} closed",
+        silent.len()
+    );
 }
