@@ -595,3 +595,38 @@ fn migration_refuses_a_stopped_task_before_freezing() {
     assert_eq!(t.status("host-a", "counter").as_deref(), Some("running"));
     t.assert_clean("host-b", "after a refused migration");
 }
+
+/// Issue 13: hundreds of half-open connections to the destination's peer port (from the
+/// clients' network, never a TLS hello) while a real migration runs: the migration goes
+/// through, since handshakes are concurrent and capped per address.
+#[test]
+fn migration_goes_through_while_silent_clients_hold_the_peer_port() {
+    let t = lab();
+    let ip = "10.77.1.63";
+    start_redis(&t, "host-a", ip, 16 * 1024);
+    let peer = t.lab.host("host-b").unwrap().peer_address();
+    let silent: Vec<_> = (0..300)
+        .filter_map(|_| connect_in_netns(&t.client_ns(), &peer).ok())
+        .collect();
+    assert!(
+        silent.len() >= 200,
+        "{} silent clients connected",
+        silent.len()
+    );
+    let w = Writer::start_keyed(
+        RedisConn::connect(&t.client_ns(), ip).unwrap(),
+        "s:",
+        Duration::from_millis(3),
+    );
+    let (ok, report, err) = t.migrate("host-a", "redis", "host-b");
+    assert!(ok, "migration failed: {err}\n{report}\n{}", t.logs_tail());
+    assert_eq!(report["outcome"], "committed", "{report}");
+    let at = w.acked();
+    wait_for("writes continue on B", Duration::from_secs(20), || {
+        w.acked() > at + 100
+    });
+    let mut r = w.stop();
+    assert!(r.error.is_none(), "no reset or error: {:?}", r.error);
+    verify_acked_keyed(&mut r.conn, "s:", r.acked_sets, r.acked_incrs);
+    drop(silent);
+}
