@@ -33,6 +33,8 @@ const POLL: Duration = Duration::from_millis(20);
 const STALL: Duration = Duration::from_secs(15);
 /// After the daemon finished: for the tunnel's last bytes (CRIU's goodbye) to pass.
 const TUNNEL_END: Duration = Duration::from_secs(5);
+/// After `LazyComplete`: for the source's CRIU to see its connection end and let go.
+const LINGER: Duration = Duration::from_secs(10);
 
 /// The destination's drain: waits for its lazy-pages daemon to finish, then says so.
 pub(super) async fn destination(
@@ -143,8 +145,10 @@ pub(super) async fn source(
 ) -> Result<LazyReport, MigrationError> {
     let mut last = (tunnel.stats(), Instant::now());
     let mut complete: Option<(u64, u64, u64)> = None;
+    let mut complete_at: Option<Instant> = None;
     let failure = loop {
-        if let Some(why) = tunnel.broken() {
+        // Once the destination has every page, a closed stream is only the goodbye.
+        if let (Some(why), None) = (tunnel.broken(), complete) {
             break Some(format!("the page stream to the destination broke: {why}"));
         }
         let exited = match process.as_mut() {
@@ -158,16 +162,29 @@ pub(super) async fn source(
             }
             _ => {}
         }
+        if let Some(at) = complete_at {
+            // Every page arrived: CRIU only waits for its connection to close. Close it (CRIU
+            // takes that for the end); whatever still lingers is the verdict's to clean up.
+            if at.elapsed() > LINGER {
+                tunnel.abort();
+            }
+            if at.elapsed() > 2 * LINGER {
+                break None;
+            }
+        }
         match tokio::time::timeout(POLL, wire.recv()).await {
             Err(_) | Ok(Ok(Message::Progress { .. })) => {}
             Ok(Ok(Message::LazyComplete {
                 bytes,
                 pages,
                 faults,
-            })) => complete = Some((bytes, pages, faults)),
+            })) => {
+                complete = Some((bytes, pages, faults));
+                complete_at = Some(Instant::now());
+            }
             Ok(Ok(other)) => break Some(format!("the destination sent {}", other.name())),
             // The destination closes once it sent `LazyComplete`; only then is that fine.
-            Ok(Err(_)) if complete.is_some() => {}
+            Ok(Err(_)) if complete.is_some() => tokio::time::sleep(POLL).await,
             Ok(Err(e)) => break Some(format!("lost the destination: {e}")),
         }
         let now = tunnel.stats();
