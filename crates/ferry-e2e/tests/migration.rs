@@ -630,3 +630,29 @@ fn migration_goes_through_while_silent_clients_hold_the_peer_port() {
     verify_acked_keyed(&mut r.conn, "s:", r.acked_sets, r.acked_incrs);
     drop(silent);
 }
+
+/// Issue 13: an address already in use on the destination is refused at the prepare step,
+/// before anything freezes, with the address named; the container runs on where it was.
+#[test]
+fn destination_refuses_an_ip_it_already_uses() {
+    let t = lab();
+    t.import("host-a", "busybox");
+    t.import("host-b", "busybox");
+    let ip = "10.77.1.64";
+    for (host, name) in [("host-b", "squatter"), ("host-a", "mover")] {
+        t.ok(
+            host,
+            &[
+                "run", "-d", "--name", name, "--ip", ip, "busybox", "sleep", "3600",
+            ],
+        );
+    }
+    let (ok, report, err) = t.migrate("host-a", "mover", "host-b");
+    assert!(!ok, "the migration must be refused: {report}");
+    assert_eq!(report["outcome"], "refused", "{report}\n{err}");
+    let why = report["error"].as_str().unwrap_or_default().to_owned() + &err;
+    assert!(why.contains(ip), "the refusal names the address: {why}");
+    assert_eq!(t.status("host-a", "mover").as_deref(), Some("running"));
+    assert_eq!(t.status("host-b", "squatter").as_deref(), Some("running"));
+    assert_eq!(t.status("host-b", "mover"), None);
+}
