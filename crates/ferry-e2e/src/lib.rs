@@ -14,23 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::image::fixture::{build_layout, FixtureSpec};
 
-/// A busybox shell loop printing `tick N` ten times a second.
-pub const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
-
-/// redis-server as the tests run it: reachable from outside, no persistence, DEBUG POPULATE allowed.
-pub const REDIS_SERVER: [&str; 11] = [
-    "redis-server",
-    "--bind",
-    "0.0.0.0",
-    "--protected-mode",
-    "no",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--enable-debug-command",
-    "yes",
-];
+pub use ferry_lab::workload::{COUNTER, REDIS_SERVER};
 
 /// The inotify image's workload: watches on a lower dir (copied up by the writes) and on a
 /// lower-only file, and a file written every 0.2 s to fire them.
@@ -179,6 +163,39 @@ impl Host {
     pub fn restart_ferryd(&mut self) {
         self.kill_ferryd();
         self.start_ferryd();
+    }
+
+    /// Runs `f` with an `Engine` over this host's state, on a thread inside its netns (where
+    /// the bridge and the host veths are). ferryd must be stopped: one engine per state dir.
+    pub fn with_engine<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ferry_core::container::Engine) -> T + Send + 'static,
+    ) -> T {
+        use ferry_core::container::{Engine, EngineConfig};
+        let cfg = EngineConfig {
+            paths: ferry_core::paths::HostPaths::new(
+                self.root().canonicalize().expect("state root"),
+            ),
+            host_name: "e2e".into(),
+            runc_binary: "runc".into(),
+            runc_root: self.dir.path().join("runc"),
+            cgroup_parent: self.cgroup_parent.clone(),
+            bridge: ferry_core::network::BridgeConfig {
+                name: "ferry0".into(),
+                address: BRIDGE_IP.parse().unwrap(),
+                prefix: 16,
+                // ferryd's pinned bridge MAC for this address (ferryd::bridge_mac).
+                mac: [0x02, 0xfb, 10, 78, 0, 1],
+            },
+            ip_range: Some(("10.78.1.1".parse().unwrap(), "10.78.1.254".parse().unwrap())),
+            shim_exe: bin("ferryd"),
+        };
+        let ns = PathBuf::from(format!("/run/netns/{}", self.netns));
+        ferry_core::network::in_netns(&ns, move || {
+            let engine = Engine::open(cfg).expect("open the engine");
+            f(&engine)
+        })
+        .expect("enter the host's netns")
     }
 
     /// Stops ferryd as an operator would (SIGTERM) and waits for it to exit.

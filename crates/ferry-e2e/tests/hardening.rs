@@ -7,10 +7,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_core::checkpoint::archive::{self, Compression, Limits};
-use ferry_core::container::{ContainerConfig, ContainerError, Engine, EngineConfig};
-use ferry_core::network::{self, BridgeConfig};
-use ferry_core::paths::HostPaths;
-use ferry_e2e::{bin, Host, BRIDGE_IP};
+use ferry_core::container::{ContainerConfig, ContainerError};
+use ferry_e2e::{bin, Host};
+
+/// A container's state dir is root's: its record 0600, its log 0640 at most.
+fn assert_container_private(ctr: &Path) {
+    assert_eq!(mode(ctr), 0o700);
+    assert_eq!(mode(&ctr.join("container.json")), 0o600);
+    assert!(
+        mode(&ctr.join("ctr.log")) & 0o037 == 0,
+        "ctr.log {:o}",
+        mode(&ctr.join("ctr.log"))
+    );
+}
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p)
@@ -465,13 +474,7 @@ fn state_is_private_after_run_checkpoint_and_import() {
     ] {
         assert_eq!(mode(&root.join(d)), 0o700, "{d}");
     }
-    assert_eq!(mode(&ctr), 0o700);
-    assert_eq!(mode(&ctr.join("container.json")), 0o600);
-    assert!(
-        mode(&ctr.join("ctr.log")) & 0o037 == 0,
-        "ctr.log {:o}",
-        mode(&ctr.join("ctr.log"))
-    );
+    assert_container_private(&ctr);
     assert_eq!(mode(&ctr.join("bundle/config.json")), 0o600);
     // The upper dir is the container's `/` (0755 so a non-root user may enter it); its
     // parent keeps everyone else out.
@@ -564,7 +567,7 @@ fn a_peers_prepare_with_hostile_identifiers_is_refused() {
     let good: ContainerConfig = serde_json::from_value(base).unwrap();
     let root = h.root();
     let before = state(&h);
-    let results = with_engine(&h, move |e| {
+    let results = h.with_engine(move |e| {
         let mut out = Vec::new();
         for edit in 0..2 {
             let mut cfg = good.clone();
@@ -583,31 +586,6 @@ fn a_peers_prepare_with_hostile_identifiers_is_refused() {
     victim_intact(&v);
     assert_eq!(state(&h), before);
     assert!(!root.join("victim").exists());
-}
-
-/// Runs `f` with an `Engine` over `h`'s state, inside `h`'s netns. ferryd must be stopped.
-fn with_engine<T: Send + 'static>(h: &Host, f: impl FnOnce(&Engine) -> T + Send + 'static) -> T {
-    let cfg = EngineConfig {
-        paths: HostPaths::new(h.root().canonicalize().expect("state root")),
-        host_name: "e2e".into(),
-        runc_binary: "runc".into(),
-        runc_root: h.dir.path().join("runc"),
-        cgroup_parent: h.cgroup_parent.clone(),
-        bridge: BridgeConfig {
-            name: "ferry0".into(),
-            address: BRIDGE_IP.parse().unwrap(),
-            prefix: 16,
-            mac: [0x02, 0xfb, 10, 78, 0, 1],
-        },
-        ip_range: Some(("10.78.1.1".parse().unwrap(), "10.78.1.254".parse().unwrap())),
-        shim_exe: bin("ferryd"),
-    };
-    let ns = PathBuf::from(format!("/run/netns/{}", h.netns));
-    network::in_netns(&ns, move || {
-        let engine = Engine::open(cfg).expect("open the engine");
-        f(&engine)
-    })
-    .expect("enter the host's netns")
 }
 
 /// After a live migration, what arrived on the destination is as private as what was made
@@ -649,13 +627,7 @@ fn state_is_private_after_a_migration() {
     for d in ["containers", "volumes", "checkpoints", "tmp", "migrations"] {
         assert_eq!(mode(&root.join(d)), 0o700, "{d}");
     }
-    assert_eq!(mode(&ctr), 0o700);
-    assert_eq!(mode(&ctr.join("container.json")), 0o600);
-    assert!(
-        mode(&ctr.join("ctr.log")) & 0o037 == 0,
-        "ctr.log {:o}",
-        mode(&ctr.join("ctr.log"))
-    );
+    assert_container_private(&ctr);
     assert_eq!(mode(&root.join("volumes/mvol")), 0o700);
     // Whatever a migration leaves in tmp/ (a crash would) is private too.
     for e in walk(&root.join("tmp")) {

@@ -7,18 +7,17 @@
 //! list it as running, and Redis must answer on its IP.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_core::container::{Engine, EngineConfig, Status};
+use ferry_core::container::{Engine, Status};
 use ferry_core::migration::resume::{
     resume_source_with, CheckpointProcess, GroupRecord, ResumeOptions, ResumeReport, Step,
 };
-use ferry_core::network::{self, BridgeConfig};
-use ferry_core::paths::HostPaths;
+use ferry_core::network::{self};
 use ferry_core::runtime::freezer::{Freezer, FreezerState};
-use ferry_e2e::{bin, Host, BRIDGE_IP};
+use ferry_e2e::Host;
 
 const REDIS_ARGS: &str =
     "redis-server --bind 0.0.0.0 --protected-mode no --save '' --appendonly no";
@@ -48,33 +47,6 @@ fn answers_in(host_netns: &str, ip: &str) -> bool {
         .output()
         .expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).trim() == "PONG"
-}
-
-/// Runs `f` with an `Engine` over `h`'s state, on a thread inside `h`'s netns (where the
-/// bridge and the host veths are). ferryd must be stopped: one engine per state dir.
-fn with_engine<T: Send + 'static>(h: &Host, f: impl FnOnce(&Engine) -> T + Send + 'static) -> T {
-    let cfg = EngineConfig {
-        paths: HostPaths::new(h.root().canonicalize().expect("state root")),
-        host_name: "e2e".into(),
-        runc_binary: "runc".into(),
-        runc_root: h.dir.path().join("runc"),
-        cgroup_parent: h.cgroup_parent.clone(),
-        bridge: BridgeConfig {
-            name: "ferry0".into(),
-            address: BRIDGE_IP.parse().unwrap(),
-            prefix: 16,
-            // ferryd's pinned bridge MAC for this address (ferryd::bridge_mac).
-            mac: [0x02, 0xfb, 10, 78, 0, 1],
-        },
-        ip_range: Some(("10.78.1.1".parse().unwrap(), "10.78.1.254".parse().unwrap())),
-        shim_exe: bin("ferryd"),
-    };
-    let ns = PathBuf::from(format!("/run/netns/{}", h.netns));
-    network::in_netns(&ns, move || {
-        let engine = Engine::open(cfg).expect("open the engine");
-        f(&engine)
-    })
-    .expect("enter the host's netns")
 }
 
 fn opts() -> ResumeOptions {
@@ -120,7 +92,7 @@ fn frozen_detached_with_stuck_group_is_resumed() {
     h.import("redis");
     start_redis(&h, "r1", "10.78.1.61", false);
     h.kill_ferryd();
-    let (report, pgid) = with_engine(&h, |engine| {
+    let (report, pgid) = h.with_engine(|engine| {
         let cfg = engine.begin_migration("r1").expect("claim").config;
         let freezer = Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
         freezer.freeze(Duration::from_secs(5)).expect("freeze");
@@ -172,7 +144,7 @@ fn criu_network_lock_is_removed() {
     start_redis(&h, "r2", "10.78.1.62", false);
     h.kill_ferryd();
     let host_netns = h.netns.clone();
-    let (report, netns, rec, mut orphan) = with_engine(&h, move |engine| {
+    let (report, netns, rec, mut orphan) = h.with_engine(move |engine| {
         let cfg = engine.begin_migration("r2").expect("claim").config;
         let ns = engine.paths().netns(&cfg.id);
         network::install_criu_lock_like_criu(&ns).expect("lock like CRIU");
@@ -238,7 +210,7 @@ fn real_criu_hang_on_stopped_task_is_resumed() {
     h.kill_ferryd();
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
     let work_path = work.path().to_owned();
-    let (report, pgid, sleeper) = with_engine(&h, move |engine| {
+    let (report, pgid, sleeper) = h.with_engine(move |engine| {
         let cfg = engine.begin_migration("r3").expect("claim").config;
         let freezer = Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
         let sleeper = freezer
@@ -352,7 +324,7 @@ fn unverifiable_resume_records_error() {
     parent
         .freeze(Duration::from_secs(5))
         .expect("freeze the parent cgroup");
-    let err = with_engine(&h, |engine| {
+    let err = h.with_engine(|engine| {
         let cfg = engine.begin_migration("r4").expect("claim").config;
         let quick = ResumeOptions {
             thaw_wait: Duration::from_millis(500),

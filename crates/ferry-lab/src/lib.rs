@@ -24,7 +24,7 @@ pub use state::{
     host_name, HostHandle, LabState, CLIENT_ADDRESS, DEFAULT_PREFIX, FABRIC_BRIDGE, HOST_BRIDGE,
     MAX_HOSTS, PEER_PORT, PREFIX_LEN, SUBNET,
 };
-pub use teardown::teardown;
+pub use teardown::{teardown, unmount_under};
 pub use topology::UPLINK;
 
 /// How to bring a lab up.

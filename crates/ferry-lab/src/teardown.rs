@@ -34,7 +34,7 @@ pub fn teardown(lab: &LabState, purge: bool) -> Vec<String> {
             warnings.push(format!("deleting netns {}: {e}", ns.display()));
         }
     }
-    unmount_under(&lab.dir, &mut warnings);
+    warnings.extend(unmount_under(&lab.dir));
     remove_cgroups(&lab.prefix, &mut warnings);
     for p in [lab.sock_dir(), LabState::file(&lab.dir)] {
         let _ = if p.is_dir() {
@@ -185,10 +185,11 @@ fn kill_processes_in(netns: &[PathBuf], warnings: &mut Vec<String>) {
     }
 }
 
-/// Lazily unmounts every mount at or below `dir` in our mount namespace, deepest first.
-fn unmount_under(dir: &Path, warnings: &mut Vec<String>) {
+/// Lazily unmounts every mount at or below `dir` in our mount namespace, deepest first;
+/// returns what could not be unmounted.
+pub fn unmount_under(dir: &Path) -> Vec<String> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
+        return vec!["reading /proc/self/mountinfo".into()];
     };
     let mut points: Vec<PathBuf> = info
         .lines()
@@ -198,13 +199,15 @@ fn unmount_under(dir: &Path, warnings: &mut Vec<String>) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
-    for p in points {
-        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-            if e != nix::Error::EINVAL && e != nix::Error::ENOENT {
-                warnings.push(format!("unmounting {}: {e}", p.display()));
-            }
-        }
-    }
+    points
+        .into_iter()
+        .filter_map(|p| {
+            nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+                .err()
+                .filter(|e| *e != nix::Error::EINVAL && *e != nix::Error::ENOENT)
+                .map(|e| format!("unmounting {}: {e}", p.display()))
+        })
+        .collect()
 }
 
 /// Removes cgroup directories `<prefix>-*` (and everything below, deepest first) in every

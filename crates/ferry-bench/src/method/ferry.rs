@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{ms, Method, Moved, COUNTER, REDIS_ARGS};
+use super::{ms, Method, Moved, COUNTER, REDIS_SERVER};
 use crate::cpu::{self, Cgroup};
 use crate::ctx::{run_checked, Ctx, DESTINATION, SOURCE};
 use crate::record::{CpuSides, Workload};
@@ -90,8 +90,7 @@ impl Method for Ferry {
         match workload {
             Workload::Redis => {
                 args.extend(["--ip", &ip, "redis"]);
-                args.extend(REDIS_ARGS);
-                args.push("yes");
+                args.extend(REDIS_SERVER);
             }
             Workload::Counter => args.extend(["busybox", "sh", "-c", COUNTER]),
         }

@@ -12,22 +12,7 @@ use anyhow::Result;
 use crate::ctx::Ctx;
 use crate::record::{CpuSides, Workload};
 
-/// The busybox loop the e2e tests call the counter: a tick every 0.1 s.
-pub const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
-
-/// redis-server as the lab runs it: reachable, no persistence, DEBUG POPULATE allowed.
-pub const REDIS_ARGS: [&str; 10] = [
-    "redis-server",
-    "--bind",
-    "0.0.0.0",
-    "--protected-mode",
-    "no",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--enable-debug-command",
-];
+pub use ferry_lab::workload::{COUNTER, REDIS_SERVER};
 
 /// What one move produced.
 #[derive(Debug, Clone, Default)]

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use ferry_core::tool::Tool;
 
 use super::podnet::{PodNet, IP};
-use super::{ms, Method, Moved, COUNTER, REDIS_ARGS};
+use super::{ms, Method, Moved, COUNTER, REDIS_SERVER};
 use crate::cpu::{self, Cgroup};
 use crate::ctx::{run_checked, Ctx, DESTINATION, SOURCE};
 use crate::fabric::{self, Payload};
@@ -82,7 +82,7 @@ impl PodHost {
             }
         }
         // Podman's overlay driver leaves its own mounts under the storage root.
-        failures.extend(unmount_below(&self.dir));
+        failures.extend(ferry_lab::unmount_under(&self.dir));
         failures
     }
 }
@@ -201,8 +201,7 @@ impl Method for Podman {
                 // The fabric may still hold the address's MAC at host-b (the previous run).
                 self.net.announce()?;
                 args.extend(["--network", &network, &self.a.redis_image]);
-                args.extend(REDIS_ARGS);
-                args.push("yes");
+                args.extend(REDIS_SERVER);
             }
             Workload::Counter => {
                 args.extend([
@@ -332,28 +331,4 @@ pub fn available() -> Result<String> {
         Ok(v) => Ok(v.trim().to_owned()),
         Err(e) => bail!("podman is not installed (scripts/setup.sh installs it): {e}"),
     }
-}
-
-/// Unmounts (lazily, deepest first) every mount at or below `dir`; the failures.
-fn unmount_below(dir: &Path) -> Vec<String> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return vec!["reading /proc/self/mountinfo".into()];
-    };
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    points
-        .into_iter()
-        .filter_map(|p| {
-            nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
-                .err()
-                .filter(|e| *e != nix::Error::EINVAL && *e != nix::Error::ENOENT)
-                .map(|e| format!("unmounting {}: {e}", p.display()))
-        })
-        .collect()
 }

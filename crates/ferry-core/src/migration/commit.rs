@@ -521,13 +521,9 @@ fn apply_source_verdict(mut doubt: SourceDoubt, verdict: Verdict) -> Result<Stag
     if verdict == Verdict::Lost {
         // Post-copy died after the resume: there is nothing to resume to (see `drain`).
         let process = doubt.frozen.process.take();
-        return Ok(super::drain::lost_on_source(
-            &doubt.engine,
-            process,
-            &doubt.cfg,
-            &id,
-            "the destination reports the post-copy migration lost",
-        ));
+        let why = "the destination reports the post-copy migration lost";
+        super::drain::lost_on_source(&doubt.engine, process, &doubt.cfg, &id, why);
+        return Ok(Stage::Lost);
     }
     doubt.frozen.hook.verdict(false);
     resume_source_verified(&doubt.engine, &doubt.cfg, &id, doubt.frozen.process.take())

@@ -224,32 +224,22 @@ async fn lose_source(
 ) -> MigrationError {
     tracing::error!(migration = %id, %why, "post-copy lost its destination; holding the source frozen");
     let (e, c, i) = (engine.clone(), cfg.clone(), id.to_owned());
-    let msg = blocking(move || {
-        lost_on_source(&e, process, &c, &i, &why);
-        Ok(())
-    })
-    .await;
-    let msg = match msg {
-        Ok(()) => record::load(engine.paths(), id)
-            .ok()
-            .flatten()
-            .and_then(|r| r.error)
-            .unwrap_or_default(),
-        Err(e) => e.to_string(),
-    };
+    let msg = blocking(move || Ok(lost_on_source(&e, process, &c, &i, &why)))
+        .await
+        .unwrap_or_else(|e| e.to_string());
     MigrationError::PostCopyLost(msg)
 }
 
 /// The source's side of a lost post-copy migration: CRIU is stopped before it can thaw the
 /// source (the tasks, if CRIU has not already ended them, stay frozen as at the freeze), the
-/// record says `Lost`, and the container is marked in error with what was lost.
+/// record says `Lost`, and the container is marked in error with what was lost (returned).
 pub(super) fn lost_on_source(
     engine: &Engine,
     process: Option<CheckpointProcess>,
     cfg: &ContainerConfig,
     id: &str,
     why: &str,
-) -> Stage {
+) -> String {
     let held = resume::hold_frozen(engine, cfg, process);
     let freezer =
         crate::runtime::freezer::Freezer::for_container(&engine.config().cgroup_parent, &cfg.id);
@@ -280,7 +270,7 @@ pub(super) fn lost_on_source(
     if let Err(e) = engine.fail_migration(&cfg.name, &msg) {
         tracing::warn!(error = %e, "marking the source container");
     }
-    Stage::Lost
+    msg
 }
 
 /// A restarted ferryd finds a destination copy that was draining when it died: complete if

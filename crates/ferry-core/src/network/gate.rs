@@ -171,10 +171,6 @@ impl LoopbackOnlyPort {
         })
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Removes the rule; the caller records a failure.
     pub fn remove(mut self) -> Result<(), NetError> {
         self.removed = true;

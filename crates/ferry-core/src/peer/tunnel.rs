@@ -118,11 +118,6 @@ impl Tunnel {
         self.counters.broken.get().cloned()
     }
 
-    /// Whether the tunnel has ended (completed, failed, or aborted).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
     /// Waits until both directions have ended.
     pub async fn wait(self) -> Result<TunnelStats, PeerError> {
         match self.task.await {

@@ -4,3 +4,22 @@
 
 pub mod redis;
 pub mod writer;
+
+/// A busybox shell loop printing `tick N` ten times a second (the near-empty workload).
+pub const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+
+/// redis-server as the lab runs it: reachable from outside, no persistence, DEBUG POPULATE
+/// allowed.
+pub const REDIS_SERVER: [&str; 11] = [
+    "redis-server",
+    "--bind",
+    "0.0.0.0",
+    "--protected-mode",
+    "no",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--enable-debug-command",
+    "yes",
+];
