@@ -42,16 +42,7 @@ struct Point {
 
 pub fn draw(records: &[Record], png: &Path) -> Result<()> {
     register_font()?;
-    let runs: Vec<&Run> = records
-        .iter()
-        .filter_map(|r| {
-            if let Record::Run(r) = r {
-                Some(r)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let runs: Vec<&Run> = crate::record::runs(records);
     // x: MiB of Redis data (the counter at 0); y: seconds.
     let mut series: BTreeMap<(usize, String), Vec<Point>> = BTreeMap::new();
     for ((w, size), method, rs) in groups(&runs) {
@@ -79,16 +70,7 @@ pub fn draw(records: &[Record], png: &Path) -> Result<()> {
             hi: hi / 1000.0,
         });
     }
-    let limits: Vec<_> = records
-        .iter()
-        .filter_map(|r| {
-            if let Record::Limit(l) = r {
-                Some(l)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let limits: Vec<_> = crate::record::limits(records);
     for (size, f) in floors(&limits) {
         if let Some((med, lo, hi)) = stats(&f) {
             series

@@ -93,6 +93,28 @@ pub struct Limit {
     pub floor_ms: f64,
 }
 
+/// The runs among a suite's records.
+pub fn runs(records: &[Record]) -> Vec<&Run> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Run(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The limit measurements among a suite's records.
+pub fn limits(records: &[Record]) -> Vec<&Limit> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Limit(l) => Some(l),
+            _ => None,
+        })
+        .collect()
+}
+
 impl Run {
     /// The gap the client saw, when it measures an interruption: a run whose connection broke
     /// has none (its writer stopped at the reset, so its longest wait says nothing).

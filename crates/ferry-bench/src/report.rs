@@ -89,26 +89,8 @@ pub fn floors(limits: &[&Limit]) -> BTreeMap<u64, Vec<f64>> {
 
 pub fn markdown(records: &[Record], jsonl: &Path, plot_error: Option<&anyhow::Error>) -> String {
     let mut o = String::new();
-    let runs: Vec<&Run> = records
-        .iter()
-        .filter_map(|r| {
-            if let Record::Run(r) = r {
-                Some(r)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let limits: Vec<&Limit> = records
-        .iter()
-        .filter_map(|r| {
-            if let Record::Limit(l) = r {
-                Some(l)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let runs: Vec<&Run> = crate::record::runs(records);
+    let limits: Vec<&Limit> = crate::record::limits(records);
     let stem = jsonl
         .file_stem()
         .map_or("suite".into(), |s| s.to_string_lossy().into_owned());
