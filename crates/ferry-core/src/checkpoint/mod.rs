@@ -2,5 +2,6 @@
 
 pub mod archive;
 pub mod layout;
+pub mod podman;
 
 pub use layout::CheckpointLayout;

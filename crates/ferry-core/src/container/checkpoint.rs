@@ -22,8 +22,8 @@ use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
 
 use crate::checkpoint::layout::{
-    CheckpointLayout, CONFIG_DUMP, DELETED_FILES, IMAGES_DIR, MANIFEST, NETWORK_STATUS,
-    ROOTFS_DIFF, SPEC_DUMP, STATS_DUMP, VOLUMES_DIR,
+    CheckpointLayout, DELETED_FILES, FERRY_CONFIG, IMAGES_DIR, MANIFEST, ROOTFS_DIFF, STATS_DUMP,
+    VOLUMES_DIR,
 };
 
 /// ferry's additions to Podman's layout: the full rootfs diff summary (opaque dirs, for an
@@ -107,14 +107,7 @@ pub struct SnapshotInfo {
     pub dir: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NetworkStatus {
-    pub ip: std::net::Ipv4Addr,
-    pub prefix: u8,
-    pub mac: String,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
     move |e| ContainerError::io(path, e)
 }
 
@@ -318,17 +311,10 @@ impl Engine {
         dir: &Path,
     ) -> Result<(), ContainerError> {
         let ctr_dir = self.container_dir(&cfg.id);
-        let config = dir.join(CONFIG_DUMP);
+        let config = dir.join(FERRY_CONFIG);
         // Private: the config holds the container's environment.
         fsutil::write_json(&config, cfg, MODE_PRIVATE).map_err(io(&config))?;
-        let spec_src = ctr_dir.join("bundle/config.json");
-        std::fs::copy(&spec_src, dir.join(SPEC_DUMP)).map_err(io(&spec_src))?;
-        let net = NetworkStatus {
-            ip: cfg.ip,
-            prefix: cfg.prefix,
-            mac: cfg.mac.clone(),
-        };
-        write_private_json(&dir.join(NETWORK_STATUS), &net)?;
+        self.write_podman_files(cfg, dir)?;
         let rootfs = RootfsDirs::new(&ctr_dir);
         let tar_path = dir.join(ROOTFS_DIFF);
         let out = BufWriter::new(create_private(&tar_path)?);
@@ -361,7 +347,8 @@ impl Engine {
                 std::fs::remove_dir_all(d).map_err(io(d))?;
             }
         }
-        rootfs.create()?;
+        let image = self.images().resolve(&cfg.image)?;
+        rootfs.create(super::rootfs::root_mode(&self.images().layer_dirs(&image)?))?;
         let summary: DiffSummary = read_json(&dir.join(ROOTFS_SUMMARY))?;
         let tar_path = dir.join(ROOTFS_DIFF);
         let r = BufReader::new(File::open(&tar_path).map_err(io(&tar_path))?);
@@ -376,7 +363,7 @@ impl Engine {
             let r = BufReader::new(File::open(&p).map_err(io(&p))?);
             fsdiff::unpack_dir(r, &data)?;
         }
-        Ok(())
+        self.restore_podman_shm(cfg, dir)
     }
 
     /// `ferry restore`: from one of the container's own snapshots, or from an archive.
@@ -453,14 +440,8 @@ impl Engine {
             ScratchDir::new_in(&self.paths().tmp(), "import-").map_err(io(&self.paths().tmp()))?;
         // `import` wants a destination that does not exist yet.
         let tmp = scratch.path().join("checkpoint");
-        archive::import(file, &tmp, &Limits::default())?;
-        // The archive's own config: its id, name and volume names are checked as it parses.
-        let mut cfg: ContainerConfig = read_json(&tmp.join(CONFIG_DUMP)).map_err(|e| match e {
-            ContainerError::CorruptState { reason, .. } => {
-                invalid(format!("the archive's {CONFIG_DUMP} is refused: {reason}"))
-            }
-            e => e,
-        })?;
+        let origin = archive::import(file, &tmp, &Limits::default())?;
+        let mut cfg = self.archive_config(&tmp, &origin)?;
         self.images().resolve(&cfg.image).map_err(|_| {
             invalid(format!(
                 "the checkpoint needs image {} ({}), which this host does not have; import it first",

@@ -16,6 +16,7 @@ pub mod fixture;
 mod guard;
 mod import;
 mod layer;
+pub use layer::DEFAULT_ROOT_MODE;
 mod oci;
 mod store;
 
