@@ -475,6 +475,21 @@ impl Engine {
             }
             cfg.name = n.clone();
         }
+        let bridge = &self.config().bridge;
+        if !network::same_subnet(cfg.ip, bridge.address, bridge.prefix) {
+            return Err(invalid(format!(
+                "the checkpoint's address {} is outside this host's network {}/{}: restore it \
+                 with --ip ADDRESS{}",
+                cfg.ip,
+                bridge.address,
+                bridge.prefix,
+                if established {
+                    ", which is impossible here: it holds established TCP connections"
+                } else {
+                    ""
+                }
+            )));
+        }
         // The name may have changed; everything must pass before a path is built from it.
         cfg.validate()?;
         if self.paths().container(&cfg.id).exists() {
