@@ -174,3 +174,83 @@ fn redis_keys_survive_both_directions() {
     }
     assert_eq!(h.redis_cli(&pip, &["GET", "added-by-ferry"]), "yes");
 }
+
+#[test]
+fn checkpoint_images_cross_both_ways() {
+    let h = Host::start();
+    let Some(podman) = Podman::beside(&h) else {
+        return;
+    };
+    h.import("busybox");
+    podman.load_fixture("busybox");
+
+    // ferry makes a checkpoint image; ferry restores from it; Podman restores from it.
+    h.run_counter("fc", &[], 5);
+    let out = h.ferry_ok(&["checkpoint", "fc", "--create-image", "ckpt/fc:1", "--json"]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        rep["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("sha256:")),
+        "{rep}"
+    );
+    let last = *ticks(&h.logs("fc")).last().unwrap();
+    h.ferry_ok(&["rm", "fc"]);
+    h.ferry_ok(&["restore", "ckpt/fc:1"]);
+    let t = wait_ticks(&h, "ticks after restoring ferry's image", 3, || {
+        h.logs("fc")
+    });
+    assert_eq!(t[0], last + 1);
+    assert_contiguous("from ferry's image", &t);
+    h.ferry_ok(&["rm", "-f", "fc"]);
+
+    let saved = podman.dir().join("fc-image.tar");
+    h.ferry_ok(&["image", "save", "ckpt/fc:1", "-o", saved.to_str().unwrap()]);
+    podman.ok(&["load", "-i", saved.to_str().unwrap()]);
+    podman.ok(&[
+        "container",
+        "restore",
+        "--ignore-static-ip",
+        "--ignore-static-mac",
+        "localhost/ckpt/fc:1",
+    ]);
+    let t = wait_ticks(&h, "ticks after Podman restored ferry's image", 3, || {
+        podman.logs("fc")
+    });
+    assert_eq!(
+        t[0],
+        last + 1,
+        "Podman's copy did not continue at the image"
+    );
+    assert_contiguous("Podman from ferry's image", &t);
+    podman.ok(&["rm", "-f", "fc"]);
+
+    // Podman makes one; ferry restores from it.
+    let mut run = vec!["run", "-d", "--name", "pc"];
+    run.extend_from_slice(&ULIMITS);
+    run.extend_from_slice(&["busybox:latest", "sh", "-c", ferry_e2e::COUNTER]);
+    podman.ok(&run);
+    wait_ticks(&h, "Podman's counter", 5, || podman.logs("pc"));
+    podman.ok(&["container", "checkpoint", "--create-image", "pck:1", "pc"]);
+    let last = *ticks(&podman.logs("pc")).last().unwrap();
+    let archive = podman.dir().join("pck.tar");
+    podman.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        "pck:1",
+    ]);
+    h.ferry_ok(&["image", "import", archive.to_str().unwrap()]);
+    h.ferry_ok(&["restore", "localhost/pck:1", "--ip", "10.78.1.62"]);
+    let t = wait_ticks(&h, "ticks after restoring Podman's image", 3, || {
+        h.logs("pc")
+    });
+    assert_eq!(
+        t[0],
+        last + 1,
+        "ferry's copy did not continue at Podman's image"
+    );
+    assert_contiguous("from Podman's image", &t);
+}

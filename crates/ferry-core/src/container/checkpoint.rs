@@ -39,6 +39,9 @@ pub struct CheckpointRequest {
     pub name: Option<String>,
     /// Also write the checkpoint to this archive file.
     pub export: Option<String>,
+    /// Also make it a checkpoint image with this reference (see `checkpoint::image`).
+    #[serde(default)]
+    pub create_image: Option<String>,
     /// "zstd" (default) or "none".
     pub compress: Option<String>,
 }
@@ -49,6 +52,9 @@ pub struct CheckpointReport {
     pub snapshot: String,
     pub dir: String,
     pub exported: Option<String>,
+    /// The checkpoint image made with `create_image`: its id (manifest digest).
+    #[serde(default)]
+    pub image: Option<String>,
     pub leave_running: bool,
     pub stats: criu::DumpStats,
     /// Wall time of `runc checkpoint`, rootfs + volumes, and the whole operation.
@@ -215,6 +221,10 @@ impl Engine {
                 return Err(invalid(format!("export target {exp} already exists")));
             }
         }
+        // A bad reference is refused before the freeze, not after.
+        if let Some(r) = &req.create_image {
+            crate::image::normalize_name(r)?;
+        }
         let snap = match &req.name {
             Some(s) => SnapshotName::new(s.as_str())?,
             None => SnapshotName::new(chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string())?,
@@ -246,6 +256,10 @@ impl Engine {
             archive::export(&dir, Path::new(exp), compression)?;
             exported = Some(exp.clone());
         }
+        let image = match &req.create_image {
+            Some(r) => Some(self.create_checkpoint_image(&rec.config, &dir, r)?),
+            None => None,
+        };
         let stats = criu::read_dump_stats(&dir)?;
         let images = dir.join(IMAGES_DIR);
         Ok(CheckpointReport {
@@ -253,6 +267,7 @@ impl Engine {
             snapshot: snap.into_string(),
             dir: dir.display().to_string(),
             exported,
+            image,
             leave_running: req.leave_running,
             stats,
             checkpoint_ms,
@@ -379,8 +394,15 @@ impl Engine {
                 let name = name.ok_or_else(|| {
                     invalid("restore needs a container name or --import FILE".into())
                 })?;
+                if self.slot(name).is_err() {
+                    if let Some(layer) = self.checkpoint_image_root(name)? {
+                        return self.restore_image(name, &layer, req);
+                    }
+                }
                 if req.ip.is_some() {
-                    return Err(invalid("--ip is only possible with --import".into()));
+                    return Err(invalid(
+                        "--ip is only possible with --import or a checkpoint image".into(),
+                    ));
                 }
                 self.restore_local(name, req.from.as_deref())
             }
@@ -441,7 +463,28 @@ impl Engine {
         // `import` wants a destination that does not exist yet.
         let tmp = scratch.path().join("checkpoint");
         let origin = archive::import(file, &tmp, &Limits::default())?;
-        let mut cfg = self.archive_config(&tmp, &origin)?;
+        self.restore_staged(
+            scratch,
+            &tmp,
+            &origin,
+            req,
+            &format!("archive:{}", file.display()),
+            t0,
+        )
+    }
+
+    /// Creates and restores a container from a checkpoint dir staged in `scratch` (from an
+    /// archive or a checkpoint image), with `req`'s new name or address.
+    pub(super) fn restore_staged(
+        &self,
+        scratch: ScratchDir,
+        tmp: &Path,
+        origin: &archive::Origin,
+        req: &RestoreRequest,
+        source: &str,
+        t0: Instant,
+    ) -> Result<RestoreReport, ContainerError> {
+        let mut cfg = self.archive_config(tmp, origin)?;
         self.images().resolve(&cfg.image).map_err(|_| {
             invalid(format!(
                 "the checkpoint needs image {} ({}), which this host does not have; import it first",
@@ -520,14 +563,14 @@ impl Engine {
             .map(|v| self.paths().volume(&v.name))
             .filter(|p| !p.exists())
             .collect();
-        let slot = self.register_incoming(cfg, &format!("archive:{}", file.display()))?;
+        let slot = self.register_incoming(cfg, source)?;
         let mut rec = lock(&slot);
         let snapshot = SnapshotName::new("imported")?;
         let dir = self.paths().snapshot(&rec.config.id, &snapshot);
         let result = (|| {
             fsutil::create_private_dir_all(dir.parent().expect("snapshot parent"))
                 .map_err(io(&dir))?;
-            std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+            std::fs::rename(tmp, &dir).map_err(io(&dir))?;
             self.apply_checkpoint_files(&rec.config, &dir)?;
             self.restore_from_dir(&mut rec, &dir, &snapshot, t0)
         })();

@@ -4,19 +4,22 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde_json::Value;
 
-use super::checkpoint::{io, read_json, ROOTFS_SUMMARY};
+use super::checkpoint::{io, read_json, RestoreReport, RestoreRequest, ROOTFS_SUMMARY};
 use super::engine::Engine;
 use super::{ContainerConfig, ContainerError};
 use crate::checkpoint::archive::{Manifest, Origin};
+use crate::checkpoint::image as checkpoint_image;
 use crate::checkpoint::layout::{
-    CONFIG_DUMP, DELETED_FILES, DEVSHM_TAR, FERRY_CONFIG, NETWORK_STATUS, ROOTFS_DIFF, SPEC_DUMP,
+    CONFIG_DUMP, DELETED_FILES, DEVSHM_TAR, FERRY_CONFIG, MANIFEST, NETWORK_STATUS, ROOTFS_DIFF,
+    SPEC_DUMP,
 };
 use crate::checkpoint::podman::{self, Address, ImageNames, LibpodConfig, NetworkStatus};
 use crate::fsdiff::{self, DiffSummary};
-use crate::fsutil::{self, MODE_PRIVATE};
+use crate::fsutil::{self, ScratchDir, MODE_PRIVATE};
 use crate::runtime::spec::BindMount;
 
 /// A Podman container's /dev/shm and /run/.containerenv, inside its ferry container dir.
@@ -224,4 +227,113 @@ fn read_ferry_config(dir: &Path, manifest: &Manifest) -> Result<ContainerConfig,
 
 fn short(hex: &str) -> &str {
     &hex[..hex.len().min(12)]
+}
+
+impl Engine {
+    /// Makes checkpoint `dir` of `cfg` an image named `reference` in the image store (see
+    /// [`crate::checkpoint::image`]); its id.
+    pub(super) fn create_checkpoint_image(
+        &self,
+        cfg: &ContainerConfig,
+        dir: &Path,
+        reference: &str,
+    ) -> Result<String, ContainerError> {
+        let rootfs = self.images().resolve(&cfg.image)?;
+        let criu = crate::criu::version()?;
+        let meta = checkpoint_image::Meta {
+            container: cfg.name.clone(),
+            image_reference: rootfs
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| cfg.image_ref.clone()),
+            image_id_hex: rootfs.config_digest.hex().to_owned(),
+            // Podman's spelling: 4.2.1 is 40201.
+            criu_version: (criu.major * 10_000 + criu.minor * 100 + criu.sublevel).to_string(),
+        };
+        let tmp = self.paths().tmp();
+        let work = ScratchDir::new_in(&tmp, "ckpt-image-").map_err(io(&tmp))?;
+        let built = checkpoint_image::build(dir, work.path(), &meta).map_err(|e| match e {
+            checkpoint_image::CheckpointImageError::Io { path, source } => {
+                ContainerError::Io { path, source }
+            }
+        })?;
+        for (digest, path) in &built.blobs {
+            let f = File::open(path).map_err(io(path))?;
+            self.images().write_blob(digest, BufReader::new(f))?;
+        }
+        let image = self
+            .images()
+            .register(&built.manifest, &[reference.to_owned()])?;
+        Ok(image.digest.to_string())
+    }
+
+    /// The unpacked root of `reference` if it names a checkpoint image: one layer holding a
+    /// checkpoint, as ferry's `--create-image` and Podman's write it.
+    pub(super) fn checkpoint_image_root(
+        &self,
+        reference: &str,
+    ) -> Result<Option<PathBuf>, ContainerError> {
+        let Ok(image) = self.images().resolve(reference) else {
+            return Ok(None);
+        };
+        let layers = self.images().layer_dirs(&image)?;
+        Ok(match layers.as_slice() {
+            [root] if checkpoint_image::is_checkpoint(root) => Some(root.clone()),
+            _ => None,
+        })
+    }
+
+    /// `ferry restore IMAGE`: a new container from a checkpoint image.
+    pub(super) fn restore_image(
+        &self,
+        reference: &str,
+        root: &Path,
+        req: &RestoreRequest,
+    ) -> Result<RestoreReport, ContainerError> {
+        let t0 = Instant::now();
+        let tmp = self.paths().tmp();
+        let scratch = ScratchDir::new_in(&tmp, "import-").map_err(io(&tmp))?;
+        let staged = scratch.path().join("checkpoint");
+        // A copy: the restore adds its logs and the container owns its checkpoint dir; the
+        // image stays as it was for the next restore.
+        copy_tree(root, &staged)?;
+        let origin = if staged.join(MANIFEST).exists() {
+            Origin::Ferry(crate::checkpoint::archive::verify_dir(&staged)?)
+        } else {
+            Origin::Podman
+        };
+        self.restore_staged(
+            scratch,
+            &staged,
+            &origin,
+            req,
+            &format!("image:{reference}"),
+            t0,
+        )
+    }
+}
+
+/// Copies regular files and directories (all a checkpoint holds), private.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ContainerError> {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.map_err(|e| ContainerError::Io {
+            path: from.to_owned(),
+            source: e.into(),
+        })?;
+        let rel = entry.path().strip_prefix(from).expect("walked below from");
+        let dest = to.join(rel);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            fsutil::create_private_dir_all(&dest).map_err(io(&dest))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &dest).map_err(io(entry.path()))?;
+        } else {
+            return Err(ContainerError::Invalid(format!(
+                "checkpoint image entry {} is neither a file nor a directory",
+                rel.display()
+            )));
+        }
+    }
+    Ok(())
 }
