@@ -254,3 +254,59 @@ fn checkpoint_images_cross_both_ways() {
     );
     assert_contiguous("from Podman's image", &t);
 }
+
+#[test]
+fn a_podman_containers_volume_and_dev_shm_come_along() {
+    let h = Host::start();
+    let Some(podman) = Podman::beside(&h) else {
+        return;
+    };
+    h.import("busybox");
+    podman.load_fixture("busybox");
+    let script = format!(
+        "echo in-shm > /dev/shm/x; echo in-volume > /data/v; {}",
+        ferry_e2e::COUNTER
+    );
+    let mut run = vec!["run", "-d", "--name", "pv", "-v", "pdata:/data"];
+    run.extend_from_slice(&ULIMITS);
+    run.extend_from_slice(&["busybox:latest", "sh", "-c", &script]);
+    podman.ok(&run);
+    wait_ticks(&h, "Podman's counter", 5, || podman.logs("pv"));
+    let archive = podman.dir().join("pv.tar.zst");
+    podman.ok(&[
+        "container",
+        "checkpoint",
+        "--export",
+        archive.to_str().unwrap(),
+        "pv",
+    ]);
+    let last = *ticks(&podman.logs("pv")).last().unwrap();
+    h.ferry_ok(&[
+        "restore",
+        "--import",
+        archive.to_str().unwrap(),
+        "--ip",
+        "10.78.1.63",
+    ]);
+    let t = wait_ticks(&h, "ticks under ferry", 3, || h.logs("pv"));
+    assert_eq!(t[0], last + 1);
+    let pid = h.inspect("pv")["pid"].as_u64().expect("running pid");
+    let inside = |path: &str| {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "cat", path])
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(inside("/dev/shm/x"), "in-shm", "/dev/shm was not carried");
+    assert_eq!(
+        inside("/data/v"),
+        "in-volume",
+        "the named volume was not carried"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.root().join("volumes/pdata/_data/v")).unwrap(),
+        "in-volume\n",
+        "the volume is not a ferry named volume"
+    );
+}

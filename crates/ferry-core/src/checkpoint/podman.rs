@@ -94,13 +94,13 @@ pub struct LibpodConfig {
     pub pod: String,
 }
 
+/// libpod's `ContainerNamedVolume`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NamedVolume {
-    #[serde(rename = "Name")]
+    #[serde(rename = "volumeName")]
     pub name: String,
-    #[serde(rename = "Dest")]
     pub dest: String,
-    #[serde(rename = "Options", default)]
+    #[serde(default)]
     pub options: Vec<String>,
 }
 

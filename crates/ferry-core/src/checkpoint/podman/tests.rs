@@ -191,5 +191,6 @@ fn the_portable_spec_drops_this_hosts_paths() {
     let json = serde_json::to_value(&libpod_out).unwrap();
     assert_eq!(json["rootfsImageID"], "ab".repeat(32));
     assert_eq!(json["newNetworks"]["podman"]["interface_name"], "eth0");
-    assert_eq!(json["namedVolumes"][0]["Name"], "data");
+    assert_eq!(json["namedVolumes"][0]["volumeName"], "data");
+    assert_eq!(json["namedVolumes"][0]["dest"], "/data");
 }
