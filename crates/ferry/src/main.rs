@@ -184,6 +184,10 @@ struct CheckpointArgs {
     /// `--create-image` writes and CRI-O restores from; `ferry restore IMAGE` restores it.
     #[arg(long, value_name = "REF")]
     create_image: Option<String>,
+    /// Encrypt the exported archive (ChaCha20-Poly1305) with the 32-byte key in KEYFILE
+    /// (64 hex digits, mode 0600; e.g. `openssl rand -hex 32 > key && chmod 600 key`).
+    #[arg(long, value_name = "KEYFILE", requires = "export")]
+    encrypt: Option<PathBuf>,
     /// Archive compression: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
@@ -218,6 +222,9 @@ struct RestoreArgs {
     /// connections).
     #[arg(long)]
     ip: Option<String>,
+    /// With --import: the key file of an encrypted archive (see `checkpoint --encrypt`).
+    #[arg(long, value_name = "KEYFILE", requires = "import")]
+    decrypt: Option<PathBuf>,
     /// Print CRIU's statistics.
     #[arg(long)]
     print_stats: bool,
@@ -642,6 +649,7 @@ async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
                 name: a.name,
                 export,
                 create_image: a.create_image,
+                encrypt: a.encrypt.as_deref().map(absolute).transpose()?,
                 compress: Some(a.compress),
             };
             let rep: CheckpointReport = c
@@ -681,6 +689,7 @@ async fn restore(c: &Client, a: RestoreArgs, json: bool) -> Result<()> {
         import,
         name: a.name,
         ip: a.ip,
+        decrypt: a.decrypt.as_deref().map(absolute).transpose()?,
     };
     let path = match (&req.import, &a.container) {
         (Some(_), None) => "/v1/restore".to_owned(),
