@@ -271,7 +271,7 @@ fn encrypted_exports_are_unreadable_and_need_the_right_untouched_file() {
         wrong.to_str().unwrap(),
     ]);
     assert!(err.contains("wrong key"), "{err}");
-    let mut bad = raw.clone();
+    let mut bad = raw;
     let at = bad.len() * 2 / 3;
     bad[at] ^= 1;
     let tampered = h.dir.path().join("tampered.tar.zst");

@@ -190,7 +190,7 @@ impl<R: Read> DecryptReader<R> {
             _ => return Err(tampered()),
         };
         let len = u32::from_be_bytes(hdr[1..].try_into().expect("sized")) as usize;
-        if len > CHUNK + TAG || len < TAG {
+        if !(TAG..=CHUNK + TAG).contains(&len) {
             return Err(tampered());
         }
         let mut ct = vec![0u8; len];
