@@ -7,6 +7,7 @@
 
 mod arp;
 mod criu_lock;
+pub mod dns;
 mod error;
 mod gate;
 mod hold;
