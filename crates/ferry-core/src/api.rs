@@ -96,6 +96,9 @@ pub struct RunRequest {
     /// `no`, `on-failure`, `on-failure:N` or `always`.
     #[serde(default)]
     pub restart: Option<String>,
+    /// `[IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`
+    #[serde(default)]
+    pub publish: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

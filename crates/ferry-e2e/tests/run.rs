@@ -509,3 +509,177 @@ fn restart_policies_restart_what_exits_on_its_own() {
     assert_eq!(r["status"], "stopped", "{r}");
     assert_eq!(r["restart_count"], 1, "{r}");
 }
+
+/// A busybox web server on port 80 that answers `hello`.
+const WEB: &str = "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// A client network namespace joined to a host's by a veth: traffic from "outside".
+struct Outside {
+    netns: String,
+}
+
+impl Outside {
+    const HOST_SIDE: &'static str = "192.168.177.1";
+
+    fn new(h: &Host) -> Outside {
+        let netns = format!("fe2eout-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
+        };
+        let o = Outside { netns };
+        ip(&["netns", "add", &o.netns]);
+        ip(&[
+            "-n", &h.netns, "link", "add", "fe2eout0", "type", "veth", "peer", "name", "eth0",
+            "netns", &o.netns,
+        ]);
+        ip(&[
+            "-n",
+            &h.netns,
+            "addr",
+            "add",
+            "192.168.177.1/24",
+            "dev",
+            "fe2eout0",
+        ]);
+        ip(&["-n", &h.netns, "link", "set", "fe2eout0", "up"]);
+        ip(&[
+            "-n",
+            &o.netns,
+            "addr",
+            "add",
+            "192.168.177.2/24",
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &o.netns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &o.netns, "link", "set", "lo", "up"]);
+        o
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+fn netns(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/run/netns/{name}"))
+}
+
+/// The body of `GET /` from `addr`, from inside the network namespace at `ns`.
+fn http_get(ns: &std::path::Path, addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    ferry_core::network::in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        reply
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+    })
+    .expect("enter the netns")
+}
+
+#[test]
+fn published_ports_reach_the_container_from_here_and_outside() {
+    let h = Host::start();
+    h.import("busybox");
+    h.ferry_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c", WEB,
+    ]);
+    let outside = Outside::new(&h);
+    let ip = h.inspect("web")["config"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.wait_for("web on its own IP", Duration::from_secs(20), || {
+        http_get(&netns(&h.netns), &format!("{ip}:80")).as_deref() == Some("hello\n")
+    });
+    let from_outside = format!("{}:8080", Outside::HOST_SIDE);
+    assert_eq!(
+        http_get(&netns(&outside.netns), &from_outside).as_deref(),
+        Some("hello\n"),
+        "from outside"
+    );
+    let bridge = format!("{}:8080", ferry_e2e::BRIDGE_IP);
+    assert_eq!(
+        http_get(&netns(&h.netns), &bridge).as_deref(),
+        Some("hello\n"),
+        "from this host, to its bridge address"
+    );
+    assert_eq!(
+        http_get(&netns(&h.netns), "127.0.0.1:8080").as_deref(),
+        Some("hello\n"),
+        "from this host, to 127.0.0.1"
+    );
+
+    let e = h.ferry_err(&[
+        "run", "-d", "--name", "web2", "-p", "8080:81", "busybox", "true",
+    ]);
+    assert!(e.contains("8080") && e.contains("web"), "{e}");
+
+    // The rules go with the container: not after stop, back after start, gone after rm.
+    h.ferry_ok(&["stop", "-t", "1", "web"]);
+    assert_eq!(http_get(&netns(&h.netns), "127.0.0.1:8080"), None);
+    h.ferry_ok(&["start", "web"]);
+    h.wait_for("web again", Duration::from_secs(20), || {
+        http_get(&netns(&outside.netns), &from_outside).as_deref() == Some("hello\n")
+    });
+    let id = id_of(&h, "web");
+    h.ferry_ok(&["rm", "-f", "web"]);
+    let rules = h.netns_cmd("iptables-save").output().unwrap();
+    assert!(
+        !text(&rules.stdout).contains(&id),
+        "{}",
+        text(&rules.stdout)
+    );
+}
+
+#[test]
+fn published_ports_move_with_the_container() {
+    use ferry_e2e::lab::{lab, wait_for};
+    let t = lab();
+    t.import("host-a", "busybox");
+    t.ok(
+        "host-a",
+        &[
+            "run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c", WEB,
+        ],
+    );
+    let addr = |host: &str| format!("{}:8080", t.lab.host(host).unwrap().address);
+    let client = t.lab.client_netns();
+    wait_for("web through host-a", Duration::from_secs(20), || {
+        http_get(&client, &addr("host-a")).as_deref() == Some("hello\n")
+    });
+    let (ok, report, err) = t.migrate("host-a", "web", "host-b");
+    assert!(ok, "{err}\n{report}\n{}", t.logs_tail());
+    assert_eq!(
+        http_get(&client, &addr("host-b")).as_deref(),
+        Some("hello\n"),
+        "the port is published on the new host"
+    );
+    assert_eq!(
+        http_get(&client, &addr("host-a")),
+        None,
+        "and no longer on the old one"
+    );
+    let nat = t
+        .lab
+        .exec("host-a", &["iptables-save", "-t", "nat"])
+        .unwrap();
+    assert!(
+        !text(&nat.stdout).contains("ferry:"),
+        "{}",
+        text(&nat.stdout)
+    );
+}

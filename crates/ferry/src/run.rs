@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Drop a Linux capability (repeatable; ALL for all).
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Publish a container port on this host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]
+    /// (repeatable). The mapping moves with the container when it migrates.
+    #[arg(short, long = "publish", value_name = "[IP:]HOST:CTR[/PROTO]")]
+    pub publish: Vec<String>,
     /// Static IP in the host's subnet (default: allocated).
     #[arg(long)]
     pub ip: Option<String>,
@@ -127,6 +131,7 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
         // detached, ferryd does it.
         auto_remove: a.rm && a.detach,
         restart: a.restart,
+        publish: a.publish,
     };
     // Listen before the container exists: a Ctrl-C right after it starts must reach it.
     let signals = if a.detach {

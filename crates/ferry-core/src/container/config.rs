@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::ContainerError;
 use crate::ids::{self, ContainerId, ContainerName, IdError, VolumeName};
 use crate::network::dns::{self, DnsError, EtcFiles};
+use crate::network::ports::{self, PortMapping};
 
 /// Everything needed to recreate the container on any host. This is what a checkpoint's
 /// `config.dump` and a migration's `Prepare` carry.
@@ -65,6 +66,9 @@ pub struct ContainerConfig {
     /// `--restart`: what ferryd does when the container exits on its own.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// `-p`: host ports sent to the container, on whichever host it runs.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
 }
 
 /// `--restart no|on-failure[:N]|always`.
@@ -292,6 +296,7 @@ impl ContainerRecord {
 
 /// What `run` takes from its request beyond the image, checked before anything is created.
 pub(crate) struct RunOptions {
+    pub ports: Vec<PortMapping>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub cpus: Option<f64>,
     pub restart: RestartPolicy,
@@ -341,7 +346,19 @@ pub(crate) fn run_options(req: &crate::api::RunRequest) -> Result<RunOptions, Co
             "--rm and --restart cannot be combined: a removed container cannot restart".into(),
         );
     }
+    let mut published: Vec<PortMapping> = Vec::new();
+    for p in &req.publish {
+        let m = ports::parse_publish(p)?;
+        if let Some(other) = published.iter().find(|o| o.clashes_with(&m)) {
+            return invalid(format!(
+                "-p {p}: host port {} is published twice ({other})",
+                m.host_port
+            ));
+        }
+        published.push(m);
+    }
     Ok(RunOptions {
+        ports: published,
         labels,
         cpus: req.cpus,
         restart,

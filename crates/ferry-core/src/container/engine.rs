@@ -302,6 +302,17 @@ impl Engine {
             if map.contains_key(&name) {
                 return Err(ContainerError::NameInUse(name));
             }
+            // A host port another container of this host publishes would never reach this one.
+            for rec in lock(&self.views).values() {
+                for theirs in &rec.config.ports {
+                    if let Some(mine) = opts.ports.iter().find(|m| m.clashes_with(theirs)) {
+                        return Err(ContainerError::Invalid(format!(
+                            "host port {} is already published by container {} ({theirs})",
+                            mine.host_port, rec.config.name
+                        )));
+                    }
+                }
+            }
             let ip = {
                 let mut ipam = lock(&self.ipam);
                 match ip {
@@ -348,6 +359,7 @@ impl Engine {
                 cap_drop: req.cap_drop.clone(),
                 auto_remove: req.auto_remove,
                 restart: opts.restart,
+                ports: opts.ports,
             };
             let rec = ContainerRecord::created(config, None);
             let slot = Arc::new(Mutex::new(rec));
@@ -481,6 +493,11 @@ impl Engine {
         network::create_netns(&netns_path)?;
         let cn = self.container_net(cfg);
         block_on_fresh(network::setup_container_net(&cn, attach))?;
+        // Published ports follow the container: set up wherever its network is (a start, a
+        // restore, a migration's destination), removed in `teardown`.
+        if !cfg.ports.is_empty() {
+            network::ports::publish(&cfg.id, cfg.ip, &self.cfg.bridge.name, &cfg.ports)?;
+        }
         if attach {
             // The IP (and so the MAC) may have lived on another host until lately: tell the
             // fabric where it is now, or its forwarding entry sends the clients there for
@@ -681,6 +698,11 @@ impl Engine {
         let _ = self.runc.delete(&cfg.id, true);
         let _ = block_on_fresh(network::delete_link(&Self::host_veth(&cfg.id)));
         let _ = network::delete_netns(&self.cfg.paths.netns(&cfg.id));
+        if !cfg.ports.is_empty() {
+            if let Err(e) = network::ports::unpublish(&cfg.id) {
+                tracing::warn!(container = %cfg.name, error = %e, "removing published ports");
+            }
+        }
         let rootfs = RootfsDirs::new(&self.container_dir(&cfg.id));
         if let Err(e) = rootfs.unmount() {
             tracing::warn!(error = %e, "unmount");

@@ -54,6 +54,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Dns(#[from] crate::network::dns::DnsError),
     #[error(transparent)]
+    Ports(#[from] crate::network::ports::PortError),
+    #[error(transparent)]
     Runc(#[from] crate::runtime::runc::RuncError),
     #[error(transparent)]
     Spec(#[from] crate::runtime::spec::SpecError),

@@ -16,6 +16,7 @@ mod kick;
 mod link;
 mod mac;
 mod netns;
+pub mod ports;
 
 #[cfg(test)]
 mod tests;
