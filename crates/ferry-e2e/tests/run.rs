@@ -391,7 +391,17 @@ fn run_options_as_docker_has_them() {
         ]),
         "refused\n"
     );
-    assert_eq!(ok(&["--user", "65534", "busybox", "id", "-u"]), "65534\n");
+    assert_eq!(
+        ok(&[
+            "--user",
+            "65534",
+            "busybox",
+            "sh",
+            "-c",
+            "id -u; cat /etc/hosts /etc/resolv.conf /etc/hostname >/dev/null && echo readable"
+        ]),
+        "65534\nreadable\n"
+    );
     assert_eq!(
         ok(&["-u", "nobody:nogroup", "busybox", "id", "-g"]),
         "65534\n"

@@ -6,7 +6,9 @@
 //! CRIU like any other bind mount, and a restore (or a migration's destination) only needs the
 //! files to exist again at the same place; [`EtcFiles::ensure`] writes the ones missing.
 
+use std::fs::Permissions;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil;
@@ -199,13 +201,16 @@ impl EtcFiles {
         for (file, dest) in ETC_FILES {
             let path = dir.join(file);
             if replace || !path.exists() {
-                // Readable by the container's user, whoever it is; the container dir (0700)
-                // keeps other host users out.
+                let err = |source| DnsError::Write {
+                    path: path.clone(),
+                    source,
+                };
                 fsutil::write_atomic(&path, self.render(file).as_bytes(), fsutil::MODE_SHARED)
-                    .map_err(|source| DnsError::Write {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    .map_err(err)?;
+                // Readable by the container's user, whoever it is, whatever ferryd's umask
+                // (077); the container dir (0700) keeps other host users out.
+                std::fs::set_permissions(&path, Permissions::from_mode(fsutil::MODE_SHARED))
+                    .map_err(err)?;
             }
             mounts.push((path, dest));
         }
@@ -335,6 +340,9 @@ mod tests {
             std::fs::read_to_string(dir.path().join("hostname")).unwrap(),
             "0123456789ab\n"
         );
+        // Whatever the umask: a container user that is not root reads them too.
+        let mode = std::fs::metadata(&hosts).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
         let env = std::fs::read_to_string(dir.path().join(".containerenv")).unwrap();
         assert!(env.contains("name=\"web\""), "{env}");
     }
