@@ -693,3 +693,40 @@ fn published_ports_move_with_the_container() {
         text(&nat.stdout)
     );
 }
+
+#[test]
+fn run_options_survive_checkpoint_and_restore() {
+    let h = Host::start();
+    h.import("busybox");
+    h.run_counter(
+        "opts",
+        &[
+            "--read-only",
+            "--cpus",
+            "0.5",
+            "--cap-drop",
+            "CHOWN",
+            "--label",
+            "k=v",
+            "-p",
+            "8081:80",
+        ],
+        3,
+    );
+    h.ferry_ok(&["checkpoint", "opts"]);
+    let before = ferry_e2e::ticks(&h.logs("opts")).len();
+    h.ferry_ok(&["restore", "opts"]);
+    h.wait_for("ticks after restore", Duration::from_secs(20), || {
+        ferry_e2e::ticks(&h.logs("opts")).len() >= before + 3
+    });
+    let ticks = ferry_e2e::ticks(&h.logs("opts"));
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+    let rec = h.inspect("opts");
+    assert_eq!(rec["config"]["labels"]["k"], "v");
+    let nat = h.netns_cmd("iptables-save").output().unwrap();
+    let id = rec["config"]["id"].as_str().unwrap();
+    assert!(
+        text(&nat.stdout).contains(id),
+        "the port is published again"
+    );
+}
