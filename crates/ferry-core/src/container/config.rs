@@ -104,6 +104,17 @@ impl std::str::FromStr for RestartPolicy {
     }
 }
 
+/// How long ferryd waits before restarting a container that exited after `restarts`
+/// restarts, having run for `ran`: Docker's doubling back-off from 100 ms up to a minute, so
+/// a container that crashes at once does not spin; one that ran 10 s or more restarts at once.
+pub fn restart_delay(restarts: u32, ran: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    if ran >= Duration::from_secs(10) {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(100u64 << restarts.min(10)).min(Duration::from_secs(60))
+}
+
 impl RestartPolicy {
     /// Whether a container that exited with `exit` on its own, after `restarts` restarts,
     /// starts again.
@@ -612,6 +623,11 @@ mod tests {
             three.wants_restart(None, 0),
             "killed by a signal is a failure"
         );
+        use std::time::Duration;
+        assert_eq!(restart_delay(0, Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(restart_delay(3, Duration::ZERO), Duration::from_millis(800));
+        assert_eq!(restart_delay(40, Duration::ZERO), Duration::from_secs(60));
+        assert_eq!(restart_delay(40, Duration::from_secs(11)), Duration::ZERO);
         let json = serde_json::to_value(three).unwrap();
         assert_eq!(
             json,

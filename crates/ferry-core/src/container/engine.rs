@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::config::{
-    generate_name, merge_env, parse_volume, run_options, short_id, validate_env, validate_name,
+    generate_name, merge_env, parse_volume, restart_delay, run_options, short_id, validate_env,
+    validate_name,
 };
 use super::store::RecordStore;
 use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
@@ -816,6 +817,18 @@ impl Engine {
         let policy = rec.config.restart;
         if rec.stopped_by_user || !policy.wants_restart(rec.exit.as_ref(), rec.restart_count) {
             return;
+        }
+        let time = |t: Option<&String>| {
+            t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        let finished = time(rec.exit.as_ref().and_then(|e| e.finished_at.as_ref()));
+        if let (Some(started), Some(finished)) = (time(rec.started_at.as_ref()), finished) {
+            let ran = (finished - started).to_std().unwrap_or_default();
+            let due = finished + restart_delay(rec.restart_count, ran);
+            if chrono::Utc::now() < due {
+                return;
+            }
         }
         rec.restart_count += 1;
         tracing::info!(container = %name, count = rec.restart_count, "restarting (--restart)");
