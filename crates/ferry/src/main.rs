@@ -3,6 +3,7 @@
 mod client;
 mod migrate;
 mod output;
+mod run;
 
 use ferry_core::migration::commit::Decision;
 use ferry_core::migration::record::MigrationRecord;
@@ -48,7 +49,7 @@ enum Cmd {
     #[command(subcommand)]
     Image(ImageCmd),
     /// Create and start a container.
-    Run(RunArgs),
+    Run(Box<run::RunArgs>),
     /// List containers.
     Ps {
         /// Include stopped containers.
@@ -72,11 +73,15 @@ enum Cmd {
         #[arg(short, long, default_value_t = 10)]
         time: u64,
     },
-    /// Send a signal to a container.
+    /// Send a signal to a container's main process (PID 1), or with --all to all its processes.
     Kill {
         name: String,
+        /// KILL, SIGKILL or 9; any signal name or number.
         #[arg(short, long, default_value = "SIGKILL")]
         signal: String,
+        /// Signal every process in the container, not only its main process.
+        #[arg(short, long)]
+        all: bool,
     },
     /// Remove a container.
     Rm {
@@ -250,30 +255,7 @@ enum ImageCmd {
     Rm { reference: String },
 }
 
-#[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// Run in the background and print the container's id.
-    #[arg(short, long)]
-    detach: bool,
-    #[arg(long)]
-    name: String,
-    /// Static IP in the host's subnet (default: allocated).
-    #[arg(long)]
-    ip: Option<String>,
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    /// Named volume: NAME:/path[:ro]
-    #[arg(short, long = "volume")]
-    volume: Vec<String>,
-    /// Memory limit in bytes (suffixes k, m, g allowed).
-    #[arg(long)]
-    memory: Option<String>,
-    image: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    cmd: Vec<String>,
-}
-
-fn parse_bytes(s: &str) -> Result<i64> {
+pub(crate) fn parse_bytes(s: &str) -> Result<i64> {
     let s = s.trim();
     let (num, mult) = match s.chars().last().map(|c| c.to_ascii_lowercase()) {
         Some('k') => (&s[..s.len() - 1], 1i64 << 10),
@@ -360,26 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("removed {}", img.id);
             }
         }
-        Cmd::Run(a) => {
-            let req = RunRequest {
-                name: a.name.clone(),
-                image: a.image,
-                cmd: a.cmd,
-                env: a.env,
-                ip: a.ip,
-                volumes: a.volume,
-                memory: a.memory.as_deref().map(parse_bytes).transpose()?,
-            };
-            let rec: ContainerRecord = c.call(Method::POST, "/v1/containers", Some(req)).await?;
-            if json {
-                output::print_json(&rec)?;
-            } else {
-                println!("{}", rec.config.id);
-            }
-            if !a.detach {
-                logs(&c, &a.name, true, false).await?;
-            }
-        }
+        Cmd::Run(a) => run::run(&cli.socket, *a, json).await?,
         Cmd::Ps { all } => {
             let list: Vec<ContainerRecord> =
                 c.call(Method::GET, "/v1/containers", None::<()>).await?;
@@ -427,13 +390,14 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             output::record_or_name(json, &rec)?;
         }
-        Cmd::Kill { name, signal } => {
+        Cmd::Kill { name, signal, all } => {
             let _: serde_json::Value = c
                 .call(
                     Method::POST,
                     &format!("/v1/containers/{}/kill", enc(&name)),
                     Some(KillRequest {
                         signal: Some(signal),
+                        all,
                     }),
                 )
                 .await?;
