@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiErrorBody {
     pub error: String,
-    /// A stable machine-readable category: not_found, conflict, invalid, unavailable, internal.
+    /// A stable machine-readable category: not_found, conflict, invalid, ambiguous (an ID
+    /// prefix of several containers), unavailable, internal.
     pub kind: String,
 }
 

@@ -89,7 +89,10 @@ impl From<ContainerError> for ApiError {
     fn from(e: ContainerError) -> Self {
         let msg = chain(&e);
         match &e {
-            ContainerError::NotFound(_) => ApiError::not_found(msg),
+            ContainerError::NotFound(_) | ContainerError::Missing(_) => ApiError::not_found(msg),
+            ContainerError::Ambiguous { .. } => {
+                ApiError::with_status(StatusCode::BAD_REQUEST, "ambiguous", msg)
+            }
             ContainerError::NameInUse(_) | ContainerError::WrongState { .. } => {
                 ApiError::conflict(msg)
             }
@@ -126,6 +129,19 @@ impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         let msg = chain(&e);
         ApiError::from_image(&e, msg)
+    }
+}
+
+impl From<ferry_core::container::VolumeError> for ApiError {
+    fn from(e: ferry_core::container::VolumeError) -> Self {
+        use ferry_core::container::VolumeError;
+        let msg = chain(&e);
+        match e {
+            VolumeError::NotFound(_) => ApiError::not_found(msg),
+            VolumeError::InUse { .. } => ApiError::conflict(msg),
+            VolumeError::InvalidName(_) => ApiError::invalid(msg),
+            VolumeError::Io { .. } => ApiError::internal(msg),
+        }
     }
 }
 

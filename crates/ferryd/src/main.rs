@@ -4,6 +4,8 @@
 mod api;
 mod error;
 mod json;
+mod logs;
+mod volumes;
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
