@@ -136,8 +136,7 @@ fn errors_names_prefixes_and_ps() {
     assert_eq!(both.as_array().map(Vec::len), Some(2));
 
     // An ambiguous prefix is refused, naming the candidates. 17 ids share a first digit for sure.
-    let mut seen: Vec<(String, String)> =
-        vec![("alpha".into(), a.clone()), ("beta".into(), b.clone())];
+    let mut seen: Vec<(String, String)> = vec![("alpha".into(), a), ("beta".into(), b)];
     let clash = loop {
         if let Some(c) = clash(&seen) {
             break c;
