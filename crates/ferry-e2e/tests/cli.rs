@@ -443,4 +443,41 @@ fn completions_and_man_pages() {
             std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
     }
+
+    // The install script stages binaries, unit, completions and man pages, and a second run
+    // changes nothing.
+    let stage = dir.path().join("stage");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install.sh");
+    let install = || {
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("FERRY_SKIP_SETUP", "1")
+            .env("FERRY_BIN_DIR", ferry_e2e::bin_dir())
+            .env("DESTDIR", &stage)
+            .output()
+            .expect("run install.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = install();
+    assert!(first.contains("installed"), "{first}");
+    for f in [
+        "usr/local/bin/ferry",
+        "usr/local/bin/ferryd",
+        "etc/systemd/system/ferryd.service",
+        "etc/default/ferryd",
+        "usr/local/share/bash-completion/completions/ferry",
+        "usr/local/share/man/man1/ferry-ps.1",
+    ] {
+        assert!(stage.join(f).is_file(), "{f} not installed:\n{first}");
+    }
+    let second = install();
+    assert!(
+        second.contains("everything was already installed"),
+        "{second}"
+    );
 }
