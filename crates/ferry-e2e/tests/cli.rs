@@ -481,3 +481,74 @@ fn completions_and_man_pages() {
         "{second}"
     );
 }
+
+#[test]
+fn events_and_stats() {
+    use std::io::BufRead;
+    let h = Host::start();
+    h.import("busybox");
+    let mut events = Command::new(bin("ferry"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(["--json", "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry events");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = events.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(json(&line)).is_err() {
+                return;
+            }
+        }
+    });
+    // The subscription takes its first snapshot before anything happens.
+    std::thread::sleep(Duration::from_millis(500));
+
+    h.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "--memory",
+        "64m",
+        "busybox",
+        "sh",
+        "-c",
+        "while true; do :; done",
+    ]);
+    let sample = h.ferry_ok(&["--json", "stats", "--no-stream", "busy"]);
+    let s = json(sample.lines().next().expect("one line per container"));
+    assert_eq!(s["name"], "busy");
+    assert_eq!(s["memory_limit"], 64 * 1024 * 1024);
+    assert!(s["memory_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(s["pids"].as_u64().unwrap_or(0) >= 1, "{s}");
+    // A busy loop uses a good share of a CPU, even on a loaded machine.
+    assert!(s["cpu_percent"].as_f64().unwrap_or(0.0) > 5.0, "{s}");
+    assert!(s["net_rx_bytes"].is_u64(), "{s}");
+    let table = h.ferry_ok(&["stats", "--no-stream"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("busy"),
+        "{table}"
+    );
+
+    h.ferry_ok(&["stop", "-t", "1", "busy"]);
+    h.ferry_ok(&["rm", "busy"]);
+    let mut actions = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !actions.contains(&"destroy".to_owned()) && Instant::now() < deadline {
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(200)) {
+            if e["kind"] == "container" && e["name"] == "busy" {
+                actions.push(e["action"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_eq!(actions, ["create", "start", "die", "destroy"]);
+}

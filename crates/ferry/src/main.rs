@@ -12,6 +12,7 @@ mod ops;
 mod output;
 mod ps;
 mod volume;
+mod watch;
 
 use ferry_core::migration::commit::Decision;
 use ferry_core::migration::record::MigrationRecord;
@@ -108,6 +109,10 @@ enum Cmd {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCmd),
+    /// Container and migration events as they happen (until interrupted).
+    Events(watch::EventsArgs),
+    /// CPU, memory, network and tasks of running containers, every second.
+    Stats(watch::StatsArgs),
     /// Print a shell completion script: `ferry completion bash > /etc/bash_completion.d/ferry`.
     Completion {
         #[arg(value_enum)]
@@ -437,6 +442,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Checkpoint(a) => checkpoint::checkpoint(&c, a, json).await?,
         Cmd::Volume(cmd) => volume::run(&c, cmd, json).await?,
+        Cmd::Events(a) => watch::events(&c, a, json).await?,
+        Cmd::Stats(a) => watch::stats(&c, a, json).await?,
         Cmd::Completion { shell } => ops::completion(shell),
         Cmd::Man { out } => {
             let files = ops::man_pages(&out)?;

@@ -60,6 +60,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/containers/{name}/migrate", post(migrate))
         .route("/v1/migrations", get(migrations_ls))
         .route("/v1/migrations/{id}/resolve", post(migrations_resolve))
+        .route("/v1/events", get(crate::events::stream))
+        .route("/v1/stats", get(crate::stats::all))
         .route("/v1/volumes", get(crate::volumes::list))
         .route("/v1/volumes/prune", post(crate::volumes::prune))
         .route(

@@ -3,8 +3,10 @@
 
 mod api;
 mod error;
+mod events;
 mod json;
 mod logs;
+mod stats;
 mod volumes;
 
 use std::net::Ipv4Addr;

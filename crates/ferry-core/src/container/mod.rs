@@ -5,6 +5,7 @@ mod config;
 pub(crate) mod engine;
 mod moving;
 mod rootfs;
+mod stats;
 mod store;
 mod volume;
 
@@ -15,6 +16,7 @@ pub use config::{
 };
 pub use engine::{Engine, EngineConfig};
 pub use rootfs::{is_mount_point, RootfsDirs};
+pub use stats::ContainerStats;
 pub use store::RecordStore;
 pub use volume::{VolumeError, VolumeInfo};
 
