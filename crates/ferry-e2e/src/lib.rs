@@ -6,6 +6,7 @@
 pub use ferry_lab::workload::{redis, writer};
 
 pub mod lab;
+pub mod podman;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -77,7 +78,7 @@ pub fn fixture(kind: &str) -> PathBuf {
     out
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     use rand::Rng;
     format!(
         "{prefix}{:06x}",

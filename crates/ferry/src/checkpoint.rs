@@ -38,6 +38,10 @@ pub struct CreateArgs {
     /// Also write the checkpoint to this archive file (Podman's --export layout).
     #[arg(short = 'e', long)]
     export: Option<PathBuf>,
+    /// Also make the checkpoint an image with this name, in the format Podman's
+    /// `--create-image` writes and CRI-O restores from; `ferry restore IMAGE` restores it.
+    #[arg(long, value_name = "REF")]
+    create_image: Option<String>,
     /// Archive compression: zstd or none.
     #[arg(short = 'c', long, default_value = "zstd")]
     compress: String,
@@ -71,7 +75,8 @@ enum CheckpointSub {
 
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
-    /// The container to restore (not with --import).
+    /// The container to restore, or a checkpoint image (ferry's or Podman's) to create one
+    /// from (not with --import).
     container: Option<String>,
     /// Checkpoint to restore (default: the newest).
     #[arg(long)]
@@ -79,10 +84,11 @@ pub struct RestoreArgs {
     /// Create a container from an exported archive.
     #[arg(short = 'i', long)]
     import: Option<PathBuf>,
-    /// With --import: a new name.
+    /// With --import or an image: a new name.
     #[arg(short = 'n', long)]
     name: Option<String>,
-    /// With --import: a new IP (impossible if the checkpoint holds established TCP connections).
+    /// With --import or an image: a new IP (impossible if the checkpoint holds established TCP
+    /// connections).
     #[arg(long)]
     ip: Option<String>,
     /// Print CRIU's statistics.
@@ -174,6 +180,7 @@ async fn create_one(c: &Client, a: CreateArgs, json: bool) -> Result<()> {
         leave_running: a.leave_running,
         name: a.name,
         export,
+        create_image: a.create_image,
         compress: Some(a.compress),
     };
     let rep: CheckpointReport = c
@@ -189,6 +196,9 @@ async fn create_one(c: &Client, a: CreateArgs, json: bool) -> Result<()> {
         outln!("{}/{}", rep.container, rep.snapshot);
         if let Some(e) = &rep.exported {
             outln!("exported to {e}");
+        }
+        if let Some(i) = &rep.image {
+            outln!("checkpoint image {i}");
         }
         if a.print_stats {
             output::checkpoint_stats(&rep);

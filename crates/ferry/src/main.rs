@@ -206,6 +206,12 @@ enum ImageCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Write an image as an OCI archive (for `podman load`, skopeo, `ferry image import`).
+    Save {
+        image: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// List images.
     Ls,
     /// Remove an image.
@@ -333,6 +339,23 @@ async fn run(cli: Cli) -> Result<()> {
                 output::print_json(&img)?;
             } else {
                 outln!("{}", img.id);
+            }
+        }
+        Cmd::Image(ImageCmd::Save { image, output }) => {
+            let req = SaveImageRequest {
+                path: checkpoint::absolute(&output)?,
+            };
+            let rep: SaveImageReport = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/images/{}/save", enc(&image)),
+                    Some(req),
+                )
+                .await?;
+            if json {
+                output::print_json(&rep)?;
+            } else {
+                outln!("saved {} ({}) to {}", rep.reference, rep.id, rep.path);
             }
         }
         Cmd::Image(ImageCmd::Ls) => {

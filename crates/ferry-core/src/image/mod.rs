@@ -16,6 +16,10 @@ pub mod fixture;
 mod guard;
 mod import;
 mod layer;
+mod save;
+pub use layer::DEFAULT_ROOT_MODE;
+pub use oci::{host_arch, OCI_CONFIG, OCI_MANIFEST};
+pub use save::save;
 mod oci;
 mod store;
 
