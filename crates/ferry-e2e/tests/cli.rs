@@ -507,8 +507,9 @@ fn events_and_stats() {
             }
         }
     });
-    // The subscription takes its first snapshot before anything happens.
-    std::thread::sleep(Duration::from_millis(500));
+    // The subscription takes its first snapshot before anything happens (generously, on a
+    // loaded machine).
+    std::thread::sleep(Duration::from_millis(1500));
 
     h.ferry_ok(&[
         "run",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -18,7 +18,7 @@ use ferry_core::container::{ContainerRecord, Engine};
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::DaemonArgs;
 
 pub struct AppState {
@@ -224,7 +224,7 @@ struct RmQuery {
 async fn containers_rm(
     State(s): S,
     Path(name): Path<String>,
-    Query(q): Query<RmQuery>,
+    ApiQuery(q): ApiQuery<RmQuery>,
 ) -> ApiResult<Json<ContainerRecord>> {
     Ok(Json(
         blocking(&s, move |e| Ok(e.remove(&name, q.force)?)).await?,
@@ -263,7 +263,7 @@ async fn containers_kill(
 async fn containers_logs(
     State(s): S,
     Path(name): Path<String>,
-    Query(q): Query<crate::logs::LogsQuery>,
+    ApiQuery(q): ApiQuery<crate::logs::LogsQuery>,
 ) -> ApiResult<Response> {
     let filter = crate::logs::LogFilter::from_query(&q)?;
     let n = name.clone();
@@ -311,7 +311,7 @@ struct CheckpointLsQuery {
 
 async fn checkpoint_ls(
     State(s): S,
-    Query(q): Query<CheckpointLsQuery>,
+    ApiQuery(q): ApiQuery<CheckpointLsQuery>,
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     Ok(Json(
         blocking(&s, move |e| Ok(e.list_checkpoints(q.container.as_deref())?)).await?,

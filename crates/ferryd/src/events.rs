@@ -84,6 +84,10 @@ pub fn diff(old: &Snapshot, new: &Snapshot, migrations: &[MigrationRecord]) -> V
     }
     for (id, r) in &old.containers {
         if !new.containers.contains_key(id) {
+            // Stopped and removed within one tick: its end still comes before its removal.
+            if matches!(r.status, Status::Running | Status::Migrating) {
+                out.push(ev("die", r, None));
+            }
             out.push(ev("destroy", r, None));
         }
     }

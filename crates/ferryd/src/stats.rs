@@ -1,12 +1,13 @@
 //! `GET /v1/stats[?names=a,b]`: one sample of the running containers' resource counters
 //! (`Engine::stats`); the client takes two to get rates.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use ferry_core::container::ContainerStats;
 use serde::Deserialize;
 
 use crate::api::{blocking, ApiResult, S};
+use crate::json::ApiQuery;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,7 +16,10 @@ pub struct StatsQuery {
     names: Option<String>,
 }
 
-pub async fn all(State(s): S, Query(q): Query<StatsQuery>) -> ApiResult<Json<Vec<ContainerStats>>> {
+pub async fn all(
+    State(s): S,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+) -> ApiResult<Json<Vec<ContainerStats>>> {
     let names: Vec<String> = q
         .names
         .as_deref()
