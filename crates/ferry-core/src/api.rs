@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiErrorBody {
     pub error: String,
-    /// A stable machine-readable category: not_found, conflict, invalid, unavailable, internal.
+    /// A stable machine-readable category: not_found, conflict, invalid, ambiguous (an ID
+    /// prefix of several containers), unavailable, internal.
     pub kind: String,
 }
 
@@ -152,4 +153,23 @@ pub struct HostEntry {
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     pub decision: crate::migration::commit::Decision,
+}
+
+/// `GET /v1/events`: one of these per line (NDJSON), as things change on this host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// When ferryd saw the change (RFC3339).
+    pub time: String,
+    /// `container` or `migration`.
+    pub kind: String,
+    /// Containers: create, start, restart, die, checkpoint, restore, migrating, error, destroy.
+    /// Migrations: the stage the record reached (preparing, in-doubt, committed, ...).
+    pub action: String,
+    /// The container's name.
+    pub name: String,
+    /// The container's ID, or the migration's.
+    pub id: String,
+    /// More about it: the exit of a `die`, the error of an `error`, a migration's role and peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

@@ -16,7 +16,7 @@ fn busybox_counter_logs() {
         "ticks contiguous: {t:?}"
     );
     let ps = h.ferry_ok(&["ps"]);
-    assert!(ps.contains("counter") && ps.contains("running"), "{ps}");
+    assert!(ps.contains("counter") && ps.contains("Up "), "{ps}");
     h.ferry_ok(&["stop", "-t", "1", "counter"]);
     assert_eq!(h.inspect("counter")["status"], "stopped");
     h.ferry_ok(&["rm", "counter"]);

@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::error::CliError;
 
 pub struct Client {
     socket: PathBuf,
@@ -29,9 +31,12 @@ impl Client {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| {
-                anyhow!(
-                    "cannot reach ferryd at {}: {e}. Is ferryd running? (set --socket or FERRY_SOCKET)",
-                    self.socket.display()
+                CliError::new(
+                    "unreachable",
+                    format!(
+                        "cannot reach ferryd at {}: {e}. Is ferryd running? (set --socket or FERRY_SOCKET)",
+                        self.socket.display()
+                    ),
                 )
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -79,12 +84,17 @@ impl Client {
     }
 }
 
+/// The daemon's error body as a [`CliError`] with the daemon's kind.
 pub fn api_error(bytes: &[u8], status: hyper::StatusCode) -> anyhow::Error {
     match serde_json::from_slice::<ferry_core::api::ApiErrorBody>(bytes) {
-        Ok(b) => anyhow!("{}", b.error),
-        Err(_) => anyhow!(
-            "ferryd answered {status}: {}",
-            String::from_utf8_lossy(bytes)
-        ),
+        Ok(b) => CliError::new(&b.kind, b.error).into(),
+        Err(_) => CliError::new(
+            "internal",
+            format!(
+                "ferryd answered {status}: {}",
+                String::from_utf8_lossy(bytes)
+            ),
+        )
+        .into(),
     }
 }

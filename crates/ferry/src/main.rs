@@ -1,9 +1,19 @@
 //! ferry: the command-line client. Every command is one API call to ferryd.
 
+#[macro_use]
+mod out;
+mod checkpoint;
 mod client;
+mod error;
+mod logs;
 mod migrate;
+mod names;
+mod ops;
 mod output;
+mod ps;
 mod run;
+mod volume;
+mod watch;
 
 use ferry_core::migration::commit::Decision;
 use ferry_core::migration::record::MigrationRecord;
@@ -13,7 +23,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferry_core::api::*;
 use ferry_core::container::ContainerRecord;
-use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::json;
 
@@ -22,6 +31,9 @@ use client::Client;
 #[derive(Parser, Debug)]
 #[command(
     name = "ferry",
+    after_help = "With --json, every command prints JSON on stdout, errors included: \
+{\"error\": {\"kind\": KIND, \"message\": TEXT}} with a non-zero exit. Containers are named by \
+name, ID or any unique ID prefix.",
     version,
     about = "ferry: containers that move between hosts while they run"
 )]
@@ -34,7 +46,7 @@ struct Cli {
         default_value = "/run/ferry/ferry.sock"
     )]
     socket: PathBuf,
-    /// Machine-readable output.
+    /// Machine-readable output (JSON on stdout), errors included.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -51,25 +63,21 @@ enum Cmd {
     /// Create and start a container.
     Run(Box<run::RunArgs>),
     /// List containers.
-    Ps {
-        /// Include stopped containers.
-        #[arg(short, long)]
-        all: bool,
-    },
+    Ps(ps::PsArgs),
     /// Print a container's output.
-    Logs {
-        name: String,
-        #[arg(short, long)]
-        follow: bool,
-        /// Prefix each line with its time and stream.
-        #[arg(short, long)]
-        timestamps: bool,
+    Logs(logs::LogsArgs),
+    /// Start stopped containers.
+    Start {
+        /// Containers (names, IDs or ID prefixes).
+        #[arg(required = true)]
+        names: Vec<String>,
     },
-    /// Start a stopped container.
-    Start { name: String },
-    /// Stop a container (SIGTERM, then SIGKILL after the timeout).
+    /// Stop containers (SIGTERM, then SIGKILL after the timeout).
     Stop {
-        name: String,
+        /// Containers (names, IDs or ID prefixes).
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait after SIGTERM.
         #[arg(short, long, default_value_t = 10)]
         time: u64,
     },
@@ -83,18 +91,44 @@ enum Cmd {
         #[arg(short, long)]
         all: bool,
     },
-    /// Remove a container.
+    /// Remove containers.
     Rm {
+        /// Containers (names, IDs or ID prefixes).
+        #[arg(required = true)]
         names: Vec<String>,
+        /// Kill running containers first.
         #[arg(short, long)]
         force: bool,
     },
-    /// Show a container's full record.
-    Inspect { name: String },
-    /// Freeze a running container into a checkpoint (CRIU), optionally exported to a file.
-    Checkpoint(CheckpointArgs),
+    /// Show containers' full records (one name: the record; several: an array).
+    Inspect {
+        /// Containers (names, IDs or ID prefixes).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Freeze a running container into a checkpoint (CRIU), optionally exported to a file;
+    /// `checkpoint list` and `checkpoint remove` manage checkpoints.
+    Checkpoint(checkpoint::CheckpointArgs),
     /// Bring back a container from a checkpoint or an exported archive.
-    Restore(RestoreArgs),
+    Restore(checkpoint::RestoreArgs),
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
+    /// Container and migration events as they happen (until interrupted).
+    Events(watch::EventsArgs),
+    /// CPU, memory, network and tasks of running containers, every second.
+    Stats(watch::StatsArgs),
+    /// Print a shell completion script: `ferry completion bash > /etc/bash_completion.d/ferry`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (ferry.1 and one per subcommand) into a directory.
+    Man {
+        /// The directory, e.g. /usr/local/share/man/man1.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Move a running container to another host while its clients keep working.
     Migrate {
         name: String,
@@ -169,72 +203,6 @@ enum CaCmd {
     },
 }
 
-#[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
-struct CheckpointArgs {
-    #[command(subcommand)]
-    sub: Option<CheckpointSub>,
-    /// The container to checkpoint.
-    container: Option<String>,
-    /// Keep the container running after the checkpoint.
-    #[arg(long)]
-    leave_running: bool,
-    /// Name of the checkpoint (default: a timestamp).
-    #[arg(long)]
-    name: Option<String>,
-    /// Also write the checkpoint to this archive file.
-    #[arg(long)]
-    export: Option<PathBuf>,
-    /// Also make the checkpoint an image with this name, in the format Podman's
-    /// `--create-image` writes and CRI-O restores from; `ferry restore IMAGE` restores it.
-    #[arg(long, value_name = "REF")]
-    create_image: Option<String>,
-    /// Encrypt the exported archive (ChaCha20-Poly1305) with the 32-byte key in KEYFILE
-    /// (64 hex digits, mode 0600; e.g. `openssl rand -hex 32 > key && chmod 600 key`).
-    #[arg(long, value_name = "KEYFILE", requires = "export")]
-    encrypt: Option<PathBuf>,
-    /// Archive compression: zstd or none.
-    #[arg(long, default_value = "zstd")]
-    compress: String,
-    /// Print CRIU's statistics.
-    #[arg(long)]
-    print_stats: bool,
-}
-
-#[derive(Subcommand, Debug)]
-enum CheckpointSub {
-    /// List checkpoints, of one container or of all.
-    Ls { container: Option<String> },
-    /// Remove a checkpoint.
-    Rm { container: String, snapshot: String },
-}
-
-#[derive(clap::Args, Debug)]
-struct RestoreArgs {
-    /// The container to restore, or a checkpoint image (ferry's or Podman's) to create one
-    /// from (not with --import).
-    container: Option<String>,
-    /// Checkpoint to restore (default: the newest).
-    #[arg(long)]
-    from: Option<String>,
-    /// Create a container from an exported archive.
-    #[arg(long)]
-    import: Option<PathBuf>,
-    /// With --import or an image: a new name.
-    #[arg(long)]
-    name: Option<String>,
-    /// With --import or an image: a new IP (impossible if the checkpoint holds established TCP
-    /// connections).
-    #[arg(long)]
-    ip: Option<String>,
-    /// With --import: the key file of an encrypted archive (see `checkpoint --encrypt`).
-    #[arg(long, value_name = "KEYFILE", requires = "import")]
-    decrypt: Option<PathBuf>,
-    /// Print CRIU's statistics.
-    #[arg(long)]
-    print_stats: bool,
-}
-
 #[derive(Subcommand, Debug)]
 enum ImageCmd {
     /// Import an OCI image layout (dir or tar) or a rootfs tarball.
@@ -270,15 +238,63 @@ pub(crate) fn parse_bytes(s: &str) -> Result<i64> {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Known before parsing, so a command line clap refuses is reported as JSON too.
+    let json = argv.iter().any(|a| a == "--json");
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("ferry: error: {e:#}");
-        std::process::exit(1);
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let e = anyhow::Error::new(e).context("starting the async runtime");
+            std::process::exit(error::report(&e, json));
+        }
+    };
+    let result = rt.block_on(async {
+        let cli = parse(argv, json).await?;
+        run(cli).await
+    });
+    if let Err(e) = result {
+        std::process::exit(error::report(&e, json));
     }
+}
+
+/// Parses the command line. `checkpoint ls|rm` names the container `ls` or `rm` when one
+/// exists (see `checkpoint::container_form`), so a subcommand never hides a container.
+async fn parse(argv: Vec<std::ffi::OsString>, json: bool) -> Result<Cli> {
+    let first = Cli::try_parse_from(&argv);
+    if let Some((alt_argv, name)) = checkpoint::container_form(&argv) {
+        if let Ok(alt) = Cli::try_parse_from(&alt_argv) {
+            let c = Client::new(alt.socket.clone());
+            let found: Result<ContainerRecord> = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/containers/{}", enc(&name)),
+                    None::<()>,
+                )
+                .await;
+            if found.is_ok_and(|r| r.config.name == name) {
+                return Ok(alt);
+            }
+        }
+    }
+    first.map_err(|e| {
+        if !json {
+            // clap's own report (usage, suggestions, colours) and exit code; help and
+            // version are answers, not failures, and exit 0.
+            e.exit();
+        }
+        if !e.use_stderr() {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        let msg = e.render().to_string();
+        // The message without the usage lines that follow it.
+        let msg = msg.split("\n\nUsage:").next().unwrap_or_default();
+        let msg = msg.trim().trim_start_matches("error: ").to_owned();
+        error::CliError::new("usage", msg).into()
+    })
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -287,7 +303,11 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Info => {
             let info: Info = c.call(Method::GET, "/v1/info", None::<()>).await?;
-            output::print_json(&info)?;
+            if json {
+                output::print_json(&info)?;
+            } else {
+                output::info(&info);
+            }
         }
         Cmd::Image(ImageCmd::Import { path, name }) => {
             let path = std::fs::canonicalize(&path)
@@ -300,12 +320,12 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 output::print_json(&img)?;
             } else {
-                println!("{}", img.id);
+                outln!("{}", img.id);
             }
         }
         Cmd::Image(ImageCmd::Save { image, output }) => {
             let req = SaveImageRequest {
-                path: absolute(&output)?,
+                path: checkpoint::absolute(&output)?,
             };
             let rep: SaveImageReport = c
                 .call(
@@ -317,7 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 output::print_json(&rep)?;
             } else {
-                println!("saved {} ({}) to {}", rep.reference, rep.id, rep.path);
+                outln!("saved {} ({}) to {}", rep.reference, rep.id, rep.path);
             }
         }
         Cmd::Image(ImageCmd::Ls) => {
@@ -339,56 +359,44 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 output::print_json(&img)?;
             } else {
-                println!("removed {}", img.id);
+                outln!("removed {}", img.id);
             }
         }
         Cmd::Run(a) => run::run(&cli.socket, *a, json).await?,
-        Cmd::Ps { all } => {
-            let list: Vec<ContainerRecord> =
-                c.call(Method::GET, "/v1/containers", None::<()>).await?;
-            let list: Vec<_> = list
-                .into_iter()
-                // Live ones, and those a failed migration left in error: never hide those.
-                .filter(|r| {
-                    use ferry_core::container::Status;
-                    all || matches!(
-                        r.status,
-                        Status::Running | Status::Migrating | Status::Error
+        Cmd::Ps(a) => ps::run(&c, a, json).await?,
+        Cmd::Logs(a) => {
+            let o = a.options(json)?;
+            logs::print(&c, &a.name, &o).await?;
+        }
+        Cmd::Start { names } => {
+            names::each(&names, json, names::Human::Name, |name| {
+                let c = &c;
+                async move {
+                    c.call(
+                        Method::POST,
+                        &format!("/v1/containers/{}/start", enc(&name)),
+                        Some(json!({})),
                     )
-                })
-                .collect();
-            if json {
-                output::print_json(&list)?;
-            } else {
-                output::containers_table(&list);
-            }
+                    .await
+                }
+            })
+            .await?
         }
-        Cmd::Logs {
-            name,
-            follow,
-            timestamps,
-        } => logs(&c, &name, follow, timestamps).await?,
-        Cmd::Start { name } => {
-            let rec: ContainerRecord = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/containers/{}/start", enc(&name)),
-                    Some(json!({})),
-                )
-                .await?;
-            output::record_or_name(json, &rec)?;
-        }
-        Cmd::Stop { name, time } => {
-            let rec: ContainerRecord = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/containers/{}/stop", enc(&name)),
-                    Some(StopRequest {
-                        timeout: Some(time),
-                    }),
-                )
-                .await?;
-            output::record_or_name(json, &rec)?;
+        Cmd::Stop { names, time } => {
+            names::each(&names, json, names::Human::Name, |name| {
+                let c = &c;
+                async move {
+                    c.call(
+                        Method::POST,
+                        &format!("/v1/containers/{}/stop", enc(&name)),
+                        Some(StopRequest {
+                            timeout: Some(time),
+                        }),
+                    )
+                    .await
+                }
+            })
+            .await?
         }
         Cmd::Kill { name, signal, all } => {
             let _: serde_json::Value = c
@@ -401,24 +409,39 @@ async fn run(cli: Cli) -> Result<()> {
                     }),
                 )
                 .await?;
-            if !json {
-                println!("{name}");
+            if json {
+                output::print_json(&json!({ "name": name, "signal": "sent" }))?;
+            } else {
+                outln!("{name}");
             }
         }
         Cmd::Rm { names, force } => {
-            anyhow::ensure!(!names.is_empty(), "give at least one container name");
-            for name in names {
-                let rec: ContainerRecord = c
-                    .call(
+            names::each(&names, json, names::Human::Name, |name| {
+                let c = &c;
+                async move {
+                    c.call(
                         Method::DELETE,
                         &format!("/v1/containers/{}?force={force}", enc(&name)),
                         None::<()>,
                     )
-                    .await?;
-                output::record_or_name(json, &rec)?;
+                    .await
+                }
+            })
+            .await?
+        }
+        Cmd::Checkpoint(a) => checkpoint::checkpoint(&c, a, json).await?,
+        Cmd::Volume(cmd) => volume::run(&c, cmd, json).await?,
+        Cmd::Events(a) => watch::events(&c, a, json).await?,
+        Cmd::Stats(a) => watch::stats(&c, a, json).await?,
+        Cmd::Completion { shell } => ops::completion(shell),
+        Cmd::Man { out } => {
+            let files = ops::man_pages(&out)?;
+            if json {
+                output::print_json(&files)?;
+            } else {
+                outln!("wrote {} man pages into {}", files.len(), out.display());
             }
         }
-        Cmd::Checkpoint(a) => checkpoint(&c, a, json).await?,
         Cmd::Migrate { name, to, mode } => migrate::run(&c, &name, &to, &mode, json).await?,
         Cmd::Host(HostCmd::Add { name, addr }) => {
             let e: HostEntry = c
@@ -431,7 +454,7 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 output::print_json(&e)?;
             } else {
-                println!("{} {}", e.name, e.addr);
+                outln!("{} {}", e.name, e.addr);
             }
         }
         Cmd::Migration(MigrationCmd::Ls) => {
@@ -463,7 +486,7 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 output::print_json(&rec)?;
             } else {
-                println!("{} {}", rec.migration_id, rec.stage);
+                outln!("{} {}", rec.migration_id, rec.stage);
             }
         }
         Cmd::Host(HostCmd::Ls) => {
@@ -471,9 +494,9 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 output::print_json(&list)?;
             } else {
-                println!("{:<20} ADDRESS", "NAME");
+                outln!("{:<20} ADDRESS", "NAME");
                 for h in list {
-                    println!("{:<20} {}", h.name, h.addr);
+                    outln!("{:<20} {}", h.name, h.addr);
                 }
             }
         }
@@ -485,30 +508,43 @@ async fn run(cli: Cli) -> Result<()> {
                     None::<()>,
                 )
                 .await?;
+            if json {
+                output::print_json(&json!({ "removed": name }))?;
+            } else {
+                outln!("removed host {name}");
+            }
         }
         Cmd::Ca(CaCmd::Init { dir }) => {
             ferry_core::peer::tls::ClusterCa::create(&dir)?;
-            if !json {
-                println!("created cluster CA in {}", dir.display());
+            if json {
+                output::print_json(&json!({ "ca": dir }))?;
+            } else {
+                outln!("created cluster CA in {}", dir.display());
             }
         }
         Cmd::Ca(CaCmd::Issue { dir, name, ip, out }) => {
             let ca = ferry_core::peer::tls::ClusterCa::load(&dir)?;
             ca.issue_host(&name, &ip, &out)?;
-            if !json {
-                println!("issued certificate for {name} into {}", out.display());
+            if json {
+                output::print_json(&json!({ "issued": name, "out": out }))?;
+            } else {
+                outln!("issued certificate for {name} into {}", out.display());
             }
         }
-        Cmd::Restore(a) => restore(&c, a, json).await?,
-        Cmd::Inspect { name } => {
-            let rec: ContainerRecord = c
-                .call(
-                    Method::GET,
-                    &format!("/v1/containers/{}", enc(&name)),
-                    None::<()>,
-                )
-                .await?;
-            output::print_json(&rec)?;
+        Cmd::Restore(a) => checkpoint::restore(&c, a, json).await?,
+        Cmd::Inspect { names } => {
+            names::each(&names, json, names::Human::Record, |name| {
+                let c = &c;
+                async move {
+                    c.call(
+                        Method::GET,
+                        &format!("/v1/containers/{}", enc(&name)),
+                        None::<()>,
+                    )
+                    .await
+                }
+            })
+            .await?
         }
     }
     Ok(())
@@ -525,161 +561,4 @@ pub(crate) fn enc(s: &str) -> String {
         }
     }
     out
-}
-
-async fn logs(c: &Client, name: &str, follow: bool, timestamps: bool) -> Result<()> {
-    use std::io::Write;
-    let resp = c
-        .send(
-            Method::GET,
-            &format!("/v1/containers/{}/logs?follow={follow}", enc(name)),
-            None,
-        )
-        .await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    if !status.is_success() {
-        let bytes = body.collect().await?.to_bytes();
-        return Err(client::api_error(&bytes, status));
-    }
-    let mut pending: Vec<u8> = Vec::new();
-    let stdout = std::io::stdout();
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        pending.extend_from_slice(data);
-        let mut out = stdout.lock();
-        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=pos).collect();
-            out.write_all(&output::render_log_line(&line, timestamps))?;
-        }
-        out.flush()?;
-    }
-    if !pending.is_empty() {
-        stdout
-            .lock()
-            .write_all(&output::render_log_line(&pending, timestamps))?;
-    }
-    Ok(())
-}
-
-async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
-    use ferry_core::container::checkpoint::{CheckpointReport, CheckpointRequest, SnapshotInfo};
-    match a.sub {
-        Some(CheckpointSub::Ls { container }) => {
-            let q = container
-                .map(|n| format!("?container={}", enc(&n)))
-                .unwrap_or_default();
-            let list: Vec<SnapshotInfo> = c
-                .call(Method::GET, &format!("/v1/checkpoints{q}"), None::<()>)
-                .await?;
-            if json {
-                output::print_json(&list)?;
-            } else {
-                output::checkpoints_table(&list);
-            }
-        }
-        Some(CheckpointSub::Rm {
-            container,
-            snapshot,
-        }) => {
-            let _: serde_json::Value = c
-                .call(
-                    Method::DELETE,
-                    &format!(
-                        "/v1/containers/{}/checkpoints/{}",
-                        enc(&container),
-                        enc(&snapshot)
-                    ),
-                    None::<()>,
-                )
-                .await?;
-            if !json {
-                println!("removed {container}/{snapshot}");
-            }
-        }
-        None => {
-            let name = a
-                .container
-                .context("give the container to checkpoint (or `ls` / `rm`)")?;
-            let export = match a.export {
-                Some(p) => Some(absolute(&p)?),
-                None => None,
-            };
-            let req = CheckpointRequest {
-                leave_running: a.leave_running,
-                name: a.name,
-                export,
-                create_image: a.create_image,
-                encrypt: a.encrypt.as_deref().map(absolute).transpose()?,
-                compress: Some(a.compress),
-            };
-            let rep: CheckpointReport = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/containers/{}/checkpoint", enc(&name)),
-                    Some(req),
-                )
-                .await?;
-            if json {
-                output::print_json(&rep)?;
-            } else {
-                println!("{}/{}", rep.container, rep.snapshot);
-                if let Some(e) = &rep.exported {
-                    println!("exported to {e}");
-                }
-                if let Some(i) = &rep.image {
-                    println!("checkpoint image {i}");
-                }
-                if a.print_stats {
-                    output::checkpoint_stats(&rep);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn restore(c: &Client, a: RestoreArgs, json: bool) -> Result<()> {
-    use ferry_core::container::checkpoint::{RestoreReport, RestoreRequest};
-    let import = match &a.import {
-        Some(p) => Some(absolute(p)?),
-        None => None,
-    };
-    let req = RestoreRequest {
-        from: a.from,
-        import,
-        name: a.name,
-        ip: a.ip,
-        decrypt: a.decrypt.as_deref().map(absolute).transpose()?,
-    };
-    let path = match (&req.import, &a.container) {
-        (Some(_), None) => "/v1/restore".to_owned(),
-        (Some(_), Some(_)) => anyhow::bail!(
-            "give either a container or --import FILE, not both (use --name for a new name)"
-        ),
-        (None, Some(n)) => format!("/v1/containers/{}/restore", enc(n)),
-        (None, None) => anyhow::bail!("give the container to restore, or --import FILE"),
-    };
-    let rep: RestoreReport = c.call(Method::POST, &path, Some(req)).await?;
-    if json {
-        output::print_json(&rep)?;
-    } else {
-        println!("{}", rep.container);
-        if a.print_stats {
-            output::restore_stats(&rep);
-        }
-    }
-    Ok(())
-}
-
-fn absolute(p: &std::path::Path) -> Result<String> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    };
-    Ok(abs.display().to_string())
 }

@@ -52,7 +52,7 @@ pub async fn run(c: &Client, name: &str, to: &str, mode: &str, json_out: bool) -
     match last {
         Some(MigrationEvent::Done { report }) => {
             if json_out {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 table(&report);
             }
@@ -60,7 +60,7 @@ pub async fn run(c: &Client, name: &str, to: &str, mode: &str, json_out: bool) -
         }
         Some(MigrationEvent::Failed { error, report }) => {
             if json_out {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 table(&report);
             }
@@ -79,6 +79,12 @@ pub async fn run(c: &Client, name: &str, to: &str, mode: &str, json_out: bool) -
                 }
                 _ => "the container was not touched and keeps running on the source",
             };
+            if json_out {
+                // stdout holds the report (with its error) as the one JSON document; the
+                // summary goes to stderr, and the exit code says it failed.
+                eprintln!("ferry: error: migration failed ({where_}): {error}");
+                return Err(crate::error::Reported(1).into());
+            }
             bail!("migration failed ({where_}): {error}")
         }
         _ => bail!(
@@ -142,7 +148,7 @@ fn render(ev: &MigrationEvent, phase_start: &mut std::time::Instant) {
 
 /// Where the frozen window went: its parts, each with what explains it.
 fn window(w: &Downtime, to: &str) {
-    println!("  where the frozen window went:");
+    outln!("  where the frozen window went:");
     let line = |label: &str, ms: f64, bytes: u64| {
         let (size, rate) = if bytes > 0 && ms > 0.0 {
             (
@@ -152,7 +158,7 @@ fn window(w: &Downtime, to: &str) {
         } else {
             (String::new(), String::new())
         };
-        println!("    {label:<30}{ms:>9.1} ms{size:>12}{rate:>14}");
+        outln!("    {label:<30}{ms:>9.1} ms{size:>12}{rate:>14}");
     };
     for p in &w.parts {
         let label = match p.part {
@@ -161,7 +167,7 @@ fn window(w: &Downtime, to: &str) {
         };
         line(&label, p.ms, p.bytes);
         match (p.part, &w.criu_dump, &w.restore) {
-            (Part::Pages, Some(c), _) => println!(
+            (Part::Pages, Some(c), _) => outln!(
                 "      CRIU: freezing {:.1} ms, memdump {:.1} ms, memwrite {:.1} ms, \
                  {} of {} pages written, frozen {:.1} ms in all",
                 c.freezing_ms,
@@ -171,7 +177,7 @@ fn window(w: &Downtime, to: &str) {
                 c.pages_scanned,
                 c.frozen_ms
             ),
-            (Part::Restore, _, Some(d)) => println!(
+            (Part::Restore, _, Some(d)) => outln!(
                 "      {to}: {:.1} ms: page server {:.1}, runc restore {:.1} (CRIU forking {:.1}, \
                  restore {:.1}), {} pages; wire {:.1} ms; network staged before the freeze \
                  ({:.1} ms)",
@@ -192,15 +198,19 @@ fn window(w: &Downtime, to: &str) {
 }
 
 pub fn table(r: &MigrationReport) {
-    println!();
-    println!(
+    outln!();
+    outln!(
         "migration {} of {}: {} → {} ({})",
-        r.migration_id, r.container, r.from, r.to, r.mode
+        r.migration_id,
+        r.container,
+        r.from,
+        r.to,
+        r.mode
     );
-    println!("  {:<32}{:>10}{:>14}", "phase", "time", "bytes");
+    outln!("  {:<32}{:>10}{:>14}", "phase", "time", "bytes");
     for p in &r.phases {
         let label = p.phase.map(|ph| ph.label()).unwrap_or("?");
-        println!(
+        outln!(
             "  {:<32}{:>7} ms{:>14}",
             label,
             p.ms,
@@ -211,26 +221,27 @@ pub fn table(r: &MigrationReport) {
             }
         );
     }
-    println!(
+    outln!(
         "  bytes: layers {}, filesystem {}, memory pages {}, other CRIU images {}",
         human_bytes(r.bytes.layers),
         human_bytes(r.bytes.fs),
         human_bytes(r.bytes.pages),
         human_bytes(r.bytes.images)
     );
-    println!(
+    outln!(
         "  layers sent {}, already present {}",
-        r.layers_sent, r.layers_skipped
+        r.layers_sent,
+        r.layers_skipped
     );
     match r.downtime_ms {
-        Some(d) => println!("  downtime (freeze → running on {}): {d} ms", r.to),
-        None => println!("  downtime: -"),
+        Some(d) => outln!("  downtime (freeze → running on {}): {d} ms", r.to),
+        None => outln!("  downtime: -"),
     }
     if let Some(w) = &r.downtime_breakdown {
         window(w, &r.to);
     }
     if let Some(l) = &r.lazy {
-        println!(
+        outln!(
             "  post-copy: {} pulled after the resume in {} ms ({:.0} MB/s); fully copied {} ms \
              after the freeze",
             human_bytes(l.bytes),
@@ -238,15 +249,17 @@ pub fn table(r: &MigrationReport) {
             l.pull_mb_s,
             l.fully_copied_ms
         );
-        println!(
+        outln!(
             "  pages: {} in all, {} asked for by page faults, {} pushed in the background",
-            l.pages, l.pages_on_demand, l.pages_pushed
+            l.pages,
+            l.pages_on_demand,
+            l.pages_pushed
         );
     }
     if let Some(ms) = r.source_cleanup_ms {
-        println!("  after the commit, the source let go of its copy in {ms} ms");
+        outln!("  after the commit, the source let go of its copy in {ms} ms");
     }
-    println!("  total: {} ms", r.total_ms);
+    outln!("  total: {} ms", r.total_ms);
     let outcome = match r.outcome {
         Some(Outcome::Committed) => "committed: the container runs on the destination",
         Some(Outcome::RolledBack) => "rolled back: the container runs on the source",
@@ -263,11 +276,11 @@ pub fn table(r: &MigrationReport) {
         }
         None => "unknown",
     };
-    println!("  outcome: {outcome}");
+    outln!("  outcome: {outcome}");
     if let Some(e) = &r.error {
-        println!("  error: {e}");
+        outln!("  error: {e}");
     }
     for f in &r.cleanup_failures {
-        println!("  cleanup failed: {f}");
+        outln!("  cleanup failed: {f}");
     }
 }

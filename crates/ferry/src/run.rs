@@ -6,11 +6,9 @@
 use anyhow::{Context, Result};
 use ferry_core::api::{KillRequest, RunRequest};
 use ferry_core::container::{ContainerRecord, Status};
-use ferry_core::runtime::shim::log::{parse_entry, LogStream};
-use http_body_util::BodyExt;
 use hyper::Method;
 
-use crate::client::{self, Client};
+use crate::client::Client;
 use crate::{enc, output, parse_bytes};
 
 #[derive(clap::Args, Debug)]
@@ -242,68 +240,12 @@ async fn exit_code(c: &Client, name: &str) -> Result<i32> {
 /// Copies the container's log to this terminal: stdout entries to stdout, stderr entries to
 /// stderr. With `follow`, until the container stops.
 pub async fn stream_output(c: &Client, name: &str, follow: bool, timestamps: bool) -> Result<()> {
-    use std::io::Write;
-    let resp = c
-        .send(
-            Method::GET,
-            &format!("/v1/containers/{}/logs?follow={follow}", enc(name)),
-            None,
-        )
-        .await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    if !status.is_success() {
-        let bytes = body.collect().await?.to_bytes();
-        return Err(client::api_error(&bytes, status));
-    }
-    let mut pending: Vec<u8> = Vec::new();
-    let write = |line: &[u8]| -> std::io::Result<()> {
-        let (stream, bytes) = render(line, timestamps);
-        match stream {
-            LogStream::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&bytes)?;
-                out.flush()
-            }
-            LogStream::Stderr => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(&bytes)?;
-                err.flush()
-            }
-        }
+    let o = crate::logs::Options {
+        follow,
+        timestamps,
+        ..Default::default()
     };
-    while let Some(frame) = body.frame().await {
-        let frame = frame.context("reading the container's output from ferryd")?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        pending.extend_from_slice(data);
-        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=pos).collect();
-            write(&line)?;
-        }
-    }
-    if !pending.is_empty() {
-        write(&pending)?;
-    }
-    Ok(())
-}
-
-/// One log line as the terminal shows it, and the stream it belongs on. A line that is not a
-/// log entry (a damaged log) goes to stdout as it is.
-pub fn render(line: &[u8], timestamps: bool) -> (LogStream, Vec<u8>) {
-    let Ok(entry) = parse_entry(line) else {
-        return (LogStream::Stdout, line.to_vec());
-    };
-    let mut out = Vec::with_capacity(entry.text.len() + 48);
-    if timestamps {
-        out.extend_from_slice(format!("{} ", entry.time.to_rfc3339()).as_bytes());
-    }
-    out.extend_from_slice(entry.text.as_bytes());
-    if entry.complete {
-        out.push(b'\n');
-    }
-    (entry.stream, out)
+    crate::logs::print(c, name, &o).await
 }
 
 /// The signals a foreground `run` receives, caught so they reach the container instead of
@@ -382,15 +324,5 @@ mod tests {
         );
         assert!(parse_entrypoint("").unwrap().is_empty());
         assert!(parse_entrypoint("[oops").is_err());
-    }
-
-    #[test]
-    fn render_keeps_the_stream() {
-        let (s, b) = render(b"2026-01-01T00:00:00Z stderr F oops\n", false);
-        assert_eq!((s, b.as_slice()), (LogStream::Stderr, &b"oops\n"[..]));
-        let (s, b) = render(b"2026-01-01T00:00:00Z stdout P part\n", false);
-        assert_eq!((s, b.as_slice()), (LogStream::Stdout, &b"part"[..]));
-        let (s, b) = render(b"raw\n", false);
-        assert_eq!((s, b.as_slice()), (LogStream::Stdout, &b"raw\n"[..]));
     }
 }

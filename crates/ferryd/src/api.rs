@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -18,7 +18,7 @@ use ferry_core::container::{ContainerRecord, Engine};
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::DaemonArgs;
 
 pub struct AppState {
@@ -31,8 +31,8 @@ pub struct AppState {
     pub identity: Option<Arc<ferry_core::peer::tls::HostIdentity>>,
 }
 
-type S = State<Arc<AppState>>;
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type S = State<Arc<AppState>>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -61,13 +61,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/containers/{name}/migrate", post(migrate))
         .route("/v1/migrations", get(migrations_ls))
         .route("/v1/migrations/{id}/resolve", post(migrations_resolve))
+        .route("/v1/events", get(crate::events::stream))
+        .route("/v1/stats", get(crate::stats::all))
+        .route("/v1/volumes", get(crate::volumes::list))
+        .route("/v1/volumes/prune", post(crate::volumes::prune))
+        .route(
+            "/v1/volumes/{name}",
+            get(crate::volumes::inspect).delete(crate::volumes::remove),
+        )
         .route("/v1/hosts", get(hosts_ls).post(hosts_add))
         .route("/v1/hosts/{name}", delete(hosts_rm))
         .with_state(state)
 }
 
 /// Runs blocking engine work off the async workers.
-async fn blocking<T, F>(state: &Arc<AppState>, f: F) -> ApiResult<T>
+pub(crate) async fn blocking<T, F>(state: &Arc<AppState>, f: F) -> ApiResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
@@ -216,7 +224,7 @@ struct RmQuery {
 async fn containers_rm(
     State(s): S,
     Path(name): Path<String>,
-    Query(q): Query<RmQuery>,
+    ApiQuery(q): ApiQuery<RmQuery>,
 ) -> ApiResult<Json<ContainerRecord>> {
     Ok(Json(
         blocking(&s, move |e| Ok(e.remove(&name, q.force)?)).await?,
@@ -251,82 +259,19 @@ async fn containers_kill(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogsQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
-/// Streams the shim's log file; with `follow`, keeps streaming until the container stops.
+/// Streams the shim's log file, filtered (see [`crate::logs`]).
 async fn containers_logs(
     State(s): S,
     Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiQuery(q): ApiQuery<crate::logs::LogsQuery>,
 ) -> ApiResult<Response> {
+    let filter = crate::logs::LogFilter::from_query(&q)?;
     let n = name.clone();
     let path = blocking(&s, move |e| Ok(e.log_path(&n)?)).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut idle_checks = 0u32;
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) => {
-                    if !q.follow {
-                        return;
-                    }
-                    idle_checks += 1;
-                    // Every ~second, stop following once the container is gone or stopped.
-                    if idle_checks.is_multiple_of(10) {
-                        let s2 = s.clone();
-                        let n2 = name.clone();
-                        let running =
-                            tokio::task::spawn_blocking(move || s2.engine.is_running(&n2))
-                                .await
-                                .unwrap_or(false);
-                        if !running {
-                            // Drain what the shim wrote last, then end.
-                            if let Ok(n) = file.read(&mut buf).await {
-                                if n > 0 && tx.send(Ok(buf[..n].to_vec())).await.is_err() {
-                                    return;
-                                }
-                            }
-                            return;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(n) => {
-                    idle_checks = 0;
-                    if tx.send(Ok(buf[..n].to_vec())).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-    });
-    let stream = tokio_stream_from(rx);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    tokio::spawn(crate::logs::stream(s, name, path, q.follow, filter, tx));
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(Body::from_stream(stream).into_response())
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn checkpoint(
@@ -366,7 +311,7 @@ struct CheckpointLsQuery {
 
 async fn checkpoint_ls(
     State(s): S,
-    Query(q): Query<CheckpointLsQuery>,
+    ApiQuery(q): ApiQuery<CheckpointLsQuery>,
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     Ok(Json(
         blocking(&s, move |e| Ok(e.list_checkpoints(q.container.as_deref())?)).await?,

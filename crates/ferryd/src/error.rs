@@ -7,6 +7,8 @@ use ferry_core::api::ApiErrorBody;
 use ferry_core::checkpoint::archive::ArchiveError;
 use ferry_core::container::ContainerError;
 use ferry_core::image::ImageError;
+use ferry_core::network::dns::DnsError;
+use ferry_core::network::ports::PortError;
 use ferry_core::network::NetError;
 
 pub struct ApiError {
@@ -89,7 +91,10 @@ impl From<ContainerError> for ApiError {
     fn from(e: ContainerError) -> Self {
         let msg = chain(&e);
         match &e {
-            ContainerError::NotFound(_) => ApiError::not_found(msg),
+            ContainerError::NotFound(_) | ContainerError::Missing(_) => ApiError::not_found(msg),
+            ContainerError::Ambiguous { .. } => {
+                ApiError::with_status(StatusCode::BAD_REQUEST, "ambiguous", msg)
+            }
             ContainerError::NameInUse(_) | ContainerError::WrongState { .. } => {
                 ApiError::conflict(msg)
             }
@@ -100,6 +105,11 @@ impl From<ContainerError> for ApiError {
             ContainerError::Archive(ArchiveError::Io { .. }) => ApiError::internal(msg),
             ContainerError::Archive(_) | ContainerError::Podman(_) => ApiError::invalid(msg),
             ContainerError::Image(ie) => ApiError::from_image(ie, msg),
+            // A bad --hostname, --dns, --add-host or -p is the caller's.
+            ContainerError::Dns(
+                DnsError::BadHostname(_) | DnsError::BadAddHost(_) | DnsError::BadServer(_),
+            )
+            | ContainerError::Ports(PortError::Bad(_)) => ApiError::invalid(msg),
             ContainerError::Network(NetError::InUse { .. }) => ApiError::conflict(msg),
             ContainerError::Network(
                 NetError::OutsideSubnet { .. }
@@ -126,6 +136,19 @@ impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         let msg = chain(&e);
         ApiError::from_image(&e, msg)
+    }
+}
+
+impl From<ferry_core::container::VolumeError> for ApiError {
+    fn from(e: ferry_core::container::VolumeError) -> Self {
+        use ferry_core::container::VolumeError;
+        let msg = chain(&e);
+        match e {
+            VolumeError::NotFound(_) => ApiError::not_found(msg),
+            VolumeError::InUse { .. } => ApiError::conflict(msg),
+            VolumeError::InvalidName(_) => ApiError::invalid(msg),
+            VolumeError::Io { .. } => ApiError::internal(msg),
+        }
     }
 }
 

@@ -33,3 +33,28 @@ fn refusal(r: &JsonRejection) -> ApiError {
     }
     ApiError::invalid(format!("bad request body: {}", r.body_text()))
 }
+
+/// axum's `Query`, with a refused query string (an unknown key, a wrong type) answered as 400
+/// in the API's error body, like [`ApiJson`].
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::invalid(format!(
+                "bad query string: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}

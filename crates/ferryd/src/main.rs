@@ -3,7 +3,11 @@
 
 mod api;
 mod error;
+mod events;
 mod json;
+mod logs;
+mod stats;
+mod volumes;
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;

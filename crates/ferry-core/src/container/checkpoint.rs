@@ -207,17 +207,12 @@ impl Engine {
         req: &CheckpointRequest,
     ) -> Result<CheckpointReport, ContainerError> {
         let t0 = Instant::now();
-        let compression: Compression =
-            req.compress
-                .as_deref()
-                .unwrap_or("zstd")
-                .parse()
-                .map_err(|_| {
-                    invalid(format!(
-                        "unknown compression {:?}: use zstd or none",
-                        req.compress
-                    ))
-                })?;
+        let compression: Compression = req
+            .compress
+            .as_deref()
+            .unwrap_or("zstd")
+            .parse()
+            .map_err(invalid)?;
         if let Some(exp) = &req.export {
             let p = Path::new(exp);
             if !p.is_absolute() {
@@ -449,10 +444,9 @@ impl Engine {
         }
         let snaps = self.snapshots_of(&rec.config)?;
         let snap = match from {
-            Some(f) => snaps
-                .iter()
-                .find(|s| f == s.snapshot)
-                .ok_or_else(|| ContainerError::NotFound(format!("checkpoint {f} of {name}")))?,
+            Some(f) => snaps.iter().find(|s| f == s.snapshot).ok_or_else(|| {
+                ContainerError::Missing(format!("container {name} has no checkpoint {f}"))
+            })?,
             None => snaps
                 .last()
                 .ok_or_else(|| invalid(format!("container {name} has no checkpoint to restore")))?,
@@ -472,8 +466,8 @@ impl Engine {
     ) -> Result<RestoreReport, ContainerError> {
         let t0 = Instant::now();
         if !file.is_file() {
-            return Err(ContainerError::NotFound(format!(
-                "archive {}",
+            return Err(ContainerError::Missing(format!(
+                "checkpoint archive {} does not exist or is not a file",
                 file.display()
             )));
         }
@@ -606,6 +600,8 @@ impl Engine {
             Err(e) => {
                 let mut r = rec.clone();
                 drop(rec);
+                // CRIU's log is in the container's dir, which goes now: keep a copy first.
+                let e = self.keep_failed_import_log(e, &r.config);
                 if let Err(fe) = self.forget(&mut r) {
                     tracing::warn!(container = %r.config.name, error = %fe, "cleaning up a failed import");
                 }
@@ -619,6 +615,36 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// A failed import's CRIU error points at a restore log in the container's dir, which the
+    /// cleanup removes: the log is copied to `<root>/failed-imports/` and the error points
+    /// there instead (or says the log is lost, and why).
+    fn keep_failed_import_log(&self, e: ContainerError, cfg: &ContainerConfig) -> ContainerError {
+        let ContainerError::Criu { op, reason, .. } = e else {
+            return e;
+        };
+        let src = self
+            .container_dir(&cfg.id)
+            .join("criu-work")
+            .join("restore.log");
+        let dir = self.paths().root().join("failed-imports");
+        let dest = dir.join(format!(
+            "{}-{}.restore.log",
+            cfg.name,
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        let log = fsutil::create_private_dir_all(&dir)
+            .and_then(|()| std::fs::copy(&src, &dest))
+            .map(|_| criu::explain_log(&dest).to_string())
+            .unwrap_or_else(|ce| {
+                let excerpt = criu::explain_log(&src);
+                match &excerpt.first_error {
+                    Some(first) => format!("CRIU said: {first}; its log could not be kept: {ce}"),
+                    None => format!("CRIU's log could not be kept: {ce}"),
+                }
+            });
+        ContainerError::Criu { op, reason, log }
     }
 
     /// Restores a prepared container (upper dir and volumes in place) from CRIU images.
@@ -777,7 +803,9 @@ impl Engine {
         let s = snaps
             .iter()
             .find(|s| snapshot == s.snapshot)
-            .ok_or_else(|| ContainerError::NotFound(format!("checkpoint {snapshot} of {name}")))?;
+            .ok_or_else(|| {
+                ContainerError::Missing(format!("container {name} has no checkpoint {snapshot}"))
+            })?;
         std::fs::remove_dir_all(&s.dir).map_err(io(Path::new(&s.dir)))
     }
 

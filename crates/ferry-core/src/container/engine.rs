@@ -140,24 +140,37 @@ impl Engine {
     }
 
     pub fn slot(&self, name: &str) -> Result<Slot, ContainerError> {
+        self.lookup(name).map(|(_, slot)| slot)
+    }
+
+    /// The one place a user's reference to a container is resolved: its name, else its ID or
+    /// any unique prefix of its ID (a name wins over an ID prefix). Returns the container's
+    /// own name with its slot; a prefix of several IDs is refused, naming them.
+    pub fn lookup(&self, name: &str) -> Result<(String, Slot), ContainerError> {
         let map = lock(&self.containers);
         if let Some(s) = map.get(name) {
-            return Ok(s.clone());
+            return Ok((name.to_owned(), s.clone()));
         }
-        // Also accept an id or a unique id prefix, found in the views: a busy container's
-        // lock is not for the taking here, with the map lock held.
-        let hits: Vec<Slot> = if name.len() >= 6 {
-            lock(&self.views)
-                .values()
-                .filter(|r| r.config.id.starts_with(name))
-                .filter_map(|r| map.get(&r.config.name).cloned())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        match hits.as_slice() {
-            [one] => Ok(one.clone()),
-            _ => Err(ContainerError::NotFound(name.to_owned())),
+        if name.is_empty() {
+            return Err(ContainerError::NotFound(String::new()));
+        }
+        // IDs are found in the views: a busy container's lock is not for the taking here,
+        // with the map lock held.
+        let mut hits: Vec<(String, Slot)> = lock(&self.views)
+            .values()
+            .filter(|r| r.config.id.starts_with(name))
+            .filter_map(|r| {
+                map.get(&r.config.name)
+                    .map(|s| (r.config.name.clone(), s.clone()))
+            })
+            .collect();
+        match hits.len() {
+            0 => Err(ContainerError::NotFound(name.to_owned())),
+            1 => Ok(hits.remove(0)),
+            _ => Err(ContainerError::Ambiguous {
+                prefix: name.to_owned(),
+                matches: hits.into_iter().map(|(n, _)| n).collect(),
+            }),
         }
     }
 
@@ -206,13 +219,8 @@ impl Engine {
     }
 
     pub fn inspect(&self, name: &str) -> Result<ContainerRecord, ContainerError> {
-        let slot = self.slot(name)?;
         // `name` may be an id prefix: the view is found by the container's own name.
-        let own = lock(&self.views)
-            .values()
-            .find(|r| r.config.name == name || r.config.id.starts_with(name))
-            .map(|r| r.config.name.clone())
-            .unwrap_or_else(|| name.to_owned());
+        let (own, slot) = self.lookup(name)?;
         self.read_slot(&own, &slot, true)
             .ok_or_else(|| ContainerError::NotFound(name.to_owned()))
     }

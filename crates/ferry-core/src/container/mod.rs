@@ -6,7 +6,9 @@ pub(crate) mod engine;
 mod interop;
 mod moving;
 mod rootfs;
+mod stats;
 mod store;
+mod volume;
 
 pub use checkpoint::{RestoredImages, LAZY_PAGES_LOG};
 pub use config::{
@@ -15,7 +17,9 @@ pub use config::{
 };
 pub use engine::{Engine, EngineConfig};
 pub use rootfs::{is_mount_point, RootfsDirs};
+pub use stats::ContainerStats;
 pub use store::RecordStore;
+pub use volume::{VolumeError, VolumeInfo};
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +27,16 @@ use std::path::{Path, PathBuf};
 pub enum ContainerError {
     #[error("no such container: {0}")]
     NotFound(String),
+    /// A user's ID prefix that fits several containers (their names).
+    #[error("{prefix:?} is the start of several container IDs ({}): give more of the ID, or the name", matches.join(", "))]
+    Ambiguous {
+        prefix: String,
+        matches: Vec<String>,
+    },
+    /// Something else the caller named is not there (a checkpoint, an archive); the text
+    /// says what, in full.
+    #[error("{0}")]
+    Missing(String),
     #[error("a container named {0:?} already exists")]
     NameInUse(String),
     #[error("invalid container name {0:?}: use letters, digits, '_', '.', '-', starting with a letter or digit (max 63)")]
