@@ -4,6 +4,7 @@
 mod api;
 mod error;
 mod json;
+mod registry;
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -70,6 +71,10 @@ pub struct DaemonArgs {
     /// This host's name (defaults to the system hostname).
     #[arg(long)]
     host_name: Option<String>,
+    /// A registry (HOST[:PORT]) reached over plain HTTP; repeatable. Also read from
+    /// <root>/registries.json: {"insecure": ["HOST[:PORT]"]}.
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {

@@ -1,0 +1,259 @@
+//! Issue 10 (registry): pull, run and push against a real registry (Debian's docker-registry),
+//! over HTTPS with a CA ferryd trusts through `<root>/certs.d`, with htpasswd auth, a tampered
+//! blob, and plain HTTP only when named insecure. The registry runs in the host's netns.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferry_e2e::registry::{available, Registry, RegistryOptions};
+use ferry_e2e::{bin, Host};
+
+fn registry(h: &Host, tls: bool, htpasswd: Option<(&str, &str)>) -> Registry {
+    Registry::start(&RegistryOptions {
+        netns: PathBuf::from(format!("/run/netns/{}", h.netns)),
+        ip: "127.0.0.1".into(),
+        tls,
+        htpasswd: htpasswd.map(|(u, p)| (u.to_owned(), p.to_owned())),
+    })
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn image_ids(h: &Host) -> Vec<String> {
+    json(&h.ferry_ok(&["image", "ls", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Files left in the store's staging area (a failed pull must leave none).
+fn staging_leftovers(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root.join("images/tmp"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// `ferry login` with the password on stdin.
+fn login(h: &Host, registry: &str, user: &str, password: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("ferry"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(["login", "--username", user, "--password-stdin", registry])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ferry login");
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn push_pull_run_round_trip_over_https() {
+    if !available() {
+        return;
+    }
+    let h = Host::start();
+    let reg = registry(&h, true, None);
+    h.import("busybox");
+    let local = image_ids(&h);
+    assert_eq!(local.len(), 1);
+    let target = format!("{}/ferry/busybox:v1", reg.addr);
+
+    // HTTPS by default: without the registry's CA, the certificate is refused.
+    let err = h.ferry_err(&["push", "busybox", &target]);
+    assert!(
+        err.contains("cannot reach registry") && err.contains("certs.d"),
+        "{err}"
+    );
+
+    reg.trust(&h.root());
+    let pushed = json(&h.ferry_ok(&["push", "busybox", &target, "--json"]));
+    assert_eq!(pushed["id"], local[0].as_str(), "{pushed}");
+    let moved = pushed["blobs_moved"].as_u64().unwrap();
+    assert!(moved >= 2, "config and layers uploaded: {pushed}");
+    // Again: every blob is already there (HEAD first), only the manifest goes.
+    let again = json(&h.ferry_ok(&["push", "busybox", &target, "--json"]));
+    assert_eq!(again["blobs_moved"], 0, "{again}");
+    assert_eq!(again["blobs_present"].as_u64().unwrap(), moved);
+
+    // A store without the image pulls everything, verifies it and keeps id and reference.
+    h.ferry_ok(&["image", "rm", &local[0]]);
+    assert!(image_ids(&h).is_empty());
+    let pulled = json(&h.ferry_ok(&["pull", &target, "--json"]));
+    assert_eq!(
+        pulled["id"],
+        local[0].as_str(),
+        "same manifest, same id: {pulled}"
+    );
+    assert_eq!(pulled["blobs_moved"].as_u64().unwrap(), moved, "{pulled}");
+    assert_eq!(pulled["reference"], target.as_str());
+    let inspect = json(&h.ferry_ok(&["image", "inspect", &target]));
+    assert_eq!(inspect["source"]["reference"], target.as_str(), "{inspect}");
+    assert_eq!(inspect["source"]["digest"], local[0].as_str());
+    assert_eq!(inspect["source"]["registry"], reg.addr.as_str());
+    let ls = h.ferry_ok(&["image", "ls"]);
+    assert!(ls.contains(&target), "{ls}");
+
+    // It runs, and ps shows the reference.
+    h.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hello",
+        &target,
+        "sh",
+        "-c",
+        "echo hello from the registry; sleep 30",
+    ]);
+    h.wait_for("hello's output", Duration::from_secs(20), || {
+        h.logs("hello").contains("hello from the registry")
+    });
+    let ps = h.ferry_ok(&["ps"]);
+    assert!(ps.contains("hello") && ps.contains(&target), "{ps}");
+
+    // tag gives the image another name; the image is one.
+    let tagged = format!("{}/ferry/busybox:v2", reg.addr);
+    h.ferry_ok(&["tag", &target, &tagged]);
+    let inspect2 = json(&h.ferry_ok(&["image", "inspect", &tagged]));
+    assert_eq!(inspect2["digest"], local[0].as_str());
+    // ... and `ferry image pull` of a digest reference finds everything already there.
+    let by_digest = format!("{}/ferry/busybox@{}", reg.addr, local[0]);
+    let again = json(&h.ferry_ok(&["image", "pull", &by_digest, "--json"]));
+    assert_eq!(again["blobs_moved"], 0, "{again}");
+    assert!(staging_leftovers(&h.root()).is_empty());
+}
+
+#[test]
+fn auth_login_refusal_and_credentials_file() {
+    if !available() {
+        return;
+    }
+    let h = Host::start();
+    let reg = registry(&h, true, Some(("alice", "s3cret-pw")));
+    reg.trust(&h.root());
+    h.import("busybox");
+    let target = format!("{}/private/busybox:latest", reg.addr);
+
+    let err = h.ferry_err(&["push", "busybox", &target]);
+    assert!(
+        err.contains("authentication with registry") && err.contains("ferry login"),
+        "{err}"
+    );
+    let bad = login(&h, &reg.addr, "alice", "wrong");
+    assert!(!bad.status.success());
+    let bad_err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        bad_err.contains("authentication with registry")
+            && bad_err.contains("wrong user name or password"),
+        "{bad_err}"
+    );
+    let auth_file = h.root().join("auth.json");
+    assert!(!auth_file.exists(), "a refused login stores nothing");
+
+    let ok = login(&h, &reg.addr, "alice", "s3cret-pw");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let mode = std::fs::metadata(&auth_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "credentials file mode");
+    let stored = std::fs::read_to_string(&auth_file).unwrap();
+    assert!(
+        stored.contains(&reg.addr) && !stored.contains("s3cret-pw"),
+        "{stored}"
+    );
+
+    h.ferry_ok(&["push", "busybox", &target]);
+    let id = image_ids(&h).remove(0);
+    h.ferry_ok(&["image", "rm", &id]);
+    h.ferry_ok(&["pull", &target]);
+    assert_eq!(image_ids(&h), vec![id.clone()]);
+
+    h.ferry_ok(&["logout", &reg.addr]);
+    assert!(!std::fs::read_to_string(&auth_file)
+        .unwrap()
+        .contains(&reg.addr));
+    h.ferry_ok(&["image", "rm", &id]);
+    let err = h.ferry_err(&["pull", &target]);
+    assert!(err.contains("ferry login"), "{err}");
+    assert!(image_ids(&h).is_empty());
+}
+
+#[test]
+fn tampered_blob_is_refused_and_nothing_registered() {
+    if !available() {
+        return;
+    }
+    let h = Host::start();
+    let reg = registry(&h, true, None);
+    reg.trust(&h.root());
+    h.import("busybox");
+    let target = format!("{}/ferry/tampered:v1", reg.addr);
+    h.ferry_ok(&["push", "busybox", &target]);
+    let img = json(&h.ferry_ok(&["image", "inspect", "busybox"]));
+    let layer = img["layers"][0].as_str().unwrap().to_owned();
+    h.ferry_ok(&["image", "rm", img["digest"].as_str().unwrap()]);
+
+    // Same size, different bytes: only the digest can tell.
+    let file = reg.blob_file(&layer);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let err = h.ferry_err(&["pull", &target]);
+    assert!(
+        err.contains("digest mismatch") && err.contains(&layer),
+        "names the blob and the mismatch: {err}"
+    );
+    assert!(image_ids(&h).is_empty(), "nothing registered");
+    assert!(
+        staging_leftovers(&h.root()).is_empty(),
+        "nothing staged left"
+    );
+    assert!(
+        !h.root()
+            .join("images/blobs/sha256")
+            .join(&layer[7..])
+            .exists(),
+        "the bad blob is not in the store"
+    );
+}
+
+#[test]
+fn plain_http_only_when_named_insecure() {
+    if !available() {
+        return;
+    }
+    let h = Host::start();
+    let reg = registry(&h, false, None);
+    h.import("busybox");
+    let target = format!("{}/ferry/busybox:plain", reg.addr);
+
+    let err = h.ferry_err(&["push", "busybox", &target]);
+    assert!(err.contains("name it insecure"), "{err}");
+    h.ferry_ok(&["push", "busybox", &target, "--tls-verify=false"]);
+    let id = image_ids(&h).remove(0);
+    h.ferry_ok(&["image", "rm", &id]);
+    let err = h.ferry_err(&["pull", &target]);
+    assert!(err.contains("name it insecure"), "{err}");
+    assert!(image_ids(&h).is_empty());
+
+    // Named in ferryd's config list: plain HTTP without a flag.
+    std::fs::write(
+        h.root().join("registries.json"),
+        format!(r#"{{"insecure": ["{}"]}}"#, reg.addr),
+    )
+    .unwrap();
+    h.ferry_ok(&["pull", &target]);
+    assert_eq!(image_ids(&h), vec![id]);
+}
