@@ -97,9 +97,25 @@ impl Session {
                     }
                 }
             }
-            OciDistributionError::RequestError(e) => RegistryError::Network {
-                registry,
-                why: error_chain(&e),
+            // A status error is an answer; anything else (connect, TLS, timeout) is the network.
+            OciDistributionError::RequestError(e) => match e.status() {
+                Some(reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) => {
+                    RegistryError::AuthFailed {
+                        registry,
+                        why: format!("{auth_hint} ({})", error_chain(&e)),
+                    }
+                }
+                Some(reqwest::StatusCode::NOT_FOUND) => RegistryError::NotFound {
+                    reference: e.url().map(|u| u.to_string()).unwrap_or_default(),
+                },
+                Some(_) => RegistryError::Refused {
+                    registry,
+                    why: error_chain(&e),
+                },
+                None => RegistryError::Network {
+                    registry,
+                    why: error_chain(&e),
+                },
             },
             OciDistributionError::IoError(e) => RegistryError::Network {
                 registry,
