@@ -28,6 +28,7 @@ pub struct Registry {
     pub addr: String,
     /// The CA certificate (PEM) that signed its TLS certificate.
     pub ca: Option<PathBuf>,
+    netns: PathBuf,
 }
 
 /// True when the registry binary is installed (scripts/setup.sh installs it); a test without
@@ -83,6 +84,7 @@ impl Registry {
             child: None,
             addr: String::new(),
             ca,
+            netns: opts.netns.clone(),
         };
         // A few tries: the port is picked at random in a namespace the test owns.
         for _ in 0..5 {
@@ -100,20 +102,8 @@ impl Registry {
                 ),
             )
             .expect("write registry config");
-            let log = std::fs::File::create(reg.dir.path().join("registry.log")).expect("log");
-            let child = Command::new("nsenter")
-                .arg(format!("--net={}", opts.netns.display()))
-                .arg("--")
-                .arg(REGISTRY_BIN)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log fd"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn docker-registry");
             reg.addr = addr;
-            reg.child = Some(child);
+            reg.spawn();
             if reg.wait_ready() {
                 return reg;
             }
@@ -121,6 +111,33 @@ impl Registry {
             reg.stop();
         }
         panic!("docker-registry did not start");
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("registry.log")).expect("log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(REGISTRY_BIN)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        self.child = Some(child);
+    }
+
+    /// Starts it again after [`Registry::stop`], same address, same storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        assert!(
+            self.wait_ready(),
+            "registry did not restart:\n{}",
+            self.log()
+        );
     }
 
     /// Waits for "listening on" in its log; false when it exited first.

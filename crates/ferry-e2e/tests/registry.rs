@@ -257,3 +257,90 @@ fn plain_http_only_when_named_insecure() {
     h.ferry_ok(&["pull", &target]);
     assert_eq!(image_ids(&h), vec![id]);
 }
+
+/// A registry image migrates with zero layer bytes between the hosts (the destination fetches
+/// them from the registry), and with the registry down, the source sends them.
+#[test]
+fn migration_takes_layers_from_the_registry_else_from_the_source() {
+    use ferry_e2e::lab::{lab, wait_for};
+    use ferry_e2e::{ticks, COUNTER};
+    if !available() {
+        return;
+    }
+    let t = lab();
+    let mut reg = Registry::start(&RegistryOptions {
+        netns: t.lab.client_netns(),
+        ip: ferry_lab::CLIENT_ADDRESS.to_string(),
+        tls: false,
+        htpasswd: None,
+    });
+    for host in ["host-a", "host-b"] {
+        std::fs::write(
+            t.host_root(host).join("registries.json"),
+            format!(r#"{{"insecure": ["{}"]}}"#, reg.addr),
+        )
+        .unwrap();
+    }
+    let image = format!("{}/ferry/busybox:v1", reg.addr);
+    t.import("host-a", "busybox");
+    t.ok("host-a", &["tag", "busybox", &image]);
+    t.ok("host-a", &["push", &image]);
+    t.ok(
+        "host-a",
+        &[
+            "run", "-d", "--name", "counter", &image, "sh", "-c", COUNTER,
+        ],
+    );
+    wait_for("ticks on A", Duration::from_secs(20), || {
+        ticks(&t.logs("host-a", "counter")).len() >= 3
+    });
+    let layer_bytes = |r: &serde_json::Value| r["bytes"]["layers"].as_u64().unwrap();
+
+    // Registry down: the destination falls back to the source.
+    reg.stop();
+    let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
+    assert!(ok, "A→B failed: {err}\n{}", t.logs_tail());
+    assert!(
+        layer_bytes(&report) > 0,
+        "the source sent the layers: {report}"
+    );
+    assert!(
+        report["layer_origins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["from"] == "source"),
+        "{report}"
+    );
+    assert_eq!(report["image_registry"], reg.addr.as_str());
+
+    // Back to A (which has the image), then B forgets it: a fresh destination again.
+    let (ok, _, err) = t.migrate("host-b", "counter", "host-a");
+    assert!(ok, "B→A failed: {err}\n{}", t.logs_tail());
+    t.ok("host-b", &["image", "rm", &image]);
+
+    // Registry up: zero layer bytes between the hosts.
+    reg.restart();
+    let before = *ticks(&t.logs("host-a", "counter")).last().unwrap();
+    let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
+    assert!(ok, "A→B failed: {err}\n{}", t.logs_tail());
+    assert_eq!(
+        layer_bytes(&report),
+        0,
+        "no layer bytes between hosts: {report}"
+    );
+    assert_eq!(report["layers_sent"], 0, "{report}");
+    assert!(
+        report["layer_origins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["from"] == "destination"),
+        "{report}"
+    );
+    wait_for("ticks on B", Duration::from_secs(20), || {
+        ticks(&t.logs("host-b", "counter")).len() as u64 > before + 3
+    });
+    let inspect = json(&t.ok("host-b", &["image", "inspect", &image]));
+    assert_eq!(inspect["names"][0], image.as_str(), "{inspect}");
+}

@@ -41,7 +41,7 @@ pub async fn pull(
     let s = Session::open(cfg, &r, insecure, RegistryOperation::Pull).await?;
     let (top_bytes, top) = fetch_manifest(&s, &r, &ANY_TYPES, r.digest().as_ref()).await?;
     let (manifest_bytes, manifest_digest) = if is_index(&top_bytes) {
-        let index: Index = serde_json::from_slice(&top_bytes).map_err(|e| corrupt(&r, e))?;
+        let index: Index = serde_json::from_slice(&top_bytes).map_err(|e| corrupt(&r, &e))?;
         let (os, arch, variant) = platform::host_platform();
         let desc = platform::select(&index, os, arch, variant, &r.full())?;
         let d = parse_digest(&desc.digest, &r)?;
@@ -50,7 +50,7 @@ pub async fn pull(
     } else {
         (top_bytes, top.clone())
     };
-    let m: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| corrupt(&r, e))?;
+    let m: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| corrupt(&r, &e))?;
     let staging = store.new_staging()?;
     staging.stage_bytes(&manifest_bytes)?;
 
@@ -122,36 +122,44 @@ pub async fn pull(
     Ok((image, result))
 }
 
-/// Fetches the blobs `digests` of an image from its registry straight into the store (each
-/// verified; a mismatch stores nothing). For a migration's destination. Returns the bytes.
+/// Fetches the blobs `blobs` of the image `manifest` in `registry`/`repository` straight into
+/// the store (each verified; a mismatch stores nothing): the manifest itself through the
+/// manifest API, the others as blobs. For a migration's destination. Returns the digests
+/// fetched and their bytes.
 pub async fn fetch_blobs(
     store: &ImageStore,
     cfg: &RegistryConfig,
-    source: &RegistrySource,
+    registry: &str,
+    repository: &str,
+    manifest: &Digest,
     blobs: &[(Digest, u64)],
-    progress: &TransferProgress,
-) -> Result<u64, RegistryError> {
-    let r = ImageRef::parse(&format!(
-        "{}/{}@{}",
-        source.registry, source.repository, source.digest
-    ))?;
+) -> Result<(Vec<Digest>, u64), RegistryError> {
+    let r = ImageRef::parse(&format!("{registry}/{repository}@{manifest}"))?;
     let s = Session::open(cfg, &r, false, RegistryOperation::Pull).await?;
     let tmp = store.root().join("tmp");
-    let mut total = 0;
+    let (mut fetched, mut total) = (Vec::new(), 0);
     for (d, size) in blobs {
         if store.has_blob(d) {
             continue;
         }
-        let desc = Descriptor {
-            media_type: String::new(),
-            digest: d.to_string(),
-            size: *size,
-            platform: None,
-            annotations: Default::default(),
-        };
-        total += download(&s, &r, &desc, d, &tmp, &store.blob_path(d), progress).await?;
+        if d == manifest {
+            let (bytes, _) = fetch_manifest(&s, &r, &ANY_TYPES, Some(d)).await?;
+            let n = store.write_blob(d, &bytes[..])?;
+            total += n;
+        } else {
+            let desc = Descriptor {
+                media_type: String::new(),
+                digest: d.to_string(),
+                size: *size,
+                platform: None,
+                annotations: Default::default(),
+            };
+            let none = TransferProgress::none();
+            total += download(&s, &r, &desc, d, &tmp, &store.blob_path(d), &none).await?;
+        }
+        fetched.push(d.clone());
     }
-    Ok(total)
+    Ok((fetched, total))
 }
 
 fn is_index(bytes: &[u8]) -> bool {
@@ -167,7 +175,7 @@ fn is_index(bytes: &[u8]) -> bool {
     }
 }
 
-fn corrupt(r: &ImageRef, e: serde_json::Error) -> RegistryError {
+fn corrupt(r: &ImageRef, e: &serde_json::Error) -> RegistryError {
     RegistryError::Refused {
         registry: r.registry().to_owned(),
         why: format!("its manifest for {r} is not valid JSON: {e}"),

@@ -30,6 +30,17 @@ impl ImageRef {
         Ok(ImageRef { inner })
     }
 
+    /// `name` as a reference only when it names its registry itself (`reg:5000/app:v1`,
+    /// `localhost/app`), not when Docker Hub is implied (`busybox:latest`): a local name must
+    /// never send ferry to the Internet.
+    pub fn explicit(name: &str) -> Option<ImageRef> {
+        let (first, _) = name.split_once('/')?;
+        if !(first.contains('.') || first.contains(':') || first == "localhost") {
+            return None;
+        }
+        ImageRef::parse(name).ok()
+    }
+
     /// The registry as ferry connects to it (`index.docker.io` for Docker Hub).
     pub fn registry(&self) -> &str {
         self.inner.resolve_registry()
@@ -152,13 +163,24 @@ mod tests {
     fn digests() {
         let d = Digest::of(b"x");
         let r = ImageRef::parse(&format!("reg.example:443/app@{d}")).unwrap();
-        assert_eq!(r.digest(), Some(d.clone()));
+        assert_eq!(r.digest(), Some(d));
         assert!(r.store_names("x").is_empty());
         let other = Digest::of(b"y");
         assert_eq!(r.at_digest(&other).digest(), Some(other));
         assert!(ImageRef::parse("reg.example/app@sha256:abc").is_err());
         assert!(ImageRef::parse("").is_err());
         assert!(ImageRef::parse("UPPER/case").is_err());
+    }
+
+    #[test]
+    fn explicit_registries_only() {
+        assert!(ImageRef::explicit("busybox:latest").is_none());
+        assert!(ImageRef::explicit("someone/app:v1").is_none());
+        let r = ImageRef::explicit("10.77.0.100:5000/ferry/busybox:v1").unwrap();
+        assert_eq!(r.registry(), "10.77.0.100:5000");
+        assert_eq!(r.repository(), "ferry/busybox");
+        assert!(ImageRef::explicit("localhost/app").is_some());
+        assert!(ImageRef::explicit("docker.io/library/redis:7").is_some());
     }
 
     #[test]
