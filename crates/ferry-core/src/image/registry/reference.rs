@@ -169,7 +169,8 @@ mod tests {
         assert_eq!(r.at_digest(&other).digest(), Some(other));
         assert!(ImageRef::parse("reg.example/app@sha256:abc").is_err());
         assert!(ImageRef::parse("").is_err());
-        assert!(ImageRef::parse("UPPER/case").is_err());
+        assert!(ImageRef::parse("reg.example/app:ta g").is_err());
+        assert!(ImageRef::parse("reg.example/app:").is_err());
     }
 
     #[test]
