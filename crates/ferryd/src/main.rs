@@ -157,6 +157,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    ferry_core::image::registry::config::set_daemon_insecure(args.insecure_registry.clone());
     ferry_core::fsutil::ensure_private_dir(&args.root)
         .with_context(|| format!("creating state dir {}", args.root.display()))?;
     std::fs::create_dir_all(&args.runc_root)?;

@@ -34,8 +34,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/registries/logout", post(logout))
 }
 
+/// `--insecure-registry` comes in through `set_daemon_insecure` (at startup), for migrations
+/// too.
 fn config(s: &AppState) -> RegistryConfig {
-    RegistryConfig::new(s.engine.paths().root(), s.args.insecure_registry.clone())
+    RegistryConfig::new(s.engine.paths().root(), Vec::new())
 }
 
 impl From<RegistryError> for ApiError {

@@ -4,7 +4,7 @@
 //! `<root>/registries.json` (`{"insecure": ["HOST[:PORT]", ...]}`), or per request.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -54,6 +54,15 @@ impl Transport {
     }
 }
 
+/// `ferryd --insecure-registry`, for every registry call in the process (API requests and
+/// migrations alike).
+static DAEMON_INSECURE: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Called once by ferryd at startup with its `--insecure-registry` flags.
+pub fn set_daemon_insecure(registries: Vec<String>) {
+    let _ = DAEMON_INSECURE.set(registries);
+}
+
 /// reqwest is built without a default TLS provider (its default, aws-lc-rs, is not used
 /// in ferry); this installs ring, which the rest of ferry uses, as the process default.
 pub(crate) fn ensure_crypto_provider() {
@@ -87,6 +96,7 @@ impl RegistryConfig {
     /// The registries named insecure by flag and by `registries.json`.
     pub fn insecure_registries(&self) -> Result<Vec<String>, RegistryError> {
         let mut out = self.insecure.clone();
+        out.extend(DAEMON_INSECURE.get().into_iter().flatten().cloned());
         let p = self.registries_file();
         match std::fs::read(&p) {
             Ok(bytes) => {
