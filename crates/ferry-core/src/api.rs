@@ -34,6 +34,22 @@ pub struct ImportImageRequest {
     pub name: Option<String>,
 }
 
+/// `ferry image save`: write the image as an OCI archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveImageRequest {
+    /// Absolute path on the daemon's host; must not exist yet.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveImageReport {
+    pub id: String,
+    pub reference: String,
+    pub path: String,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageSummary {
     pub id: String,

@@ -6,6 +6,7 @@
 pub use ferry_lab::workload::{redis, writer};
 
 pub mod lab;
+pub mod podman;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -78,7 +79,7 @@ pub fn fixture(kind: &str) -> PathBuf {
     out
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     use rand::Rng;
     format!(
         "{prefix}{:06x}",

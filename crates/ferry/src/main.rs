@@ -191,6 +191,10 @@ struct CheckpointArgs {
     /// Also write the checkpoint to this archive file.
     #[arg(long)]
     export: Option<PathBuf>,
+    /// Also make the checkpoint an image with this name, in the format Podman's
+    /// `--create-image` writes and CRI-O restores from; `ferry restore IMAGE` restores it.
+    #[arg(long, value_name = "REF")]
+    create_image: Option<String>,
     /// Archive compression: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
@@ -209,7 +213,8 @@ enum CheckpointSub {
 
 #[derive(clap::Args, Debug)]
 struct RestoreArgs {
-    /// The container to restore (not with --import).
+    /// The container to restore, or a checkpoint image (ferry's or Podman's) to create one
+    /// from (not with --import).
     container: Option<String>,
     /// Checkpoint to restore (default: the newest).
     #[arg(long)]
@@ -217,10 +222,11 @@ struct RestoreArgs {
     /// Create a container from an exported archive.
     #[arg(long)]
     import: Option<PathBuf>,
-    /// With --import: a new name.
+    /// With --import or an image: a new name.
     #[arg(long)]
     name: Option<String>,
-    /// With --import: a new IP (impossible if the checkpoint holds established TCP connections).
+    /// With --import or an image: a new IP (impossible if the checkpoint holds established TCP
+    /// connections).
     #[arg(long)]
     ip: Option<String>,
     /// Print CRIU's statistics.
@@ -235,6 +241,12 @@ enum ImageCmd {
         path: PathBuf,
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Write an image as an OCI archive (for `podman load`, skopeo, `ferry image import`).
+    Save {
+        image: String,
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// List images.
     Ls,
@@ -319,6 +331,23 @@ async fn run(cli: Cli) -> Result<()> {
                 output::print_json(&img)?;
             } else {
                 println!("{}", img.id);
+            }
+        }
+        Cmd::Image(ImageCmd::Save { image, output }) => {
+            let req = SaveImageRequest {
+                path: absolute(&output)?,
+            };
+            let rep: SaveImageReport = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/images/{}/save", enc(&image)),
+                    Some(req),
+                )
+                .await?;
+            if json {
+                output::print_json(&rep)?;
+            } else {
+                println!("saved {} ({}) to {}", rep.reference, rep.id, rep.path);
             }
         }
         Cmd::Image(ImageCmd::Ls) => {
@@ -639,6 +668,7 @@ async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
                 leave_running: a.leave_running,
                 name: a.name,
                 export,
+                create_image: a.create_image,
                 compress: Some(a.compress),
             };
             let rep: CheckpointReport = c
@@ -654,6 +684,9 @@ async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
                 println!("{}/{}", rep.container, rep.snapshot);
                 if let Some(e) = &rep.exported {
                     println!("exported to {e}");
+                }
+                if let Some(i) = &rep.image {
+                    println!("checkpoint image {i}");
                 }
                 if a.print_stats {
                     output::checkpoint_stats(&rep);

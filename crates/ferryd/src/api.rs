@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images", get(images_list))
         .route("/v1/images/import", post(images_import))
         .route("/v1/images/{reference}", delete(images_rm))
+        .route("/v1/images/{reference}/save", post(images_save))
         .route("/v1/containers", get(containers_list).post(containers_run))
         .route(
             "/v1/containers/{name}",
@@ -150,6 +151,41 @@ async fn images_rm(State(s): S, Path(reference): Path<String>) -> ApiResult<Json
     })
     .await?;
     Ok(Json(image_summary(&img)))
+}
+
+async fn images_save(
+    State(s): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<SaveImageRequest>,
+) -> ApiResult<Json<SaveImageReport>> {
+    let rep = blocking(&s, move |e| {
+        let path = std::path::PathBuf::from(&req.path);
+        if !path.is_absolute() {
+            return Err(ApiError::invalid(format!(
+                "save path {:?} must be absolute",
+                req.path
+            )));
+        }
+        let img = e.images().resolve(&reference)?;
+        // The name it is saved under: the one asked for if the image has it, else its first.
+        let asked = ferry_core::image::normalize_name(&reference).ok();
+        let name = img
+            .names
+            .iter()
+            .find(|n| asked.as_ref() == Some(*n))
+            .or(img.names.first())
+            .cloned()
+            .unwrap_or_else(|| img.digest.to_string());
+        let bytes = ferry_core::image::save(e.images(), &img, &name, &path)?;
+        Ok(SaveImageReport {
+            id: img.digest.to_string(),
+            reference: name,
+            path: req.path,
+            bytes,
+        })
+    })
+    .await?;
+    Ok(Json(rep))
 }
 
 async fn containers_list(State(s): S) -> ApiResult<Json<Vec<ContainerRecord>>> {

@@ -98,7 +98,7 @@ impl From<ContainerError> for ApiError {
             | ContainerError::Invalid(_) => ApiError::invalid(msg),
             // A damaged or hostile archive is the caller's input; a failed write is ours.
             ContainerError::Archive(ArchiveError::Io { .. }) => ApiError::internal(msg),
-            ContainerError::Archive(_) => ApiError::invalid(msg),
+            ContainerError::Archive(_) | ContainerError::Podman(_) => ApiError::invalid(msg),
             ContainerError::Image(ie) => ApiError::from_image(ie, msg),
             ContainerError::Network(NetError::InUse { .. }) => ApiError::conflict(msg),
             ContainerError::Network(

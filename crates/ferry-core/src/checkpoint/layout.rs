@@ -9,8 +9,14 @@ use crate::ids::{PathComponent, VolumeName};
 pub const IMAGES_DIR: &str = "checkpoint";
 /// The container's OCI runtime spec (config.json).
 pub const SPEC_DUMP: &str = "spec.dump";
-/// ferry's own container configuration (JSON).
+/// The container's configuration as Podman's libpod writes it (JSON), for Podman and the
+/// tools that read its checkpoints. ferry's own is [`FERRY_CONFIG`] (format 2.0 on); in a
+/// format 1.x archive this member held ferry's.
 pub const CONFIG_DUMP: &str = "config.dump";
+/// ferry's own container configuration (JSON).
+pub const FERRY_CONFIG: &str = "ferry-config.json";
+/// The contents of a Podman container's /dev/shm (a tar).
+pub const DEVSHM_TAR: &str = "devshm-checkpoint.tar";
 /// The container's network settings (JSON).
 pub const NETWORK_STATUS: &str = "network.status";
 /// Files added or changed in the container's writable layer.

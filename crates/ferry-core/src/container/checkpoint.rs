@@ -22,8 +22,8 @@ use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
 
 use crate::checkpoint::layout::{
-    CheckpointLayout, CONFIG_DUMP, DELETED_FILES, IMAGES_DIR, MANIFEST, NETWORK_STATUS,
-    ROOTFS_DIFF, SPEC_DUMP, STATS_DUMP, VOLUMES_DIR,
+    CheckpointLayout, DELETED_FILES, FERRY_CONFIG, IMAGES_DIR, MANIFEST, ROOTFS_DIFF, STATS_DUMP,
+    VOLUMES_DIR,
 };
 
 /// ferry's additions to Podman's layout: the full rootfs diff summary (opaque dirs, for an
@@ -39,6 +39,9 @@ pub struct CheckpointRequest {
     pub name: Option<String>,
     /// Also write the checkpoint to this archive file.
     pub export: Option<String>,
+    /// Also make it a checkpoint image with this reference (see `checkpoint::image`).
+    #[serde(default)]
+    pub create_image: Option<String>,
     /// "zstd" (default) or "none".
     pub compress: Option<String>,
 }
@@ -49,6 +52,9 @@ pub struct CheckpointReport {
     pub snapshot: String,
     pub dir: String,
     pub exported: Option<String>,
+    /// The checkpoint image made with `create_image`: its id (manifest digest).
+    #[serde(default)]
+    pub image: Option<String>,
     pub leave_running: bool,
     pub stats: criu::DumpStats,
     /// Wall time of `runc checkpoint`, rootfs + volumes, and the whole operation.
@@ -107,14 +113,7 @@ pub struct SnapshotInfo {
     pub dir: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NetworkStatus {
-    pub ip: std::net::Ipv4Addr,
-    pub prefix: u8,
-    pub mac: String,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
     move |e| ContainerError::io(path, e)
 }
 
@@ -222,6 +221,10 @@ impl Engine {
                 return Err(invalid(format!("export target {exp} already exists")));
             }
         }
+        // A bad reference is refused before the freeze, not after.
+        if let Some(r) = &req.create_image {
+            crate::image::normalize_name(r)?;
+        }
         let snap = match &req.name {
             Some(s) => SnapshotName::new(s.as_str())?,
             None => SnapshotName::new(chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string())?,
@@ -253,6 +256,10 @@ impl Engine {
             archive::export(&dir, Path::new(exp), compression)?;
             exported = Some(exp.clone());
         }
+        let image = match &req.create_image {
+            Some(r) => Some(self.create_checkpoint_image(&rec.config, &dir, r)?),
+            None => None,
+        };
         let stats = criu::read_dump_stats(&dir)?;
         let images = dir.join(IMAGES_DIR);
         Ok(CheckpointReport {
@@ -260,6 +267,7 @@ impl Engine {
             snapshot: snap.into_string(),
             dir: dir.display().to_string(),
             exported,
+            image,
             leave_running: req.leave_running,
             stats,
             checkpoint_ms,
@@ -318,17 +326,10 @@ impl Engine {
         dir: &Path,
     ) -> Result<(), ContainerError> {
         let ctr_dir = self.container_dir(&cfg.id);
-        let config = dir.join(CONFIG_DUMP);
+        let config = dir.join(FERRY_CONFIG);
         // Private: the config holds the container's environment.
         fsutil::write_json(&config, cfg, MODE_PRIVATE).map_err(io(&config))?;
-        let spec_src = ctr_dir.join("bundle/config.json");
-        std::fs::copy(&spec_src, dir.join(SPEC_DUMP)).map_err(io(&spec_src))?;
-        let net = NetworkStatus {
-            ip: cfg.ip,
-            prefix: cfg.prefix,
-            mac: cfg.mac.clone(),
-        };
-        write_private_json(&dir.join(NETWORK_STATUS), &net)?;
+        self.write_podman_files(cfg, dir)?;
         let rootfs = RootfsDirs::new(&ctr_dir);
         let tar_path = dir.join(ROOTFS_DIFF);
         let out = BufWriter::new(create_private(&tar_path)?);
@@ -361,7 +362,8 @@ impl Engine {
                 std::fs::remove_dir_all(d).map_err(io(d))?;
             }
         }
-        rootfs.create()?;
+        let image = self.images().resolve(&cfg.image)?;
+        rootfs.create(super::rootfs::root_mode(&self.images().layer_dirs(&image)?))?;
         let summary: DiffSummary = read_json(&dir.join(ROOTFS_SUMMARY))?;
         let tar_path = dir.join(ROOTFS_DIFF);
         let r = BufReader::new(File::open(&tar_path).map_err(io(&tar_path))?);
@@ -376,7 +378,7 @@ impl Engine {
             let r = BufReader::new(File::open(&p).map_err(io(&p))?);
             fsdiff::unpack_dir(r, &data)?;
         }
-        Ok(())
+        self.restore_podman_shm(cfg, dir)
     }
 
     /// `ferry restore`: from one of the container's own snapshots, or from an archive.
@@ -392,8 +394,15 @@ impl Engine {
                 let name = name.ok_or_else(|| {
                     invalid("restore needs a container name or --import FILE".into())
                 })?;
+                if self.slot(name).is_err() {
+                    if let Some(layer) = self.checkpoint_image_root(name)? {
+                        return self.restore_image(name, &layer, req);
+                    }
+                }
                 if req.ip.is_some() {
-                    return Err(invalid("--ip is only possible with --import".into()));
+                    return Err(invalid(
+                        "--ip is only possible with --import or a checkpoint image".into(),
+                    ));
                 }
                 self.restore_local(name, req.from.as_deref())
             }
@@ -453,14 +462,29 @@ impl Engine {
             ScratchDir::new_in(&self.paths().tmp(), "import-").map_err(io(&self.paths().tmp()))?;
         // `import` wants a destination that does not exist yet.
         let tmp = scratch.path().join("checkpoint");
-        archive::import(file, &tmp, &Limits::default())?;
-        // The archive's own config: its id, name and volume names are checked as it parses.
-        let mut cfg: ContainerConfig = read_json(&tmp.join(CONFIG_DUMP)).map_err(|e| match e {
-            ContainerError::CorruptState { reason, .. } => {
-                invalid(format!("the archive's {CONFIG_DUMP} is refused: {reason}"))
-            }
-            e => e,
-        })?;
+        let origin = archive::import(file, &tmp, &Limits::default())?;
+        self.restore_staged(
+            scratch,
+            &tmp,
+            &origin,
+            req,
+            &format!("archive:{}", file.display()),
+            t0,
+        )
+    }
+
+    /// Creates and restores a container from a checkpoint dir staged in `scratch` (from an
+    /// archive or a checkpoint image), with `req`'s new name or address.
+    pub(super) fn restore_staged(
+        &self,
+        scratch: ScratchDir,
+        tmp: &Path,
+        origin: &archive::Origin,
+        req: &RestoreRequest,
+        source: &str,
+        t0: Instant,
+    ) -> Result<RestoreReport, ContainerError> {
+        let mut cfg = self.archive_config(tmp, origin)?;
         self.images().resolve(&cfg.image).map_err(|_| {
             invalid(format!(
                 "the checkpoint needs image {} ({}), which this host does not have; import it first",
@@ -494,6 +518,21 @@ impl Engine {
             }
             cfg.name = n.clone();
         }
+        let bridge = &self.config().bridge;
+        if !network::same_subnet(cfg.ip, bridge.address, bridge.prefix) {
+            return Err(invalid(format!(
+                "the checkpoint's address {} is outside this host's network {}/{}: restore it \
+                 with --ip ADDRESS{}",
+                cfg.ip,
+                bridge.address,
+                bridge.prefix,
+                if established {
+                    ", which is impossible here: it holds established TCP connections"
+                } else {
+                    ""
+                }
+            )));
+        }
         // The name may have changed; everything must pass before a path is built from it.
         cfg.validate()?;
         if self.paths().container(&cfg.id).exists() {
@@ -524,14 +563,14 @@ impl Engine {
             .map(|v| self.paths().volume(&v.name))
             .filter(|p| !p.exists())
             .collect();
-        let slot = self.register_incoming(cfg, &format!("archive:{}", file.display()))?;
+        let slot = self.register_incoming(cfg, source)?;
         let mut rec = lock(&slot);
         let snapshot = SnapshotName::new("imported")?;
         let dir = self.paths().snapshot(&rec.config.id, &snapshot);
         let result = (|| {
             fsutil::create_private_dir_all(dir.parent().expect("snapshot parent"))
                 .map_err(io(&dir))?;
-            std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+            std::fs::rename(tmp, &dir).map_err(io(&dir))?;
             self.apply_checkpoint_files(&rec.config, &dir)?;
             self.restore_from_dir(&mut rec, &dir, &snapshot, t0)
         })();

@@ -35,6 +35,10 @@ pub struct ContainerConfig {
     pub volumes: Vec<VolumeMount>,
     pub memory: Option<i64>,
     pub created: String,
+    /// Restored from a Podman checkpoint, whose CRIU images hold Podman's bind mounts at
+    /// /dev/shm and /run/.containerenv: ferry recreates them (see `checkpoint::podman`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub podman_mounts: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

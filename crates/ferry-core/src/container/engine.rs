@@ -307,6 +307,7 @@ impl Engine {
                 volumes,
                 memory: req.memory,
                 created: now(),
+                podman_mounts: false,
             };
             let rec = ContainerRecord::created(config, None);
             let slot = Arc::new(Mutex::new(rec));
@@ -366,7 +367,7 @@ impl Engine {
         let image = self.images.resolve(&cfg.image)?;
         let layers = self.images.layer_dirs(&image)?;
         let rootfs = RootfsDirs::new(&dir);
-        rootfs.create()?;
+        rootfs.create(super::rootfs::root_mode(&layers))?;
         rootfs.mount(&layers)?;
         let mut mounts = Vec::new();
         for v in &cfg.volumes {
@@ -379,6 +380,7 @@ impl Engine {
                 readonly: v.readonly,
             });
         }
+        mounts.extend(self.podman_binds(cfg)?);
         let (uid, gid) = spec::resolve_user(&rootfs.merged, &cfg.user)?;
         let criu_conf = crate::migration::hook::write_criu_config(&dir, &self.cfg.shim_exe)
             .map_err(|e| ContainerError::io(&dir, e))?;

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 mod config;
 pub(crate) mod engine;
+mod interop;
 mod moving;
 mod rootfs;
 mod store;
@@ -61,6 +62,9 @@ pub enum ContainerError {
     FsDiff(#[from] crate::fsdiff::FsDiffError),
     #[error(transparent)]
     Archive(#[from] crate::checkpoint::archive::ArchiveError),
+    /// A Podman checkpoint this ferry cannot read or recreate.
+    #[error(transparent)]
+    Podman(#[from] crate::checkpoint::podman::PodmanError),
     #[error(transparent)]
     CriuCheck(#[from] crate::criu::CriuError),
     /// A checkpoint or restore failed; `log` names CRIU's log and quotes its first error.

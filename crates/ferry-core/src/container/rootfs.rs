@@ -19,6 +19,18 @@ pub struct RootfsDirs {
     pub merged: PathBuf,
 }
 
+/// The mode of the image's `/`: its top layer's root. A layer dir that grants others no
+/// search (unpacked before ferry kept layer modes) counts as the default.
+pub fn root_mode(layers: &[PathBuf]) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    layers
+        .last()
+        .and_then(|top| std::fs::metadata(top).ok())
+        .map(|m| m.permissions().mode() & 0o7777)
+        .filter(|mode| mode & 0o001 != 0)
+        .unwrap_or(crate::image::DEFAULT_ROOT_MODE)
+}
+
 impl RootfsDirs {
     pub fn new(ctr_dir: &Path) -> Self {
         RootfsDirs {
@@ -28,13 +40,14 @@ impl RootfsDirs {
         }
     }
 
-    /// Creates the three dirs inside a private container dir. The upper dir is 0755, not
-    /// private: overlayfs shows its mode as the container's `/`, and a container whose user
-    /// is not root must be able to enter its own root. Its parent (0700) keeps others out.
-    pub fn create(&self) -> Result<(), ContainerError> {
-        use crate::fsutil::{create_dir_with_mode, MODE_CONTAINER_DIR, MODE_PRIVATE_DIR};
+    /// Creates the three dirs inside a private container dir. overlayfs shows the upper dir's
+    /// mode as the container's `/`, so a new one takes the image's (see [`root_mode`]), as
+    /// Podman's storage does: CRIU checks that mode on restore, so a checkpoint moves between
+    /// ferry and Podman only if both agree. Its parent (0700) keeps others out.
+    pub fn create(&self, root_mode: u32) -> Result<(), ContainerError> {
+        use crate::fsutil::{create_dir_with_mode, MODE_PRIVATE_DIR};
         for (d, mode) in [
-            (&self.upper, MODE_CONTAINER_DIR),
+            (&self.upper, root_mode),
             (&self.work, MODE_PRIVATE_DIR),
             (&self.merged, MODE_PRIVATE_DIR),
         ] {
@@ -188,7 +201,7 @@ mod tests {
         std::fs::create_dir_all(&lower).unwrap();
         std::fs::write(lower.join("f"), "lower").unwrap();
         let dirs = RootfsDirs::new(&t.path().join("ctr"));
-        dirs.create().unwrap();
+        dirs.create(0o755).unwrap();
         dirs.mount(std::slice::from_ref(&lower)).unwrap();
         assert!(dirs.is_mounted());
         std::fs::write(dirs.merged.join("g"), "upper").unwrap();
@@ -208,14 +221,14 @@ mod tests {
         let lower = t.path().join("l1");
         std::fs::create_dir_all(&lower).unwrap();
         let first = RootfsDirs::new(&t.path().join("ctr"));
-        first.create().unwrap();
+        first.create(0o755).unwrap();
         first.mount(std::slice::from_ref(&lower)).unwrap();
         // A second overlay on the same upper and work dirs: index=on refuses it (EBUSY).
         let second = RootfsDirs {
             merged: t.path().join("second"),
             ..first.clone()
         };
-        second.create().unwrap();
+        second.create(0o755).unwrap();
         second.mount(std::slice::from_ref(&lower)).unwrap();
         assert!(second.is_mounted());
         assert!(!second.exports_handles());

@@ -9,6 +9,9 @@ use super::extract::{Extractor, Whiteouts};
 use super::guard::ImportGuard;
 use super::{io_err, ImageError};
 
+/// The mode of a layer's root when its archive has no `./` entry: containers/storage's.
+pub const DEFAULT_ROOT_MODE: u32 = 0o555;
+
 /// Unpacks the layer blob at `blob` into the existing empty directory `dest`. The layer may
 /// expand to what the free space at `dest` allows (less a reserve), and no more: a small
 /// compressed bomb fails before it fills the disk.
@@ -19,6 +22,13 @@ pub(crate) fn unpack_layer(
     dest: &Path,
     guard: &ImportGuard,
 ) -> Result<(), ImageError> {
+    // containers/storage's mode for a layer root its archive does not set (no `./` entry);
+    // it becomes the container's `/` (see `RootfsDirs::create`), which CRIU checks on restore.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(DEFAULT_ROOT_MODE))
+            .map_err(io_err(dest))?;
+    }
     let room = crate::fsutil::free_bytes(dest).map_err(io_err(dest))?;
     let max = room.saturating_sub(crate::fsutil::FREE_SPACE_RESERVE);
     let what = format!("layer {blob_digest}");

@@ -34,6 +34,11 @@ pub struct Ipam {
     state: State,
 }
 
+/// Whether `ip` is in the subnet `net/prefix`.
+pub fn same_subnet(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    u32::from(ip) & mask(prefix) == u32::from(net) & mask(prefix)
+}
+
 fn mask(prefix: u8) -> u32 {
     if prefix == 0 {
         0

@@ -26,7 +26,7 @@ pub use criu_lock::{
 pub use error::NetError;
 pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind, LoopbackOnlyPort};
 pub use hold::{PacketHold, HOLD_QUEUE};
-pub use ipam::Ipam;
+pub use ipam::{same_subnet, Ipam};
 pub use kick::{kick_tcp_retransmits, leave_tcp_repair};
 pub use link::{
     attach_veth, create_veth, delete_link, detach_veth, ensure_bridge, ensure_bridge_link,

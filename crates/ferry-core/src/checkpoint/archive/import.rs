@@ -31,11 +31,23 @@ impl Default for Limits {
     }
 }
 
-/// Extracts `archive` (plain or zstd tar, detected by its magic) into `dest`, which must not
-/// exist. Every entry must be a regular file listed in the manifest (or one of their parent
-/// directories), appear once, and match its size and sha256. On any error nothing is left at
-/// `dest`: the archive is extracted into a temporary sibling that is renamed only at the end.
-pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Manifest, ArchiveError> {
+/// What an archive turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// A ferry archive, checked member by member against its manifest.
+    Ferry(Manifest),
+    /// `podman container checkpoint --export`: no manifest, so each entry is checked for its
+    /// kind, path and size only, and the whole against the limits and the free space.
+    Podman,
+}
+
+/// Extracts `archive` (plain, zstd or gzip tar, detected by its magic) into `dest`, which
+/// must not exist. A ferry archive (manifest first) has every entry checked against its
+/// manifest: a regular file listed there (or one of their parent directories), once, with
+/// its size and sha256. Any other archive must be Podman's export (see [`Origin::Podman`]).
+/// On any error nothing is left at `dest`: the archive is extracted into a temporary sibling
+/// that is renamed only at the end.
+pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Origin, ArchiveError> {
     match std::fs::symlink_metadata(dest) {
         Ok(_) => {
             return Err(ArchiveError::DestinationExists {
@@ -57,27 +69,11 @@ pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Manifest, 
         .tempdir_in(parent)
         .map_err(|e| ArchiveError::io(parent, e))?;
 
-    let file = std::fs::File::open(archive).map_err(|e| ArchiveError::io(archive, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let head = reader
-        .fill_buf()
-        .map_err(|e| ArchiveError::io(archive, e))?;
-    let manifest = if head.is_empty() {
-        return Err(ArchiveError::Truncated {
-            detail: "the file is empty".into(),
-        });
-    } else if head.starts_with(&ZSTD_MAGIC) {
-        let decoder =
-            zstd::Decoder::with_buffer(reader).map_err(|e| ArchiveError::io(archive, e))?;
-        extract(decoder, staging.path(), limits)?
-    } else if head.starts_with(&GZIP_MAGIC) {
-        return Err(ArchiveError::NotAnArchive {
-            path: archive.to_owned(),
-            detail: "gzip-compressed; ferry reads plain or zstd-compressed checkpoint archives"
-                .into(),
-        });
+    let origin = if starts_with_manifest(archive)? {
+        Origin::Ferry(extract(open(archive)?, staging.path(), limits)?)
     } else {
-        extract(reader, staging.path(), limits)?
+        super::foreign::extract(open(archive)?, staging.path(), limits)?;
+        Origin::Podman
     };
 
     let staged = staging.keep();
@@ -85,7 +81,38 @@ pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Manifest, 
         let _ = std::fs::remove_dir_all(&staged);
         return Err(ArchiveError::io(dest, e));
     }
-    Ok(manifest)
+    Ok(origin)
+}
+
+/// The archive's tar stream, decompressed by what its first bytes say.
+pub(super) fn open(archive: &Path) -> Result<Box<dyn Read>, ArchiveError> {
+    let file = std::fs::File::open(archive).map_err(|e| ArchiveError::io(archive, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let head = reader
+        .fill_buf()
+        .map_err(|e| ArchiveError::io(archive, e))?;
+    Ok(if head.is_empty() {
+        return Err(ArchiveError::Truncated {
+            detail: "the file is empty".into(),
+        });
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        Box::new(zstd::Decoder::with_buffer(reader).map_err(|e| ArchiveError::io(archive, e))?)
+    } else if head.starts_with(&GZIP_MAGIC) {
+        Box::new(flate2::bufread::GzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    })
+}
+
+/// Whether the first tar entry is ferry's manifest (any read error says "no" here; the
+/// extraction that follows reports it properly).
+fn starts_with_manifest(archive: &Path) -> Result<bool, ArchiveError> {
+    let mut tar = tar::Archive::new(open(archive)?);
+    let first = tar.entries().ok().and_then(|mut e| e.next());
+    Ok(match first {
+        Some(Ok(entry)) => entry_name(&entry).is_ok_and(|n| n == MANIFEST),
+        _ => true,
+    })
 }
 
 fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest, ArchiveError> {
@@ -221,7 +248,7 @@ fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest,
 }
 
 /// The entry's path, checked to stay inside the archive root; a leading "./" is allowed.
-fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, ArchiveError> {
+pub(super) fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, ArchiveError> {
     let raw = entry.path_bytes();
     let name = String::from_utf8_lossy(&raw).into_owned();
     if std::str::from_utf8(&raw).is_err() {
@@ -303,7 +330,7 @@ fn write_file(root: &Path, name: &str, bytes: &[u8]) -> Result<(), ArchiveError>
         .map_err(|e| ArchiveError::io(&path, e))
 }
 
-fn read_error(e: &std::io::Error, context: &str) -> ArchiveError {
+pub(super) fn read_error(e: &std::io::Error, context: &str) -> ArchiveError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         ArchiveError::Truncated {
             detail: format!("{context}: {e}"),
@@ -315,7 +342,7 @@ fn read_error(e: &std::io::Error, context: &str) -> ArchiveError {
     }
 }
 
-fn describe(kind: tar::EntryType) -> &'static str {
+pub(super) fn describe(kind: tar::EntryType) -> &'static str {
     match kind {
         tar::EntryType::Symlink => "symlink",
         tar::EntryType::Link => "hard link",

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{ArchiveError, FORMAT, VERSION};
+use super::{ArchiveError, FORMAT, OLDEST_MAJOR, VERSION};
 use crate::checkpoint::layout::MANIFEST;
 
 /// Above this, a manifest is not a manifest.
@@ -34,24 +34,15 @@ pub struct Member {
 }
 
 impl Manifest {
-    /// Refuses anything but a ferry checkpoint of a 1.x format.
+    /// Refuses anything but a ferry checkpoint of a format this ferry reads.
     pub fn check_format(&self) -> Result<(), ArchiveError> {
         if self.format != FORMAT {
             return Err(ArchiveError::UnknownFormat {
                 found: self.format.clone(),
             });
         }
-        let major = self
-            .version
-            .split_once('.')
-            .and_then(|(major, minor)| {
-                minor.parse::<u32>().ok()?;
-                major.parse::<u32>().ok()
-            })
-            .ok_or_else(|| ArchiveError::Manifest {
-                problem: format!("version {:?} is not MAJOR.MINOR", self.version),
-            })?;
-        if major != VERSION.0 {
+        let major = self.major()?;
+        if !(OLDEST_MAJOR..=VERSION.0).contains(&major) {
             return Err(ArchiveError::UnsupportedVersion {
                 found: self.version.clone(),
                 newer: major > VERSION.0,
@@ -67,6 +58,19 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The format's major version.
+    pub fn major(&self) -> Result<u32, ArchiveError> {
+        self.version
+            .split_once('.')
+            .and_then(|(major, minor)| {
+                minor.parse::<u32>().ok()?;
+                major.parse::<u32>().ok()
+            })
+            .ok_or_else(|| ArchiveError::Manifest {
+                problem: format!("version {:?} is not MAJOR.MINOR", self.version),
+            })
     }
 
     /// True if `dir` ("/"-separated, relative) is a parent directory of some member.

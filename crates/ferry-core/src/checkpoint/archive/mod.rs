@@ -3,6 +3,7 @@
 //! imported with every entry checked against that manifest before it is accepted.
 
 mod export;
+mod foreign;
 mod import;
 mod manifest;
 #[cfg(test)]
@@ -13,13 +14,17 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use export::{export, ExportSummary};
-pub use import::{import, Limits};
+pub use import::{import, Limits, Origin};
 pub use manifest::{read_manifest, verify_dir, write_manifest, Manifest, Member};
 
 /// The `format` field of every ferry checkpoint manifest.
 pub const FORMAT: &str = "ferry-checkpoint";
-/// The format version this ferry writes; it reads any 1.x.
-pub const VERSION: (u32, u32) = (1, 0);
+/// The format version this ferry writes. It reads 1.x and 2.x: 2.0 made `config.dump`
+/// Podman's and moved ferry's own config to `ferry-config.json` (see
+/// [`crate::checkpoint::layout`]); a 1.x `config.dump` is ferry's.
+pub const VERSION: (u32, u32) = (2, 0);
+/// The oldest major version this ferry reads.
+pub const OLDEST_MAJOR: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -36,8 +41,9 @@ pub enum ArchiveError {
     #[error("not a ferry checkpoint: manifest format is {found:?}, expected {FORMAT:?}")]
     UnknownFormat { found: String },
     #[error(
-        "archive format version {found} is {} than this ferry supports ({}.x)",
+        "archive format version {found} is {} than this ferry supports ({}.x to {}.x)",
         newer_or_older(.newer),
+        OLDEST_MAJOR,
         VERSION.0
     )]
     UnsupportedVersion { found: String, newer: bool },
@@ -55,6 +61,11 @@ pub enum ArchiveError {
     OverLimit { detail: String },
     #[error("{path}: {detail}")]
     NotAnArchive { path: PathBuf, detail: String },
+    #[error(
+        "not a checkpoint archive: it neither starts with ferry's manifest.json nor holds \
+         Podman's {missing}"
+    )]
+    NotACheckpoint { missing: &'static str },
     #[error("{path} already exists; import needs a fresh destination")]
     DestinationExists { path: PathBuf },
 }

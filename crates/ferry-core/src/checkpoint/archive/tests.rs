@@ -136,7 +136,7 @@ fn manifest_lists_every_file_with_digest() {
     let dir = sample_checkpoint(root.path());
     let m = verify_dir(&dir).unwrap();
     assert_eq!(m.format, "ferry-checkpoint");
-    assert_eq!(m.version, "1.0");
+    assert_eq!(m.version, "2.0");
     assert_eq!(m.container, "redis");
     let names: Vec<&str> = m.members.keys().map(String::as_str).collect();
     assert_eq!(
@@ -231,7 +231,9 @@ fn round_trip_both_compressions() {
         }
 
         let dest = root.path().join("imported");
-        let m = import(&out, &dest, &Limits::default()).unwrap();
+        let Origin::Ferry(m) = import(&out, &dest, &Limits::default()).unwrap() else {
+            panic!("a ferry archive read as Podman's");
+        };
         assert_eq!(m, verify_dir(&dest).unwrap());
         assert_eq!(m, read_manifest(&root.path().join("ckpt")).unwrap());
         assert_eq!(
@@ -387,16 +389,25 @@ fn unknown_major_version_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let archive = root.path().join("future.tar");
     RawTar::new()
-        .manifest("2.0", &[("spec.dump", b"{}")])
+        .manifest("3.0", &[("spec.dump", b"{}")])
         .file("spec.dump", b"{}")
         .write(&archive);
     let err = import_fails(&archive, root.path(), &Limits::default());
     assert_eq!(
         err,
-        "archive format version 2.0 is newer than this ferry supports (1.x)"
+        "archive format version 3.0 is newer than this ferry supports (1.x to 2.x)"
+    );
+    RawTar::new()
+        .manifest("0.9", &[("spec.dump", b"{}")])
+        .file("spec.dump", b"{}")
+        .write(&archive);
+    let err = import_fails(&archive, root.path(), &Limits::default());
+    assert_eq!(
+        err,
+        "archive format version 0.9 is older than this ferry supports (1.x to 2.x)"
     );
 
-    // A newer minor version of 1.x is read.
+    // Any minor version of a major this ferry reads is read (1.x: before config.dump became Podman's).
     RawTar::new()
         .manifest("1.7", &[("spec.dump", b"{}")])
         .file("spec.dump", b"{}")
@@ -440,9 +451,10 @@ fn unlisted_duplicate_and_missing_members_are_refused() {
         .manifest("1.0", &[("spec.dump", b"{}")])
         .write(&archive);
     let err = import_fails(&archive, root.path(), &Limits::default());
-    assert!(
-        err.contains("a ferry checkpoint archive starts with manifest.json"),
-        "{err}"
+    // Without a manifest first, it could only be Podman's; it is not.
+    assert_eq!(
+        err,
+        "not a checkpoint archive: it neither starts with ferry's manifest.json nor holds Podman's config.dump"
     );
 }
 
@@ -459,9 +471,10 @@ fn wrong_format_is_refused() {
         "not a ferry checkpoint: manifest format is \"podman\", expected \"ferry-checkpoint\""
     );
 
+    // gzip is read (Podman's `--compress gzip`); a damaged stream is named.
     std::fs::write(&archive, [0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
     let err = import_fails(&archive, root.path(), &Limits::default());
-    assert!(err.contains("gzip-compressed"), "{err}");
+    assert!(err.contains("truncated"), "{err}");
 }
 
 #[test]

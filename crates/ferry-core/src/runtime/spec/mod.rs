@@ -192,7 +192,15 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, SpecError> {
         .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
         .build()?;
 
+    // A bind mount takes the place of a standard mount at the same destination (a Podman
+    // container's /dev/shm is a host directory, not a tmpfs of its own).
     let mut mounts = standard_mounts()?;
+    mounts.retain(|s| {
+        !input
+            .mounts
+            .iter()
+            .any(|b| s.destination() == &b.destination)
+    });
     for m in &input.mounts {
         mounts.push(bind_mount(m)?);
     }
