@@ -230,7 +230,9 @@ async fn transfer(
     let mut buf: Vec<u8> = Vec::new();
     let mut last = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame?;
+        let frame = frame.context(
+            "ferryd ended the stream early (did it stop?); an interrupted pull registers nothing",
+        )?;
         let Some(data) = frame.data_ref() else {
             continue;
         };
@@ -338,6 +340,10 @@ impl Bars {
             if !b.is_finished() {
                 b.abandon();
             }
+        }
+        if self.multi.is_some() && !self.bars.is_empty() {
+            // The bars stay; what follows starts on a line of its own.
+            eprintln!();
         }
     }
 }
