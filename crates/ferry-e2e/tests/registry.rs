@@ -362,3 +362,67 @@ fn migration_takes_layers_from_the_registry_else_from_the_source() {
         report["layer_origins"]
     );
 }
+
+/// ferryd killed in the middle of a pull: nothing is registered, and the restarted ferryd
+/// clears the staging area.
+#[test]
+fn an_interrupted_pull_registers_nothing() {
+    if !available() {
+        return;
+    }
+    let mut h = Host::start();
+    let reg = registry(&h, false, None);
+    // A rootfs big enough that the pull is still running when ferryd dies.
+    let src = tempfile::tempdir_in("/var/tmp").unwrap();
+    let rootfs = src.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    let mut noise = vec![0u8; 96 << 20];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise[..]);
+    std::fs::write(rootfs.join("noise"), &noise).unwrap();
+    drop(noise);
+    let tarball = src.path().join("big.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    h.ferry_ok(&[
+        "image",
+        "import",
+        "--name",
+        "big",
+        tarball.to_str().unwrap(),
+    ]);
+    let target = format!("{}/ferry/big:v1", reg.addr);
+    h.ferry_ok(&["push", "big", &target, "--insecure"]);
+    let id = image_ids(&h).remove(0);
+    h.ferry_ok(&["image", "rm", &id]);
+
+    let pull = Command::new(bin("ferry"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(["pull", &target, "--insecure"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    h.wait_for("the pull's staging", Duration::from_secs(20), || {
+        !staging_leftovers(&h.root()).is_empty()
+    });
+    h.kill_ferryd();
+    let out = pull.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the pull cannot have finished");
+    assert!(err.contains("ended the stream early"), "{err}");
+    h.start_ferryd();
+    assert!(image_ids(&h).is_empty(), "nothing registered");
+    assert!(staging_leftovers(&h.root()).is_empty(), "staging cleared");
+    // And a pull to the end works.
+    h.ferry_ok(&["pull", &target, "--insecure"]);
+    assert_eq!(image_ids(&h), vec![id]);
+}
