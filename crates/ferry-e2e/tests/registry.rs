@@ -426,3 +426,115 @@ fn an_interrupted_pull_registers_nothing() {
     h.ferry_ok(&["pull", &target, "--insecure"]);
     assert_eq!(image_ids(&h), vec![id]);
 }
+
+/// `PUT /v2/REPO/manifests/TAG` over plain HTTP from inside `netns` (ferry pushes image
+/// manifests only; a test index goes up this way).
+fn put_manifest(netns: &str, addr: &str, repo: &str, tag: &str, media_type: &str, body: Vec<u8>) {
+    use std::io::{Read, Write};
+    let ns = PathBuf::from(format!("/run/netns/{netns}"));
+    let (addr, path) = (addr.to_owned(), format!("/v2/{repo}/manifests/{tag}"));
+    let media_type = media_type.to_owned();
+    let answer = ferry_core::network::in_netns(&ns, move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the registry");
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {media_type}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    })
+    .expect("enter the netns");
+    assert!(answer.starts_with("HTTP/1.1 201"), "PUT {tag}: {answer}");
+}
+
+/// A multi-arch index: the pull takes the linux/amd64 manifest, wherever it is in the list,
+/// and keeps the index's digest as the registry digest.
+#[test]
+fn a_multi_arch_index_pulls_the_host_platform() {
+    if !available() {
+        return;
+    }
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("SKIPPED: the index below names amd64 as this host's platform");
+        return;
+    }
+    let h = Host::start();
+    let reg = registry(&h, false, None);
+    h.import("busybox");
+    // Another image (a plain rootfs tarball), to stand for the arm64 entry.
+    let src = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::create_dir_all(src.path().join("rootfs/bin")).unwrap();
+    std::fs::write(src.path().join("rootfs/bin/other"), b"other\n").unwrap();
+    let tarball = src.path().join("other.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(src.path().join("rootfs"))
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    h.ferry_ok(&[
+        "image",
+        "import",
+        "--name",
+        "other",
+        tarball.to_str().unwrap(),
+    ]);
+    let repo = "ferry/multi";
+    let mut entries = Vec::new();
+    for (image, arch) in [("other", "arm64"), ("busybox", "amd64")] {
+        h.ferry_ok(&[
+            "push",
+            image,
+            &format!("{}/{repo}:{arch}", reg.addr),
+            "--insecure",
+        ]);
+        let img = json(&h.ferry_ok(&["image", "inspect", image]));
+        let digest = img["digest"].as_str().unwrap().to_owned();
+        let size = std::fs::metadata(h.root().join("images/blobs/sha256").join(&digest[7..]))
+            .unwrap()
+            .len();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    let index_digest = ferry_core::image::Digest::of(&index).to_string();
+    put_manifest(
+        &h.netns,
+        &reg.addr,
+        repo,
+        "1",
+        "application/vnd.oci.image.index.v1+json",
+        index,
+    );
+    let amd64 = entries[1]["digest"].as_str().unwrap().to_owned();
+    for id in image_ids(&h) {
+        h.ferry_ok(&["image", "rm", &id]);
+    }
+    let target = format!("{}/{repo}:1", reg.addr);
+    let pulled = json(&h.ferry_ok(&["pull", &target, "--insecure", "--json"]));
+    assert_eq!(pulled["id"], amd64.as_str(), "{pulled}");
+    assert_eq!(pulled["registry_digest"], index_digest.as_str(), "{pulled}");
+    assert_eq!(image_ids(&h), vec![amd64]);
+    let inspect = json(&h.ferry_ok(&["image", "inspect", &target]));
+    assert_eq!(
+        inspect["source"]["digest"],
+        index_digest.as_str(),
+        "{inspect}"
+    );
+}
