@@ -62,6 +62,8 @@ pub struct ImageSummary {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
+    /// Empty: ferryd generates a Docker-like `adjective_noun` name.
+    #[serde(default)]
     pub name: String,
     pub image: String,
     /// Overrides the image's CMD (the entrypoint stays).
@@ -74,6 +76,45 @@ pub struct RunRequest {
     #[serde(default)]
     pub volumes: Vec<String>,
     pub memory: Option<i64>,
+    /// The container's hostname (default: its short id, as Podman).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Nameservers for the container's /etc/resolv.conf instead of the host's.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `NAME:IP` entries added to the container's /etc/hosts.
+    #[serde(default)]
+    pub add_hosts: Vec<String>,
+    /// `user[:group]`, names or ids, instead of the image's user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Absolute working directory instead of the image's.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Replaces the image's entrypoint, and drops its CMD (Docker's rule).
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` (or `KEY`, empty value).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// CPUs' worth of time, e.g. 0.5.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// Remove the container once it has stopped.
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// `no`, `on-failure`, `on-failure:N` or `always`.
+    #[serde(default)]
+    pub restart: Option<String>,
+    /// `[IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`
+    #[serde(default)]
+    pub publish: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,7 +127,11 @@ pub struct StopRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KillRequest {
+    /// `KILL`, `SIGKILL` or `9` (default SIGKILL).
     pub signal: Option<String>,
+    /// Every process of the container, not only its main process.
+    #[serde(default)]
+    pub all: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -81,13 +81,13 @@ fn api(h: &Host, method: &str, path: &str, body: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-/// Rewrites the exported checkpoint `src` into `out` after `edit` changed its config.dump,
+/// Rewrites the exported checkpoint `src` into `out` after `edit` changed its ferry config,
 /// with a manifest to match: what an attacker who crafts an archive can do.
 fn tamper(src: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("cp");
     archive::import(src, &dir, &Limits::default()).expect("import the genuine archive");
-    let cfg_path = dir.join("config.dump");
+    let cfg_path = dir.join("ferry-config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     edit(&mut cfg);
@@ -96,6 +96,24 @@ fn tamper(src: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     archive::write_manifest(&dir, &name).expect("manifest");
     let _ = std::fs::remove_file(out);
     archive::export(&dir, out, Compression::Zstd).expect("export");
+}
+
+/// Rewrites `src` as Podman would have written it (no ferry manifest or config), after
+/// `edit` changed its libpod config.dump: the Podman import path gets the same hostile values.
+fn tamper_as_podman(src: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("cp");
+    archive::import(src, &dir, &Limits::default()).expect("import the genuine archive");
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    std::fs::remove_file(dir.join("ferry-config.json")).unwrap();
+    let cfg_path = dir.join("config.dump");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let mut tar = tar::Builder::new(std::fs::File::create(out).unwrap());
+    tar.append_dir_all(".", &dir).unwrap();
+    tar.finish().unwrap();
 }
 
 /// A directory outside the state root that a traversal would hit, with data in it.
@@ -174,9 +192,111 @@ fn hostile_archives_are_refused_and_touch_nothing() {
         victim_intact(&v);
         assert_eq!(state(&h), before, "{what} left something behind");
     }
+    // The same values in a Podman-shaped archive's libpod config.
+    let podman_cases = [
+        ("/id", "x/../../../victim", "invalid container id"),
+        ("/name", "a/../../b", "invalid container name"),
+        (
+            "/namedVolumes/0/volumeName",
+            "../../victim",
+            "invalid volume name",
+        ),
+    ];
+    for (pointer, value, expect) in podman_cases {
+        let bad = h.dir.path().join("bad-podman.tar");
+        let _ = std::fs::remove_file(&bad);
+        tamper_as_podman(&genuine, &bad, |c| {
+            *c.pointer_mut(pointer)
+                .expect("field in libpod's config.dump") = value.into()
+        });
+        let err = h.ferry_err(&["restore", "--import", bad.to_str().unwrap()]);
+        assert!(err.contains(expect), "Podman-shaped {pointer}: {err}");
+        victim_intact(&v);
+        assert_eq!(
+            state(&h),
+            before,
+            "Podman-shaped {pointer} left something behind"
+        );
+    }
     // The genuine archive still restores: the checks refuse only what is hostile.
     h.ferry_ok(&["restore", "--import", genuine.to_str().unwrap()]);
     assert_eq!(h.inspect("arc")["status"], "running");
+}
+
+#[test]
+fn encrypted_exports_are_unreadable_and_need_the_right_untouched_file() {
+    let h = Host::start();
+    h.import("busybox");
+    let secret = "password-4f1c9a";
+    let script = format!("S={secret}; {}", ferry_e2e::COUNTER);
+    h.ferry_ok(&["run", "-d", "--name", "enc", "busybox", "sh", "-c", &script]);
+    h.wait_for("ticks", Duration::from_secs(20), || {
+        ferry_e2e::ticks(&h.logs("enc")).len() >= 5
+    });
+    let key = h.dir.path().join("key");
+    std::fs::write(&key, "c0ffee".repeat(10) + "c0ff").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = h.dir.path().join("enc.tar.zst");
+    let (o, k) = (out.to_str().unwrap(), key.to_str().unwrap());
+    // A world-readable key is refused before anything is frozen.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = h.ferry_err(&["checkpoint", "enc", "--export", o, "--encrypt", k]);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert_eq!(h.inspect("enc")["status"], "running");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    h.ferry_ok(&["checkpoint", "enc", "--export", o, "--encrypt", k]);
+    let last = *ferry_e2e::ticks(&h.logs("enc")).last().unwrap();
+    let raw = std::fs::read(&out).unwrap();
+    assert!(
+        !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is readable in the encrypted archive"
+    );
+    h.ferry_ok(&["rm", "enc"]);
+    let before = state(&h);
+
+    let err = h.ferry_err(&["restore", "--import", o]);
+    assert!(
+        err.contains("encrypted") && err.contains("--decrypt"),
+        "{err}"
+    );
+    let wrong = h.dir.path().join("wrong");
+    std::fs::write(&wrong, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = h.ferry_err(&[
+        "restore",
+        "--import",
+        o,
+        "--decrypt",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(err.contains("wrong key"), "{err}");
+    let mut bad = raw;
+    let at = bad.len() * 2 / 3;
+    bad[at] ^= 1;
+    let tampered = h.dir.path().join("tampered.tar.zst");
+    std::fs::write(&tampered, &bad).unwrap();
+    let err = h.ferry_err(&[
+        "restore",
+        "--import",
+        tampered.to_str().unwrap(),
+        "--decrypt",
+        k,
+    ]);
+    assert!(err.contains("changed") || err.contains("damaged"), "{err}");
+    assert_eq!(
+        state(&h),
+        before,
+        "a refused encrypted import left something behind"
+    );
+
+    h.ferry_ok(&["restore", "--import", o, "--decrypt", k]);
+    h.wait_for(
+        "ticks after the encrypted round trip",
+        Duration::from_secs(20),
+        || ferry_e2e::ticks(&h.logs("enc")).len() >= 3,
+    );
+    assert_eq!(ferry_e2e::ticks(&h.logs("enc"))[0], last + 1);
 }
 
 #[test]
@@ -476,9 +596,10 @@ fn state_is_private_after_run_checkpoint_and_import() {
     }
     assert_container_private(&ctr);
     assert_eq!(mode(&ctr.join("bundle/config.json")), 0o600);
-    // The upper dir is the container's `/` (0755 so a non-root user may enter it); its
-    // parent keeps everyone else out.
-    assert_eq!(mode(&ctr.join("upper")), 0o755);
+    // The upper dir is the container's `/`, with the image's root mode (containers/storage's
+    // 0555 for a layer without `./`: a non-root user may enter, and CRIU finds the mode Podman
+    // gives it); its parent keeps everyone else out.
+    assert_eq!(mode(&ctr.join("upper")), 0o555);
     // Inside the container, umask and `/` are as Docker has them.
     let out = h.ferry_ok(&["logs", "priv"]);
     assert!(out.contains("tick"), "{out}");

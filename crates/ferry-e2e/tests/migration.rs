@@ -18,7 +18,18 @@ fn counter_migrates_a_to_b_to_a() {
     t.ok(
         "host-a",
         &[
-            "run", "-d", "--name", "counter", "busybox", "sh", "-c", COUNTER,
+            "run",
+            "-d",
+            "--name",
+            "counter",
+            "--hostname",
+            "tally",
+            "--add-host",
+            "db:10.0.0.5",
+            "busybox",
+            "sh",
+            "-c",
+            COUNTER,
         ],
     );
     wait_for("ticks on A", Duration::from_secs(20), || {
@@ -34,6 +45,18 @@ fn counter_migrates_a_to_b_to_a() {
         "the source copy is gone"
     );
     assert_eq!(t.status("host-b", "counter").as_deref(), Some("running"));
+    // The name-resolution files are there on B, as the process sees them.
+    let rec: serde_json::Value =
+        serde_json::from_str(&t.ok("host-b", &["inspect", "counter"])).unwrap();
+    let etc =
+        |f: &str| std::fs::read_to_string(format!("/proc/{}/root/etc/{f}", rec["pid"])).unwrap();
+    assert_eq!(etc("hostname"), "tally\n");
+    assert!(etc("hosts").contains("10.0.0.5\tdb\n"), "{}", etc("hosts"));
+    assert!(
+        etc("resolv.conf").contains("nameserver "),
+        "{}",
+        etc("resolv.conf")
+    );
     // B's log starts with A's history, so wait for B's own ticks past it.
     wait_for("ticks on B", Duration::from_secs(20), || {
         ticks(&t.logs("host-b", "counter")).len() as u64 > before + 5

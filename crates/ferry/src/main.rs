@@ -4,6 +4,7 @@ mod client;
 mod migrate;
 mod output;
 mod registry;
+mod run;
 
 use ferry_core::migration::commit::Decision;
 use ferry_core::migration::record::MigrationRecord;
@@ -49,7 +50,7 @@ enum Cmd {
     #[command(subcommand)]
     Image(ImageCmd),
     /// Create and start a container.
-    Run(RunArgs),
+    Run(Box<run::RunArgs>),
     /// List containers.
     Ps {
         /// Include stopped containers.
@@ -73,11 +74,15 @@ enum Cmd {
         #[arg(short, long, default_value_t = 10)]
         time: u64,
     },
-    /// Send a signal to a container.
+    /// Send a signal to a container's main process (PID 1), or with --all to all its processes.
     Kill {
         name: String,
+        /// KILL, SIGKILL or 9; any signal name or number.
         #[arg(short, long, default_value = "SIGKILL")]
         signal: String,
+        /// Signal every process in the container, not only its main process.
+        #[arg(short, long)]
+        all: bool,
     },
     /// Remove a container.
     Rm {
@@ -195,6 +200,10 @@ struct CheckpointArgs {
     /// `--create-image` writes and CRI-O restores from; `ferry restore IMAGE` restores it.
     #[arg(long, value_name = "REF")]
     create_image: Option<String>,
+    /// Encrypt the exported archive (ChaCha20-Poly1305) with the 32-byte key in KEYFILE
+    /// (64 hex digits, mode 0600; e.g. `openssl rand -hex 32 > key && chmod 600 key`).
+    #[arg(long, value_name = "KEYFILE", requires = "export")]
+    encrypt: Option<PathBuf>,
     /// Archive compression: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
@@ -229,6 +238,9 @@ struct RestoreArgs {
     /// connections).
     #[arg(long)]
     ip: Option<String>,
+    /// With --import: the key file of an encrypted archive (see `checkpoint --encrypt`).
+    #[arg(long, value_name = "KEYFILE", requires = "import")]
+    decrypt: Option<PathBuf>,
     /// Print CRIU's statistics.
     #[arg(long)]
     print_stats: bool,
@@ -262,30 +274,7 @@ enum ImageCmd {
     Inspect { reference: String },
 }
 
-#[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// Run in the background and print the container's id.
-    #[arg(short, long)]
-    detach: bool,
-    #[arg(long)]
-    name: String,
-    /// Static IP in the host's subnet (default: allocated).
-    #[arg(long)]
-    ip: Option<String>,
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    /// Named volume: NAME:/path[:ro]
-    #[arg(short, long = "volume")]
-    volume: Vec<String>,
-    /// Memory limit in bytes (suffixes k, m, g allowed).
-    #[arg(long)]
-    memory: Option<String>,
-    image: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    cmd: Vec<String>,
-}
-
-fn parse_bytes(s: &str) -> Result<i64> {
+pub(crate) fn parse_bytes(s: &str) -> Result<i64> {
     let s = s.trim();
     let (num, mult) = match s.chars().last().map(|c| c.to_ascii_lowercase()) {
         Some('k') => (&s[..s.len() - 1], 1i64 << 10),
@@ -372,26 +361,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("removed {}", img.id);
             }
         }
-        Cmd::Run(a) => {
-            let req = RunRequest {
-                name: a.name.clone(),
-                image: a.image,
-                cmd: a.cmd,
-                env: a.env,
-                ip: a.ip,
-                volumes: a.volume,
-                memory: a.memory.as_deref().map(parse_bytes).transpose()?,
-            };
-            let rec: ContainerRecord = c.call(Method::POST, "/v1/containers", Some(req)).await?;
-            if json {
-                output::print_json(&rec)?;
-            } else {
-                println!("{}", rec.config.id);
-            }
-            if !a.detach {
-                logs(&c, &a.name, true, false).await?;
-            }
-        }
+        Cmd::Run(a) => run::run(&cli.socket, *a, json).await?,
         Cmd::Ps { all } => {
             let list: Vec<ContainerRecord> =
                 c.call(Method::GET, "/v1/containers", None::<()>).await?;
@@ -439,13 +409,14 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             output::record_or_name(json, &rec)?;
         }
-        Cmd::Kill { name, signal } => {
+        Cmd::Kill { name, signal, all } => {
             let _: serde_json::Value = c
                 .call(
                     Method::POST,
                     &format!("/v1/containers/{}/kill", enc(&name)),
                     Some(KillRequest {
                         signal: Some(signal),
+                        all,
                     }),
                 )
                 .await?;
@@ -669,6 +640,7 @@ async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
                 name: a.name,
                 export,
                 create_image: a.create_image,
+                encrypt: a.encrypt.as_deref().map(absolute).transpose()?,
                 compress: Some(a.compress),
             };
             let rep: CheckpointReport = c
@@ -708,6 +680,7 @@ async fn restore(c: &Client, a: RestoreArgs, json: bool) -> Result<()> {
         import,
         name: a.name,
         ip: a.ip,
+        decrypt: a.decrypt.as_deref().map(absolute).transpose()?,
     };
     let path = match (&req.import, &a.container) {
         (Some(_), None) => "/v1/restore".to_owned(),

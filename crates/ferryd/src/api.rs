@@ -248,7 +248,7 @@ async fn containers_kill(
     ApiJson(req): ApiJson<KillRequest>,
 ) -> ApiResult<StatusCode> {
     let sig = req.signal.unwrap_or_else(|| "SIGKILL".to_owned());
-    blocking(&s, move |e| Ok(e.kill(&name, &sig)?)).await?;
+    blocking(&s, move |e| Ok(e.kill(&name, &sig, req.all)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -317,12 +317,11 @@ pub fn portable_spec(mut spec: Value, cfg: &ContainerConfig) -> Value {
 /// source on this host, and the import is refused naming it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodmanMount {
-    /// /etc/hosts, /etc/resolv.conf, /etc/hostname: ferry's own per-container files.
-    Dns,
+    /// /etc/hosts, /etc/resolv.conf, /etc/hostname, /run/.containerenv: the files ferry
+    /// writes for every container (`network::dns`).
+    EtcFile,
     /// /dev/shm: a directory of the container's, filled from `devshm-checkpoint.tar`.
     Shm,
-    /// /run/.containerenv: an empty file of the container's.
-    ContainerEnv,
     /// A named volume listed in config.dump.
     Volume,
 }
@@ -346,9 +345,10 @@ pub fn bind_mounts(
             .and_then(Value::as_str)
             .ok_or_else(|| malformed("spec.dump", "a mount has no destination"))?;
         let kind = match dest {
-            "/etc/hosts" | "/etc/resolv.conf" | "/etc/hostname" => PodmanMount::Dns,
+            "/etc/hosts" | "/etc/resolv.conf" | "/etc/hostname" | "/run/.containerenv" => {
+                PodmanMount::EtcFile
+            }
             "/dev/shm" => PodmanMount::Shm,
-            "/run/.containerenv" => PodmanMount::ContainerEnv,
             d if volumes.iter().any(|v| v.dest == d) => PodmanMount::Volume,
             d => {
                 let source = m.get("source").and_then(Value::as_str).unwrap_or("?");
@@ -369,7 +369,6 @@ pub fn bind_mounts(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Imported {
     pub config: ContainerConfig,
-    pub hostname: Option<String>,
     /// Bind mounts to recreate, by destination.
     pub mounts: Vec<(String, PodmanMount)>,
 }
@@ -450,19 +449,31 @@ pub fn from_podman(
             .collect(),
         memory,
         created: libpod.created.clone(),
-        podman_mounts: true,
+        podman_shm: mounts.iter().any(|(_, k)| *k == PodmanMount::Shm),
+        // Podman's is the short id; the UTS namespace CRIU restores says the same.
+        hostname: spec
+            .get("hostname")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        dns: Vec::new(),
+        add_hosts: Vec::new(),
+        labels: Default::default(),
+        read_only: spec
+            .pointer("/root/readonly")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        cpus: None,
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
+        auto_remove: false,
+        restart: Default::default(),
+        ports: Vec::new(),
     };
     config
         .validate()
         .map_err(|e| malformed(FILE, e.to_string()))?;
-    Ok(Imported {
-        config,
-        hostname: spec
-            .get("hostname")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        mounts,
-    })
+    Ok(Imported { config, mounts })
 }
 
 #[cfg(test)]

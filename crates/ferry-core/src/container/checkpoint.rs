@@ -42,6 +42,9 @@ pub struct CheckpointRequest {
     /// Also make it a checkpoint image with this reference (see `checkpoint::image`).
     #[serde(default)]
     pub create_image: Option<String>,
+    /// Encrypt the exported archive with the key in this file (see `archive::crypt`).
+    #[serde(default)]
+    pub encrypt: Option<String>,
     /// "zstd" (default) or "none".
     pub compress: Option<String>,
 }
@@ -78,6 +81,9 @@ pub struct RestoreRequest {
     pub name: Option<String>,
     /// With `import`: a new IP (impossible with established TCP connections).
     pub ip: Option<String>,
+    /// With `import`: the key file of an encrypted archive.
+    #[serde(default)]
+    pub decrypt: Option<String>,
 }
 
 /// The lazy-pages daemon's log, in the restore's CRIU work dir.
@@ -221,7 +227,16 @@ impl Engine {
                 return Err(invalid(format!("export target {exp} already exists")));
             }
         }
-        // A bad reference is refused before the freeze, not after.
+        // A bad key or reference is refused before the freeze, not after.
+        let key = match (&req.encrypt, &req.export) {
+            (Some(k), Some(_)) => Some(archive::ArchiveKey::read(Path::new(k))?),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "--encrypt applies to the exported archive: add --export FILE".into(),
+                ))
+            }
+            (None, _) => None,
+        };
         if let Some(r) = &req.create_image {
             crate::image::normalize_name(r)?;
         }
@@ -253,7 +268,7 @@ impl Engine {
         let manifest = archive::write_manifest(&dir, &rec.config.name)?;
         let mut exported = None;
         if let Some(exp) = &req.export {
-            archive::export(&dir, Path::new(exp), compression)?;
+            archive::export_sealed(&dir, Path::new(exp), compression, key.as_ref())?;
             exported = Some(exp.clone());
         }
         let image = match &req.create_image {
@@ -394,6 +409,12 @@ impl Engine {
                 let name = name.ok_or_else(|| {
                     invalid("restore needs a container name or --import FILE".into())
                 })?;
+                if req.decrypt.is_some() {
+                    return Err(invalid(
+                        "--decrypt is for --import FILE: local checkpoints are not encrypted"
+                            .into(),
+                    ));
+                }
                 if self.slot(name).is_err() {
                     if let Some(layer) = self.checkpoint_image_root(name)? {
                         return self.restore_image(name, &layer, req);
@@ -462,7 +483,12 @@ impl Engine {
             ScratchDir::new_in(&self.paths().tmp(), "import-").map_err(io(&self.paths().tmp()))?;
         // `import` wants a destination that does not exist yet.
         let tmp = scratch.path().join("checkpoint");
-        let origin = archive::import(file, &tmp, &Limits::default())?;
+        let key = req
+            .decrypt
+            .as_deref()
+            .map(|k| archive::ArchiveKey::read(Path::new(k)))
+            .transpose()?;
+        let origin = archive::import_sealed(file, &tmp, &Limits::default(), key.as_ref())?;
         self.restore_staged(
             scratch,
             &tmp,

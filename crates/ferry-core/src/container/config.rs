@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ContainerError;
 use crate::ids::{self, ContainerId, ContainerName, IdError, VolumeName};
+use crate::network::dns::{self, DnsError, EtcFiles};
+use crate::network::ports::{self, PortMapping};
 
 /// Everything needed to recreate the container on any host. This is what a checkpoint's
 /// `config.dump` and a migration's `Prepare` carry.
@@ -35,10 +37,102 @@ pub struct ContainerConfig {
     pub volumes: Vec<VolumeMount>,
     pub memory: Option<i64>,
     pub created: String,
-    /// Restored from a Podman checkpoint, whose CRIU images hold Podman's bind mounts at
-    /// /dev/shm and /run/.containerenv: ferry recreates them (see `checkpoint::podman`).
+    /// Restored from a Podman checkpoint, whose CRIU images hold Podman's bind mount at
+    /// /dev/shm (a host directory, not a tmpfs of the container's): ferry recreates it (see
+    /// `checkpoint::podman`). The other files Podman bind-mounts are every container's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub podman_mounts: bool,
+    pub podman_shm: bool,
+    /// The container's hostname (`--hostname`, else its short id). Empty in configs written
+    /// before ferry had it: those containers keep their name as hostname.
+    #[serde(default)]
+    pub hostname: String,
+    /// `--dns` servers: replace the host's in the container's /etc/resolv.conf.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `--add-host NAME:IP` entries for the container's /etc/hosts.
+    #[serde(default)]
+    pub add_hosts: Vec<String>,
+    /// `--label KEY=VALUE`: the user's own metadata, not interpreted by ferry.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--read-only`: a read-only root filesystem.
+    #[serde(default)]
+    pub read_only: bool,
+    /// `--cpus`: CPUs' worth of time (1.5 = one and a half CPUs).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `--rm`: ferryd removes the container once it has stopped.
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// `--restart`: what ferryd does when the container exits on its own.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// `-p`: host ports sent to the container, on whichever host it runs.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// `--restart no|on-failure[:N]|always`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", tag = "name")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// Restart after a non-zero exit (or a signal), at most `max_retries` times if given.
+    OnFailure { max_retries: Option<u32> },
+    /// Restart after every exit, except after `ferry stop`.
+    Always,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = ContainerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            ContainerError::Invalid(format!(
+                "invalid restart policy {s:?}: use no, on-failure, on-failure:N or always"
+            ))
+        };
+        match s.split_once(':') {
+            None if s == "no" => Ok(RestartPolicy::No),
+            None if s == "always" => Ok(RestartPolicy::Always),
+            None if s == "on-failure" => Ok(RestartPolicy::OnFailure { max_retries: None }),
+            Some(("on-failure", n)) => Ok(RestartPolicy::OnFailure {
+                max_retries: Some(n.parse().map_err(|_| bad())?),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// How long ferryd waits before restarting a container that exited after `restarts`
+/// restarts, having run for `ran`: Docker's doubling back-off from 100 ms up to a minute, so
+/// a container that crashes at once does not spin; one that ran 10 s or more restarts at once.
+pub fn restart_delay(restarts: u32, ran: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    if ran >= Duration::from_secs(10) {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(100u64 << restarts.min(10)).min(Duration::from_secs(60))
+}
+
+impl RestartPolicy {
+    /// Whether a container that exited with `exit` on its own, after `restarts` restarts,
+    /// starts again.
+    pub fn wants_restart(self, exit: Option<&ExitInfo>, restarts: u32) -> bool {
+        let failed = exit.is_none_or(|e| e.code != Some(0));
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure { max_retries } => {
+                failed && max_retries.is_none_or(|max| restarts < max)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,6 +159,43 @@ impl ContainerConfig {
     pub fn container_id(&self) -> Result<ContainerId, IdError> {
         ContainerId::new(self.id.as_str())
     }
+
+    /// The UTS hostname and the name in /etc/hostname.
+    pub fn effective_hostname(&self) -> &str {
+        if self.hostname.is_empty() {
+            &self.name
+        } else {
+            &self.hostname
+        }
+    }
+
+    /// What the container's /etc/hosts, /etc/resolv.conf, /etc/hostname and
+    /// /run/.containerenv say. The entries were checked when the container was created.
+    pub fn etc_files(&self) -> Result<EtcFiles, DnsError> {
+        Ok(EtcFiles {
+            hostname: self.effective_hostname().to_owned(),
+            name: self.name.clone(),
+            id: self.id.clone(),
+            ip: self.ip,
+            dns: self
+                .dns
+                .iter()
+                .map(|s| dns::parse_server(s))
+                .collect::<Result<_, _>>()?,
+            add_hosts: self
+                .add_hosts
+                .iter()
+                .map(|s| dns::parse_add_host(s))
+                .collect::<Result<_, _>>()?,
+            image: self.image_ref.clone(),
+            image_id: self.image.clone(),
+        })
+    }
+}
+
+/// Podman's default hostname: the first 12 characters of the id.
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,6 +214,33 @@ pub enum Status {
     /// alive, network still locked...). `ContainerRecord::error` says what; an operator must
     /// look. Never shown as running.
     Error,
+}
+
+/// What each lifecycle operation accepts, in one place (as youki's `ContainerStatus` does).
+impl Status {
+    /// `start`: a container that never ran, exited, or was checkpointed. A checkpointed
+    /// container starts afresh (its checkpoints stay for a later `restore`), as with Podman.
+    pub fn can_start(self) -> bool {
+        matches!(
+            self,
+            Status::Created | Status::Stopped | Status::Checkpointed
+        )
+    }
+
+    /// `stop` and `kill`: only a running container has processes to signal.
+    pub fn can_stop(self) -> bool {
+        self == Status::Running
+    }
+
+    /// `rm` without `--force`: anything not running and not being moved.
+    pub fn can_remove(self) -> bool {
+        !matches!(self, Status::Running | Status::Migrating)
+    }
+
+    /// `restore` from one of its own checkpoints: a container that is not running.
+    pub fn can_restore(self) -> bool {
+        matches!(self, Status::Checkpointed | Status::Stopped)
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -124,6 +282,13 @@ pub struct ContainerRecord {
     /// Why the status is [`Status::Error`]; None otherwise.
     #[serde(default)]
     pub error: Option<String>,
+    /// Times ferryd restarted it under its restart policy.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Stopped by `ferry stop` (or killed with SIGKILL): the restart policy leaves it alone
+    /// until it is started again.
+    #[serde(default)]
+    pub stopped_by_user: bool,
 }
 
 impl ContainerRecord {
@@ -139,8 +304,142 @@ impl ContainerRecord {
             restored_from,
             incoming_uncommitted: false,
             error: None,
+            restart_count: 0,
+            stopped_by_user: false,
         }
     }
+}
+
+/// What `run` takes from its request beyond the image, checked before anything is created.
+pub(crate) struct RunOptions {
+    pub ports: Vec<PortMapping>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub cpus: Option<f64>,
+    pub restart: RestartPolicy,
+}
+
+pub(crate) fn run_options(req: &crate::api::RunRequest) -> Result<RunOptions, ContainerError> {
+    let invalid = |m: String| Err(ContainerError::Invalid(m));
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &req.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() || k.contains(char::is_whitespace) {
+            return invalid(format!("invalid label {l:?}: expected KEY=VALUE"));
+        }
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    if let Some(w) = &req.workdir {
+        if !w.starts_with('/') {
+            return invalid(format!("working directory {w:?} must be absolute"));
+        }
+    }
+    if let Some(u) = &req.user {
+        if u.is_empty() || u.starts_with(':') || u.ends_with(':') {
+            return invalid(format!(
+                "invalid user {u:?}: expected USER[:GROUP], names or ids"
+            ));
+        }
+    }
+    if let Some(c) = req.cpus {
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        if !(0.01..=host).contains(&c) {
+            return invalid(format!(
+                "--cpus {c} is out of range: from 0.01 to this host's {host} CPUs"
+            ));
+        }
+    }
+    for cap in req.cap_add.iter().chain(&req.cap_drop) {
+        if !cap.eq_ignore_ascii_case("all") {
+            crate::runtime::spec::parse_capability(cap)?;
+        }
+    }
+    let restart = match &req.restart {
+        Some(r) => r.parse()?,
+        None => RestartPolicy::No,
+    };
+    if req.auto_remove && restart != RestartPolicy::No {
+        return invalid(
+            "--rm and --restart cannot be combined: a removed container cannot restart".into(),
+        );
+    }
+    let mut published: Vec<PortMapping> = Vec::new();
+    for p in &req.publish {
+        let m = ports::parse_publish(p)?;
+        if let Some(other) = published.iter().find(|o| o.clashes_with(&m)) {
+            return invalid(format!(
+                "-p {p}: host port {} is published twice ({other})",
+                m.host_port
+            ));
+        }
+        published.push(m);
+    }
+    Ok(RunOptions {
+        ports: published,
+        labels,
+        cpus: req.cpus,
+        restart,
+    })
+}
+
+const ADJECTIVES: [&str; 32] = [
+    "agile", "bold", "brave", "calm", "clever", "cosy", "eager", "fancy", "gentle", "happy",
+    "jolly", "keen", "kind", "lively", "lucid", "merry", "nimble", "noble", "proud", "quiet",
+    "quick", "rapid", "serene", "sharp", "shiny", "steady", "sunny", "swift", "tender", "vivid",
+    "wise", "zesty",
+];
+const NOUNS: [&str; 32] = [
+    "albatross",
+    "badger",
+    "barge",
+    "beacon",
+    "canoe",
+    "cutter",
+    "dinghy",
+    "dolphin",
+    "ferry",
+    "frigate",
+    "gull",
+    "harbor",
+    "heron",
+    "jetty",
+    "kayak",
+    "ketch",
+    "lighthouse",
+    "marlin",
+    "narwhal",
+    "otter",
+    "pelican",
+    "pier",
+    "puffin",
+    "raft",
+    "schooner",
+    "seal",
+    "skiff",
+    "sloop",
+    "tern",
+    "trawler",
+    "walrus",
+    "yacht",
+];
+
+/// A Docker-like `adjective_noun` name that `taken` does not know; a number is added once the
+/// plain names get crowded.
+pub(crate) fn generate_name(taken: impl Fn(&str) -> bool) -> String {
+    use rand::seq::SliceRandom;
+    let mut rng = rand::thread_rng();
+    for attempt in 0u32.. {
+        let adj = ADJECTIVES.choose(&mut rng).expect("adjectives");
+        let noun = NOUNS.choose(&mut rng).expect("nouns");
+        let name = if attempt < 16 {
+            format!("{adj}_{noun}")
+        } else {
+            format!("{adj}_{noun}{}", attempt)
+        };
+        if !taken(&name) {
+            return name;
+        }
+    }
+    unreachable!("an unbounded loop either returns or runs forever")
 }
 
 /// Container names: the same rule Docker uses, so scripts carry over (see [`ContainerName`]).
@@ -287,6 +586,80 @@ mod tests {
         let mut edited = ok;
         edited.volumes[0].name = "a/b".into();
         assert!(edited.validate().is_err());
+    }
+
+    #[test]
+    fn generated_names_are_valid_and_avoid_taken_ones() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let n = generate_name(|n| seen.contains(n));
+            validate_name(&n).unwrap();
+            assert!(n.contains('_'), "{n}");
+            assert!(seen.insert(n));
+        }
+    }
+
+    #[test]
+    fn restart_policies() {
+        use RestartPolicy::*;
+        let exit = |code| ExitInfo {
+            code: Some(code),
+            signal: None,
+            finished_at: None,
+        };
+        assert_eq!("no".parse::<RestartPolicy>().unwrap(), No);
+        assert_eq!("always".parse::<RestartPolicy>().unwrap(), Always);
+        let three: RestartPolicy = "on-failure:3".parse().unwrap();
+        assert_eq!(
+            three,
+            OnFailure {
+                max_retries: Some(3)
+            }
+        );
+        for bad in ["", "sometimes", "on-failure:x", "always:2"] {
+            assert!(bad.parse::<RestartPolicy>().is_err(), "{bad:?}");
+        }
+        assert!(!No.wants_restart(Some(&exit(1)), 0));
+        assert!(Always.wants_restart(Some(&exit(0)), 99));
+        assert!(three.wants_restart(Some(&exit(1)), 2));
+        assert!(!three.wants_restart(Some(&exit(1)), 3));
+        assert!(!three.wants_restart(Some(&exit(0)), 0));
+        assert!(
+            three.wants_restart(None, 0),
+            "killed by a signal is a failure"
+        );
+        use std::time::Duration;
+        assert_eq!(restart_delay(0, Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(restart_delay(3, Duration::ZERO), Duration::from_millis(800));
+        assert_eq!(restart_delay(40, Duration::ZERO), Duration::from_secs(60));
+        assert_eq!(restart_delay(40, Duration::from_secs(11)), Duration::ZERO);
+        let json = serde_json::to_value(three).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "on-failure", "max_retries": 3})
+        );
+    }
+
+    #[test]
+    fn status_rules() {
+        use Status::*;
+        let all = [Created, Running, Stopped, Checkpointed, Migrating, Error];
+        let names = |f: fn(Status) -> bool| {
+            all.iter()
+                .filter(|s| f(**s))
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(Status::can_start),
+            ["created", "stopped", "checkpointed"]
+        );
+        assert_eq!(names(Status::can_stop), ["running"]);
+        assert_eq!(
+            names(Status::can_remove),
+            ["created", "stopped", "checkpointed", "error"]
+        );
+        assert_eq!(names(Status::can_restore), ["stopped", "checkpointed"]);
     }
 
     #[test]

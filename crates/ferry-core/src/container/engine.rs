@@ -13,14 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::config::{merge_env, parse_volume, validate_env, validate_name};
+use super::config::{
+    generate_name, merge_env, parse_volume, restart_delay, run_options, short_id, validate_env,
+    validate_name,
+};
 use super::store::RecordStore;
 use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
 use crate::api::RunRequest;
 use crate::fsutil::{self, block_on_fresh};
 use crate::ids::{ContainerId, PathComponent};
 use crate::image::ImageStore;
-use crate::network::{self, BridgeConfig, ContainerNet, Ipam};
+use crate::network::{self, dns, BridgeConfig, ContainerNet, Ipam};
 use crate::paths::HostPaths;
 use crate::runtime::runc::{Runc, RuncStatus};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
@@ -235,7 +238,11 @@ impl Engine {
 
     /// `ferry run`: validates everything first, so bad input changes nothing.
     pub fn run(&self, req: &RunRequest) -> Result<ContainerRecord, ContainerError> {
-        validate_name(&req.name)?;
+        // No name: one is generated once the map is locked.
+        if !req.name.is_empty() {
+            validate_name(&req.name)?;
+        }
+        let opts = run_options(req)?;
         let image = self.images.resolve(&req.image)?;
         for e in &req.env {
             validate_env(e)?;
@@ -252,6 +259,15 @@ impl Engine {
                 )));
             }
         }
+        if let Some(h) = &req.hostname {
+            dns::validate_hostname(h)?;
+        }
+        for d in &req.dns {
+            dns::parse_server(d)?;
+        }
+        for a in &req.add_hosts {
+            dns::parse_add_host(a)?;
+        }
         let ip: Option<Ipv4Addr> = match &req.ip {
             Some(s) => Some(
                 s.parse()
@@ -259,11 +275,15 @@ impl Engine {
             ),
             None => None,
         };
-        let mut args = image.config.entrypoint.clone();
-        if req.cmd.is_empty() {
-            args.extend(image.config.cmd.iter().cloned());
-        } else {
+        // Docker's rule: --entrypoint replaces the image's entrypoint and drops its CMD.
+        let mut args = req
+            .entrypoint
+            .clone()
+            .unwrap_or_else(|| image.config.entrypoint.clone());
+        if !req.cmd.is_empty() {
             args.extend(req.cmd.iter().cloned());
+        } else if req.entrypoint.is_none() {
+            args.extend(image.config.cmd.iter().cloned());
         }
         if args.is_empty() {
             return Err(ContainerError::Invalid(format!(
@@ -275,8 +295,24 @@ impl Engine {
         // Reserve the name before any side effect.
         let placeholder = {
             let mut map = lock(&self.containers);
-            if map.contains_key(&req.name) {
-                return Err(ContainerError::NameInUse(req.name.clone()));
+            let name = if req.name.is_empty() {
+                generate_name(|n| map.contains_key(n))
+            } else {
+                req.name.clone()
+            };
+            if map.contains_key(&name) {
+                return Err(ContainerError::NameInUse(name));
+            }
+            // A host port another container of this host publishes would never reach this one.
+            for rec in lock(&self.views).values() {
+                for theirs in &rec.config.ports {
+                    if let Some(mine) = opts.ports.iter().find(|m| m.clashes_with(theirs)) {
+                        return Err(ContainerError::Invalid(format!(
+                            "host port {} is already published by container {} ({theirs})",
+                            mine.host_port, rec.config.name
+                        )));
+                    }
+                }
             }
             let ip = {
                 let mut ipam = lock(&self.ipam);
@@ -288,42 +324,61 @@ impl Engine {
                     None => ipam.allocate(&id)?,
                 }
             };
+            let hostname = req
+                .hostname
+                .clone()
+                .unwrap_or_else(|| short_id(&id).to_owned());
             let config = ContainerConfig {
                 id,
-                name: req.name.clone(),
+                name: name.clone(),
                 image: image.digest.to_string(),
                 image_ref: req.image.clone(),
                 args,
                 env: merge_env(&image.config.env, &req.env),
-                cwd: if image.config.working_dir.is_empty() {
-                    "/".to_owned()
-                } else {
-                    image.config.working_dir.clone()
+                cwd: match &req.workdir {
+                    Some(w) => w.clone(),
+                    None if image.config.working_dir.is_empty() => "/".to_owned(),
+                    None => image.config.working_dir.clone(),
                 },
-                user: image.config.user.clone(),
+                user: req
+                    .user
+                    .clone()
+                    .unwrap_or_else(|| image.config.user.clone()),
                 ip,
                 prefix: self.cfg.bridge.prefix,
                 mac: network::format_mac(&network::mac_for_ip(ip)),
                 volumes,
                 memory: req.memory,
                 created: now(),
-                podman_mounts: false,
+                podman_shm: false,
+                hostname,
+                dns: req.dns.clone(),
+                add_hosts: req.add_hosts.clone(),
+                labels: opts.labels,
+                read_only: req.read_only,
+                cpus: opts.cpus,
+                cap_add: req.cap_add.clone(),
+                cap_drop: req.cap_drop.clone(),
+                auto_remove: req.auto_remove,
+                restart: opts.restart,
+                ports: opts.ports,
             };
             let rec = ContainerRecord::created(config, None);
             let slot = Arc::new(Mutex::new(rec));
-            map.insert(req.name.clone(), slot.clone());
+            map.insert(name, slot.clone());
             slot
         };
         let mut rec = lock(&placeholder);
         let result = self.save(&rec).and_then(|_| self.start_locked(&mut rec));
         if let Err(e) = result {
-            tracing::warn!(name = %req.name, error = %e, "run failed; undoing");
+            let name = rec.config.name.clone();
+            tracing::warn!(%name, error = %e, "run failed; undoing");
             self.teardown(&rec.config);
             let _ = self.records.remove(&rec.config.id);
             let _ = lock(&self.ipam).release(&rec.config.id);
             drop(rec);
-            lock(&self.containers).remove(&req.name);
-            lock(&self.views).remove(&req.name);
+            lock(&self.containers).remove(&name);
+            lock(&self.views).remove(&name);
             return Err(e);
         }
         Ok(rec.clone())
@@ -334,16 +389,14 @@ impl Engine {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.refresh(&mut rec);
-        match rec.status {
-            Status::Stopped | Status::Created => {}
-            s => {
-                return Err(ContainerError::WrongState {
-                    name: name.to_owned(),
-                    status: s,
-                    why: "only a stopped container can be started".into(),
-                })
-            }
+        if !rec.status.can_start() {
+            return Err(ContainerError::WrongState {
+                name: name.to_owned(),
+                status: rec.status,
+                why: "only a stopped, created or checkpointed container can be started".into(),
+            });
         }
+        rec.stopped_by_user = false;
         if let Err(e) = self.start_locked(&mut rec) {
             self.teardown(&rec.config);
             rec.status = Status::Stopped;
@@ -380,14 +433,24 @@ impl Engine {
                 readonly: v.readonly,
             });
         }
-        mounts.extend(self.podman_binds(cfg)?);
+        // /etc/hosts, /etc/resolv.conf, /etc/hostname, /run/.containerenv, as Podman mounts
+        // them: after the volumes, so a volume on /etc does not hide them. Kept as they are when
+        // present (a restore sees the files its process had).
+        for (source, destination) in cfg.etc_files()?.ensure(&dir)? {
+            mounts.push(BindMount {
+                source,
+                destination: PathBuf::from(destination),
+                readonly: false,
+            });
+        }
+        mounts.extend(self.podman_shm_bind(cfg)?);
         let (uid, gid) = spec::resolve_user(&rootfs.merged, &cfg.user)?;
         let criu_conf = crate::migration::hook::write_criu_config(&dir, &self.cfg.shim_exe)
             .map_err(|e| ContainerError::io(&dir, e))?;
         let netns_path = self.cfg.paths.netns(&cfg.id);
         let input = SpecInput {
             id: cfg.id.clone(),
-            hostname: cfg.name.clone(),
+            hostname: cfg.effective_hostname().to_owned(),
             args: cfg.args.clone(),
             env: cfg.env.clone(),
             cwd: cfg.cwd.clone(),
@@ -398,6 +461,12 @@ impl Engine {
             memory_limit: cfg.memory,
             mounts,
             criu_config: criu_conf,
+            readonly_rootfs: cfg.read_only,
+            cpu_quota: cfg
+                .cpus
+                .map(|c| (c * spec::CPU_PERIOD_US as f64).round() as i64),
+            cap_add: cfg.cap_add.clone(),
+            cap_drop: cfg.cap_drop.clone(),
         };
         let bundle = dir.join("bundle");
         let spec = spec::build_spec(&input)?;
@@ -427,6 +496,11 @@ impl Engine {
         network::create_netns(&netns_path)?;
         let cn = self.container_net(cfg);
         block_on_fresh(network::setup_container_net(&cn, attach))?;
+        // Published ports follow the container: set up wherever its network is (a start, a
+        // restore, a migration's destination), removed in `teardown`.
+        if !cfg.ports.is_empty() {
+            network::ports::publish(&cfg.id, cfg.ip, &self.cfg.bridge.name, &cfg.ports)?;
+        }
         if attach {
             // The IP (and so the MAC) may have lived on another host until lately: tell the
             // fabric where it is now, or its forwarding entry sends the clients there for
@@ -457,8 +531,11 @@ impl Engine {
     }
 
     fn start_locked(&self, rec: &mut ContainerRecord) -> Result<(), ContainerError> {
-        let bundle = self.prepare(&rec.config, true)?;
         let dir = self.container_dir(&rec.config.id);
+        // A fresh start gets fresh name-resolution files (the host's resolvers may have
+        // changed since the last run), as with Podman.
+        rec.config.etc_files()?.write(&dir)?;
+        let bundle = self.prepare(&rec.config, true)?;
         // A stale runc entry (from a crash) blocks `runc run` with the same id.
         let _ = self.runc.delete(&rec.config.id, true);
         clear_exit_files(&dir);
@@ -491,12 +568,14 @@ impl Engine {
 
     // ---- stop / kill / rm ----------------------------------------------------------------
 
-    pub fn kill(&self, name: &str, signal: &str) -> Result<(), ContainerError> {
+    /// `ferry kill`: `signal` to the container's main process (its PID 1), as Docker and
+    /// Podman do; with `all`, to every process in it.
+    pub fn kill(&self, name: &str, signal: &str, all: bool) -> Result<(), ContainerError> {
+        let sig = normalize_signal(signal)?;
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.require_running(&mut rec, "signalled")?;
-        let sig = normalize_signal(signal)?;
-        self.runc.kill(&rec.config.id, &sig, true)?;
+        self.runc.kill(&rec.config.id, &sig, all)?;
         Ok(())
     }
 
@@ -510,17 +589,23 @@ impl Engine {
         let (id, started_at) = {
             let mut rec = lock(&slot);
             self.refresh(&mut rec);
-            match rec.status {
-                Status::Running => {}
-                Status::Stopped | Status::Created | Status::Checkpointed => return Ok(rec.clone()),
-                s => {
-                    return Err(ContainerError::WrongState {
-                        name: name.to_owned(),
-                        status: s,
-                        why: "it cannot be stopped now".into(),
-                    })
+            if !rec.status.can_stop() {
+                // Stopping what already stopped is done, as with Docker.
+                if matches!(
+                    rec.status,
+                    Status::Stopped | Status::Created | Status::Checkpointed
+                ) {
+                    return Ok(rec.clone());
                 }
+                return Err(ContainerError::WrongState {
+                    name: name.to_owned(),
+                    status: rec.status,
+                    why: "it cannot be stopped now".into(),
+                });
             }
+            // Before the signal: the reaper must not take the exit for one to restart after.
+            rec.stopped_by_user = true;
+            self.save(&rec)?;
             let _ = self.runc.kill(&rec.config.id, "SIGTERM", false);
             lock(&self.stopping).insert(rec.config.id.clone());
             (rec.config.id.clone(), rec.started_at.clone())
@@ -616,6 +701,11 @@ impl Engine {
         let _ = self.runc.delete(&cfg.id, true);
         let _ = block_on_fresh(network::delete_link(&Self::host_veth(&cfg.id)));
         let _ = network::delete_netns(&self.cfg.paths.netns(&cfg.id));
+        if !cfg.ports.is_empty() {
+            if let Err(e) = network::ports::unpublish(&cfg.id) {
+                tracing::warn!(container = %cfg.name, error = %e, "removing published ports");
+            }
+        }
         let rootfs = RootfsDirs::new(&self.container_dir(&cfg.id));
         if let Err(e) = rootfs.unmount() {
             tracing::warn!(error = %e, "unmount");
@@ -626,19 +716,15 @@ impl Engine {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         self.refresh(&mut rec);
-        match rec.status {
-            Status::Running if force => {
-                let _ = self.runc.kill(&rec.config.id, "SIGKILL", true);
-                self.wait_exit(&rec.config.id, KILL_WAIT);
-            }
-            Status::Running | Status::Migrating => {
-                return Err(ContainerError::WrongState {
-                    name: name.to_owned(),
-                    status: rec.status,
-                    why: "stop it first or use --force".into(),
-                })
-            }
-            _ => {}
+        if rec.status == Status::Running && force {
+            let _ = self.runc.kill(&rec.config.id, "SIGKILL", true);
+            self.wait_exit(&rec.config.id, KILL_WAIT);
+        } else if !rec.status.can_remove() {
+            return Err(ContainerError::WrongState {
+                name: name.to_owned(),
+                status: rec.status,
+                why: "stop it first or use --force".into(),
+            });
         }
         self.forget(&mut rec)?;
         self.remove_all_checkpoints(&rec.config.id);
@@ -702,12 +788,58 @@ impl Engine {
 
     // ---- reconciliation ----------------------------------------------------------------
 
+    /// The reaper's round (ferryd runs it every few seconds): reconciles every container, and
+    /// applies `--rm` and `--restart` to the ones that stopped.
     pub fn refresh_all(&self) {
         let slots: Vec<Slot> = lock(&self.containers).values().cloned().collect();
         for s in slots {
             // Skip containers busy in a long operation; they are refreshed when it ends.
             if let Ok(mut rec) = s.try_lock() {
                 self.refresh(&mut rec);
+                self.after_exit(&mut rec);
+            }
+        }
+    }
+
+    /// `--rm`: a stopped container goes. `--restart`: one that stopped on its own (not by
+    /// `ferry stop`, a checkpoint or a migration, which leave other statuses) starts again.
+    fn after_exit(&self, rec: &mut ContainerRecord) {
+        if rec.status != Status::Stopped {
+            return;
+        }
+        let name = rec.config.name.clone();
+        if rec.config.auto_remove {
+            tracing::info!(container = %name, "removing (--rm)");
+            match self.forget(rec) {
+                Ok(()) => self.remove_all_checkpoints(&rec.config.id),
+                Err(e) => tracing::warn!(container = %name, error = %e, "--rm"),
+            }
+            return;
+        }
+        let policy = rec.config.restart;
+        if rec.stopped_by_user || !policy.wants_restart(rec.exit.as_ref(), rec.restart_count) {
+            return;
+        }
+        let time = |t: Option<&String>| {
+            t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        let finished = time(rec.exit.as_ref().and_then(|e| e.finished_at.as_ref()));
+        if let (Some(started), Some(finished)) = (time(rec.started_at.as_ref()), finished) {
+            let ran = (finished - started).to_std().unwrap_or_default();
+            let due = finished + restart_delay(rec.restart_count, ran);
+            if chrono::Utc::now() < due {
+                return;
+            }
+        }
+        rec.restart_count += 1;
+        tracing::info!(container = %name, count = rec.restart_count, "restarting (--restart)");
+        if let Err(e) = self.start_locked(rec) {
+            tracing::warn!(container = %name, error = %e, "restart failed");
+            self.teardown(&rec.config);
+            rec.status = Status::Stopped;
+            if let Err(e) = self.save(rec) {
+                tracing::error!(container = %name, error = %e, "could not persist container state");
             }
         }
     }

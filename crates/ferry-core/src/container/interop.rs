@@ -22,9 +22,8 @@ use crate::fsdiff::{self, DiffSummary};
 use crate::fsutil::{self, ScratchDir, MODE_PRIVATE};
 use crate::runtime::spec::BindMount;
 
-/// A Podman container's /dev/shm and /run/.containerenv, inside its ferry container dir.
+/// A Podman container's /dev/shm, inside its ferry container dir.
 const SHM_DIR: &str = "shm";
-const CONTAINERENV_FILE: &str = "containerenv";
 
 impl Engine {
     /// Podman's members of a checkpoint dir: `config.dump` (libpod's), `network.status`
@@ -59,7 +58,7 @@ impl Engine {
         };
         let status = podman::network_status(&addr, self.config().bridge.address);
         fsutil::write_json(&dir.join(NETWORK_STATUS), &status, MODE_PRIVATE).map_err(io(dir))?;
-        if cfg.podman_mounts {
+        if cfg.podman_shm {
             let shm = self.container_dir(&cfg.id).join(SHM_DIR);
             let tar = dir.join(DEVSHM_TAR);
             let out = BufWriter::new(File::create(&tar).map_err(io(&tar))?);
@@ -136,56 +135,22 @@ impl Engine {
         Ok(imported.config)
     }
 
-    /// The bind mounts a container restored from Podman needs besides ferry's own: /dev/shm
-    /// (a directory of the container's, as Podman's shm dir) and /run/.containerenv.
-    pub(super) fn podman_binds(
+    /// A container restored from Podman bind-mounts a directory of its own at /dev/shm, as
+    /// Podman's shm dir (the other files Podman mounts, ferry mounts for every container).
+    pub(super) fn podman_shm_bind(
         &self,
         cfg: &ContainerConfig,
-    ) -> Result<Vec<BindMount>, ContainerError> {
-        if !cfg.podman_mounts {
-            return Ok(Vec::new());
+    ) -> Result<Option<BindMount>, ContainerError> {
+        if !cfg.podman_shm {
+            return Ok(None);
         }
-        let dir = self.container_dir(&cfg.id);
-        let shm = dir.join(SHM_DIR);
+        let shm = self.container_dir(&cfg.id).join(SHM_DIR);
         fsutil::create_dir_with_mode(&shm, 0o1777).map_err(io(&shm))?;
-        let env = dir.join(CONTAINERENV_FILE);
-        if !env.exists() {
-            std::fs::write(&env, b"").map_err(io(&env))?;
-        }
-        // TEMPORARY until the DNS files land for every container.
-        let mut dns = Vec::new();
-        for (name, dest, body) in [
-            (
-                "hosts",
-                "/etc/hosts",
-                format!("127.0.0.1\tlocalhost\n{}\t{}\n", cfg.ip, cfg.name),
-            ),
-            ("resolv.conf", "/etc/resolv.conf", String::new()),
-            ("hostname", "/etc/hostname", format!("{}\n", cfg.name)),
-        ] {
-            let p = dir.join(name);
-            std::fs::write(&p, body).map_err(io(&p))?;
-            dns.push(BindMount {
-                source: p,
-                destination: PathBuf::from(dest),
-                readonly: false,
-            });
-        }
-        Ok(dns
-            .into_iter()
-            .chain(vec![
-                BindMount {
-                    source: shm,
-                    destination: PathBuf::from("/dev/shm"),
-                    readonly: false,
-                },
-                BindMount {
-                    source: env,
-                    destination: PathBuf::from("/run/.containerenv"),
-                    readonly: true,
-                },
-            ])
-            .collect())
+        Ok(Some(BindMount {
+            source: shm,
+            destination: PathBuf::from("/dev/shm"),
+            readonly: false,
+        }))
     }
 
     /// Refills a Podman container's /dev/shm from its checkpoint (CRIU does not dump a
@@ -196,7 +161,7 @@ impl Engine {
         dir: &Path,
     ) -> Result<(), ContainerError> {
         let tar = dir.join(DEVSHM_TAR);
-        if !cfg.podman_mounts || !tar.exists() {
+        if !cfg.podman_shm || !tar.exists() {
             return Ok(());
         }
         let shm = self.container_dir(&cfg.id).join(SHM_DIR);

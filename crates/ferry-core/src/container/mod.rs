@@ -10,8 +10,8 @@ mod store;
 
 pub use checkpoint::{RestoredImages, LAZY_PAGES_LOG};
 pub use config::{
-    merge_env, parse_volume, validate_env, validate_name, ContainerConfig, ContainerRecord,
-    ExitInfo, Status, VolumeMount,
+    merge_env, parse_volume, short_id, validate_env, validate_name, ContainerConfig,
+    ContainerRecord, ExitInfo, RestartPolicy, Status, VolumeMount,
 };
 pub use engine::{Engine, EngineConfig};
 pub use rootfs::{is_mount_point, RootfsDirs};
@@ -52,6 +52,10 @@ pub enum ContainerError {
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
     Network(#[from] crate::network::NetError),
+    #[error(transparent)]
+    Dns(#[from] crate::network::dns::DnsError),
+    #[error(transparent)]
+    Ports(#[from] crate::network::ports::PortError),
     #[error(transparent)]
     Runc(#[from] crate::runtime::runc::RuncError),
     #[error(transparent)]

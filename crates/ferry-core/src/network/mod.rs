@@ -7,6 +7,7 @@
 
 mod arp;
 mod criu_lock;
+pub mod dns;
 mod error;
 mod gate;
 mod hold;
@@ -15,6 +16,7 @@ mod kick;
 mod link;
 mod mac;
 mod netns;
+pub mod ports;
 
 #[cfg(test)]
 mod tests;

@@ -116,6 +116,10 @@ impl TestContainer {
             memory_limit: None,
             mounts: Vec::<BindMount>::new(),
             criu_config: PathBuf::new(),
+            readonly_rootfs: false,
+            cpu_quota: None,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
         };
         customize(&mut input);
         write_bundle(&bundle, &build_spec(&input).unwrap()).unwrap();

@@ -4,6 +4,7 @@ use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::crypt::{ArchiveKey, EncryptWriter};
 use super::manifest::{read_manifest, HashingReader, Manifest};
 use super::{ArchiveError, Compression};
 use crate::checkpoint::layout::MANIFEST;
@@ -27,6 +28,16 @@ pub fn export(
     out: &Path,
     compression: Compression,
 ) -> Result<ExportSummary, ArchiveError> {
+    export_sealed(dir, out, compression, None)
+}
+
+/// [`export`], encrypted with `key` when given (see [`super::crypt`]).
+pub fn export_sealed(
+    dir: &Path,
+    out: &Path,
+    compression: Compression,
+    key: Option<&ArchiveKey>,
+) -> Result<ExportSummary, ArchiveError> {
     let manifest = read_manifest(dir)?;
     let manifest_bytes =
         std::fs::read(dir.join(MANIFEST)).map_err(|e| ArchiveError::io(dir.join(MANIFEST), e))?;
@@ -40,19 +51,21 @@ pub fn export(
         .map_err(|e| ArchiveError::io(parent, e))?;
     let file = BufWriter::new(tmp.as_file());
     let io_err = |e| ArchiveError::io(tmp.path(), e);
-    match compression {
-        Compression::None => {
-            let w = write_tar(file, dir, &manifest, &manifest_bytes, tmp.path())?;
-            finish_file(w).map_err(io_err)?;
-        }
+    let sink = match key {
+        Some(k) => Sink::Sealed(EncryptWriter::new(file, k).map_err(io_err)?),
+        None => Sink::Plain(file),
+    };
+    let sink = match compression {
+        Compression::None => write_tar(sink, dir, &manifest, &manifest_bytes, tmp.path())?,
         Compression::Zstd => {
-            let mut enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(io_err)?;
+            let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL).map_err(io_err)?;
             // The frame checksum lets a decompressor notice damage on its own.
             enc.include_checksum(true).map_err(io_err)?;
             let enc = write_tar(enc, dir, &manifest, &manifest_bytes, tmp.path())?;
-            finish_file(enc.finish().map_err(io_err)?).map_err(io_err)?;
+            enc.finish().map_err(io_err)?
         }
-    }
+    };
+    sink.finish().map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
     let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
     tmp.persist(out)
@@ -63,8 +76,35 @@ pub fn export(
     })
 }
 
-fn finish_file(mut w: BufWriter<&std::fs::File>) -> std::io::Result<()> {
-    w.flush()
+/// The archive file, encrypted or not.
+enum Sink<'a> {
+    Plain(BufWriter<&'a std::fs::File>),
+    Sealed(EncryptWriter<BufWriter<&'a std::fs::File>>),
+}
+
+impl Sink<'_> {
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(mut w) => w.flush(),
+            Sink::Sealed(w) => w.finish()?.flush(),
+        }
+    }
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Sealed(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Sealed(w) => w.flush(),
+        }
+    }
 }
 
 fn write_tar<W: Write>(

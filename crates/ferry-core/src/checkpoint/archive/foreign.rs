@@ -25,11 +25,12 @@ pub(super) fn extract(reader: impl Read, root: &Path, limits: &Limits) -> Result
     let mut total: u64 = 0;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(&e, "reading an entry header"))?;
-        let name = entry_name(&entry)?;
-        let rel = name.trim_end_matches('/');
-        if rel.is_empty() || rel == "." {
+        // The root itself (`./`, written by tools that include the source dir) adds nothing.
+        if matches!(&*entry.path_bytes(), b"." | b"./" | b"/") {
             continue;
         }
+        let name = entry_name(&entry)?;
+        let rel = name.trim_end_matches('/');
         if seen.len() >= limits.max_members {
             return Err(ArchiveError::OverLimit {
                 detail: format!("more than {} members", limits.max_members),

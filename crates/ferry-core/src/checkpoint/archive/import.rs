@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::crypt::{self, ArchiveKey};
 use super::manifest::{check_member_path, parse_manifest, HashingReader, MAX_MANIFEST_BYTES};
 use super::{ArchiveError, Manifest};
 use crate::checkpoint::layout::MANIFEST;
@@ -48,6 +49,17 @@ pub enum Origin {
 /// On any error nothing is left at `dest`: the archive is extracted into a temporary sibling
 /// that is renamed only at the end.
 pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Origin, ArchiveError> {
+    import_sealed(archive, dest, limits, None)
+}
+
+/// [`import`] of an archive that may be encrypted (see [`super::crypt`]): an encrypted one
+/// needs `key`, and a key is refused for one that is not (it was expected to be).
+pub fn import_sealed(
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+    key: Option<&ArchiveKey>,
+) -> Result<Origin, ArchiveError> {
     match std::fs::symlink_metadata(dest) {
         Ok(_) => {
             return Err(ArchiveError::DestinationExists {
@@ -69,10 +81,10 @@ pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Origin, Ar
         .tempdir_in(parent)
         .map_err(|e| ArchiveError::io(parent, e))?;
 
-    let origin = if starts_with_manifest(archive)? {
-        Origin::Ferry(extract(open(archive)?, staging.path(), limits)?)
+    let origin = if starts_with_manifest(archive, key)? {
+        Origin::Ferry(extract(open(archive, key)?, staging.path(), limits)?)
     } else {
-        super::foreign::extract(open(archive)?, staging.path(), limits)?;
+        super::foreign::extract(open(archive, key)?, staging.path(), limits)?;
         Origin::Podman
     };
 
@@ -84,13 +96,41 @@ pub fn import(archive: &Path, dest: &Path, limits: &Limits) -> Result<Origin, Ar
     Ok(origin)
 }
 
-/// The archive's tar stream, decompressed by what its first bytes say.
-pub(super) fn open(archive: &Path) -> Result<Box<dyn Read>, ArchiveError> {
+/// The archive's tar stream: decrypted with `key` if it is encrypted, and decompressed by
+/// what its first bytes say.
+pub(super) fn open(
+    archive: &Path,
+    key: Option<&ArchiveKey>,
+) -> Result<Box<dyn Read>, ArchiveError> {
     let file = std::fs::File::open(archive).map_err(|e| ArchiveError::io(archive, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let head = reader
         .fill_buf()
         .map_err(|e| ArchiveError::io(archive, e))?;
+    let sealed = head.starts_with(crypt::MAGIC);
+    match (sealed, key) {
+        (true, None) => Err(ArchiveError::Encrypted {
+            path: archive.to_owned(),
+        }),
+        (false, Some(_)) => Err(ArchiveError::NotEncrypted {
+            path: archive.to_owned(),
+        }),
+        (true, Some(key)) => {
+            let plain = crypt::DecryptReader::new(reader, key)
+                .map_err(|e| read_error(&e, "opening the encrypted archive"))?;
+            decompress(BufReader::with_capacity(1 << 20, plain), archive)
+        }
+        (false, None) => decompress(reader, archive),
+    }
+}
+
+fn decompress<R: BufRead + 'static>(
+    mut reader: R,
+    archive: &Path,
+) -> Result<Box<dyn Read>, ArchiveError> {
+    let head = reader
+        .fill_buf()
+        .map_err(|e| read_error(&e, "reading the archive"))?;
     Ok(if head.is_empty() {
         return Err(ArchiveError::Truncated {
             detail: "the file is empty".into(),
@@ -106,8 +146,8 @@ pub(super) fn open(archive: &Path) -> Result<Box<dyn Read>, ArchiveError> {
 
 /// Whether the first tar entry is ferry's manifest (any read error says "no" here; the
 /// extraction that follows reports it properly).
-fn starts_with_manifest(archive: &Path) -> Result<bool, ArchiveError> {
-    let mut tar = tar::Archive::new(open(archive)?);
+fn starts_with_manifest(archive: &Path, key: Option<&ArchiveKey>) -> Result<bool, ArchiveError> {
+    let mut tar = tar::Archive::new(open(archive, key)?);
     let first = tar.entries().ok().and_then(|mut e| e.next());
     Ok(match first {
         Some(Ok(entry)) => entry_name(&entry).is_ok_and(|n| n == MANIFEST),

@@ -2,6 +2,7 @@
 //! `manifest.json`, exported as a tar (optionally zstd-compressed) with the manifest first, and
 //! imported with every entry checked against that manifest before it is accepted.
 
+pub mod crypt;
 mod export;
 mod foreign;
 mod import;
@@ -13,8 +14,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-pub use export::{export, ExportSummary};
-pub use import::{import, Limits, Origin};
+pub use crypt::ArchiveKey;
+pub use export::{export, export_sealed, ExportSummary};
+pub use import::{import, import_sealed, Limits, Origin};
 pub use manifest::{read_manifest, verify_dir, write_manifest, Manifest, Member};
 
 /// The `format` field of every ferry checkpoint manifest.
@@ -66,6 +68,12 @@ pub enum ArchiveError {
          Podman's {missing}"
     )]
     NotACheckpoint { missing: &'static str },
+    #[error("{path} is encrypted: give its key file (ferry restore --decrypt KEYFILE)")]
+    Encrypted { path: PathBuf },
+    #[error("{path} is not encrypted, but a key was given: refusing an archive that was expected to be sealed")]
+    NotEncrypted { path: PathBuf },
+    #[error("key file {path}: {problem}")]
+    Key { path: PathBuf, problem: String },
     #[error("{path} already exists; import needs a fresh destination")]
     DestinationExists { path: PathBuf },
 }

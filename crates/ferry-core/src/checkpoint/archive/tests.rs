@@ -577,3 +577,69 @@ fn an_archive_larger_than_the_free_space_is_refused_before_writing() {
     let err = import_fails(&archive, root.path(), &limits);
     assert!(err.contains("bytes free"), "{err}");
 }
+
+#[test]
+fn encrypted_archives_need_their_key_and_refuse_any_change() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = sample_checkpoint(root.path());
+    let key = ArchiveKey::from_bytes([3; 32]);
+    for compression in [Compression::None, Compression::Zstd] {
+        let out = root.path().join(format!("sealed-{compression}.tar"));
+        export_sealed(&dir, &out, compression, Some(&key)).unwrap();
+        let raw = std::fs::read(&out).unwrap();
+        assert!(raw.starts_with(crypt::MAGIC));
+        // The pages are not readable in the file.
+        let pages = noise(300_000, 1);
+        assert!(!raw.windows(64).any(|w| w == &pages[..64]));
+
+        let dest = root.path().join(format!("ok-{compression}"));
+        let Origin::Ferry(m) = import_sealed(&out, &dest, &Limits::default(), Some(&key)).unwrap()
+        else {
+            panic!("read as Podman's");
+        };
+        assert_eq!(m, verify_dir(&dest).unwrap());
+
+        let err = import_fails(&out, root.path(), &Limits::default());
+        assert!(
+            err.contains("is encrypted") && err.contains("--decrypt"),
+            "{err}"
+        );
+
+        let wrong = ArchiveKey::from_bytes([4; 32]);
+        let dest = root.path().join("wrong");
+        let err = import_sealed(&out, &dest, &Limits::default(), Some(&wrong))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wrong key"), "{err}");
+        assert!(!dest.exists());
+
+        let mut bad = raw.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x40;
+        let tampered = root.path().join("tampered.tar");
+        std::fs::write(&tampered, &bad).unwrap();
+        let dest = root.path().join("tampered");
+        let err = import_sealed(&tampered, &dest, &Limits::default(), Some(&key))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("changed") || err.contains("damaged"), "{err}");
+        assert!(!dest.exists());
+
+        let cut = root.path().join("cut.tar");
+        std::fs::write(&cut, &raw[..raw.len() - 40]).unwrap();
+        let dest = root.path().join("cut");
+        assert!(import_sealed(&cut, &dest, &Limits::default(), Some(&key)).is_err());
+        assert!(!dest.exists());
+    }
+    // A key for a plain archive: it was expected to be sealed.
+    let plain = export_sample(root.path(), Compression::Zstd);
+    let err = import_sealed(
+        &plain,
+        &root.path().join("p"),
+        &Limits::default(),
+        Some(&key),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not encrypted"), "{err}");
+}

@@ -46,8 +46,8 @@ fn reads_podmans_config_and_network_status() {
     assert_eq!(cfg.cwd, "/");
     assert_eq!(cfg.user, "");
     assert_eq!(cfg.ip, addr.ip);
-    assert!(cfg.podman_mounts);
-    assert_eq!(imported.hostname.as_deref(), Some("94e9e96a3700"));
+    assert!(cfg.podman_shm);
+    assert_eq!(cfg.hostname, "94e9e96a3700");
     let kinds: Vec<(&str, PodmanMount)> = imported
         .mounts
         .iter()
@@ -56,11 +56,11 @@ fn reads_podmans_config_and_network_status() {
     assert_eq!(
         kinds,
         [
-            ("/etc/hostname", PodmanMount::Dns),
-            ("/etc/resolv.conf", PodmanMount::Dns),
-            ("/etc/hosts", PodmanMount::Dns),
+            ("/etc/hostname", PodmanMount::EtcFile),
+            ("/etc/resolv.conf", PodmanMount::EtcFile),
+            ("/etc/hosts", PodmanMount::EtcFile),
             ("/dev/shm", PodmanMount::Shm),
-            ("/run/.containerenv", PodmanMount::ContainerEnv),
+            ("/run/.containerenv", PodmanMount::EtcFile),
         ]
     );
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::resource::{getrlimit, Resource};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
     LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
@@ -94,6 +94,102 @@ pub struct SpecInput {
     /// CRIU config file for this container (annotation `org.criu.config`). An empty path makes
     /// runc pass no config file at all (it then also ignores /etc/criu/runc.conf).
     pub criu_config: PathBuf,
+    /// `--read-only`: the root filesystem is mounted read-only (bind mounts keep their mode).
+    pub readonly_rootfs: bool,
+    /// `--cpus`: CPU time per [`CPU_PERIOD_US`], in microseconds (CFS quota).
+    pub cpu_quota: Option<i64>,
+    /// `--cap-add` / `--cap-drop` against [`DEFAULT_CAPABILITIES`] (names with or without
+    /// `CAP_`, or `ALL`); drops apply first, as with Docker.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+}
+
+/// CFS period for `--cpus` (Docker's).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Every Linux capability name, for `--cap-add ALL`.
+const ALL_CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Parses a capability name as Docker takes it: `NET_ADMIN`, `CAP_NET_ADMIN`, any case.
+pub fn parse_capability(name: &str) -> Result<Capability, SpecError> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    serde_json::from_value(serde_json::Value::String(full)).map_err(|_| SpecError::Invalid {
+        field: "capabilities",
+        problem: format!("{name:?} is not a Linux capability (e.g. NET_ADMIN, SYS_TIME, ALL)"),
+    })
+}
+
+/// The default set with `drop` removed, then `add` added.
+pub fn capability_set(add: &[String], drop: &[String]) -> Result<Vec<Capability>, SpecError> {
+    let is_all = |n: &String| n.eq_ignore_ascii_case("all");
+    let mut set: Vec<Capability> = if drop.iter().any(is_all) {
+        Vec::new()
+    } else {
+        DEFAULT_CAPABILITIES.to_vec()
+    };
+    for d in drop.iter().filter(|n| !is_all(n)) {
+        let cap = parse_capability(d)?;
+        set.retain(|c| *c != cap);
+    }
+    let add: Vec<String> = if add.iter().any(is_all) {
+        ALL_CAPABILITIES.map(str::to_owned).to_vec()
+    } else {
+        add.to_vec()
+    };
+    for a in &add {
+        let cap = parse_capability(a)?;
+        if !set.contains(&cap) {
+            set.push(cap);
+        }
+    }
+    Ok(set)
 }
 
 /// Capabilities of the container's process. This is the set container engines grant by
@@ -141,7 +237,9 @@ const READONLY_PATHS: [&str; 5] = [
 pub fn build_spec(input: &SpecInput) -> Result<Spec, SpecError> {
     validate(input)?;
 
-    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    let caps: oci_spec::runtime::Capabilities = capability_set(&input.cap_add, &input.cap_drop)?
+        .into_iter()
+        .collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -183,6 +281,14 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, SpecError> {
     if let Some(limit) = input.memory_limit {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build()?);
     }
+    if let Some(quota) = input.cpu_quota {
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CPU_PERIOD_US)
+                .build()?,
+        );
+    }
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces(&input.netns_path)?)
@@ -218,7 +324,7 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, SpecError> {
         .root(
             RootBuilder::default()
                 .path(&input.rootfs)
-                .readonly(false)
+                .readonly(input.readonly_rootfs)
                 .build()?,
         )
         .hostname(&input.hostname)
@@ -265,6 +371,9 @@ fn validate(input: &SpecInput) -> Result<(), SpecError> {
     }
     if let Some(limit) = input.memory_limit.filter(|l| *l <= 0) {
         return invalid("memory_limit", &format!("{limit} is not positive"));
+    }
+    if let Some(quota) = input.cpu_quota.filter(|q| *q < 1000) {
+        return invalid("cpu_quota", &format!("{quota} µs is under 1 ms per period"));
     }
     for m in &input.mounts {
         if !m.source.is_absolute() || !m.destination.is_absolute() {
@@ -434,7 +543,46 @@ mod tests {
                 readonly: true,
             }],
             criu_config: "/var/lib/ferry/c1/criu.conf".into(),
+            readonly_rootfs: false,
+            cpu_quota: None,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
         }
+    }
+
+    #[test]
+    fn run_options_reach_the_spec() {
+        let mut input = sample_input();
+        input.readonly_rootfs = true;
+        input.cpu_quota = Some(150_000);
+        input.cap_drop = vec!["chown".into(), "CAP_KILL".into()];
+        input.cap_add = vec!["net_admin".into()];
+        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 150_000);
+        assert_eq!(json["linux"]["resources"]["cpu"]["period"], 100_000);
+        let caps: Vec<&str> = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert!(caps.contains(&"CAP_NET_ADMIN"), "{caps:?}");
+        assert!(
+            !caps.contains(&"CAP_CHOWN") && !caps.contains(&"CAP_KILL"),
+            "{caps:?}"
+        );
+        assert!(caps.contains(&"CAP_SETUID"), "{caps:?}");
+
+        assert_eq!(capability_set(&[], &["ALL".into()]).unwrap(), vec![]);
+        assert_eq!(
+            capability_set(&["ALL".into()], &[]).unwrap().len(),
+            ALL_CAPABILITIES.len()
+        );
+        let err = capability_set(&["NOPE".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NOPE"), "{err}");
     }
 
     #[test]
