@@ -18,6 +18,8 @@ APT_PKGS=(
   python3 ca-certificates xz-utils dpkg-dev
   # bench/: Podman's checkpoint/restore flow, run side by side with ferry
   podman
+  # tests/registry.rs: a real OCI registry, and htpasswd for its basic auth
+  docker-registry apache2-utils
   # CRIU build dependencies
   build-essential libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev libgnutls28-dev uuid-dev

@@ -173,3 +173,68 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// `POST /v1/images/pull`: answered with an NDJSON stream of
+/// [`crate::image::registry::TransferEvent`]s, ending in `done` or `failed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    pub reference: String,
+    /// Plain HTTP to this registry (`--insecure` / `--tls-verify=false`).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `POST /v1/images/push`: the same stream as a pull.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// The local image (name, id or id prefix).
+    pub image: String,
+    /// Where to push it; default: `image`, when that is a name with a registry.
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `POST /v1/images/tag`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRequest {
+    pub image: String,
+    pub name: String,
+}
+
+/// `POST /v1/registries/login`: ferryd checks the credentials with the registry, then keeps
+/// them in `<root>/auth.json` (0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub registry: String,
+    pub username: String,
+    /// The file ferryd stored the credentials in.
+    pub stored_in: String,
+}
+
+/// `POST /v1/registries/logout`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    pub registry: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogoutResponse {
+    pub registry: String,
+    /// False when ferryd had no credentials for it.
+    pub removed: bool,
+}

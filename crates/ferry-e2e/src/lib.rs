@@ -7,6 +7,7 @@ pub use ferry_lab::workload::{redis, writer};
 
 pub mod lab;
 pub mod podman;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

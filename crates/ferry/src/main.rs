@@ -11,6 +11,7 @@ mod names;
 mod ops;
 mod output;
 mod ps;
+mod registry;
 mod run;
 mod volume;
 mod watch;
@@ -151,6 +152,16 @@ enum Cmd {
     /// The cluster certificate authority (local files; no daemon needed).
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Pull an image from a registry (same as `ferry image pull`).
+    Pull(registry::PullArgs),
+    /// Push an image to a registry (same as `ferry image push`).
+    Push(registry::PushArgs),
+    /// Give an image another name (same as `ferry image tag`).
+    Tag { image: String, name: String },
+    /// Check credentials with a registry; ferryd keeps them in <root>/auth.json (0600).
+    Login(registry::LoginArgs),
+    /// Forget a registry's credentials.
+    Logout { registry: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,6 +232,14 @@ enum ImageCmd {
     Ls,
     /// Remove an image.
     Rm { reference: String },
+    /// Pull an image from a registry.
+    Pull(registry::PullArgs),
+    /// Push an image to a registry.
+    Push(registry::PushArgs),
+    /// Give an image another name.
+    Tag { image: String, name: String },
+    /// Show an image's record as JSON: names, registry source, digests, layers, config.
+    Inspect { reference: String },
 }
 
 pub(crate) fn parse_bytes(s: &str) -> Result<i64> {
@@ -531,6 +550,14 @@ async fn run(cli: Cli) -> Result<()> {
                 outln!("issued certificate for {name} into {}", out.display());
             }
         }
+        Cmd::Pull(a) | Cmd::Image(ImageCmd::Pull(a)) => registry::pull(&c, a, json).await?,
+        Cmd::Push(a) | Cmd::Image(ImageCmd::Push(a)) => registry::push(&c, a, json).await?,
+        Cmd::Tag { image, name } | Cmd::Image(ImageCmd::Tag { image, name }) => {
+            registry::tag(&c, image, name, json).await?
+        }
+        Cmd::Image(ImageCmd::Inspect { reference }) => registry::inspect(&c, reference).await?,
+        Cmd::Login(a) => registry::login(&c, a, json).await?,
+        Cmd::Logout { registry } => registry::logout(&c, registry, json).await?,
         Cmd::Restore(a) => checkpoint::restore(&c, a, json).await?,
         Cmd::Inspect { names } => {
             names::each(&names, json, names::Human::Record, |name| {

@@ -71,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/hosts", get(hosts_ls).post(hosts_add))
         .route("/v1/hosts/{name}", delete(hosts_rm))
+        .merge(crate::registry::routes())
         .with_state(state)
 }
 

@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod json;
 mod logs;
+mod registry;
 mod stats;
 mod volumes;
 
@@ -74,6 +75,10 @@ pub struct DaemonArgs {
     /// This host's name (defaults to the system hostname).
     #[arg(long)]
     host_name: Option<String>,
+    /// A registry (HOST[:PORT]) reached over plain HTTP; repeatable. Also read from
+    /// <root>/registries.json: {"insecure": ["HOST[:PORT]"]}.
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
@@ -156,6 +161,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    ferry_core::image::registry::config::set_daemon_insecure(args.insecure_registry.clone());
     ferry_core::fsutil::ensure_private_dir(&args.root)
         .with_context(|| format!("creating state dir {}", args.root.display()))?;
     std::fs::create_dir_all(&args.runc_root)?;

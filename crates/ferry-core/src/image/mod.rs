@@ -21,6 +21,7 @@ pub use layer::DEFAULT_ROOT_MODE;
 pub use oci::{host_arch, OCI_CONFIG, OCI_MANIFEST};
 pub use save::save;
 mod oci;
+pub mod registry;
 mod store;
 
 #[cfg(test)]
@@ -51,6 +52,22 @@ pub struct Image {
     pub size: u64,
     pub created: Option<String>,
     pub config: RunConfig,
+    /// Where the image came from (or was last pushed to), when that was a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RegistrySource>,
+}
+
+/// An image's place in a registry: enough to fetch its blobs from there again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrySource {
+    /// The full reference, `registry/repository:tag` or `registry/repository@digest`.
+    pub reference: String,
+    /// `host[:port]` as ferry connects to it (`index.docker.io` for Docker Hub).
+    pub registry: String,
+    pub repository: String,
+    /// The digest the registry serves for the reference: the image index's for a multi-arch
+    /// image, else the manifest's (then equal to the image id).
+    pub digest: Digest,
 }
 
 /// What the image says about how to run it.

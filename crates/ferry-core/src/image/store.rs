@@ -284,6 +284,44 @@ impl ImageStore {
         Ok(gone)
     }
 
+    /// Gives the image `reference` resolves to the name `name` too (taken from any other
+    /// image that had it).
+    pub fn tag(&self, reference: &str, name: &str) -> Result<Image, ImageError> {
+        let name = normalize_name(name)?;
+        let _lock = self.lock()?;
+        let mut images = self.read_index()?;
+        let i = find(&images, reference)?;
+        for (j, other) in images.iter_mut().enumerate() {
+            if j != i {
+                other.names.retain(|n| n != &name);
+            }
+        }
+        if !images[i].names.contains(&name) {
+            images[i].names.push(name);
+        }
+        let tagged = images[i].clone();
+        self.write_index(images)?;
+        Ok(tagged)
+    }
+
+    /// Records where in a registry the image with id `digest` lives (after a push).
+    pub fn set_source(
+        &self,
+        digest: &Digest,
+        source: super::RegistrySource,
+    ) -> Result<Image, ImageError> {
+        let _lock = self.lock()?;
+        let mut images = self.read_index()?;
+        let img = images
+            .iter_mut()
+            .find(|i| &i.digest == digest)
+            .ok_or_else(|| ImageError::NotFound(digest.to_string()))?;
+        img.source = Some(source);
+        let out = img.clone();
+        self.write_index(images)?;
+        Ok(out)
+    }
+
     /// Removes every blob and unpacked layer no image references (e.g. left by an aborted
     /// migration). Do not run it while blobs for a pending `register` are being received.
     pub fn prune(&self) -> Result<PruneStats, ImageError> {
@@ -503,6 +541,7 @@ impl ImageStore {
                 working_dir: cc.working_dir.unwrap_or_default(),
                 user: cc.user.unwrap_or_default(),
             },
+            source: None,
         })
     }
 
@@ -543,6 +582,9 @@ impl ImageStore {
                     if !existing.names.contains(n) {
                         existing.names.push(n.clone());
                     }
+                }
+                if image.source.is_some() {
+                    existing.source = image.source.clone();
                 }
                 existing.clone()
             }

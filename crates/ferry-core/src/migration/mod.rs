@@ -10,6 +10,7 @@ pub mod dest;
 mod drain;
 pub mod fault;
 pub mod hook;
+mod layers;
 pub mod record;
 pub mod recovery;
 pub mod report;

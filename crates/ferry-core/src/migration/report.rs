@@ -117,6 +117,15 @@ pub struct PhaseTime {
     pub bytes: u64,
 }
 
+/// One image blob of a migration and where the destination got it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerOrigin {
+    pub digest: String,
+    pub size: u64,
+    /// `source` or `destination` (see [`MigrationReport::layer_origins`]).
+    pub from: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Bytes {
     pub layers: u64,
@@ -140,6 +149,13 @@ pub struct MigrationReport {
     pub bytes: Bytes,
     pub layers_sent: usize,
     pub layers_skipped: usize,
+    /// Where each image blob came from: `source` (sent between the hosts) or `destination`
+    /// (the destination had it, or fetched it from `image_registry`).
+    #[serde(default)]
+    pub layer_origins: Vec<LayerOrigin>,
+    /// The registry the image's name points at, which the destination tries before the source.
+    #[serde(default)]
+    pub image_registry: Option<String>,
     pub criu_dump: Option<serde_json::Value>,
     pub criu_restore: Option<serde_json::Value>,
     pub error: Option<String>,
@@ -158,6 +174,23 @@ pub struct MigrationReport {
     pub lazy: Option<LazyReport>,
 }
 
+/// Each blob of the image: sent by the source when the destination asked for it.
+pub(crate) fn origins(blobs: &[(crate::image::Digest, u64)], sent: &[String]) -> Vec<LayerOrigin> {
+    blobs
+        .iter()
+        .map(|(d, size)| LayerOrigin {
+            digest: d.to_string(),
+            size: *size,
+            from: if sent.iter().any(|s| s == d.as_str()) {
+                "source"
+            } else {
+                "destination"
+            }
+            .to_owned(),
+        })
+        .collect()
+}
+
 impl MigrationReport {
     pub fn new(id: &str, container: &str, from: &str, to: &str, mode: &str) -> Self {
         MigrationReport {
@@ -173,6 +206,8 @@ impl MigrationReport {
             bytes: Bytes::default(),
             layers_sent: 0,
             layers_skipped: 0,
+            layer_origins: Vec::new(),
+            image_registry: None,
             criu_dump: None,
             criu_restore: None,
             error: None,

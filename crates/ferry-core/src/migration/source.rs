@@ -316,6 +316,7 @@ impl Outgoing {
             .resolve(&self.cfg.image)
             .map_err(|e| MigrationError::Container(e.into()))?;
         self.blobs = self.engine.images().blobs_of(&image);
+        self.report.image_registry = super::layers::registry_named(&image.names);
         let offer = ImageOffer {
             manifest: image.digest.to_string(),
             names: image.names.clone(),
@@ -379,6 +380,7 @@ impl Outgoing {
         self.report.bytes.layers = sent;
         self.report.layers_sent = need.len();
         self.report.layers_skipped = self.blobs.len() - need.len();
+        self.report.layer_origins = super::report::origins(&self.blobs, need);
         self.progress.done(&mut self.report, sent);
         Ok(())
     }
