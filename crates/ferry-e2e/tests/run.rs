@@ -271,8 +271,9 @@ fn foreground_run_exit_code_streams_and_signals() {
             "echo up; sleep 1000",
         ],
     );
+    // Not `h.logs`: the foreground run may not have created the container yet.
     h.wait_for("up", Duration::from_secs(20), || {
-        h.logs("killed").contains("up")
+        h.ferry(&["logs", "killed"]).stdout.starts_with(b"up")
     });
     h.ferry_ok(&["kill", "killed"]);
     let out = child.wait_with_output().unwrap();
