@@ -20,7 +20,7 @@
 //! | 1    | stdout | ferryd → CLI | the command's stdout (the pty's output with -t) |
 //! | 2    | stderr | ferryd → CLI | the command's stderr (and runc's own errors)   |
 //! | 3    | exit   | ferryd → CLI | i32 BE: the exit code; the last frame sent     |
-//! | 4    | resize | CLI → ferryd | u16 BE rows, u16 BE cols (only with a pty)     |
+//! | 4    | resize | CLI → ferryd | u16 BE rows, u16 BE cols (only with a pty)      |
 //! | 5    | error  | ferryd → CLI | UTF-8: why the session broke (ferryd's side)   |
 //!
 //! When the CLI goes away, ferryd kills the exec'd process: a session never outlives its client.
@@ -63,7 +63,7 @@ pub enum ExecError {
     /// The peer sent something that is not a frame (a client or daemon bug).
     #[error("exec stream: {0}")]
     Protocol(String),
-    /// Setting the session up failed on this host (temp dir, console socket, spawning runc).
+    /// Setting the session up failed on this host (temp dir, spawning runc).
     #[error("exec: {what}: {source}")]
     Io {
         what: String,
@@ -315,7 +315,7 @@ impl Drop for SessionGuard {
 pub struct Prepared {
     /// The `runc exec` command line (stdio is the caller's to wire).
     pub tool: Tool,
-    /// Holds the pid file, runc's log and the console socket; removed on drop.
+    /// Holds the pid file and runc's log; removed on drop.
     pub dir: tempfile::TempDir,
     pub session: SessionGuard,
     pub container: String,
@@ -330,11 +330,6 @@ impl Prepared {
     /// runc's own log (JSON lines): tells a failed start apart from the command's exit.
     pub fn runc_log(&self) -> PathBuf {
         self.dir.path().join("runc.log")
-    }
-
-    /// Where runc sends the pty master (with `tty`).
-    pub fn console_socket(&self) -> PathBuf {
-        self.dir.path().join("console.sock")
     }
 
     /// The exit code to report: runc's, except that a command runc could not start becomes
@@ -392,7 +387,6 @@ pub fn prepare(engine: &Engine, name: &str, req: &ExecRequest) -> Result<Prepare
         req,
         user,
         pid_file: &dir.path().join("pid"),
-        console_socket: req.tty.then(|| dir.path().join("console.sock")),
     };
     let tool = runc_exec(engine.runc(), &dir.path().join("runc.log"), &args);
     let session = sessions().begin(&rec.config.id, &req.short_name());
@@ -404,77 +398,20 @@ pub fn prepare(engine: &Engine, name: &str, req: &ExecRequest) -> Result<Prepare
     })
 }
 
-/// Waits for runc to connect to the console socket and send the pty master (SCM_RIGHTS).
-/// Gives up when `runc_exited` says runc is gone or after `timeout`.
-pub fn receive_console(
-    listener: &std::os::unix::net::UnixListener,
-    mut runc_exited: impl FnMut() -> bool,
-    timeout: std::time::Duration,
-) -> Result<std::os::fd::OwnedFd, ExecError> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let io = |what: &str, source| ExecError::Io {
-        what: what.to_owned(),
-        source,
-    };
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| io("console socket", e))?;
-    let start = std::time::Instant::now();
-    let stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if runc_exited() {
-                    return Err(ExecError::Protocol(
-                        "runc exited before sending the pty".into(),
-                    ));
-                }
-                if start.elapsed() > timeout {
-                    return Err(io(
-                        "waiting for runc's pty",
-                        std::io::ErrorKind::TimedOut.into(),
-                    ));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(e) => return Err(io("accepting on the console socket", e)),
-        }
-    };
-    stream
-        .set_nonblocking(false)
-        .map_err(|e| io("console socket", e))?;
-    let mut name = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| io("receiving the pty from runc", e.into()))?;
-    for c in msg.cmsgs().map_err(|e| io("reading runc's message", e.into()))? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
-                return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Err(ExecError::Protocol("runc sent no pty descriptor".into()))
-}
-
 struct ExecArgs<'a> {
     id: String,
     req: &'a ExecRequest,
     user: Option<(u32, u32)>,
     pid_file: &'a Path,
-    console_socket: Option<PathBuf>,
 }
 
 /// `runc exec` with the request's options. runc takes the rest of the process (env, user,
 /// cwd, capabilities) from the container's config.json, as Docker's exec does.
+///
+/// With `tty`, runc allocates the command's pty itself and copies between it and its own
+/// stdio, which the caller makes a second pty: runc only hands a pty over a console socket
+/// when it detaches, and a detached exec's exit code is lost. runc takes the size from its
+/// stdin at start and again on each SIGWINCH.
 fn runc_exec(runc: &Runc, log: &Path, a: &ExecArgs) -> Tool {
     let mut t = Tool::new(&runc.binary)
         .arg("--root")
@@ -492,8 +429,8 @@ fn runc_exec(runc: &Runc, log: &Path, a: &ExecArgs) -> Tool {
     if let Some((uid, gid)) = a.user {
         t = t.arg("--user").arg(format!("{uid}:{gid}"));
     }
-    if let Some(sock) = &a.console_socket {
-        t = t.arg("--tty").arg("--console-socket").arg(sock);
+    if a.req.tty {
+        t = t.arg("--tty");
     }
     t.arg(&a.id).args(&a.req.cmd)
 }
@@ -542,6 +479,7 @@ mod tests {
             cmd: vec!["sh".into(), "-c".into(), "id -u".into()],
             env: vec!["A=b".into()],
             workdir: Some("/tmp".into()),
+            tty: true,
             ..Default::default()
         };
         let args = ExecArgs {
@@ -549,12 +487,11 @@ mod tests {
             req: &req,
             user: Some((65534, 65534)),
             pid_file: Path::new("/d/pid"),
-            console_socket: Some("/d/console.sock".into()),
         };
         assert_eq!(
             runc_exec(&runc, Path::new("/d/runc.log"), &args).display_args(),
             "--root /r --log /d/runc.log --log-format json exec --pid-file /d/pid --env A=b \
-             --cwd /tmp --user 65534:65534 --tty --console-socket /d/console.sock c1 sh -c id -u"
+             --cwd /tmp --user 65534:65534 --tty c1 sh -c id -u"
         );
     }
 

@@ -181,8 +181,14 @@ fn exec_tty_session_through_a_pty() {
     h.import("busybox");
     h.run_counter("c", &[], 1);
 
-    // The test is the terminal: ferry's stdin/stdout/stderr are a pty's slave end.
-    let pty = nix::pty::openpty(None, None).expect("openpty");
+    // The test is the terminal: ferry's stdin/stdout/stderr are a pty's slave end, 30x100.
+    let size = |rows, cols| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size(30, 100)), None).expect("openpty");
     let slave = pty.slave;
     let stdio = |fd: &OwnedFd| Stdio::from(fd.as_fd().try_clone_to_owned().expect("dup slave"));
     let mut child = ferry_cmd(&h)
@@ -193,16 +199,37 @@ fn exec_tty_session_through_a_pty() {
         .spawn()
         .expect("ferry exec -it");
     drop(slave);
-    let writer = pty
-        .master
-        .try_clone()
-        .expect("dup master");
+    let resize_fd = pty.master.try_clone().expect("dup master");
+    let mut keys = std::fs::File::from(pty.master.try_clone().expect("dup master"));
     let out = drain(pty.master);
     wait_output(&out, "the shell's prompt", Duration::from_secs(20), |s| {
         s.contains("# ")
     });
-    std::fs::File::from(writer)
-        .write_all(b"echo $((6*7)); tty; exit 3\n")
+    // The command's pty starts with the terminal's size...
+    keys.write_all(b"stty size\n").expect("type");
+    wait_output(&out, "the first size", Duration::from_secs(5), |s| {
+        s.contains("30 100")
+    });
+    // ...and follows it: a new size and SIGWINCH (the kernel sends none here, ferry is not in
+    // the pty's session) reach it through a resize frame.
+    let ws = size(40, 120);
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    assert_eq!(
+        unsafe { nix::libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&resize_fd), nix::libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGWINCH,
+    )
+    .expect("SIGWINCH");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !text(&out.lock().unwrap()).contains("40 120") {
+        assert!(Instant::now() < deadline, "resize not seen: {}", text(&out.lock().unwrap()));
+        keys.write_all(b"stty size\n").expect("type");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    keys.write_all(b"echo $((6*7)); tty; exit 3\n")
         .expect("type into the pty");
     let status = child.wait().expect("ferry exec -it");
     wait_output(&out, "the answers", Duration::from_secs(5), |s| {

@@ -28,8 +28,6 @@ use crate::error::ApiError;
 /// How long output may keep coming after the command exited (a background child holding the
 /// pipes or the pty open must not hold the session forever).
 const DRAIN: Duration = Duration::from_secs(1);
-/// How long runc may take to hand over the pty.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started `runc exec`, not yet relayed.
 struct Started {
@@ -75,74 +73,60 @@ pub async fn exec(State(s): S, Path(name): Path<String>, mut req: Request) -> Ap
         .map_err(|e| ApiError::internal(format!("exec response: {e}")))
 }
 
-/// Prepares and spawns `runc exec`; with a tty, waits for runc's pty.
+/// Prepares and spawns `runc exec`. With a tty, runc's stdio is a pty of ours (see
+/// [`ferry_core::exec`]'s `runc_exec`): runc sets it raw and copies it to the command's own pty.
 fn start(engine: &ferry_core::container::Engine, name: &str, req: &ExecRequest) -> ApiResult<Started> {
     let prepared = wire::prepare(engine, name, req).map_err(api_error)?;
-    let console = if req.tty {
-        Some(
-            std::os::unix::net::UnixListener::bind(prepared.console_socket())
-                .map_err(|e| ApiError::internal(format!("exec: console socket: {e}")))?,
-        )
-    } else {
-        None
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        ApiError::internal(format!("exec in {}: {what}: {e}", prepared.container))
     };
     let mut cmd = tokio::process::Command::from(prepared.tool.command());
-    cmd.stdin(if req.stdin && !req.tty {
-        Stdio::piped()
+    let pty = if req.tty {
+        let size = req.size.map(|s| libc::winsize {
+            ws_row: s.rows,
+            ws_col: s.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+        let pair = nix::pty::openpty(size.as_ref(), None)
+            .map_err(|e| internal("allocating a pty", &e))?;
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(Stdio::from)
+                .map_err(|e| internal("duplicating the pty", &e))
+        };
+        cmd.stdin(dup(&pair.slave)?)
+            .stdout(dup(&pair.slave)?)
+            .stderr(dup(&pair.slave)?);
+        nix::fcntl::fcntl(
+            pair.master.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| internal("pty", &e))?;
+        // SAFETY: the AsyncFd owns the descriptor; nothing else closes or replaces it.
+        let registered = unsafe { AsyncFd::register(pair.master) };
+        Some(Arc::new(registered.map_err(|e| internal("pty", &e))?))
+        // `pair.slave` closes here: only runc holds it, so the master reads EIO when runc ends.
     } else {
-        Stdio::null()
-    })
-    .stdout(if req.tty { Stdio::null() } else { Stdio::piped() })
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    let mut child = cmd
+        cmd.stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        None
+    };
+    cmd.kill_on_drop(true);
+    let child = cmd
         .spawn()
         .map_err(|e| ApiError::internal(prepared.tool.spawn_error(e).to_string()))?;
-    let pty = match console {
-        None => None,
-        Some(listener) => {
-            let got = wire::receive_console(
-                &listener,
-                || matches!(child.try_wait(), Ok(Some(_))),
-                CONSOLE_TIMEOUT,
-            );
-            let fd = match got {
-                Ok(fd) => fd,
-                Err(e) => {
-                    let _ = child.start_kill();
-                    let why = runc_error(&prepared).unwrap_or_else(|| e.to_string());
-                    return Err(ApiError::internal(format!("exec -t in {name}: {why}")));
-                }
-            };
-            nix::fcntl::fcntl(
-                fd.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-            .map_err(|e| ApiError::internal(format!("exec: pty: {e}")))?;
-            if let Some(size) = req.size {
-                set_size(&fd, size);
-            }
-            // SAFETY: the AsyncFd owns the descriptor; nothing else closes or replaces it.
-            let registered = unsafe { AsyncFd::register(fd) };
-            Some(Arc::new(registered.map_err(|e| {
-                ApiError::internal(format!("exec: pty: {e}"))
-            })?))
-        }
-    };
+    drop(cmd);
     tracing::info!(container = %prepared.container, cmd = %req.short_name(), tty = req.tty, "exec session started");
     Ok(Started {
         prepared,
         child,
         pty,
-    })
-}
-
-/// runc's own error message from its log, when it wrote one.
-fn runc_error(p: &Prepared) -> Option<String> {
-    let log = std::fs::read_to_string(p.runc_log()).ok()?;
-    log.lines().rev().find_map(|l| {
-        let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or_default().to_owned())
     })
 }
 
@@ -215,6 +199,7 @@ async fn relay<T: AsyncRead + AsyncWrite + Send + 'static>(io: T, mut st: Starte
         (None, None) => Input::None,
     };
     // The client's frames: stdin and resizes. Ends when the client goes away.
+    let runc_pid = st.child.id();
     let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<()>();
     let inbound = tokio::spawn(async move {
         loop {
@@ -223,6 +208,13 @@ async fn relay<T: AsyncRead + AsyncWrite + Send + 'static>(io: T, mut st: Starte
                 Ok(Some(Frame::Resize(size))) => {
                     if let Input::Pty(p) = &input {
                         set_size(p.get_ref(), size);
+                        // runc copies its stdin's new size to the command's pty on SIGWINCH.
+                        if let Some(pid) = runc_pid {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGWINCH,
+                            );
+                        }
                     }
                 }
                 Ok(Some(other)) => tracing::debug!(?other, "exec: unexpected frame from client"),
