@@ -103,7 +103,11 @@ impl ExecRequest {
         if self.cmd.is_empty() || self.cmd[0].is_empty() {
             return Err(ExecError::Invalid("exec needs a command to run".into()));
         }
-        if let Some(bad) = self.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        if let Some(bad) = self
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
             return Err(ExecError::Invalid(format!(
                 "exec environment entry {bad:?} is not NAME=VALUE"
             )));
@@ -511,7 +515,7 @@ mod tests {
             },
             ExecRequest {
                 workdir: Some("rel".into()),
-                ..ok.clone()
+                ..ok
             },
         ] {
             assert!(matches!(bad.validate(), Err(ExecError::Invalid(_))));
@@ -529,7 +533,10 @@ mod tests {
         sessions().refuse_if_busy(id, name).unwrap();
         let a = sessions().begin(id, "sh");
         let err = sessions().refuse_if_busy(id, name).unwrap_err().to_string();
-        assert!(err.contains("web") && err.contains("1 exec session running (sh)"), "{err}");
+        assert!(
+            err.contains("web") && err.contains("1 exec session running (sh)"),
+            "{err}"
+        );
         let b = sessions().begin(id, "sleep");
         let err = sessions().refuse_if_busy(id, name).unwrap_err().to_string();
         assert!(err.contains("2 exec sessions running (sh, sleep)"), "{err}");

@@ -35,8 +35,20 @@ fn exec_streams_exit_codes_options_and_errors() {
     let out = ferry_cmd(&h)
         .env("FROM_CALLER", "yes")
         .args([
-            "exec", "-e", "GREETING=hi there", "-e", "FROM_CALLER", "-e", "UNSET_HERE", "-w",
-            "/tmp", "-u", "65534", "c", "sh", "-c",
+            "exec",
+            "-e",
+            "GREETING=hi there",
+            "-e",
+            "FROM_CALLER",
+            "-e",
+            "UNSET_HERE",
+            "-w",
+            "/tmp",
+            "-u",
+            "65534",
+            "c",
+            "sh",
+            "-c",
             "echo \"$GREETING|$FROM_CALLER|${UNSET_HERE-unset}\"; pwd; id -u",
         ])
         .stdin(Stdio::null())
@@ -74,7 +86,11 @@ fn exec_streams_exit_codes_options_and_errors() {
     // Not found / not executable, as Docker reports them.
     let out = h.ferry(&["exec", "c", "no-such-command"]);
     assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("no-such-command"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no-such-command"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = h.ferry(&["exec", "c", "/etc/passwd"]);
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
 
@@ -120,10 +136,16 @@ fn checkpoint_is_refused_while_an_exec_session_runs() {
 
     let err = h.ferry_err(&["checkpoint", "c"]);
     assert!(
-        err.contains("c") && err.contains("1 exec session running (sh)") && err.contains("end it first"),
+        err.contains("c")
+            && err.contains("1 exec session running (sh)")
+            && err.contains("end it first"),
         "{err}"
     );
-    assert_eq!(h.inspect("c")["status"], "running", "the refusal froze nothing");
+    assert_eq!(
+        h.inspect("c")["status"],
+        "running",
+        "the refusal froze nothing"
+    );
 
     // The client going away ends the session and kills its process; then CRIU can dump.
     session.kill().expect("kill ferry exec");
@@ -170,7 +192,10 @@ fn wait_output(buf: &Mutex<Vec<u8>>, what: &str, timeout: Duration, f: impl Fn(&
         if f(&s) {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; pty output: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; pty output: {s:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -215,7 +240,13 @@ fn exec_tty_session_through_a_pty() {
     let ws = size(40, 120);
     // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
     assert_eq!(
-        unsafe { nix::libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&resize_fd), nix::libc::TIOCSWINSZ, &ws) },
+        unsafe {
+            nix::libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&resize_fd),
+                nix::libc::TIOCSWINSZ,
+                &ws,
+            )
+        },
         0
     );
     nix::sys::signal::kill(
@@ -225,7 +256,11 @@ fn exec_tty_session_through_a_pty() {
     .expect("SIGWINCH");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !text(&out.lock().unwrap()).contains("40 120") {
-        assert!(Instant::now() < deadline, "resize not seen: {}", text(&out.lock().unwrap()));
+        assert!(
+            Instant::now() < deadline,
+            "resize not seen: {}",
+            text(&out.lock().unwrap())
+        );
         keys.write_all(b"stty size\n").expect("type");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -112,7 +112,9 @@ pub async fn run(socket: &Path, a: ExecArgs) -> Result<i32> {
             }
             Some(Frame::Exit(code)) => return Ok(code),
             Some(Frame::Error(m)) => {
-                return Err(CliError::new("internal", format!("exec in {}: {m}", a.container)).into())
+                return Err(
+                    CliError::new("internal", format!("exec in {}: {m}", a.container)).into(),
+                )
             }
             Some(_) => {}
             None => {
@@ -214,10 +216,7 @@ fn forward_resizes(tx: mpsc::Sender<Frame>) -> Result<()> {
 
 /// The size of the terminal on stdin (or stdout), when there is one.
 fn terminal_size() -> Option<WinSize> {
-    let fds = [
-        std::io::stdin().as_raw_fd(),
-        std::io::stdout().as_raw_fd(),
-    ];
+    let fds = [std::io::stdin().as_raw_fd(), std::io::stdout().as_raw_fd()];
     fds.into_iter().find_map(|fd| {
         let mut ws = libc::winsize {
             ws_row: 0,

@@ -75,7 +75,11 @@ pub async fn exec(State(s): S, Path(name): Path<String>, mut req: Request) -> Ap
 
 /// Prepares and spawns `runc exec`. With a tty, runc's stdio is a pty of ours (see
 /// [`ferry_core::exec`]'s `runc_exec`): runc sets it raw and copies it to the command's own pty.
-fn start(engine: &ferry_core::container::Engine, name: &str, req: &ExecRequest) -> ApiResult<Started> {
+fn start(
+    engine: &ferry_core::container::Engine,
+    name: &str,
+    req: &ExecRequest,
+) -> ApiResult<Started> {
     let prepared = wire::prepare(engine, name, req).map_err(api_error)?;
     let internal = |what: &str, e: &dyn std::fmt::Display| {
         ApiError::internal(format!("exec in {}: {what}: {e}", prepared.container))
@@ -88,8 +92,8 @@ fn start(engine: &ferry_core::container::Engine, name: &str, req: &ExecRequest) 
             ws_xpixel: 0,
             ws_ypixel: 0,
         });
-        let pair = nix::pty::openpty(size.as_ref(), None)
-            .map_err(|e| internal("allocating a pty", &e))?;
+        let pair =
+            nix::pty::openpty(size.as_ref(), None).map_err(|e| internal("allocating a pty", &e))?;
         let dup = |fd: &OwnedFd| {
             fd.try_clone()
                 .map(Stdio::from)
@@ -235,7 +239,9 @@ async fn relay<T: AsyncRead + AsyncWrite + Send + 'static>(io: T, mut st: Starte
     let code = match status {
         Ok(s) => st.prepared.exit_code(exit_code(s)),
         Err(e) => {
-            let _ = tx.send(Frame::Error(format!("waiting for runc exec: {e}"))).await;
+            let _ = tx
+                .send(Frame::Error(format!("waiting for runc exec: {e}")))
+                .await;
             255
         }
     };
