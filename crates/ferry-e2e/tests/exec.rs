@@ -274,3 +274,54 @@ fn exec_tty_session_through_a_pty() {
     // The session is over: the container can be checkpointed.
     h.ferry_ok(&["checkpoint", "-R", "c"]);
 }
+
+/// Migration, like checkpoint, refuses before anything moves while a session runs.
+#[test]
+fn migration_is_refused_while_an_exec_session_runs() {
+    let t = ferry_e2e::lab::lab();
+    t.import("host-a", "busybox");
+    t.ok(
+        "host-a",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "counter",
+            "busybox",
+            "sh",
+            "-c",
+            ferry_e2e::COUNTER,
+        ],
+    );
+    ferry_e2e::lab::wait_for("ticks", Duration::from_secs(20), || {
+        !ferry_e2e::ticks(&t.logs("host-a", "counter")).is_empty()
+    });
+    let mut session = t
+        .lab
+        .host_command("host-a", "ferry")
+        .expect("host-a")
+        .args(["exec", "counter", "sh", "-c", "echo started; exec sleep 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry exec on host-a");
+    let mut first = String::new();
+    BufReader::new(session.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read the session's first line");
+    assert_eq!(first, "started\n");
+
+    let (ok, report, err) = t.migrate("host-a", "counter", "host-b");
+    assert!(!ok, "an exec session cannot move: {report}");
+    assert_eq!(report["outcome"], "refused", "{report}\n{err}");
+    let why = report["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("1 exec session running (sh)"),
+        "the refusal names the session: {why}"
+    );
+    assert_eq!(t.status("host-a", "counter").as_deref(), Some("running"));
+    t.assert_clean("host-b", "after a migration refused for an exec session");
+    session.kill().expect("kill ferry exec");
+    session.wait().expect("reap ferry exec");
+}

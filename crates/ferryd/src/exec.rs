@@ -36,6 +36,28 @@ struct Started {
     pty: Option<Arc<AsyncFd<OwnedFd>>>,
 }
 
+impl Drop for Started {
+    /// A session dropped before runc was reaped (ferryd shutting down, a panicked relay): the
+    /// exec'd process must not outlive it, or the container could never move again.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            if let Some(pid) = exec_pid(&self.prepared) {
+                if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                    tracing::warn!(%pid, error = %e, "exec: could not kill an abandoned session's process");
+                }
+            }
+        }
+    }
+}
+
+/// The exec'd process's host pid, once runc wrote it.
+fn exec_pid(p: &Prepared) -> Option<nix::unistd::Pid> {
+    std::fs::read_to_string(p.pid_file())
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .map(nix::unistd::Pid::from_raw)
+}
+
 pub async fn exec(State(s): S, Path(name): Path<String>, mut req: Request) -> ApiResult<Response> {
     let wants_upgrade = req
         .headers()
@@ -327,15 +349,9 @@ async fn pump_pty(p: Arc<AsyncFd<OwnedFd>>, tx: mpsc::Sender<Frame>) {
 
 /// SIGKILL to the exec'd process (its pid from runc's pid file), then to runc itself.
 async fn kill_process(st: &Started) {
-    let pid = std::fs::read_to_string(st.prepared.pid_file())
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
-    if let Some(pid) = pid {
-        if let Err(e) = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        ) {
-            tracing::debug!(pid, error = %e, "exec: killing the exec'd process");
+    if let Some(pid) = exec_pid(&st.prepared) {
+        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+            tracing::debug!(%pid, error = %e, "exec: killing the exec'd process");
         }
     }
     if let Some(pid) = st.child.id() {
