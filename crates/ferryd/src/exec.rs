@@ -116,6 +116,15 @@ fn start(
         });
         let pair =
             nix::pty::openpty(size.as_ref(), None).map_err(|e| internal("allocating a pty", &e))?;
+        // openpty(3) leaves both ends inheritable: a shim or CRIU spawned meanwhile must not
+        // keep them (a held slave would keep the session's output open after runc ends).
+        for fd in [&pair.master, &pair.slave] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| internal("pty", &e))?;
+        }
         let dup = |fd: &OwnedFd| {
             fd.try_clone()
                 .map(Stdio::from)
