@@ -6,6 +6,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod container;
 pub mod criu;
+pub mod exec;
 pub mod fsdiff;
 pub mod fsutil;
 pub mod ids;

@@ -5,6 +5,7 @@ mod out;
 mod checkpoint;
 mod client;
 mod error;
+mod exec;
 mod logs;
 mod migrate;
 mod names;
@@ -130,6 +131,8 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run a command in a running container; exits with the command's exit code.
+    Exec(exec::ExecArgs),
     /// Move a running container to another host while its clients keep working.
     Migrate {
         name: String,
@@ -382,6 +385,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Run(a) => run::run(&cli.socket, *a, json).await?,
+        Cmd::Exec(a) => std::process::exit(exec::run(&cli.socket, a).await?),
         Cmd::Ps(a) => ps::run(&c, a, json).await?,
         Cmd::Logs(a) => {
             let o = a.options(json)?;

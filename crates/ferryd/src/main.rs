@@ -4,6 +4,7 @@
 mod api;
 mod error;
 mod events;
+mod exec;
 mod json;
 mod logs;
 mod registry;

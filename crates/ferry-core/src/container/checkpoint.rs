@@ -195,6 +195,8 @@ impl Engine {
     /// under another uid, holding an unsupported fd); the error names the process and the cause.
     /// Call it on a running container, right before the freeze.
     pub fn check_movable(&self, cfg: &ContainerConfig) -> Result<(), ContainerError> {
+        // Exec'd processes hang off `runc exec` outside the container: CRIU cannot carry them.
+        crate::exec::sessions().refuse_if_busy(&cfg.id, &cfg.name)?;
         let cgroup = format!("{}/{}", self.config().cgroup_parent, cfg.id);
         let pids = preflight::cgroup_tasks(&cgroup).map_err(preflight_error(cfg))?;
         preflight::check_workload(&pids).map_err(preflight_error(cfg))
