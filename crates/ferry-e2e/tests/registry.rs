@@ -341,8 +341,8 @@ fn migration_takes_layers_from_the_registry_else_from_the_source() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|o| o["from"] == "destination"),
-        "{report}"
+            .all(|o| o["from"] == "registry"),
+        "every blob from the registry: {report}"
     );
     wait_for("ticks on B", Duration::from_secs(20), || {
         ticks(&t.logs("host-b", "counter")).len() as u64 > before + 3
@@ -537,4 +537,33 @@ fn a_multi_arch_index_pulls_the_host_platform() {
         index_digest.as_str(),
         "{inspect}"
     );
+}
+
+/// A checkpoint image goes through the registry like any image, and restores from the pull:
+/// the way a ferry checkpoint reaches another node.
+#[test]
+fn a_checkpoint_image_goes_through_the_registry() {
+    if !available() {
+        return;
+    }
+    let h = Host::start();
+    let reg = registry(&h, true, None);
+    reg.trust(&h.root());
+    h.import("busybox");
+    h.run_counter("moving", &[], 5);
+    let target = format!("{}/ckpt/moving:1", reg.addr);
+    h.ferry_ok(&["checkpoint", "moving", "--create-image", &target]);
+    let last = *ferry_e2e::ticks(&h.logs("moving")).last().unwrap();
+    h.ferry_ok(&["push", &target]);
+    h.ferry_ok(&["rm", "moving"]);
+    h.ferry_ok(&["image", "rm", &target]);
+    h.ferry_ok(&["pull", &target]);
+    h.ferry_ok(&["restore", &target]);
+    let mut t = Vec::new();
+    h.wait_for("ticks after the pull", Duration::from_secs(20), || {
+        t = ferry_e2e::ticks(&h.logs("moving"));
+        t.len() >= 3
+    });
+    assert_eq!(t[0], last + 1, "the restored copy did not continue: {t:?}");
+    assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "{t:?}");
 }

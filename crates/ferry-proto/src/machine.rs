@@ -181,7 +181,7 @@ impl Conversation {
                 self.offered = image.blobs.iter().map(|b| b.digest.clone()).collect();
                 Preparing
             }
-            (D, Preparing, Message::NeedBlobs { digests }) => {
+            (D, Preparing, Message::NeedBlobs { digests, .. }) => {
                 let mut pending = BTreeSet::new();
                 for d in digests {
                     if !self.offered.contains(d) {

@@ -184,6 +184,10 @@ pub enum Message {
     /// dest: the blobs the source must send (possibly none).
     NeedBlobs {
         digests: Vec<String>,
+        /// Of the blobs the destination lacked, those it fetched from the image's registry
+        /// instead: for the report only. Added within v2 (absent from older peers).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        from_registry: Vec<String>,
     },
     /// One blob follows on `stream`.
     BlobStart {

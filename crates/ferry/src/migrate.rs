@@ -228,10 +228,18 @@ pub fn table(r: &MigrationReport) {
         human_bytes(r.bytes.pages),
         human_bytes(r.bytes.images)
     );
+    let from = |o: &str| r.layer_origins.iter().filter(|l| l.from == o).count();
     outln!(
-        "  layers sent {}, already present {}",
-        r.layers_sent,
-        r.layers_skipped
+        "  image blobs: {} sent by {}, {} from the registry{}, {} already on {}",
+        from("source"),
+        r.from,
+        from("registry"),
+        r.image_registry
+            .as_deref()
+            .map(|g| format!(" ({g})"))
+            .unwrap_or_default(),
+        from("destination"),
+        r.to
     );
     match r.downtime_ms {
         Some(d) => outln!("  downtime (freeze → running on {}): {d} ms", r.to),

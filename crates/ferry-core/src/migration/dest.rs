@@ -345,15 +345,22 @@ impl Incoming {
             }
         }
         self.image_was_new = self.engine.images().resolve(&image.manifest).is_err();
+        let mut from_registry = Vec::new();
         if !need.is_empty() {
             // The image's registry first; the source sends only what it did not bring.
             let _alive = self.wire.heartbeat("image");
             let got = super::layers::fetch_from_registry(&self.engine, &image, &need).await;
             need.retain(|d| !got.fetched.iter().any(|f| f.as_str() == d));
+            from_registry = got.fetched.iter().map(|d| d.to_string()).collect();
         }
         self.pending_blobs = need.len();
         self.offer = Some(image);
-        self.wire.send(Message::NeedBlobs { digests: need }).await?;
+        self.wire
+            .send(Message::NeedBlobs {
+                digests: need,
+                from_registry,
+            })
+            .await?;
         if self.pending_blobs == 0 {
             self.register_image().await?;
         }

@@ -122,7 +122,7 @@ pub struct PhaseTime {
 pub struct LayerOrigin {
     pub digest: String,
     pub size: u64,
-    /// `source` or `destination` (see [`MigrationReport::layer_origins`]).
+    /// `source`, `registry` or `destination` (see [`MigrationReport::layer_origins`]).
     pub from: String,
 }
 
@@ -149,8 +149,8 @@ pub struct MigrationReport {
     pub bytes: Bytes,
     pub layers_sent: usize,
     pub layers_skipped: usize,
-    /// Where each image blob came from: `source` (sent between the hosts) or `destination`
-    /// (the destination had it, or fetched it from `image_registry`).
+    /// Where each image blob came from: `source` (sent between the hosts), `registry` (the
+    /// destination fetched it from `image_registry`) or `destination` (it had it already).
     #[serde(default)]
     pub layer_origins: Vec<LayerOrigin>,
     /// The registry the image's name points at, which the destination tries before the source.
@@ -174,15 +174,23 @@ pub struct MigrationReport {
     pub lazy: Option<LazyReport>,
 }
 
-/// Each blob of the image: sent by the source when the destination asked for it.
-pub(crate) fn origins(blobs: &[(crate::image::Digest, u64)], sent: &[String]) -> Vec<LayerOrigin> {
+/// Each blob of the image: sent by the source when the destination asked for it, fetched
+/// by the destination from the registry, or already there.
+pub(crate) fn origins(
+    blobs: &[(crate::image::Digest, u64)],
+    sent: &[String],
+    from_registry: &[String],
+) -> Vec<LayerOrigin> {
+    let has = |list: &[String], d: &crate::image::Digest| list.iter().any(|s| s == d.as_str());
     blobs
         .iter()
         .map(|(d, size)| LayerOrigin {
             digest: d.to_string(),
             size: *size,
-            from: if sent.iter().any(|s| s == d.as_str()) {
+            from: if has(sent, d) {
                 "source"
+            } else if has(from_registry, d) {
+                "registry"
             } else {
                 "destination"
             }

@@ -56,6 +56,8 @@ pub(crate) struct Outgoing {
     pub work: Arc<tempfile::TempDir>,
     pub wire: Option<Wire>,
     blobs: Vec<(Digest, u64)>,
+    /// The blobs the destination fetched from the image's registry (for the report).
+    registry_blobs: Vec<String>,
     targets: Vec<(FsTarget, PathBuf)>,
     snapshots: Vec<UpperSnapshot>,
     /// Set from the freeze on: the held checkpoint.
@@ -167,6 +169,7 @@ impl Outgoing {
             work: Arc::new(work),
             wire: None,
             blobs: Vec::new(),
+            registry_blobs: Vec::new(),
             targets: Vec::new(),
             snapshots: Vec::new(),
             frozen: None,
@@ -335,13 +338,17 @@ impl Outgoing {
                 .map_err(|e| MigrationError::Internal(e.to_string()))?,
             image: offer,
         };
-        let need = self
+        let (need, from_registry) = self
             .wire()?
             .request(msg, "the destination's preparation", REPLY, |m| match m {
-                Message::NeedBlobs { digests } => Some(digests),
+                Message::NeedBlobs {
+                    digests,
+                    from_registry,
+                } => Some((digests, from_registry)),
                 _ => None,
             })
             .await?;
+        self.registry_blobs = from_registry;
         self.progress.done(&mut self.report, 0);
         Ok(need)
     }
@@ -380,7 +387,7 @@ impl Outgoing {
         self.report.bytes.layers = sent;
         self.report.layers_sent = need.len();
         self.report.layers_skipped = self.blobs.len() - need.len();
-        self.report.layer_origins = super::report::origins(&self.blobs, need);
+        self.report.layer_origins = super::report::origins(&self.blobs, need, &self.registry_blobs);
         self.progress.done(&mut self.report, sent);
         Ok(())
     }

@@ -88,6 +88,7 @@ fn happy_path(mode: MigrationMode) -> Vec<(Side, Message)> {
             D,
             Message::NeedBlobs {
                 digests: vec![BLOB_B.into(), BLOB_C.into()],
+                from_registry: vec![],
             },
         ),
         (S, blob(BLOB_B, 17)),
@@ -271,6 +272,7 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
         prepare(),
         Message::NeedBlobs {
             digests: vec![BLOB_B.into()],
+            from_registry: vec![BLOB_C.into()],
         },
         blob(pending_blob, 901),
         fs(1, FsTarget::Volume("logs".into()), 902),
@@ -431,12 +433,18 @@ fn content_rules() {
 
     let (_, mut r) = at(State::Preparing);
     assert!(invalid(r.on_send(&Message::NeedBlobs {
-        digests: vec!["sha256:zzzz".into()]
+        digests: vec!["sha256:zzzz".into()],
+        from_registry: vec![],
     })));
     assert!(invalid(r.on_send(&Message::NeedBlobs {
-        digests: vec![BLOB_B.into(), BLOB_B.into()]
+        digests: vec![BLOB_B.into(), BLOB_B.into()],
+        from_registry: vec![],
     })));
-    r.on_send(&Message::NeedBlobs { digests: vec![] }).unwrap();
+    r.on_send(&Message::NeedBlobs {
+        digests: vec![],
+        from_registry: vec![],
+    })
+    .unwrap();
     assert_eq!(r.state(), State::TransferringBlobs);
     r.on_message(&Message::OpenPageSink {}).unwrap();
 
