@@ -16,7 +16,7 @@ use crate::container::{ContainerConfig, VolumeMount};
 /// Podman's default network, which `restore --import` attaches the container to.
 pub const DEFAULT_NETWORK: &str = "podman";
 /// The interface name Podman and ferry both give the container.
-pub const INTERFACE: &str = "eth0";
+const INTERFACE: &str = crate::network::CONTAINER_IFNAME;
 /// Podman's default /dev/shm size (64 MB), written so Podman does not size it 0.
 const DEFAULT_SHM_SIZE: u64 = 65_536_000;
 

@@ -676,7 +676,8 @@ impl Engine {
         let cn = self.container_net(&rec.config);
         network::remove_gate(&cn.netns_path, GateKind::RstOnly)?;
         self.kick_connections(rec);
-        let _ = network::send_gratuitous_arp(&cn.netns_path, "eth0", cn.ip, cn.mac);
+        let _ =
+            network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
         Ok(RestoreReport {
             container: rec.config.name.clone(),
             snapshot: snapshot.to_owned(),

@@ -46,6 +46,7 @@ impl GateKind {
             GateKind::Full => &["-j DROP"],
             GateKind::RstOnly => &["-p tcp -m tcp --tcp-flags RST RST -j DROP"],
             // Outgoing packets have an out-interface; incoming ones fall through to the queue.
+            // eth0 is `CONTAINER_IFNAME` (a literal here: the rules are static strings).
             GateKind::Hold => &["-o eth0 -j DROP", "-j NFQUEUE --queue-num 7470"],
         }
     }
