@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::import::{describe, entry_name, read_error};
+use super::import::{entry_name, read_error, refused_kind};
 use super::{ArchiveError, Limits};
 use crate::checkpoint::layout::{CONFIG_DUMP, IMAGES_DIR, SPEC_DUMP};
 
@@ -88,15 +88,7 @@ pub(super) fn extract(reader: impl Read, root: &Path, limits: &Limits) -> Result
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| ArchiveError::io(&path, e))?;
             }
-            other => {
-                return Err(ArchiveError::entry(
-                    &name,
-                    format!(
-                        "is a {}, which checkpoint archives may not contain",
-                        describe(other)
-                    ),
-                ))
-            }
+            other => return Err(refused_kind(&name, other)),
         }
     }
     for required in [CONFIG_DUMP, SPEC_DUMP, IMAGES_DIR] {

@@ -267,15 +267,7 @@ fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest,
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| ArchiveError::io(&path, e))?;
             }
-            other => {
-                return Err(ArchiveError::entry(
-                    &name,
-                    format!(
-                        "is a {}, which checkpoint archives may not contain",
-                        describe(other)
-                    ),
-                ))
-            }
+            other => return Err(refused_kind(&name, other)),
         }
     }
 
@@ -382,7 +374,18 @@ pub(super) fn read_error(e: &std::io::Error, context: &str) -> ArchiveError {
     }
 }
 
-pub(super) fn describe(kind: tar::EntryType) -> &'static str {
+/// An entry of a kind no checkpoint holds (a link, a device, a FIFO...).
+pub(super) fn refused_kind(name: &str, kind: tar::EntryType) -> ArchiveError {
+    ArchiveError::entry(
+        name,
+        format!(
+            "is a {}, which checkpoint archives may not contain",
+            describe(kind)
+        ),
+    )
+}
+
+fn describe(kind: tar::EntryType) -> &'static str {
     match kind {
         tar::EntryType::Symlink => "symlink",
         tar::EntryType::Link => "hard link",
