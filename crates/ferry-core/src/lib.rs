@@ -17,3 +17,19 @@ pub mod paths;
 pub mod peer;
 pub mod runtime;
 pub mod tool;
+
+/// An error and its causes on one line, each cause once (a wrapper's message often repeats
+/// its source's): what a user needs to see the root cause, e.g. runc's or reqwest's.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

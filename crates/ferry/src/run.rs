@@ -148,7 +148,12 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
         return Ok(());
     }
     let forward = signals.map(|s| s.forward_to(socket.to_owned(), name.clone()));
-    let streamed = stream_output(c, &name, true, false).await;
+    // The container's stdout to ours, its stderr to ours, until it stops.
+    let follow = crate::logs::Options {
+        follow: true,
+        ..Default::default()
+    };
+    let streamed = crate::logs::print(c, &name, &follow).await;
     if let Some(f) = forward {
         f.abort();
     }
@@ -235,17 +240,6 @@ async fn exit_code(c: &Client, name: &str) -> Result<i32> {
             }
         }
     }
-}
-
-/// Copies the container's log to this terminal: stdout entries to stdout, stderr entries to
-/// stderr. With `follow`, until the container stops.
-pub async fn stream_output(c: &Client, name: &str, follow: bool, timestamps: bool) -> Result<()> {
-    let o = crate::logs::Options {
-        follow,
-        timestamps,
-        ..Default::default()
-    };
-    crate::logs::print(c, name, &o).await
 }
 
 /// The signals a foreground `run` receives, caught so they reach the container instead of

@@ -6,6 +6,7 @@ use axum::Json;
 use ferry_core::api::ApiErrorBody;
 use ferry_core::checkpoint::archive::ArchiveError;
 use ferry_core::container::ContainerError;
+use ferry_core::error_chain as chain;
 use ferry_core::image::ImageError;
 use ferry_core::network::dns::DnsError;
 use ferry_core::network::ports::PortError;
@@ -70,21 +71,6 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
-}
-
-/// Full error chain, so the CLI shows the root cause (e.g. runc's stderr).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 impl From<ContainerError> for ApiError {

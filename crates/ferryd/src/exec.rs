@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
+use ferry_core::error_chain as chain;
 use ferry_core::exec::{self as wire, ExecError, ExecRequest, Frame, Prepared, WinSize};
 use hyper_util::rt::TokioIo;
 use tokio::io::unix::AsyncFd;
@@ -171,19 +172,6 @@ fn api_error(e: ExecError) -> ApiError {
         ExecError::Invalid(_) | ExecError::User(_) => ApiError::invalid(chain(&e)),
         ExecError::Protocol(_) | ExecError::Io { .. } => ApiError::internal(chain(&e)),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s = format!("{s}: {m}");
-        }
-        cur = c.source();
-    }
-    s
 }
 
 fn set_size(fd: &impl AsRawFd, size: WinSize) {

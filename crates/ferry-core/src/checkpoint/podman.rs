@@ -265,22 +265,24 @@ pub fn libpod_config(cfg: &ContainerConfig, spec: Value, image: &ImageNames) -> 
     }
 }
 
+/// One of the files both Podman and ferry bind-mount into every container
+/// ([`crate::network::dns::ETC_FILES`]).
+fn is_etc_file(dest: &str) -> bool {
+    crate::network::dns::ETC_FILES
+        .iter()
+        .any(|(_, d)| *d == dest)
+}
+
 /// The spec Podman should see: ferry's, without what only makes sense on the ferry host that
 /// wrote it. Podman sets the root and the network namespace itself, and adds its own bind
 /// mounts for the destinations the spec lacks (/etc/hosts, /etc/resolv.conf, /etc/hostname,
 /// /run/.containerenv), so ferry's host paths for those go. Named volumes get the source a
 /// Podman at its default storage root gives them.
 pub fn portable_spec(mut spec: Value, cfg: &ContainerConfig) -> Value {
-    const PODMAN_PROVIDES: [&str; 4] = [
-        "/etc/hosts",
-        "/etc/resolv.conf",
-        "/etc/hostname",
-        "/run/.containerenv",
-    ];
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
         mounts.retain(|m| {
             let dest = m.get("destination").and_then(Value::as_str).unwrap_or("");
-            !PODMAN_PROVIDES.contains(&dest)
+            !is_etc_file(dest)
         });
         for m in mounts.iter_mut() {
             let dest = m.get("destination").and_then(Value::as_str).unwrap_or("");
@@ -345,9 +347,7 @@ pub fn bind_mounts(
             .and_then(Value::as_str)
             .ok_or_else(|| malformed("spec.dump", "a mount has no destination"))?;
         let kind = match dest {
-            "/etc/hosts" | "/etc/resolv.conf" | "/etc/hostname" | "/run/.containerenv" => {
-                PodmanMount::EtcFile
-            }
+            d if is_etc_file(d) => PodmanMount::EtcFile,
             "/dev/shm" => PodmanMount::Shm,
             d if volumes.iter().any(|v| v.dest == d) => PodmanMount::Volume,
             d => {

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::import::{entry_name, read_error, refused_kind};
+use super::import::{create_member, entry_name, owner_mode, read_error, refused_kind};
 use super::{ArchiveError, Limits};
 use crate::checkpoint::layout::{CONFIG_DUMP, IMAGES_DIR, SPEC_DUMP};
 
@@ -66,18 +66,8 @@ pub(super) fn extract(reader: impl Read, root: &Path, limits: &Limits) -> Result
                         ),
                     });
                 }
-                if let Some(dir) = path.parent() {
-                    crate::fsutil::create_private_dir_all(dir)
-                        .map_err(|e| ArchiveError::io(dir, e))?;
-                }
-                // Private whatever the archive says: a checkpoint holds a whole memory.
-                let mode = entry.header().mode().unwrap_or(0o600) & 0o700;
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(crate::fsutil::MODE_PRIVATE)
-                    .open(&path)
-                    .map_err(|e| ArchiveError::io(&path, e))?;
+                let mode = owner_mode(entry.header());
+                let mut out = create_member(&path)?;
                 let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
                     .map_err(|e| read_error(&e, &format!("member {rel}")))?;
                 if copied != size {

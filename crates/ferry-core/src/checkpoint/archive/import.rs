@@ -230,20 +230,9 @@ fn extract<R: Read>(reader: R, root: &Path, limits: &Limits) -> Result<Manifest,
                         ),
                     ));
                 }
-                // Private whatever the archive says: a checkpoint holds a whole memory. Only
-                // the owner's bits of the archived mode are kept.
-                let mode = entry.header().mode().unwrap_or(0o600) & 0o700;
+                let mode = owner_mode(entry.header());
                 let path = root.join(&name);
-                if let Some(dir) = path.parent() {
-                    crate::fsutil::create_private_dir_all(dir)
-                        .map_err(|e| ArchiveError::io(dir, e))?;
-                }
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(crate::fsutil::MODE_PRIVATE)
-                    .open(&path)
-                    .map_err(|e| ArchiveError::io(&path, e))?;
+                let mut out = create_member(&path)?;
                 let mut reader = HashingReader::new(&mut entry);
                 let copied = std::io::copy(&mut reader, &mut out);
                 if let Err(e) = copied {
@@ -353,13 +342,28 @@ fn check_free_space(manifest: &Manifest, root: &Path) -> Result<(), ArchiveError
 fn write_file(root: &Path, name: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
     use std::io::Write;
     let path: PathBuf = root.join(name);
+    create_member(&path)?
+        .write_all(bytes)
+        .map_err(|e| ArchiveError::io(&path, e))
+}
+
+/// A new file for a member (and its parent dirs), private whatever the archive says: a
+/// checkpoint holds a whole memory.
+pub(super) fn create_member(path: &Path) -> Result<std::fs::File, ArchiveError> {
+    if let Some(dir) = path.parent() {
+        crate::fsutil::create_private_dir_all(dir).map_err(|e| ArchiveError::io(dir, e))?;
+    }
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(crate::fsutil::MODE_PRIVATE)
-        .open(&path)
-        .and_then(|mut f| f.write_all(bytes))
-        .map_err(|e| ArchiveError::io(&path, e))
+        .open(path)
+        .map_err(|e| ArchiveError::io(path, e))
+}
+
+/// The archived mode of a member, owner's bits only (see [`create_member`]).
+pub(super) fn owner_mode(header: &tar::Header) -> u32 {
+    header.mode().unwrap_or(0o600) & 0o700
 }
 
 pub(super) fn read_error(e: &std::io::Error, context: &str) -> ArchiveError {

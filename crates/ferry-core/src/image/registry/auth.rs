@@ -267,7 +267,8 @@ pub async fn verify_login(
             creds.username
         ),
     };
-    match challenge {
+    // Bearer: the token endpoint takes the credentials; Basic (or none named): /v2/ itself.
+    let request = match challenge {
         Some(c) if c.scheme == "bearer" => {
             let realm = c
                 .params
@@ -276,36 +277,25 @@ pub async fn verify_login(
                     registry: registry.to_owned(),
                     why: "its Bearer challenge names no realm".into(),
                 })?;
-            let mut q: Vec<(&str, &str)> = Vec::new();
-            if let Some(s) = c.params.get("service") {
-                q.push(("service", s));
-            }
-            let resp = client
-                .get(realm)
-                .query(&q)
-                .basic_auth(&creds.username, Some(&creds.password))
-                .send()
-                .await
-                .map_err(net)?;
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(refused(resp.status()))
-            }
+            let q: Vec<(&str, &str)> = c
+                .params
+                .get("service")
+                .map(|s| ("service", s.as_str()))
+                .into_iter()
+                .collect();
+            client.get(realm).query(&q)
         }
-        _ => {
-            let resp = client
-                .get(&url)
-                .basic_auth(&creds.username, Some(&creds.password))
-                .send()
-                .await
-                .map_err(net)?;
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(refused(resp.status()))
-            }
-        }
+        _ => client.get(&url),
+    };
+    let resp = request
+        .basic_auth(&creds.username, Some(&creds.password))
+        .send()
+        .await
+        .map_err(net)?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(refused(resp.status()))
     }
 }
 
