@@ -9,6 +9,7 @@ pub mod criu;
 pub mod exec;
 pub mod fsdiff;
 pub mod fsutil;
+pub mod hostmem;
 pub mod ids;
 pub mod image;
 pub mod migration;

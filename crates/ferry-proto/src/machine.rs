@@ -206,7 +206,7 @@ impl Conversation {
             (
                 S,
                 TransferringBlobs | PreCopy,
-                Message::FsStart { pass: 1, .. } | Message::OpenPageSink {},
+                Message::FsStart { pass: 1, .. } | Message::OpenPageSink { .. },
             ) => {
                 if !self.blobs_pending.is_empty() {
                     return Err(invalid(

@@ -140,6 +140,10 @@ pub struct RestoreStats {
     pub total_us: u64,
     /// Staging the gated network (before the freeze, so not part of the downtime).
     pub network_staging_us: u64,
+    /// Warming memory for the incoming pages (before the freeze, so not part of the
+    /// downtime), and how much.
+    pub memory_warming_us: u64,
+    pub memory_warmed_bytes: u64,
 }
 
 /// One side's durable answer about a migration's outcome (see the module docs).
@@ -210,7 +214,13 @@ pub enum Message {
         summary: Option<serde_json::Value>,
     },
     /// About to freeze: dest, get the page sink ready.
-    OpenPageSink {},
+    OpenPageSink {
+        /// The container's memory in use (its memory cgroup), 0 when unknown. The destination
+        /// refuses a container it has no room for and, in stop-and-copy, warms that much
+        /// memory before answering. Added within v2 (absent from older peers).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        memory_bytes: u64,
+    },
     /// dest: the page sink is ready (stop-and-copy: page server listening behind the tunnel).
     PagesReady {},
     /// The dump finished; memory pages are on the destination (or held for lazy pull).
@@ -283,7 +293,7 @@ impl Message {
             Message::NeedBlobs { .. } => "NeedBlobs",
             Message::BlobStart { .. } => "BlobStart",
             Message::FsStart { .. } => "FsStart",
-            Message::OpenPageSink {} => "OpenPageSink",
+            Message::OpenPageSink { .. } => "OpenPageSink",
             Message::PagesReady {} => "PagesReady",
             Message::DumpDone { .. } => "DumpDone",
             Message::ImagesStart { .. } => "ImagesStart",
@@ -310,6 +320,10 @@ impl Message {
             _ => None,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

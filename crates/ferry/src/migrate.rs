@@ -179,8 +179,8 @@ fn window(w: &Downtime, to: &str) {
             ),
             (Part::Restore, _, Some(d)) => outln!(
                 "      {to}: {:.1} ms: page server {:.1}, runc restore {:.1} (CRIU forking {:.1}, \
-                 restore {:.1}), {} pages; wire {:.1} ms; network staged before the freeze \
-                 ({:.1} ms)",
+                 restore {:.1}), {} pages; wire {:.1} ms; before the freeze: network staged \
+                 ({:.1} ms), {} MiB of memory warmed ({:.1} ms)",
                 d.destination_ms,
                 d.page_server_ms,
                 d.runc_restore_ms,
@@ -188,7 +188,9 @@ fn window(w: &Downtime, to: &str) {
                 d.criu_restore_ms,
                 d.pages_restored,
                 d.round_trip_ms,
-                d.network_staged_before_freeze_ms
+                d.network_staged_before_freeze_ms,
+                d.memory_warmed_bytes >> 20,
+                d.memory_warmed_before_freeze_ms
             ),
             _ => {}
         }

@@ -89,6 +89,15 @@ pub struct RestoreRequest {
 /// The lazy-pages daemon's log, in the restore's CRIU work dir.
 pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
 
+/// What a restore may do with its CRIU images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageUse {
+    /// A checkpoint the user keeps: read only.
+    Keep,
+    /// Scratch (a migration's incoming images): CRIU frees each part once it has read it.
+    Consume,
+}
+
 /// What [`Engine::restore_images`] started.
 #[derive(Debug)]
 pub struct RestoredImages {
@@ -186,6 +195,7 @@ impl Engine {
             file_locks: true,
             ext_unix_sk: true,
             lazy_pages: false,
+            auto_dedup: false,
             manage_cgroups_mode: None,
             pid_file: None,
         }
@@ -660,7 +670,8 @@ impl Engine {
         t0: Instant,
     ) -> Result<RestoreReport, ContainerError> {
         let images = dir.join(IMAGES_DIR);
-        let outcome = self.restore_images(rec, &images, Some(GateKind::RstOnly), None);
+        let outcome =
+            self.restore_images(rec, &images, ImageUse::Keep, Some(GateKind::RstOnly), None);
         let RestoredImages {
             pid,
             restore_ms,
@@ -697,6 +708,7 @@ impl Engine {
         &self,
         rec: &mut ContainerRecord,
         images: &Path,
+        use_: ImageUse,
         gate: Option<GateKind>,
         lazy: Option<std::net::SocketAddr>,
     ) -> Result<RestoredImages, ContainerError> {
@@ -711,6 +723,7 @@ impl Engine {
         let _ = self.runc().delete(&rec.config.id, true);
         let _ = std::fs::remove_file(ctr_dir.join(shim::EXIT_FILE));
         let mut opts = self.restore_opts(images, &work, &bundle);
+        opts.auto_dedup = use_ == ImageUse::Consume && lazy.is_none();
         // The daemon's socket lives in its work dir, which must be the restore's.
         let lazy_daemon = match lazy {
             Some(source) => {

@@ -118,7 +118,13 @@ impl Engine {
                 fault.display()
             )));
         }
-        match self.restore_images(&mut rec, images, None, lazy) {
+        match self.restore_images(
+            &mut rec,
+            images,
+            super::checkpoint::ImageUse::Consume,
+            None,
+            lazy,
+        ) {
             Ok(restored) => {
                 rec.status = Status::Migrating;
                 self.save(&rec)?;

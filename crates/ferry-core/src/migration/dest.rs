@@ -24,6 +24,7 @@ use super::{blocking, host_versions, MigrationError};
 use crate::container::{ContainerConfig, Engine, RootfsDirs};
 use crate::criu::{LazyPagesDaemon, PageServer};
 use crate::fsdiff::{self, DiffSummary};
+use crate::hostmem;
 use crate::image::Digest;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::tls::HostIdentity;
@@ -57,6 +58,10 @@ struct Incoming {
     lazy_daemon: Option<LazyPagesDaemon>,
     /// How long staging the gated network took (before the freeze), for the report.
     network_staging: Duration,
+    /// Memory warmed for the incoming pages before the freeze: how long, how much.
+    memory_warming: (Duration, u64),
+    /// Gives the warmed memory back as the pages arrive; dropping it gives back the rest.
+    warm_release: Option<WarmRelease>,
 }
 
 /// Serves one accepted, authenticated connection: a migration, or a verdict inquiry.
@@ -148,6 +153,8 @@ impl Incoming {
             lazy: false,
             lazy_daemon: None,
             network_staging: Duration::ZERO,
+            memory_warming: (Duration::ZERO, 0),
+            warm_release: None,
         })
     }
 
@@ -215,7 +222,7 @@ impl Incoming {
                     summary,
                     ..
                 } => self.receive_fs(what, stream, compression, summary).await?,
-                Message::OpenPageSink {} => self.open_page_sink().await?,
+                Message::OpenPageSink { memory_bytes } => self.open_page_sink(memory_bytes).await?,
                 Message::DumpDone { stats } => {
                     tracing::info!(tunnel_bytes = stats.tunnel_bytes, "dump done on the source");
                     if self.lazy {
@@ -442,10 +449,14 @@ impl Incoming {
         .await
     }
 
-    /// The freeze comes next: stage the gated network now, off the downtime path, and put
+    /// The freeze comes next: refuse a container this host has no room for, stage the gated
+    /// network now, off the downtime path, warm the memory the pages will land in, and put
     /// the page server behind the tunnel.
-    async fn open_page_sink(&mut self) -> Result<(), MigrationError> {
+    async fn open_page_sink(&mut self, memory_bytes: u64) -> Result<(), MigrationError> {
         self.step("dump").await?;
+        if memory_bytes > 0 {
+            hostmem::check_room(memory_bytes, blocking(|| Ok(hostmem::available()?)).await?)?;
+        }
         let (e, name) = (self.engine.clone(), self.name());
         let t = Instant::now();
         blocking(move || Ok(e.stage_incoming_network(&name)?)).await?;
@@ -454,6 +465,9 @@ impl Incoming {
             // Post-copy: the pages stay on the source until the restored process pulls them.
             return self.wire.send(Message::PagesReady {}).await;
         }
+        let t = Instant::now();
+        let warmed = blocking(move || Ok(hostmem::Warmed::touch(memory_bytes)?)).await?;
+        self.memory_warming = (t.elapsed(), warmed.bytes());
         let dir = self.images_dir()?;
         let log = self.work.path().join("page-server.log");
         let ps = blocking(move || {
@@ -467,6 +481,7 @@ impl Incoming {
         let rx = self.wire.demux.stream(TUNNEL_STREAM)?;
         let tunnel = tunnel_connect(ps.addr(), self.wire.sink.clone(), rx).await?;
         self.announcer = Some(announce_when_frozen(&self.engine, self.name(), &tunnel));
+        self.warm_release = Some(WarmRelease::start(warmed, &tunnel));
         self.page_server = Some(ps);
         self.tunnel = Some(tunnel);
         self.wire.send(Message::PagesReady {}).await
@@ -498,6 +513,8 @@ impl Incoming {
         if let Some(ps) = self.page_server.take() {
             blocking(move || Ok(ps.wait()?)).await?;
         }
+        // Every page is in: what is still warmed (the estimate was high) goes back now.
+        self.warm_release = None;
         let page_server = t.elapsed();
         let lazy_source = self.lazy_tunnel().await?;
         let (e, name, dir) = (self.engine.clone(), self.name(), self.images_dir()?);
@@ -517,6 +534,8 @@ impl Incoming {
                 }
                 stats.page_server_us = page_server.as_micros() as u64;
                 stats.network_staging_us = self.network_staging.as_micros() as u64;
+                stats.memory_warming_us = self.memory_warming.0.as_micros() as u64;
+                stats.memory_warmed_bytes = self.memory_warming.1;
                 stats.total_us = t.elapsed().as_micros() as u64;
                 self.wire.send(Message::Restored { stats }).await
             }
@@ -806,6 +825,33 @@ fn announce_when_frozen(
         }
         announce_repeatedly(engine, name).await
     })
+}
+
+/// Gives warmed memory back to the kernel just ahead of the pages, as the tunnel carries them
+/// (see [`hostmem`]): the page server's scratch then lands in memory the hypervisor still
+/// backs. Dropped, it gives back all that is left.
+struct WarmRelease(tokio::task::JoinHandle<()>);
+
+impl WarmRelease {
+    /// Chunks given back ahead of the pages received so far.
+    const LEAD: u64 = 4 * hostmem::CHUNK;
+
+    fn start(mut warmed: hostmem::Warmed, tunnel: &Tunnel) -> WarmRelease {
+        let counters = tunnel.counter_handle();
+        WarmRelease(tokio::spawn(async move {
+            while warmed.held() > 0 {
+                warmed.release_up_to(counters.from_peer().saturating_add(Self::LEAD));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for WarmRelease {
+    fn drop(&mut self) {
+        // Aborting drops the task's `Warmed`, which gives back every chunk still held.
+        self.0.abort();
+    }
 }
 
 /// Announces the incoming container now, and again a few times (see [`announce_repeatedly`]).

@@ -134,6 +134,8 @@ pub enum MigrationError {
     #[error(transparent)]
     Hook(#[from] hook::HookError),
     #[error(transparent)]
+    HostMem(#[from] crate::hostmem::HostMemError),
+    #[error(transparent)]
     Record(#[from] record::RecordError),
 }
 

@@ -315,6 +315,12 @@ pub struct RestoreTimes {
     pub round_trip_ms: f64,
     /// Staging the gated network, done before the freeze (not in the window).
     pub network_staged_before_freeze_ms: f64,
+    /// Warming the memory the incoming pages land in, done before the freeze (not in the
+    /// window; see `hostmem`), and how many bytes.
+    #[serde(default)]
+    pub memory_warmed_before_freeze_ms: f64,
+    #[serde(default)]
+    pub memory_warmed_bytes: u64,
 }
 
 /// Where the frozen window went.
@@ -386,6 +392,8 @@ impl Downtime {
             pages_restored: r.pages_restored,
             round_trip_ms: ((seen - destination_ms).max(0.0) * 10.0).round() / 10.0,
             network_staged_before_freeze_ms: us_to_ms(r.network_staging_us),
+            memory_warmed_before_freeze_ms: us_to_ms(r.memory_warming_us),
+            memory_warmed_bytes: r.memory_warmed_bytes,
         });
         self
     }
@@ -541,6 +549,8 @@ mod tests {
             page_server_us: 2_000,
             total_us: 380_000,
             network_staging_us: 40_000,
+            memory_warming_us: 150_000,
+            memory_warmed_bytes: 64 << 20,
         })
         .with_criu_dump(&crate::criu::DumpStats {
             freezing_time_us: 1_234,
@@ -556,6 +566,8 @@ mod tests {
         assert_eq!(r.round_trip_ms, 20.0);
         assert_eq!(r.criu_restore_ms, 320.3);
         assert_eq!(r.network_staged_before_freeze_ms, 40.0);
+        assert_eq!(r.memory_warmed_before_freeze_ms, 150.0);
+        assert_eq!(r.memory_warmed_bytes, 64 << 20);
         let c = d.criu_dump.unwrap();
         assert_eq!(c.freezing_ms, 1.2);
         assert_eq!(c.pages_written, 9);

@@ -426,9 +426,11 @@ impl Outgoing {
     /// with the source frozen and held at CRIU's `post-dump`.
     async fn dump(&mut self) -> Result<(), MigrationError> {
         self.step(Phase::Dump, "dump").await?;
+        let (e, name) = (self.engine.clone(), self.cfg.name.clone());
+        let memory_bytes = blocking(move || Ok(e.memory_usage(&name).unwrap_or(0))).await?;
         self.wire()?
             .request(
-                Message::OpenPageSink {},
+                Message::OpenPageSink { memory_bytes },
                 "the destination's page server",
                 REPLY,
                 |m| match m {

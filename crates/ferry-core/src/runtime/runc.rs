@@ -133,6 +133,12 @@ pub struct RestoreOpts {
     pub file_locks: bool,
     pub ext_unix_sk: bool,
     pub lazy_pages: bool,
+    /// CRIU frees each part of the page images once it has read it (`--auto-dedup`): for
+    /// scratch images only. The memory it frees is what the restored process faults in next,
+    /// so the restore needs about one copy of the memory at a time instead of two, and reuses
+    /// pages the host has backed already (fresh memory is slow to touch on a VM).
+    #[serde(default)]
+    pub auto_dedup: bool,
     pub manage_cgroups_mode: Option<String>,
     pub pid_file: Option<PathBuf>,
 }
@@ -374,6 +380,7 @@ impl Runc {
             (opts.file_locks, "--file-locks"),
             (opts.ext_unix_sk, "--ext-unix-sk"),
             (opts.lazy_pages, "--lazy-pages"),
+            (opts.auto_dedup, "--auto-dedup"),
         ] {
             if on {
                 t = t.arg(flag);
@@ -460,6 +467,15 @@ mod tests {
              --bundle /b --image-path /img --work-path /work --lazy-pages --pid-file /p c1"
         );
         assert_eq!(opts.criu_log_path(), Path::new("/work/restore.log"));
+        let consume = RestoreOpts {
+            lazy_pages: false,
+            auto_dedup: true,
+            ..opts
+        };
+        assert!(r
+            .restore_command("c1", &consume)
+            .display_args()
+            .contains("--work-path /work --auto-dedup --pid-file /p c1"));
     }
 
     #[test]

@@ -103,7 +103,7 @@ fn happy_path(mode: MigrationMode) -> Vec<(Side, Message)> {
         (S, blob(BLOB_C, 18)),
         (S, fs(1, FsTarget::Upper, 19)),
         (S, fs(1, FsTarget::Volume("data".into()), 20)),
-        (S, Message::OpenPageSink {}),
+        (S, Message::OpenPageSink { memory_bytes: 0 }),
         (D, Message::PagesReady {}),
         (
             S,
@@ -276,7 +276,7 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
         },
         blob(pending_blob, 901),
         fs(1, FsTarget::Volume("logs".into()), 902),
-        Message::OpenPageSink {},
+        Message::OpenPageSink { memory_bytes: 0 },
         Message::PagesReady {},
         Message::DumpDone {
             stats: DumpStats::default(),
@@ -446,7 +446,8 @@ fn content_rules() {
     })
     .unwrap();
     assert_eq!(r.state(), State::TransferringBlobs);
-    r.on_message(&Message::OpenPageSink {}).unwrap();
+    r.on_message(&Message::OpenPageSink { memory_bytes: 0 })
+        .unwrap();
 
     let (mut s, _) = at(State::TransferringBlobs);
     assert!(
@@ -454,7 +455,10 @@ fn content_rules() {
         "not asked for"
     );
     assert!(
-        invalid(s.clone().on_send(&Message::OpenPageSink {})),
+        invalid(
+            s.clone()
+                .on_send(&Message::OpenPageSink { memory_bytes: 0 })
+        ),
         "blobs pending"
     );
     assert!(
