@@ -89,6 +89,7 @@ fn args_round_trip_and_validate() {
             ..Default::default()
         }),
         env: vec![("PATH".into(), "/usr/local/sbin:/usr/sbin".into())],
+        io: Default::default(),
     };
     assert_eq!(ShimArgs::from_json(&args.to_json()).unwrap(), args);
     args.validate().unwrap();
