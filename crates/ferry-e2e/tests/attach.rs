@@ -225,7 +225,13 @@ fn run_i_streams_stdin_and_attach_feeds_an_open_stdin() {
     // EOF closes the container's stdin: cat ends, and attach returns its exit code.
     let out = child.wait_with_output().expect("ferry attach");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "through attach\n");
+    assert_eq!(
+        text(&out.stdout),
+        "through attach\n",
+        "stderr: {}; log: {}",
+        text(&out.stderr),
+        h.logs("i2")
+    );
 
     // A plain container stays movable.
     h.run_counter("plain", &[], 1);
@@ -306,4 +312,25 @@ fn exec_cannot_slip_in_before_a_freeze() {
     });
     h.start_ferryd();
     assert_eq!(h.inspect("c")["status"], "running");
+}
+
+/// Migration, like checkpoint, refuses a container with a terminal before anything moves.
+#[test]
+fn migration_is_refused_for_a_container_with_a_terminal() {
+    let t = ferry_e2e::lab::lab();
+    t.import("host-a", "busybox");
+    t.ok(
+        "host-a",
+        &["run", "-d", "-it", "--name", "term", "busybox", "sh"],
+    );
+    let (ok, report, err) = t.migrate("host-a", "term", "host-b");
+    assert!(!ok, "a terminal cannot move: {report}");
+    assert_eq!(report["outcome"], "refused", "{report}\n{err}");
+    let why = report["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("terminal") && why.contains("CRIU cannot carry"),
+        "the refusal says why: {why}"
+    );
+    assert_eq!(t.status("host-a", "term").as_deref(), Some("running"));
+    t.assert_clean("host-b", "after a migration refused for a terminal");
 }

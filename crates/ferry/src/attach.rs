@@ -91,7 +91,8 @@ pub async fn session(socket: &Path, container: &str, send_stdin: bool) -> Result
     let ended = loop {
         let frame = tokio::select! {
             f = wire::read_frame(&mut rd) => f,
-            _ = detach_rx.recv() => break Ended::Detached,
+            // Without a pty there are no detach keys: the sender is gone, the branch is off.
+            Some(()) = detach_rx.recv() => break Ended::Detached,
         };
         let frame = frame
             .map_err(|e| CliError::new("failed", format!("attach session with ferryd: {e}")))?;
