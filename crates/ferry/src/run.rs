@@ -141,8 +141,8 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
         interactive: a.interactive,
     };
     // Listen before the container exists: a Ctrl-C right after it starts must reach it. With
-    // a terminal, Ctrl-C is a key for the container's pty instead.
-    let signals = if a.detach || a.tty {
+    // a terminal that takes this one's keys (-it), Ctrl-C is a key for the container instead.
+    let signals = if a.detach || (a.tty && a.interactive) {
         None
     } else {
         Some(SignalProxy::install()?)
@@ -157,13 +157,13 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
         }
         return Ok(());
     }
+    let forward = signals.map(|s| s.forward_to(socket.to_owned(), name.clone()));
     if a.tty {
         return run_tty(c, socket, &name, a.interactive).await;
     }
     if a.interactive {
         crate::attach::feed_stdin(socket, &name).await?;
     }
-    let forward = signals.map(|s| s.forward_to(socket.to_owned(), name.clone()));
     // The container's stdout to ours, its stderr to ours, until it stops.
     let follow = crate::logs::Options {
         follow: true,

@@ -158,6 +158,8 @@ impl Hub {
     pub(crate) fn serve(self: &Arc<Self>, socket: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
+        // Whoever can connect can type into the container: root (ferryd) only.
+        std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let hub = Arc::clone(self);
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
