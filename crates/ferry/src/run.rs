@@ -1,7 +1,8 @@
 //! `ferry run`, as a Docker or Podman user expects it: detached (`-d`) it prints the id; in
 //! the foreground it shows the container's stdout on stdout and its stderr on stderr, forwards
 //! the signals the CLI receives to the container's main process, and exits with the
-//! container's exit code (128 + N when signal N ended it).
+//! container's exit code (128 + N when signal N ended it). With `-t` this terminal is attached
+//! to the container's pty (see [`crate::attach`]); with `-i` this process's stdin goes to it.
 
 use anyhow::{Context, Result};
 use ferry_core::api::{KillRequest, RunRequest};

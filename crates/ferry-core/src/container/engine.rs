@@ -106,8 +106,12 @@ impl Engine {
         let mut views = BTreeMap::new();
         for rec in records.load_all()? {
             // A container with a pty or open stdin (`run -t`/`-i`) cannot be checkpointed.
-            let io = shim::ShimIo::load(&cfg.paths.container(&rec.config.id)).unwrap_or_default();
-            crate::exec::sessions().set_stdio(&rec.config.id, io);
+            match shim::ShimIo::load(&cfg.paths.container(&rec.config.id)) {
+                Ok(io) => crate::exec::sessions().set_stdio(&rec.config.id, io),
+                Err(e) => {
+                    tracing::warn!(container = %rec.config.name, error = %e, "stdio settings")
+                }
+            }
             views.insert(rec.config.name.clone(), rec.clone());
             map.insert(rec.config.name.clone(), Arc::new(Mutex::new(rec)));
         }

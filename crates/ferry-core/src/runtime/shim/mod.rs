@@ -5,6 +5,11 @@
 //! runc's stdout/stderr (a restored container gets its dumped pipes reconnected to them), copies
 //! both pipes into `ctr.log`, waits for the container's init, and writes `exit.json`.
 //!
+//! With `-t` ([`ShimIo::tty`]) the shim marks the bundle's process as a terminal and runs
+//! `runc run -d --console-socket`: runc sends it the pty's master, which the shim keeps (and
+//! copies into the log) for as long as the container lives. With `-i` the container's stdin is
+//! a pipe the shim keeps open. Either way, `ferry attach` reaches them through [`attach`].
+//!
 //! Files in the container dir (`ctrdir`):
 //!
 //! | file              | written by | content |
