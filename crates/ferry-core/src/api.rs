@@ -116,6 +116,12 @@ pub struct RunRequest {
     /// `[IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`
     #[serde(default)]
     pub publish: Vec<String>,
+    /// `-t`: the container's stdio is a pty (held by its shim, for `ferry attach`).
+    #[serde(default)]
+    pub tty: bool,
+    /// `-i`: the container's stdin stays open for `ferry attach`.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

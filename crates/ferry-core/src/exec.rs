@@ -25,11 +25,24 @@
 //!
 //! When the CLI goes away, ferryd kills the exec'd process: a session never outlives its client.
 //!
+//! `ferry attach` (and `run -i`/`-t`) uses the same frames over `POST
+//! /v1/containers/{name}/attach` with `Upgrade: ferry-attach` ([`ATTACH_PROTOCOL`]); ferryd
+//! relays them to the container's shim (see `runtime::shim::attach`). The 101 answer's
+//! [`TTY_HEADER`] and [`STDIN_HEADER`] say whether the container has a pty and an open stdin.
+//!
 //! # Sessions and migration
 //!
 //! An exec'd process is a child of `runc exec` on the host, outside the container's process
 //! tree, so CRIU cannot dump it. [`sessions`] counts the live sessions per container, and
 //! `Engine::check_movable` refuses a checkpoint or migration before the freeze while any run.
+//! It also refuses a container whose pty or stdin pipe the shim holds (`run -t`/`-i`, recorded
+//! with [`Sessions::set_stdio`]): CRIU cannot carry those either.
+//!
+//! There is no window between that check and the freeze in which a session could start:
+//! [`prepare`] records the session under the container's lock and only for a `running`
+//! container. A checkpoint holds that lock from the check through the dump, and a migration
+//! marks the container `migrating` under it ([`Engine::begin_migration`]) before its checks,
+//! so an exec that comes later is refused, and one that came earlier is seen by the check.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,11 +55,27 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::container::engine::lock;
 use crate::container::{ContainerError, Engine, RootfsDirs, Status};
 use crate::runtime::runc::Runc;
+use crate::runtime::shim::ShimIo;
 use crate::runtime::spec::{self, SpecError};
 use crate::tool::Tool;
 
 /// The `Upgrade` header's protocol name.
 pub const UPGRADE_PROTOCOL: &str = "ferry-exec";
+
+/// The `Upgrade` protocol of `ferry attach`.
+pub const ATTACH_PROTOCOL: &str = "ferry-attach";
+/// In the attach answer: `true` when the container's stdio is a pty.
+pub const TTY_HEADER: &str = "ferry-tty";
+/// In the attach answer: `true` when the container's stdin is open for clients.
+pub const STDIN_HEADER: &str = "ferry-stdin";
+
+/// What the CLI sends to attach: its terminal's size, applied to a container's pty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    #[serde(default)]
+    pub size: Option<WinSize>,
+}
 
 /// Largest payload accepted in one frame; larger reads are split by the sender.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -237,11 +266,41 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     Frame::decode(head[0], payload).map(Some)
 }
 
+/// [`read_frame`] for blocking readers (the shim is not async).
+pub fn read_frame_sync<R: std::io::Read>(r: &mut R) -> Result<Option<Frame>, ExecError> {
+    let io = |source| ExecError::Io {
+        what: "reading the attach stream".into(),
+        source,
+    };
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    while got < head.len() {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(ExecError::Protocol("stream ended inside a frame".into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(ExecError::Protocol(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME} limit"
+        )));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).map_err(io)?;
+    Frame::decode(head[0], payload).map(Some)
+}
+
 /// Live exec sessions per container id, for refusing checkpoints and migrations.
 #[derive(Debug, Default)]
 pub struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<String, Vec<(u64, String)>>>,
+    /// Containers whose stdio the shim holds (`run -t`/`-i`), with why CRIU cannot move them.
+    stdio: Mutex<HashMap<String, &'static str>>,
 }
 
 /// This process's session table (ferryd has one engine per process).
@@ -273,8 +332,29 @@ impl Sessions {
             .unwrap_or_default()
     }
 
-    /// Refuses moving container `id` (named `name`) while exec sessions run in it.
+    /// Records the stdio of container `id` as its shim sets it up (the engine calls this on
+    /// every start and when it loads its records).
+    pub fn set_stdio(&self, id: &str, io: ShimIo) {
+        let mut map = lock(&self.stdio);
+        match io.unmovable_reason() {
+            Some(why) => map.insert(id.to_owned(), why),
+            None => map.remove(id),
+        };
+    }
+
+    /// Refuses moving container `id` (named `name`) while exec sessions run in it, or when its
+    /// shim holds its pty or stdin.
     pub fn refuse_if_busy(&self, id: &str, name: &str) -> Result<(), ContainerError> {
+        if let Some(why) = lock(&self.stdio).get(id) {
+            return Err(ContainerError::WrongState {
+                name: name.to_owned(),
+                status: Status::Running,
+                why: format!(
+                    "{why}. Checkpoint and migration are refused for it; run it without -t/-i \
+                     to make it movable"
+                ),
+            });
+        }
         let cmds = self.running(id);
         if cmds.is_empty() {
             return Ok(());

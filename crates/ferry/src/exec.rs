@@ -71,7 +71,14 @@ pub async fn run(socket: &Path, a: ExecArgs) -> Result<i32> {
         stdin: a.interactive,
         size: if a.tty { terminal_size() } else { None },
     };
-    let io = connect(socket, &a.container, &req).await?;
+    let path = format!("/v1/containers/{}/exec", crate::enc(&a.container));
+    let (io, _) = upgrade(
+        socket,
+        &path,
+        wire::UPGRADE_PROTOCOL,
+        serde_json::to_vec(&req)?,
+    )
+    .await?;
     // Raw mode only when the keyboard is the command's: keys go to the pty untouched.
     let _raw = if a.tty && a.interactive && tty_in {
         Some(RawMode::enter()?)
@@ -91,7 +98,7 @@ pub async fn run(socket: &Path, a: ExecArgs) -> Result<i32> {
         drop(wr);
     });
     if a.interactive {
-        forward_stdin(tx.clone());
+        forward_stdin(tx.clone(), None);
     }
     if a.tty {
         forward_resizes(tx.clone())?;
@@ -131,12 +138,14 @@ pub async fn run(socket: &Path, a: ExecArgs) -> Result<i32> {
     }
 }
 
-/// Sends the request and upgrades the connection; an error answer becomes the command's error.
-async fn connect(
+/// Sends the request (a POST of `body` to `path`) and upgrades the connection to `protocol`;
+/// an error answer becomes the command's error. Returns the stream and the answer's headers.
+pub(crate) async fn upgrade(
     socket: &Path,
-    container: &str,
-    req: &ExecRequest,
-) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+    path: &str,
+    protocol: &str,
+    body: Vec<u8>,
+) -> Result<(TokioIo<hyper::upgrade::Upgraded>, hyper::HeaderMap)> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         CliError::new(
             "unreachable",
@@ -152,17 +161,14 @@ async fn connect(
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let body = Bytes::from(serde_json::to_vec(req)?);
+    let body = Bytes::from(body);
     let request = Request::builder()
         .method(Method::POST)
-        .uri(format!(
-            "http://ferryd/v1/containers/{}/exec",
-            crate::enc(container)
-        ))
+        .uri(format!("http://ferryd{path}"))
         .header(header::HOST, "ferryd")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, wire::UPGRADE_PROTOCOL)
+        .header(header::UPGRADE, protocol)
         .body(Full::new(body))?;
     let resp = sender.send_request(request).await?;
     let status = resp.status();
@@ -170,18 +176,21 @@ async fn connect(
         let bytes = resp.into_body().collect().await?.to_bytes();
         return Err(crate::client::api_error(&bytes, status));
     }
+    let headers = resp.headers().clone();
     let upgraded = hyper::upgrade::on(resp)
         .await
-        .context("upgrading the connection to ferryd for exec")?;
-    Ok(TokioIo::new(upgraded))
+        .with_context(|| format!("upgrading the connection to ferryd ({protocol})"))?;
+    Ok((TokioIo::new(upgraded), headers))
 }
 
 /// stdin on a thread of its own: a blocking read cannot be cancelled, and the process exits
-/// when the command does, whatever the thread is doing.
-fn forward_stdin(tx: mpsc::Sender<Frame>) {
+/// when the command does, whatever the thread is doing. With `detach`, Docker's detach keys
+/// (Ctrl-P Ctrl-Q) are not sent but reported there.
+pub(crate) fn forward_stdin(tx: mpsc::Sender<Frame>, detach: Option<mpsc::Sender<()>>) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; 32 * 1024];
+        let mut keys = DetachKeys::default();
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
@@ -189,7 +198,15 @@ fn forward_stdin(tx: mpsc::Sender<Frame>) {
                     break;
                 }
                 Ok(n) => {
-                    if tx.blocking_send(Frame::Stdin(buf[..n].to_vec())).is_err() {
+                    let (data, detached) = match &detach {
+                        Some(_) => keys.scan(&buf[..n]),
+                        None => (buf[..n].to_vec(), false),
+                    };
+                    if !data.is_empty() && tx.blocking_send(Frame::Stdin(data)).is_err() {
+                        break;
+                    }
+                    if let (true, Some(d)) = (detached, &detach) {
+                        let _ = d.blocking_send(());
                         break;
                     }
                 }
@@ -198,8 +215,40 @@ fn forward_stdin(tx: mpsc::Sender<Frame>) {
     });
 }
 
+/// Finds Ctrl-P Ctrl-Q in the typed bytes. A Ctrl-P is held back until the next key shows
+/// whether it starts the sequence; if not, it is sent after all.
+#[derive(Debug, Default)]
+pub(crate) struct DetachKeys {
+    held: bool,
+}
+
+const CTRL_P: u8 = 0x10;
+const CTRL_Q: u8 = 0x11;
+
+impl DetachKeys {
+    /// The bytes to send, and whether the sequence was typed (the bytes after it are dropped).
+    pub(crate) fn scan(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.held {
+                self.held = false;
+                if b == CTRL_Q {
+                    return (out, true);
+                }
+                out.push(CTRL_P);
+            }
+            if b == CTRL_P {
+                self.held = true;
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
+}
+
 /// SIGWINCH → a resize frame with the terminal's new size.
-fn forward_resizes(tx: mpsc::Sender<Frame>) -> Result<()> {
+pub(crate) fn forward_resizes(tx: mpsc::Sender<Frame>) -> Result<()> {
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
         .context("watching terminal size changes")?;
     tokio::spawn(async move {
@@ -215,7 +264,7 @@ fn forward_resizes(tx: mpsc::Sender<Frame>) -> Result<()> {
 }
 
 /// The size of the terminal on stdin (or stdout), when there is one.
-fn terminal_size() -> Option<WinSize> {
+pub(crate) fn terminal_size() -> Option<WinSize> {
     let fds = [std::io::stdin().as_raw_fd(), std::io::stdout().as_raw_fd()];
     fds.into_iter().find_map(|fd| {
         let mut ws = libc::winsize {
@@ -234,12 +283,12 @@ fn terminal_size() -> Option<WinSize> {
 }
 
 /// The local terminal in raw mode until dropped, so keys (^C, ^D) reach the container's pty.
-struct RawMode {
+pub(crate) struct RawMode {
     saved: nix::sys::termios::Termios,
 }
 
 impl RawMode {
-    fn enter() -> Result<Self> {
+    pub(crate) fn enter() -> Result<Self> {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
         let stdin = std::io::stdin();
         let saved = tcgetattr(&stdin).context("reading the terminal's mode")?;
@@ -262,6 +311,16 @@ impl Drop for RawMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detach_keys_are_found_across_reads() {
+        let mut k = DetachKeys::default();
+        assert_eq!(k.scan(b"ab\x10c"), (b"ab\x10c".to_vec(), false));
+        assert_eq!(k.scan(b"x\x10"), (b"x".to_vec(), false));
+        assert_eq!(k.scan(b"\x11rest"), (Vec::new(), true));
+        let mut k = DetachKeys::default();
+        assert_eq!(k.scan(b"\x10\x10\x11"), (b"\x10".to_vec(), true));
+    }
 
     #[test]
     fn env_names_take_the_callers_value() {

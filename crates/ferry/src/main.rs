@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod out;
+mod attach;
 mod checkpoint;
 mod client;
 mod error;
@@ -133,6 +134,8 @@ enum Cmd {
     },
     /// Run a command in a running container; exits with the command's exit code.
     Exec(exec::ExecArgs),
+    /// Attach this terminal to a running container's pty or output (detach: Ctrl-P Ctrl-Q).
+    Attach(attach::AttachArgs),
     /// Move a running container to another host while its clients keep working.
     Migrate {
         name: String,
@@ -386,6 +389,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Run(a) => run::run(&cli.socket, *a, json).await?,
         Cmd::Exec(a) => std::process::exit(exec::run(&cli.socket, a).await?),
+        Cmd::Attach(a) => std::process::exit(attach::run(&cli.socket, a).await?),
         Cmd::Ps(a) => ps::run(&c, a, json).await?,
         Cmd::Logs(a) => {
             let o = a.options(json)?;

@@ -20,7 +20,7 @@ pub struct PsArgs {
     pub quiet: bool,
     /// Output with a template: `{{.ID}} {{.Names}}`, `table {{.Names}}\t{{.Status}}`, or
     /// `json` (one object a line). Fields: ID, Names, Image, Command, CreatedAt, RunningFor,
-    /// Status, State, IP, Pid, Labels.
+    /// Status, State, Restarts, IP, Pid, Labels.
     #[arg(long)]
     pub format: Option<String>,
     /// Filter: name=SUBSTRING, id=PREFIX, status=STATE (created, running, stopped or exited,
@@ -111,6 +111,7 @@ fn table(list: &[ContainerRecord], now: DateTime<Utc>, full: bool) {
             "COMMAND",
             "CREATED",
             "STATUS",
+            "RESTARTS",
             "IP",
             "NAMES",
         ]
@@ -125,6 +126,7 @@ fn table(list: &[ContainerRecord], now: DateTime<Utc>, full: bool) {
             format!("\"{}\"", row.command),
             row.running_for.clone(),
             row.status.clone(),
+            row.restarts.clone(),
             row.ip.clone(),
             row.names.clone(),
         ]);
@@ -145,6 +147,8 @@ struct Row {
     running_for: String,
     status: String,
     state: String,
+    /// How often `--restart` restarted it.
+    restarts: String,
     ip: String,
     pid: String,
     labels: String,
@@ -168,6 +172,7 @@ impl Row {
                 .unwrap_or_default(),
             status: status_text(r, now),
             state: r.status.to_string(),
+            restarts: r.restart_count.to_string(),
             ip: r.config.ip.to_string(),
             pid: r.pid.map(|p| p.to_string()).unwrap_or_default(),
             labels: labels(r)
@@ -188,6 +193,7 @@ impl Row {
             "RunningFor" => &self.running_for,
             "Status" => &self.status,
             "State" => &self.state,
+            "Restarts" => &self.restarts,
             "IP" => &self.ip,
             "Pid" => &self.pid,
             "Labels" => &self.labels,
@@ -213,6 +219,7 @@ const FIELDS: &[&str] = &[
     "RunningFor",
     "Status",
     "State",
+    "Restarts",
     "IP",
     "Pid",
     "Labels",

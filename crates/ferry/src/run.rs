@@ -1,7 +1,8 @@
 //! `ferry run`, as a Docker or Podman user expects it: detached (`-d`) it prints the id; in
 //! the foreground it shows the container's stdout on stdout and its stderr on stderr, forwards
 //! the signals the CLI receives to the container's main process, and exits with the
-//! container's exit code (128 + N when signal N ended it).
+//! container's exit code (128 + N when signal N ended it). With `-t` this terminal is attached
+//! to the container's pty (see [`crate::attach`]); with `-i` this process's stdin goes to it.
 
 use anyhow::{Context, Result};
 use ferry_core::api::{KillRequest, RunRequest};
@@ -16,6 +17,13 @@ pub struct RunArgs {
     /// Run in the background and print the container's id.
     #[arg(short, long)]
     pub detach: bool,
+    /// Keep the container's stdin open: this process's stdin goes to it (`ferry attach` later).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a pseudo-terminal; detach with Ctrl-P Ctrl-Q. A container with a
+    /// terminal (or -i) cannot be checkpointed or migrated.
+    #[arg(short, long)]
+    pub tty: bool,
     /// Environment: KEY=VALUE, or KEY to pass this shell's value (skipped when unset).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
@@ -126,13 +134,16 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
         cap_add: a.cap_add,
         cap_drop: a.cap_drop,
         // In the foreground the CLI removes the container itself once it has its exit code;
-        // detached, ferryd does it.
-        auto_remove: a.rm && a.detach,
+        // detached (or with a terminal one may detach from), ferryd does it.
+        auto_remove: a.rm && (a.detach || a.tty),
         restart: a.restart,
         publish: a.publish,
+        tty: a.tty,
+        interactive: a.interactive,
     };
-    // Listen before the container exists: a Ctrl-C right after it starts must reach it.
-    let signals = if a.detach {
+    // Listen before the container exists: a Ctrl-C right after it starts must reach it. With
+    // a terminal that takes this one's keys (-it), Ctrl-C is a key for the container instead.
+    let signals = if a.detach || (a.tty && a.interactive) {
         None
     } else {
         Some(SignalProxy::install()?)
@@ -148,6 +159,12 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
         return Ok(());
     }
     let forward = signals.map(|s| s.forward_to(socket.to_owned(), name.clone()));
+    if a.tty {
+        return run_tty(c, socket, &name, a.interactive).await;
+    }
+    if a.interactive {
+        crate::attach::feed_stdin(socket, &name).await?;
+    }
     // The container's stdout to ours, its stderr to ours, until it stops.
     let follow = crate::logs::Options {
         follow: true,
@@ -172,6 +189,27 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
         }
     }
     std::process::exit(code);
+}
+
+/// `run -t`: this terminal attached to the container's pty until it exits (then its exit
+/// code is ours) or the user detaches (exit 0, the container keeps running).
+async fn run_tty(c: &Client, socket: &std::path::Path, name: &str, stdin: bool) -> Result<()> {
+    match crate::attach::session(socket, name, stdin).await {
+        Ok(crate::attach::Ended::Exited(code)) => std::process::exit(code),
+        Ok(crate::attach::Ended::Detached) => Ok(()),
+        // It exited before the CLI could attach: its output is in the log.
+        Err(_) if !is_running(c, name).await => {
+            crate::logs::print(c, name, &Default::default()).await?;
+            std::process::exit(exit_code(c, name).await?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn is_running(c: &Client, name: &str) -> bool {
+    let path = format!("/v1/containers/{}", enc(name));
+    let rec: Result<ContainerRecord> = c.call(Method::GET, &path, None::<()>).await;
+    rec.is_ok_and(|r| r.status == Status::Running)
 }
 
 /// `KEY=VALUE` entries pass as they are; a bare `KEY` takes this process's value, and is

@@ -51,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/containers/{name}/kill", post(containers_kill))
         .route("/v1/containers/{name}/logs", get(containers_logs))
         .route("/v1/containers/{name}/exec", post(crate::exec::exec))
+        .route("/v1/containers/{name}/attach", post(crate::attach::attach))
         .route("/v1/containers/{name}/checkpoint", post(checkpoint))
         .route("/v1/containers/{name}/restore", post(restore_named))
         .route(

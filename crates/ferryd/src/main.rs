@@ -2,6 +2,7 @@
 //! and (as `ferryd shim`) doubles as the per-container shim.
 
 mod api;
+mod attach;
 mod error;
 mod events;
 mod exec;

@@ -105,6 +105,13 @@ impl Engine {
         let mut map = BTreeMap::new();
         let mut views = BTreeMap::new();
         for rec in records.load_all()? {
+            // A container with a pty or open stdin (`run -t`/`-i`) cannot be checkpointed.
+            match shim::ShimIo::load(&cfg.paths.container(&rec.config.id)) {
+                Ok(io) => crate::exec::sessions().set_stdio(&rec.config.id, io),
+                Err(e) => {
+                    tracing::warn!(container = %rec.config.name, error = %e, "stdio settings")
+                }
+            }
             views.insert(rec.config.name.clone(), rec.clone());
             map.insert(rec.config.name.clone(), Arc::new(Mutex::new(rec)));
         }
@@ -377,7 +384,14 @@ impl Engine {
             slot
         };
         let mut rec = lock(&placeholder);
-        let result = self.save(&rec).and_then(|_| self.start_locked(&mut rec));
+        let io = shim::ShimIo {
+            tty: req.tty,
+            stdin: req.interactive,
+        };
+        let result = self
+            .save(&rec)
+            .and_then(|_| Ok(io.save(&self.container_dir(&rec.config.id))?))
+            .and_then(|_| self.start_locked(&mut rec));
         if let Err(e) = result {
             let name = rec.config.name.clone();
             tracing::warn!(%name, error = %e, "run failed; undoing");
@@ -547,7 +561,9 @@ impl Engine {
         // A stale runc entry (from a crash) blocks `runc run` with the same id.
         let _ = self.runc.delete(&rec.config.id, true);
         clear_exit_files(&dir);
-        let args = ShimArgs::new(&rec.config.id, &self.runc, bundle, dir, ShimMode::Run);
+        let mut args = ShimArgs::new(&rec.config.id, &self.runc, bundle, &dir, ShimMode::Run);
+        args.io = shim::ShimIo::load(&dir)?;
+        crate::exec::sessions().set_stdio(&rec.config.id, args.io);
         let started = shim::spawn_shim(&self.cfg.shim_exe, &args)?;
         rec.status = Status::Running;
         rec.pid = Some(started.init_pid);

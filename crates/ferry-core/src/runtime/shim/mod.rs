@@ -5,6 +5,11 @@
 //! runc's stdout/stderr (a restored container gets its dumped pipes reconnected to them), copies
 //! both pipes into `ctr.log`, waits for the container's init, and writes `exit.json`.
 //!
+//! With `-t` ([`ShimIo::tty`]) the shim marks the bundle's process as a terminal and runs
+//! `runc run -d --console-socket`: runc sends it the pty's master, which the shim keeps (and
+//! copies into the log) for as long as the container lives. With `-i` the container's stdin is
+//! a pipe the shim keeps open. Either way, `ferry attach` reaches them through [`attach`].
+//!
 //! Files in the container dir (`ctrdir`):
 //!
 //! | file              | written by | content |
@@ -16,11 +21,14 @@
 //! | `runc.log`        | runc      | runc's own JSON log (its errors, apart from the container's stderr) |
 //! | `shim.log`        | shim      | the shim's own diagnostics |
 //! | `exit.json`       | shim      | [`ContainerExit`], written atomically after the last log line |
+//! | `stdio.json`      | ferryd    | [`ShimIo`]: `-t`/`-i` of `ferry run`, kept for every start |
+//! | `attach.sock`     | shim      | `ferry attach` connections, see [`attach`] |
 //!
 //! Once `exit.json` exists, the log is complete and `shim.pid` is gone, so ferryd may start the
 //! next shim for the same dir at once (e.g. a restore after a checkpoint that stopped the
 //! container: that checkpoint makes the init exit with SIGKILL, recorded like any other exit).
 
+pub mod attach;
 pub mod log;
 mod process;
 mod spawn;
@@ -44,6 +52,8 @@ pub const START_FILE: &str = "shim-start.json";
 pub const INIT_PID_FILE: &str = "init.pid";
 pub const RUNC_LOG_FILE: &str = "runc.log";
 pub const SHIM_LOG_FILE: &str = "shim.log";
+pub const IO_FILE: &str = "stdio.json";
+pub const ATTACH_SOCKET: &str = "attach.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -126,6 +136,58 @@ pub struct ShimArgs {
     /// Extra environment for runc (and CRIU under it), e.g. a PATH that finds `criu`.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// The container's stdio: a pty (`-t`), a stdin pipe (`-i`), or neither.
+    #[serde(default)]
+    pub io: ShimIo,
+}
+
+/// How `ferry run` set up the container's stdio (`stdio.json` in the container dir). Every
+/// start of the container (`start`, `--restart`) keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimIo {
+    /// `-t`: the container's stdio is a pty whose master the shim holds.
+    #[serde(default)]
+    pub tty: bool,
+    /// `-i`: the container's stdin stays open for `ferry attach` (a pipe, or the pty).
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+impl ShimIo {
+    /// Neither `-t` nor `-i`: a container CRIU can checkpoint.
+    pub fn is_plain(&self) -> bool {
+        !self.tty && !self.stdin
+    }
+
+    /// The settings of the container in `ctrdir`; plain when none were saved.
+    pub fn load(ctrdir: &Path) -> Result<ShimIo, ShimError> {
+        Ok(read_json(&ctrdir.join(IO_FILE))?.unwrap_or_default())
+    }
+
+    /// Saves non-plain settings (a plain container has no file).
+    pub fn save(&self, ctrdir: &Path) -> Result<(), ShimError> {
+        if self.is_plain() {
+            return Ok(());
+        }
+        write_json_atomic(&ctrdir.join(IO_FILE), self)
+    }
+
+    /// Why CRIU cannot dump a container with these settings, if it cannot.
+    pub fn unmovable_reason(&self) -> Option<&'static str> {
+        if self.tty {
+            Some(
+                "it has a terminal (`ferry run -t`): its pty's master is held by ferry's shim, \
+                 outside the container, and CRIU cannot carry such an external pty",
+            )
+        } else if self.stdin {
+            Some(
+                "its stdin is kept open (`ferry run -i`): the pipe is held by ferry's shim, \
+                 outside the container, and CRIU cannot carry it",
+            )
+        } else {
+            None
+        }
+    }
 }
 
 impl ShimArgs {
@@ -145,6 +207,7 @@ impl ShimArgs {
             ctrdir: ctrdir.into(),
             mode,
             env: Vec::new(),
+            io: ShimIo::default(),
         }
     }
 
@@ -184,6 +247,11 @@ impl ShimArgs {
             }
         }
         if let ShimMode::Restore(opts) = &self.mode {
+            if let Some(why) = self.io.unmovable_reason() {
+                return bad(format!(
+                    "a restored container cannot have this stdio: {why}"
+                ));
+            }
             if opts.bundle != self.bundle {
                 return bad(format!(
                     "restore bundle {} differs from the shim's bundle {}",
@@ -235,6 +303,9 @@ impl ShimFiles {
     }
     pub fn shim_log(&self) -> PathBuf {
         self.dir.join(SHIM_LOG_FILE)
+    }
+    pub fn attach_socket(&self) -> PathBuf {
+        self.dir.join(ATTACH_SOCKET)
     }
 }
 

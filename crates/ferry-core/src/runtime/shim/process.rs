@@ -17,12 +17,14 @@ use nix::fcntl::OFlag;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use super::attach::{Hub, Input};
 use super::log::{append, LineSplitter, LogStream};
 use super::spawn::{verb, READY_FD_ENV};
 use super::{
     write_json_atomic, ContainerExit, ShimArgs, ShimError, ShimFiles, ShimMode, StartStatus,
 };
 use crate::runtime::runc::{criu_log_errors, RestoreOpts};
+use crate::tool::Tool;
 
 /// How long to wait for the output pipes to drain once runc failed or the init exited. Only a
 /// process that escaped the container's pid namespace could hold them open longer.
@@ -71,6 +73,7 @@ pub fn main(args: &ShimArgs) -> i32 {
     };
     report(&files, ready.take(), &status, &mut diag);
 
+    let hub = Arc::clone(&running.hub);
     let exit = running.wait(&mut diag);
     diag.note(&format!(
         "container init exited: code {:?} signal {:?}",
@@ -81,6 +84,9 @@ pub fn main(args: &ShimArgs) -> i32 {
     if let Err(e) = write_json_atomic(&files.exit(), &exit) {
         diag.note(&e.to_string());
     }
+    // Attached clients learn the exit code; their connections close as the shim exits.
+    hub.exited(exit.status_code());
+    let _ = std::fs::remove_file(files.attach_socket());
     0
 }
 
@@ -124,6 +130,7 @@ fn take_ready_fd() -> Option<File> {
 struct Running {
     init_pid: u32,
     pumps: Pumps,
+    hub: Arc<Hub>,
 }
 
 fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running, ShimError> {
@@ -162,10 +169,25 @@ fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running,
     };
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
+    // `-i` without a pty: the container's stdin is a pipe whose write end the clients feed.
+    let (stdin, stdin_write) = if args.io.stdin && !args.io.tty {
+        let (r, w) = pipe()?;
+        (Stdio::from(r), Some(File::from(w)))
+    } else {
+        (Stdio::null(), None)
+    };
+    let console = if args.io.tty {
+        Some(Console::listen(&args.bundle)?)
+    } else {
+        None
+    };
 
     let runc = args.runc();
     let tool = match &args.mode {
-        ShimMode::Run => runc.run_command(&args.id, &args.bundle, &files.init_pid()),
+        ShimMode::Run => match &console {
+            Some(c) => run_with_console(args, files, &c.socket),
+            None => runc.run_command(&args.id, &args.bundle, &files.init_pid()),
+        },
         ShimMode::Restore(opts) => {
             std::fs::create_dir_all(&opts.work_path)
                 .map_err(io("create the CRIU work dir", &opts.work_path))?;
@@ -180,7 +202,7 @@ fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running,
 
     let mut cmd = tool.command();
     // runc's stdout/stderr become the container's (and, on restore, replace the dumped pipes).
-    cmd.stdin(Stdio::null())
+    cmd.stdin(stdin)
         .stdout(Stdio::from(out_write))
         .stderr(Stdio::from(err_write))
         .current_dir(&args.bundle)
@@ -198,11 +220,12 @@ fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running,
         message: tool.spawn_error(e).to_string(),
     })?;
 
+    let accepted = console.map(Console::accept);
     let log = Arc::new(Mutex::new(log));
-    let pumps = Pumps::start(
-        [(out_read, LogStream::Stdout), (err_read, LogStream::Stderr)],
-        &log,
-    );
+    let hub = Hub::new(args.io.tty, stdin_write.map_or(Input::None, Input::Pipe));
+    let mut pumps = Pumps::new(&log, &hub);
+    pumps.add(out_read, LogStream::Stdout);
+    pumps.add(err_read, LogStream::Stderr);
     let status = child.wait().map_err(|source| ShimError::Io {
         what: "wait for",
         path: args.runc.clone(),
@@ -228,6 +251,27 @@ fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running,
             message,
         });
     }
+    // runc sent the pty's master over the console socket before it returned.
+    if let Some(rx) = accepted {
+        let master = rx
+            .recv_timeout(CONSOLE_TIMEOUT)
+            .map_err(|_| ShimError::Start {
+                id: args.id.clone(),
+                verb: verb(&args.mode),
+                message: "runc did not send the container's pty over the console socket".into(),
+            })?
+            .map_err(|source| ShimError::Sys {
+                what: "receive the container's pty from runc",
+                source,
+            })?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(io("duplicate the pty", files.dir()));
+        pumps.add(dup(&master)?, LogStream::Stdout);
+        hub.set_pty(master)?;
+    }
+    if let Err(e) = hub.serve(&files.attach_socket()) {
+        // The container runs; only `ferry attach` will not reach it.
+        diag.note(&format!("serving {}: {e}", files.attach_socket().display()));
+    }
     let pid_text =
         std::fs::read_to_string(files.init_pid()).map_err(io("read", &files.init_pid()))?;
     let init_pid = pid_text.trim().parse().map_err(|_| ShimError::Start {
@@ -238,7 +282,11 @@ fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running,
             files.init_pid().display()
         ),
     })?;
-    Ok(Running { init_pid, pumps })
+    Ok(Running {
+        init_pid,
+        pumps,
+        hub,
+    })
 }
 
 /// runc's own error messages written to its JSON log after `offset`.
@@ -290,21 +338,32 @@ impl Running {
 /// One thread per output pipe, appending to the shared log file.
 struct Pumps {
     done: Receiver<()>,
+    tx: Sender<()>,
     count: usize,
+    log: Arc<Mutex<File>>,
+    hub: Arc<Hub>,
 }
 
 impl Pumps {
-    fn start<const N: usize>(pipes: [(OwnedFd, LogStream); N], log: &Arc<Mutex<File>>) -> Pumps {
+    fn new(log: &Arc<Mutex<File>>, hub: &Arc<Hub>) -> Pumps {
         let (tx, rx) = std::sync::mpsc::channel();
-        for (fd, stream) in pipes {
-            let log = Arc::clone(log);
-            let tx: Sender<()> = tx.clone();
-            std::thread::spawn(move || {
-                pump(File::from(fd), stream, &log);
-                let _ = tx.send(());
-            });
+        Pumps {
+            done: rx,
+            tx,
+            count: 0,
+            log: Arc::clone(log),
+            hub: Arc::clone(hub),
         }
-        Pumps { done: rx, count: N }
+    }
+
+    /// Copies `fd` on a thread of its own until end of file.
+    fn add(&mut self, fd: OwnedFd, stream: LogStream) {
+        let (log, hub, tx) = (self.log.clone(), self.hub.clone(), self.tx.clone());
+        std::thread::spawn(move || {
+            pump(File::from(fd), stream, &log, &hub);
+            let _ = tx.send(());
+        });
+        self.count += 1;
     }
 
     /// Waits until every pipe reached end of file, at most `limit`. False on timeout.
@@ -317,7 +376,9 @@ impl Pumps {
     }
 }
 
-fn pump(mut pipe: File, stream: LogStream, log: &Mutex<File>) {
+/// Copies one output (a pipe, or the pty's master: EIO once the container closed it) into
+/// the log and to the attached clients.
+fn pump(mut pipe: File, stream: LogStream, log: &Mutex<File>, hub: &Hub) {
     let mut splitter = LineSplitter::new(stream);
     let mut buf = vec![0u8; 64 * 1024];
     let write = |bytes: &[u8]| {
@@ -329,7 +390,10 @@ fn pump(mut pipe: File, stream: LogStream, log: &Mutex<File>) {
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => write(&splitter.push(&buf[..n], Utc::now())),
+            Ok(n) => {
+                write(&splitter.push(&buf[..n], Utc::now()));
+                hub.output(stream, &buf[..n]);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
@@ -350,4 +414,112 @@ impl Diag {
             let _ = writeln!(f, "{} {msg}", Utc::now().to_rfc3339());
         }
     }
+}
+
+/// How long runc may take to send the pty after `runc run` returned (it sends it first).
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `runc run --console-socket`: with `process.terminal`, runc creates the container's pty and
+/// sends its master over this socket (only when detached, as the shim runs it).
+struct Console {
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl Console {
+    /// Marks the bundle's process as a terminal and listens on a socket in a short temp path
+    /// (a socket path must fit in 108 bytes; the container dir may not).
+    fn listen(bundle: &Path) -> Result<Console, ShimError> {
+        let config = bundle.join("config.json");
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| ShimError::Io { what, path, source }
+        };
+        let text = std::fs::read(&config).map_err(io("read", &config))?;
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|source| ShimError::Json {
+                path: config.clone(),
+                source,
+            })?;
+        spec["process"]["terminal"] = serde_json::Value::Bool(true);
+        let text = serde_json::to_vec_pretty(&spec).expect("a JSON value serializes");
+        std::fs::write(&config, text).map_err(io("write", &config))?;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-console-")
+            .tempdir()
+            .map_err(io(
+                "create a temp dir for the console socket in",
+                &std::env::temp_dir(),
+            ))?;
+        let socket = dir.path().join("s");
+        let listener =
+            std::os::unix::net::UnixListener::bind(&socket).map_err(io("listen on", &socket))?;
+        Ok(Console {
+            _dir: dir,
+            socket,
+            listener,
+        })
+    }
+
+    /// Receives the master on a thread (runc connects while `runc run` runs).
+    fn accept(self) -> Receiver<nix::Result<OwnedFd>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = self
+                .listener
+                .accept()
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+                .and_then(|(conn, _)| receive_fd(&conn));
+            let _ = tx.send(got);
+            drop(self);
+        });
+        rx
+    }
+}
+
+/// The one descriptor sent with SCM_RIGHTS on `conn`.
+fn receive_fd(conn: &std::os::unix::net::UnixStream) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us; nothing owns it yet.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(Errno::EBADMSG)
+}
+
+/// `runc run --detach --console-socket` (runc refuses the socket without `--detach`).
+fn run_with_console(args: &ShimArgs, files: &ShimFiles, socket: &Path) -> Tool {
+    Tool::new(&args.runc)
+        .arg("--root")
+        .arg(&args.runc_root)
+        .arg("--log")
+        .arg(files.runc_log())
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--detach",
+            "--console-socket",
+        ])
+        .arg(socket)
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(files.init_pid())
+        .arg(&args.id)
 }

@@ -89,6 +89,7 @@ fn args_round_trip_and_validate() {
             ..Default::default()
         }),
         env: vec![("PATH".into(), "/usr/local/sbin:/usr/sbin".into())],
+        io: Default::default(),
     };
     assert_eq!(ShimArgs::from_json(&args.to_json()).unwrap(), args);
     args.validate().unwrap();
@@ -486,4 +487,69 @@ fn checkpoint_failures_name_criu_errors() {
         RuncStatus::Running
     );
     assert_eq!(read_exit(&c.ctrdir).unwrap(), None);
+}
+
+/// Frames from an attach connection until the exit frame: (stdout, exit code).
+fn attach_until_exit(conn: &mut std::os::unix::net::UnixStream) -> (String, i32) {
+    let mut out = Vec::new();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    loop {
+        match crate::exec::read_frame_sync(conn).unwrap() {
+            Some(crate::exec::Frame::Stdout(b)) => out.extend(b),
+            Some(crate::exec::Frame::Exit(code)) => {
+                return (String::from_utf8_lossy(&out).into_owned(), code)
+            }
+            Some(_) => {}
+            None => panic!("attach stream ended without an exit frame: {out:?}"),
+        }
+    }
+}
+
+fn send(conn: &mut std::os::unix::net::UnixStream, f: &crate::exec::Frame) {
+    use std::io::Write;
+    conn.write_all(&f.encode()).unwrap();
+}
+
+#[test]
+fn attach_drives_a_pty_held_by_the_shim() {
+    use crate::exec::{Frame, WinSize};
+    let c = TestContainer::new("read line; stty size; echo got-$line; exit 5");
+    let mut args = shim_args(&c, ShimMode::Run);
+    args.io = ShimIo {
+        tty: true,
+        stdin: true,
+    };
+    spawn_test_shim(&args).unwrap();
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(ShimFiles::new(&c.ctrdir).attach_socket()).unwrap();
+    send(&mut conn, &Frame::Resize(WinSize { rows: 33, cols: 77 }));
+    send(&mut conn, &Frame::Stdin(b"abc\n".to_vec()));
+    let (out, code) = attach_until_exit(&mut conn);
+    // The pty echoes the typed line and turns \n into \r\n.
+    assert!(out.contains("abc\r\n"), "{out:?}");
+    assert!(out.contains("33 77") && out.contains("got-abc"), "{out:?}");
+    assert_eq!(code, 5);
+    assert_eq!(wait_exit(&c.ctrdir).status_code(), 5);
+    let log = texts(&entries(&c.ctrdir), LogStream::Stdout).join("\n");
+    assert!(log.contains("got-abc"), "the pty's output is logged: {log}");
+}
+
+#[test]
+fn attach_feeds_an_open_stdin_pipe() {
+    use crate::exec::Frame;
+    let c = TestContainer::new("read line; echo got-$line; read more || exit 6");
+    let mut args = shim_args(&c, ShimMode::Run);
+    args.io = ShimIo {
+        tty: false,
+        stdin: true,
+    };
+    spawn_test_shim(&args).unwrap();
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(ShimFiles::new(&c.ctrdir).attach_socket()).unwrap();
+    send(&mut conn, &Frame::Stdin(b"xyz\n".to_vec()));
+    // An empty stdin frame closes the pipe: the second read sees end of file.
+    send(&mut conn, &Frame::Stdin(Vec::new()));
+    let (out, code) = attach_until_exit(&mut conn);
+    assert_eq!((out.as_str(), code), ("got-xyz\n", 6));
 }
