@@ -222,7 +222,7 @@ impl Conversation {
                     _ => OpeningPageSink,
                 }
             }
-            (D, OpeningPageSink, Message::PagesReady {}) => Dumping,
+            (D, OpeningPageSink, Message::PagesReady { .. }) => Dumping,
             (S, Dumping, Message::DumpDone { .. }) => Finishing,
             (S, Finishing, Message::ImagesStart { .. }) if !self.images_sent => {
                 self.images_sent = true;

@@ -220,9 +220,18 @@ pub enum Message {
         /// memory before answering. Added within v2 (absent from older peers).
         #[serde(default, skip_serializing_if = "is_zero")]
         memory_bytes: u64,
+        /// The source can send the tunnel's bytes as LZ4 where that is smaller (added
+        /// within v2).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lz4: bool,
     },
     /// dest: the page sink is ready (stop-and-copy: page server listening behind the tunnel).
-    PagesReady {},
+    PagesReady {
+        /// The tunnel carries LZ4 (only if the source offered it; an older destination never
+        /// says so, and then gets the bytes as they are).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lz4: bool,
+    },
     /// The dump finished; memory pages are on the destination (or held for lazy pull).
     DumpDone {
         stats: DumpStats,
@@ -294,7 +303,7 @@ impl Message {
             Message::BlobStart { .. } => "BlobStart",
             Message::FsStart { .. } => "FsStart",
             Message::OpenPageSink { .. } => "OpenPageSink",
-            Message::PagesReady {} => "PagesReady",
+            Message::PagesReady { .. } => "PagesReady",
             Message::DumpDone { .. } => "DumpDone",
             Message::ImagesStart { .. } => "ImagesStart",
             Message::Restore {} => "Restore",
@@ -371,5 +380,32 @@ mod tests {
         let m: Message = serde_json::from_str(r#"{"type":"commit"}"#).unwrap();
         assert_eq!(m, Message::Commit {});
         assert!(serde_json::from_str::<Message>(r#"{"type":"teleport"}"#).is_err());
+    }
+
+    #[test]
+    fn page_sink_fields_added_within_v2_default_for_older_peers() {
+        // What a peer from before these fields sends.
+        let m: Message = serde_json::from_str(r#"{"type":"open_page_sink"}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::OpenPageSink {
+                memory_bytes: 0,
+                lz4: false
+            }
+        );
+        let m: Message = serde_json::from_str(r#"{"type":"pages_ready"}"#).unwrap();
+        assert_eq!(m, Message::PagesReady { lz4: false });
+        // And what it is sent: unknown fields are ignored by its (serde default) decoder.
+        let v = serde_json::to_value(Message::OpenPageSink {
+            memory_bytes: 1 << 30,
+            lz4: true,
+        })
+        .unwrap();
+        assert_eq!(v["memory_bytes"], 1u64 << 30);
+        assert_eq!(v["lz4"], true);
+        assert_eq!(
+            serde_json::to_value(Message::PagesReady { lz4: false }).unwrap(),
+            serde_json::json!({"type": "pages_ready"})
+        );
     }
 }

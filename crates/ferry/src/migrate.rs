@@ -223,8 +223,13 @@ pub fn table(r: &MigrationReport) {
             }
         );
     }
+    let on_wire = if r.bytes.pages_on_wire > 0 && r.bytes.pages_on_wire < r.bytes.pages {
+        format!(" ({} on the wire, LZ4)", human_bytes(r.bytes.pages_on_wire))
+    } else {
+        String::new()
+    };
     outln!(
-        "  bytes: layers {}, filesystem {}, memory pages {}, other CRIU images {}",
+        "  bytes: layers {}, filesystem {}, memory pages {}{on_wire}, other CRIU images {}",
         human_bytes(r.bytes.layers),
         human_bytes(r.bytes.fs),
         human_bytes(r.bytes.pages),

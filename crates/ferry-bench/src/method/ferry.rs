@@ -137,6 +137,10 @@ impl Method for Ferry {
             for (k, v) in b {
                 wire.insert(k.clone(), v.as_u64().unwrap_or(0));
             }
+            // The pages as they crossed (LZ4 where it paid), not as much memory as they hold.
+            if let Some(on_wire) = wire.remove("pages_on_wire").filter(|&n| n > 0) {
+                wire.insert("pages".into(), on_wire);
+            }
         }
         Ok(Moved {
             ok,

@@ -28,7 +28,7 @@ use crate::hostmem;
 use crate::image::Digest;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::tls::HostIdentity;
-use crate::peer::tunnel::{tunnel_connect, tunnel_listen, Hold, Tunnel};
+use crate::peer::tunnel::{tunnel_connect, tunnel_listen, Codec, Hold, Tunnel};
 
 /// How long the source may stay silent (no message, no heartbeat, no page bytes).
 const IDLE: Duration = Duration::from_secs(15);
@@ -222,7 +222,9 @@ impl Incoming {
                     summary,
                     ..
                 } => self.receive_fs(what, stream, compression, summary).await?,
-                Message::OpenPageSink { memory_bytes } => self.open_page_sink(memory_bytes).await?,
+                Message::OpenPageSink { memory_bytes, lz4 } => {
+                    self.open_page_sink(memory_bytes, lz4).await?
+                }
                 Message::DumpDone { stats } => {
                     tracing::info!(tunnel_bytes = stats.tunnel_bytes, "dump done on the source");
                     if self.lazy {
@@ -452,7 +454,7 @@ impl Incoming {
     /// The freeze comes next: refuse a container this host has no room for, stage the gated
     /// network now, off the downtime path, warm the memory the pages will land in, and put
     /// the page server behind the tunnel.
-    async fn open_page_sink(&mut self, memory_bytes: u64) -> Result<(), MigrationError> {
+    async fn open_page_sink(&mut self, memory_bytes: u64, lz4: bool) -> Result<(), MigrationError> {
         self.step("dump").await?;
         if memory_bytes > 0 {
             hostmem::check_room(memory_bytes, blocking(|| Ok(hostmem::available()?)).await?)?;
@@ -463,7 +465,7 @@ impl Incoming {
         self.network_staging = t.elapsed();
         if self.lazy {
             // Post-copy: the pages stay on the source until the restored process pulls them.
-            return self.wire.send(Message::PagesReady {}).await;
+            return self.wire.send(Message::PagesReady { lz4: false }).await;
         }
         let t = Instant::now();
         let warmed = blocking(move || Ok(hostmem::Warmed::touch(memory_bytes)?)).await?;
@@ -479,12 +481,13 @@ impl Incoming {
         })
         .await?;
         let rx = self.wire.demux.stream(TUNNEL_STREAM)?;
-        let tunnel = tunnel_connect(ps.addr(), self.wire.sink.clone(), rx).await?;
+        let codec = if lz4 { Codec::Lz4 } else { Codec::Plain };
+        let tunnel = tunnel_connect(ps.addr(), self.wire.sink.clone(), rx, codec).await?;
         self.announcer = Some(announce_when_frozen(&self.engine, self.name(), &tunnel));
         self.warm_release = Some(WarmRelease::start(warmed, &tunnel));
         self.page_server = Some(ps);
         self.tunnel = Some(tunnel);
-        self.wire.send(Message::PagesReady {}).await
+        self.wire.send(Message::PagesReady { lz4 }).await
     }
 
     async fn receive_images(
@@ -563,8 +566,12 @@ impl Incoming {
         let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr();
         let rx = self.wire.demux.stream(TUNNEL_STREAM)?;
-        self.tunnel =
-            Some(listener.bridge_with(self.wire.sink.clone(), rx, Hold::OnErrorOrEarlyEnd));
+        self.tunnel = Some(listener.bridge_with(
+            self.wire.sink.clone(),
+            rx,
+            Hold::OnErrorOrEarlyEnd,
+            Codec::Plain,
+        ));
         Ok(Some(addr))
     }
 

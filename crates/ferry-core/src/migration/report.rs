@@ -130,7 +130,11 @@ pub struct LayerOrigin {
 pub struct Bytes {
     pub layers: u64,
     pub fs: u64,
+    /// Memory pages moved (stop-and-copy: through the tunnel; post-copy: pulled).
     pub pages: u64,
+    /// What `pages` took on the wire: less when the tunnel's LZ4 paid; 0 when not measured.
+    #[serde(default)]
+    pub pages_on_wire: u64,
     pub images: u64,
 }
 

@@ -34,7 +34,7 @@ use crate::network;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::registry::Peers;
 use crate::peer::tls::HostIdentity;
-use crate::peer::tunnel::{tunnel_connect_with, tunnel_listen, Hold, Tunnel};
+use crate::peer::tunnel::{tunnel_connect_with, tunnel_listen, Codec, Hold, Tunnel};
 
 /// How long a reply may take when the peer sends no heartbeat either.
 pub(crate) const REPLY: Duration = Duration::from_secs(15);
@@ -428,13 +428,17 @@ impl Outgoing {
         self.step(Phase::Dump, "dump").await?;
         let (e, name) = (self.engine.clone(), self.cfg.name.clone());
         let memory_bytes = blocking(move || Ok(e.memory_usage(&name).unwrap_or(0))).await?;
-        self.wire()?
+        let lz4 = self
+            .wire()?
             .request(
-                Message::OpenPageSink { memory_bytes },
+                Message::OpenPageSink {
+                    memory_bytes,
+                    lz4: true,
+                },
                 "the destination's page server",
                 REPLY,
                 |m| match m {
-                    Message::PagesReady {} => Some(()),
+                    Message::PagesReady { lz4 } => Some(lz4),
                     _ => None,
                 },
             )
@@ -446,13 +450,16 @@ impl Outgoing {
         let tunnel_addr = listener.local_addr();
         let w = self.wire()?;
         let rx = w.demux.stream(TUNNEL_STREAM)?;
-        self.tunnel = Some(listener.bridge(w.sink.clone(), rx));
+        let codec = if lz4 { Codec::Lz4 } else { Codec::Plain };
+        self.tunnel = Some(listener.bridge(w.sink.clone(), rx, codec));
         let mut opts = self.checkpoint_opts()?;
         opts.page_server = Some(tunnel_addr);
         self.start_checkpoint(opts, None).await?;
         self.await_post_dump().await?;
-        let pages = self.tunnel.as_ref().map(|t| t.stats().to_peer).unwrap_or(0);
+        let carried = self.tunnel.as_ref().map(|t| t.stats()).unwrap_or_default();
+        let pages = carried.to_peer;
         self.report.bytes.pages = pages;
+        self.report.bytes.pages_on_wire = carried.to_peer_wire;
         let stats = ferry_proto::DumpStats {
             tunnel_bytes: pages,
             ..Default::default()
@@ -618,7 +625,8 @@ impl Outgoing {
         }
         let w = self.wire()?;
         let rx = w.demux.stream(TUNNEL_STREAM)?;
-        let tunnel = tunnel_connect_with(server, w.sink.clone(), rx, Hold::OnError).await?;
+        let tunnel =
+            tunnel_connect_with(server, w.sink.clone(), rx, Hold::OnError, Codec::Plain).await?;
         self.tunnel = Some(tunnel);
         self.wire()?
             .send(Message::DumpDone {

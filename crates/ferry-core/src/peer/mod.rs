@@ -28,7 +28,7 @@ pub use channel::{
 pub use handshake::{handshake_destination, handshake_source, LocalVersions};
 pub use registry::{PeerEntry, Peers};
 pub use tls::{ClusterCa, HostIdentity};
-pub use tunnel::{tunnel_connect, tunnel_listen, Tunnel, TunnelListener, TunnelStats};
+pub use tunnel::{tunnel_connect, tunnel_listen, Codec, Tunnel, TunnelListener, TunnelStats};
 
 use std::path::PathBuf;
 

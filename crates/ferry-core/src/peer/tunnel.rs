@@ -16,6 +16,11 @@
 //! CRIU's client speaks first, so the connecting end never has to hold data before the local
 //! client arrives.
 //!
+//! With [`Codec::Lz4`] (negotiated per migration) each frame's payload is tagged: the bytes as
+//! read, or an LZ4 block when that is smaller. Memory pages are often mostly zeroes or text;
+//! LZ4 runs at about 4.5 GB/s here even on random bytes, far under what the TLS channel costs
+//! per byte, so it is worth trying on every frame (measured in bench/).
+//!
 //! A held tunnel ([`Hold`]) (post-copy) never lets its local CRIU see the far side fail:
 //! when the peer or the link goes, it keeps the local connection open and reports the failure
 //! ([`Tunnel::broken`]); the local connection closes only when the owner aborts the tunnel. The
@@ -49,7 +54,24 @@ pub struct TunnelStats {
     pub to_peer: u64,
     /// Peer → local connection.
     pub from_peer: u64,
+    /// What `to_peer` took on the wire (less than `to_peer` when LZ4 paid).
+    pub to_peer_wire: u64,
 }
+
+/// How a tunnel's bytes travel in their frames (both directions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// As read.
+    Plain,
+    /// A tag byte, then the bytes as read ([`RAW`]), or [`LZ4`] with the length they
+    /// decompress to (u32, big-endian) and the block.
+    Lz4,
+}
+
+/// Tags of an [`Codec::Lz4`] payload.
+const RAW: u8 = 0;
+const LZ4: u8 = 1;
+const LZ4_HEADER: usize = 5;
 
 /// Shared view of a tunnel's byte counts.
 #[derive(Debug, Clone)]
@@ -69,6 +91,7 @@ impl TunnelCounters {
 struct Counters {
     to_peer: AtomicU64,
     from_peer: AtomicU64,
+    to_peer_wire: AtomicU64,
     /// When the first byte went to the peer (the first page of a dump).
     first_to_peer: OnceLock<Instant>,
     /// The local client closed its write side (it is done talking).
@@ -101,10 +124,7 @@ pub struct Tunnel {
 impl Tunnel {
     /// Bytes carried so far (e.g. to show lazy pages still flowing).
     pub fn stats(&self) -> TunnelStats {
-        TunnelStats {
-            to_peer: self.counters.to_peer.load(Ordering::Relaxed),
-            from_peer: self.counters.from_peer.load(Ordering::Relaxed),
-        }
+        self.counters.stats()
     }
 
     /// When the local client's first byte was read (for a dump: its first page bytes).
@@ -171,12 +191,18 @@ impl TunnelListener {
     }
 
     /// Accepts one local connection (in the background) and bridges it to `rx.id()`.
-    pub fn bridge(self, sink: FrameSink, rx: StreamReceiver) -> Tunnel {
-        self.bridge_with(sink, rx, Hold::Never)
+    pub fn bridge(self, sink: FrameSink, rx: StreamReceiver, codec: Codec) -> Tunnel {
+        self.bridge_with(sink, rx, Hold::Never, codec)
     }
 
     /// [`TunnelListener::bridge`], choosing what a failure of the far side does.
-    pub fn bridge_with(self, sink: FrameSink, rx: StreamReceiver, hold: Hold) -> Tunnel {
+    pub fn bridge_with(
+        self,
+        sink: FrameSink,
+        rx: StreamReceiver,
+        hold: Hold,
+        codec: Codec,
+    ) -> Tunnel {
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let task = tokio::spawn(async move {
@@ -187,7 +213,7 @@ impl TunnelListener {
                     "tunnel accepted a non-loopback client {from}"
                 ))));
             }
-            run(tcp, sink, rx, c, hold).await
+            run(tcp, sink, rx, c, hold, codec).await
         });
         Tunnel { counters, task }
     }
@@ -198,8 +224,9 @@ pub async fn tunnel_connect(
     target: SocketAddr,
     sink: FrameSink,
     rx: StreamReceiver,
+    codec: Codec,
 ) -> Result<Tunnel, PeerError> {
-    tunnel_connect_with(target, sink, rx, Hold::Never).await
+    tunnel_connect_with(target, sink, rx, Hold::Never, codec).await
 }
 
 /// [`tunnel_connect`], choosing what a failure of the far side does.
@@ -208,6 +235,7 @@ pub async fn tunnel_connect_with(
     sink: FrameSink,
     rx: StreamReceiver,
     hold: Hold,
+    codec: Codec,
 ) -> Result<Tunnel, PeerError> {
     let tcp = TcpStream::connect(target)
         .await
@@ -216,8 +244,18 @@ pub async fn tunnel_connect_with(
             source,
         })?;
     let counters = Arc::new(Counters::default());
-    let task = tokio::spawn(run(tcp, sink, rx, counters.clone(), hold));
+    let task = tokio::spawn(run(tcp, sink, rx, counters.clone(), hold, codec));
     Ok(Tunnel { counters, task })
+}
+
+impl Counters {
+    fn stats(&self) -> TunnelStats {
+        TunnelStats {
+            to_peer: self.to_peer.load(Ordering::Relaxed),
+            from_peer: self.from_peer.load(Ordering::Relaxed),
+            to_peer_wire: self.to_peer_wire.load(Ordering::Relaxed),
+        }
+    }
 }
 
 async fn run(
@@ -226,13 +264,14 @@ async fn run(
     rx: StreamReceiver,
     c: Arc<Counters>,
     hold: Hold,
+    codec: Codec,
 ) -> Result<TunnelStats, PeerError> {
     tcp.set_nodelay(true).map_err(PeerError::Net)?;
     let stream = rx.id();
     let (mut r, mut w) = tcp.into_split();
     let carried = tokio::try_join!(
-        local_to_peer(&mut r, &sink, stream, &c),
-        peer_to_local(rx, &mut w, &c, hold)
+        local_to_peer(&mut r, &sink, stream, &c, codec),
+        peer_to_local(rx, &mut w, &c, hold, codec)
     );
     if let Err(e) = carried {
         if hold == Hold::Never {
@@ -243,10 +282,85 @@ async fn run(
         tracing::warn!(error = %e, "tunnel broken; holding the local connection for the owner");
         std::future::pending::<()>().await;
     }
-    Ok(TunnelStats {
-        to_peer: c.to_peer.load(Ordering::Relaxed),
-        from_peer: c.from_peer.load(Ordering::Relaxed),
-    })
+    Ok(c.stats())
+}
+
+/// Frames what is read from the local connection, compressed where that pays.
+struct Encoder {
+    codec: Codec,
+    /// What is read; with [`Codec::Lz4`] after a one-byte slot for the [`RAW`] tag.
+    buf: Vec<u8>,
+    /// Tag, length and LZ4 block.
+    packed: Vec<u8>,
+}
+
+impl Encoder {
+    fn new(codec: Codec) -> Encoder {
+        let packed = match codec {
+            Codec::Plain => Vec::new(),
+            Codec::Lz4 => vec![0u8; LZ4_HEADER + lz4_flex::block::get_maximum_output_size(CHUNK)],
+        };
+        Encoder {
+            codec,
+            buf: vec![0u8; CHUNK],
+            packed,
+        }
+    }
+
+    /// Where the next read goes.
+    fn space(&mut self) -> &mut [u8] {
+        match self.codec {
+            Codec::Plain => &mut self.buf,
+            Codec::Lz4 => &mut self.buf[1..],
+        }
+    }
+
+    /// The payload for the `n` bytes just read.
+    fn payload(&mut self, n: usize) -> &[u8] {
+        match self.codec {
+            Codec::Plain => &self.buf[..n],
+            Codec::Lz4 => {
+                let read = &self.buf[1..=n];
+                if let Ok(k) = lz4_flex::block::compress_into(read, &mut self.packed[LZ4_HEADER..])
+                {
+                    if LZ4_HEADER + k < 1 + n {
+                        self.packed[0] = LZ4;
+                        self.packed[1..LZ4_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+                        return &self.packed[..LZ4_HEADER + k];
+                    }
+                }
+                self.buf[0] = RAW;
+                &self.buf[..=n]
+            }
+        }
+    }
+}
+
+/// The bytes a tagged payload stands for. A peer's bad payload is refused, never trusted:
+/// the length it claims is bounded by the frame size and must be what the block yields.
+fn decode<'a>(
+    payload: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+    stream: u32,
+) -> Result<&'a [u8], PeerError> {
+    let bad = |reason: String| PeerError::StreamCheck { stream, reason };
+    match payload.split_first() {
+        Some((&RAW, bytes)) => Ok(bytes),
+        Some((&LZ4, rest)) if rest.len() >= LZ4_HEADER - 1 => {
+            let (len, block) = rest.split_at(LZ4_HEADER - 1);
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if len > CHUNK {
+                return Err(bad(format!("compressed frame claims {len} bytes")));
+            }
+            scratch.resize(len, 0);
+            match lz4_flex::block::decompress_into(block, scratch) {
+                Ok(got) if got == len => Ok(&scratch[..len]),
+                Ok(got) => Err(bad(format!("compressed frame gave {got} bytes, not {len}"))),
+                Err(e) => Err(bad(format!("bad compressed frame: {e}"))),
+            }
+        }
+        _ => Err(bad("tunnel frame without a valid tag".into())),
+    }
 }
 
 async fn local_to_peer(
@@ -254,12 +368,13 @@ async fn local_to_peer(
     sink: &FrameSink,
     stream: u32,
     c: &Counters,
+    codec: Codec,
 ) -> Result<(), PeerError> {
-    let mut buf = vec![0u8; CHUNK];
+    let mut enc = Encoder::new(codec);
     let mut total = 0u64;
     loop {
         let n = r
-            .read(&mut buf)
+            .read(enc.space())
             .await
             .map_err(|source| PeerError::StreamIo { stream, source })?;
         if n == 0 {
@@ -276,9 +391,12 @@ async fn local_to_peer(
                 .await;
         }
         c.first_to_peer.get_or_init(Instant::now);
-        sink.send_data(stream, &buf[..n]).await?;
+        let payload = enc.payload(n);
+        sink.send_data(stream, payload).await?;
         total += n as u64;
         c.to_peer.fetch_add(n as u64, Ordering::Relaxed);
+        c.to_peer_wire
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -287,17 +405,23 @@ async fn peer_to_local(
     w: &mut OwnedWriteHalf,
     c: &Counters,
     hold: Hold,
+    codec: Codec,
 ) -> Result<(), PeerError> {
     let stream = rx.id();
     let mut total = 0u64;
+    let mut scratch = Vec::new();
     loop {
         let item = rx.recv().await.map_err(|_| PeerError::StreamCheck {
             stream,
             reason: format!("connection ended after {total} tunnel bytes"),
         })?;
         match item {
-            StreamItem::Data(bytes) => {
-                w.write_all(&bytes)
+            StreamItem::Data(payload) => {
+                let bytes = match codec {
+                    Codec::Plain => &payload[..],
+                    Codec::Lz4 => decode(&payload, &mut scratch, stream)?,
+                };
+                w.write_all(bytes)
                     .await
                     .map_err(|source| PeerError::StreamIo { stream, source })?;
                 total += bytes.len() as u64;
@@ -325,5 +449,57 @@ async fn peer_to_local(
                     .map_err(|source| PeerError::StreamIo { stream, source });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = Encoder::new(Codec::Lz4);
+        enc.space()[..bytes.len()].copy_from_slice(bytes);
+        enc.payload(bytes.len()).to_vec()
+    }
+
+    #[test]
+    fn payloads_decode_to_what_was_read() {
+        let zeros = vec![0u8; 300_000];
+        let packed = encode(&zeros);
+        assert_eq!(packed[0], LZ4);
+        assert!(packed.len() < 2_000, "{}", packed.len());
+        let mut scratch = Vec::new();
+        assert_eq!(decode(&packed, &mut scratch, 1).unwrap(), &zeros[..]);
+
+        // Too short to shrink: sent as read, behind its tag.
+        let packed = encode(b"ab");
+        assert_eq!(packed, [RAW, b'a', b'b']);
+        assert_eq!(decode(&packed, &mut scratch, 1).unwrap(), b"ab");
+    }
+
+    #[test]
+    fn a_peers_bad_payload_is_refused() {
+        let mut scratch = Vec::new();
+        let mut bad = |p: &[u8]| decode(p, &mut scratch, 1).unwrap_err().to_string();
+        assert!(bad(&[]).contains("without a valid tag"));
+        assert!(bad(&[7, 1, 2]).contains("without a valid tag"));
+        assert!(bad(&[LZ4, 0, 0]).contains("without a valid tag"));
+        // A length beyond one frame is never allocated.
+        let huge = [&[LZ4][..], &u32::MAX.to_be_bytes()[..], &[0u8; 4]].concat();
+        assert!(
+            bad(&huge).contains("claims 4294967295 bytes"),
+            "{}",
+            bad(&huge)
+        );
+        // A block that does not yield the length it claims.
+        let mut packed = encode(&[0u8; 100_000]);
+        packed[1..LZ4_HEADER].copy_from_slice(&200_000u32.to_be_bytes());
+        assert!(bad(&packed).contains("not 200000"), "{}", bad(&packed));
+        let garbage = [&[LZ4][..], &100u32.to_be_bytes()[..], &[0xff; 8]].concat();
+        assert!(
+            bad(&garbage).contains("bad compressed frame"),
+            "{}",
+            bad(&garbage)
+        );
     }
 }

@@ -103,8 +103,14 @@ fn happy_path(mode: MigrationMode) -> Vec<(Side, Message)> {
         (S, blob(BLOB_C, 18)),
         (S, fs(1, FsTarget::Upper, 19)),
         (S, fs(1, FsTarget::Volume("data".into()), 20)),
-        (S, Message::OpenPageSink { memory_bytes: 0 }),
-        (D, Message::PagesReady {}),
+        (
+            S,
+            Message::OpenPageSink {
+                memory_bytes: 0,
+                lz4: false,
+            },
+        ),
+        (D, Message::PagesReady { lz4: false }),
         (
             S,
             Message::DumpDone {
@@ -276,8 +282,11 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
         },
         blob(pending_blob, 901),
         fs(1, FsTarget::Volume("logs".into()), 902),
-        Message::OpenPageSink { memory_bytes: 0 },
-        Message::PagesReady {},
+        Message::OpenPageSink {
+            memory_bytes: 0,
+            lz4: false,
+        },
+        Message::PagesReady { lz4: false },
         Message::DumpDone {
             stats: DumpStats::default(),
         },
@@ -446,8 +455,11 @@ fn content_rules() {
     })
     .unwrap();
     assert_eq!(r.state(), State::TransferringBlobs);
-    r.on_message(&Message::OpenPageSink { memory_bytes: 0 })
-        .unwrap();
+    r.on_message(&Message::OpenPageSink {
+        memory_bytes: 0,
+        lz4: false,
+    })
+    .unwrap();
 
     let (mut s, _) = at(State::TransferringBlobs);
     assert!(
@@ -455,10 +467,10 @@ fn content_rules() {
         "not asked for"
     );
     assert!(
-        invalid(
-            s.clone()
-                .on_send(&Message::OpenPageSink { memory_bytes: 0 })
-        ),
+        invalid(s.clone().on_send(&Message::OpenPageSink {
+            memory_bytes: 0,
+            lz4: false,
+        })),
         "blobs pending"
     );
     assert!(
