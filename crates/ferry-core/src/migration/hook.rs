@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::record::Stage;
+use crate::runtime::freezer::Freezer;
 
 pub const HOOK_SOCKET_ENV: &str = "FERRY_HOOK_SOCKET";
 pub const HOOK_RECORD_ENV: &str = "FERRY_HOOK_RECORD";
@@ -62,6 +63,9 @@ pub struct HookEvent {
     pub at: Instant,
 }
 
+/// How long the hook's own freeze may take before it leaves the freezing to CRIU.
+const PRE_DUMP_FREEZE: Duration = Duration::from_secs(2);
+
 /// The migration's side: listens for the hook and answers it.
 pub struct HookServer {
     path: PathBuf,
@@ -72,6 +76,15 @@ pub struct HookServer {
 
 impl HookServer {
     pub fn bind(path: &Path) -> Result<Self, HookError> {
+        Self::bind_freezing(path, None)
+    }
+
+    /// [`HookServer::bind`]; at CRIU's `pre-dump` (which runs just before CRIU freezes the
+    /// container) the hook freezes `freezer` itself first. CRIU's own cgroup-v1 freeze looks
+    /// at the state every 100 ms and, seeing FREEZING at first, costs the frozen window 100 ms;
+    /// a cgroup already FROZEN it takes as it is. If this freeze fails, CRIU freezes as usual.
+    /// A dump that fails then leaves the cgroup frozen: the rollback thaws it (and checks).
+    pub fn bind_freezing(path: &Path, freezer: Option<Freezer>) -> Result<Self, HookError> {
         let _ = std::fs::remove_file(path);
         let io_err = |source| HookError::Io {
             path: path.to_owned(),
@@ -80,7 +93,7 @@ impl HookServer {
         let listener = UnixListener::bind(path).map_err(io_err)?;
         let (ev_tx, events) = mpsc::channel();
         let (verdict_tx, verdict_rx) = mpsc::channel::<bool>();
-        std::thread::spawn(move || serve(&listener, &ev_tx, &verdict_rx));
+        std::thread::spawn(move || serve(&listener, &ev_tx, &verdict_rx, freezer.as_ref()));
         Ok(HookServer {
             path: path.to_owned(),
             events,
@@ -168,6 +181,7 @@ fn serve(
     listener: &UnixListener,
     events: &mpsc::Sender<HookEvent>,
     verdict: &mpsc::Receiver<bool>,
+    freezer: Option<&Freezer>,
 ) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
@@ -177,6 +191,13 @@ fn serve(
         }
         let action = line.trim().to_owned();
         let at = Instant::now();
+        if action == "pre-dump" {
+            if let Some(f) = freezer {
+                if let Err(e) = f.freeze(PRE_DUMP_FREEZE) {
+                    tracing::warn!(error = %e, "freezing at pre-dump; CRIU freezes instead");
+                }
+            }
+        }
         if events
             .send(HookEvent {
                 action: action.clone(),
@@ -303,5 +324,33 @@ mod tests {
             .wait_for("post-dump", Duration::from_secs(5), || false)
             .unwrap_err();
         assert!(matches!(e, HookError::Ended(_)));
+    }
+
+    #[test]
+    fn pre_dump_freezes_the_container_before_criu_would() {
+        let root = Path::new(crate::runtime::freezer::FREEZER_ROOT);
+        if !root.exists() {
+            eprintln!("SKIPPED: no cgroup-v1 freezer at {}", root.display());
+            return;
+        }
+        let cg = root.join(format!("ferry-hook-test-{}", std::process::id()));
+        std::fs::create_dir(&cg).unwrap();
+        let mut task = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(cg.join("tasks"), task.id().to_string()).unwrap();
+        let freezer = Freezer::at(&cg);
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("hook.sock");
+        let srv = HookServer::bind_freezing(&sock, Some(freezer.clone())).unwrap();
+        assert_eq!(client(&sock, "pre-dump").join().unwrap(), "ok");
+        let state = freezer.state().unwrap();
+        freezer.thaw(Duration::from_secs(5)).unwrap();
+        drop(srv);
+        let _ = task.kill();
+        let _ = task.wait();
+        let _ = std::fs::remove_dir(&cg);
+        assert_eq!(state, crate::runtime::freezer::FreezerState::Frozen);
     }
 }

@@ -35,6 +35,7 @@ use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::registry::Peers;
 use crate::peer::tls::HostIdentity;
 use crate::peer::tunnel::{tunnel_connect_with, tunnel_listen, Codec, Hold, Tunnel};
+use crate::runtime::freezer::Freezer;
 
 /// How long a reply may take when the peer sends no heartbeat either.
 pub(crate) const REPLY: Duration = Duration::from_secs(15);
@@ -541,7 +542,8 @@ impl Outgoing {
     ) -> Result<(), MigrationError> {
         let work = self.work.path().to_owned();
         let hook_path = work.join("hook.sock");
-        let hook = HookServer::bind(&hook_path)?;
+        let freezer = Freezer::for_container(&self.engine.config().cgroup_parent, &self.cfg.id);
+        let hook = HookServer::bind_freezing(&hook_path, freezer.exists().then_some(freezer))?;
         if self.mode == MigrationMode::PostCopy {
             // CRIU runs `post-dump` before it starts serving the lazy pages, so nothing can be
             // held there: the rollback point is the lazy server itself (see `drain`).

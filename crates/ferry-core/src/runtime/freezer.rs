@@ -141,6 +141,8 @@ impl Freezer {
 
     fn set_and_wait(&self, wanted: FreezerState, timeout: Duration) -> Result<(), FreezerError> {
         let start = Instant::now();
+        // A freeze usually settles within a few milliseconds: look again soon, then back off.
+        let mut pause = Duration::from_millis(1);
         loop {
             // Written again on every round: a FREEZING cgroup retries the tasks it missed.
             self.write_state(wanted)?;
@@ -157,7 +159,8 @@ impl Freezer {
                     cause: self.stuck_cause(),
                 });
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(POLL);
         }
     }
 
