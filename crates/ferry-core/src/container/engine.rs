@@ -467,7 +467,7 @@ impl Engine {
         }
         mounts.extend(self.podman_shm_bind(cfg)?);
         let (uid, gid) = spec::resolve_user(&rootfs.merged, &cfg.user)?;
-        let criu_conf = crate::migration::hook::write_criu_config(&dir, &self.cfg.shim_exe)
+        let criu_conf = crate::criu::write_criu_config(&dir, &self.cfg.shim_exe)
             .map_err(|e| ContainerError::io(&dir, e))?;
         let netns_path = self.cfg.paths.netns(&cfg.id);
         let input = SpecInput {

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Errors CRIU logs on every run on a host without CAP_SYS_RESOURCE; they never explain a failure.
-const HARMLESS_ERRORS: &[&str] = &["rlimit: Can't setup RLIMIT_NOFILE"];
+/// Errors CRIU logs on every run on a host without CAP_SYS_RESOURCE (it cannot raise its own
+/// rlimits); they never explain a failure.
+const HARMLESS_ERRORS: &[&str] = &["rlimit: Can't setup RLIMIT_"];
 
 /// Where a CRIU log is and its first real error line, shown with every checkpoint/restore error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,24 @@ pub fn explain_log(log_path: &Path) -> CriuLogExcerpt {
         log_path: log_path.to_owned(),
         first_error,
     }
+}
+
+/// The last `keep` real error lines of a CRIU log (timestamps stripped, oldest first), for a
+/// message that lists them. Empty when the log is missing or has none.
+pub fn error_lines(log_path: &Path, keep: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(log_path) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let errors: Vec<&str> = text
+        .lines()
+        .map(strip_timestamp)
+        .filter(|l| is_real_error(l))
+        .collect();
+    errors[errors.len().saturating_sub(keep)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
 }
 
 /// CRIU prefixes lines with "(SS.uuuuuu) " at verbosity 4 and above.

@@ -5,6 +5,7 @@
 //! Checkpoint and restore themselves go through runc (see `runtime`); this module covers what
 //! runc has no verb for.
 
+mod config;
 mod cpuinfo;
 mod features;
 mod image;
@@ -19,13 +20,14 @@ mod version;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
+pub use config::{write_criu_config, CRIU_CONF, HOOK_SCRIPT, HOOK_SOCKET_ENV};
 pub use cpuinfo::{cpuinfo_check, cpuinfo_dump};
 pub use features::{probe, require, Capabilities, Feature, MissingFeature};
 pub use image::{
     read_image_entries, write_image_entries, ImageMagic, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC,
     STATS_MAGIC,
 };
-pub use log::{explain_log, lazy_bytes_in_dump_log, CriuLogExcerpt};
+pub use log::{error_lines, explain_log, lazy_bytes_in_dump_log, CriuLogExcerpt};
 pub use server::{free_loopback_port, LazyPagesDaemon, LazyTransfer, PageServer, ReadySignal};
 pub use stats::{read_dump_stats, read_restore_stats, DumpStats, RestoreStats};
 pub use version::{require_supported_version, version, CriuVersion};

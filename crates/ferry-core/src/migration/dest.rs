@@ -29,6 +29,7 @@ use crate::image::Digest;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::tls::HostIdentity;
 use crate::peer::tunnel::{tunnel_connect, tunnel_listen, Codec, Hold, Tunnel};
+use tracing::Instrument;
 
 /// How long the source may stay silent (no message, no heartbeat, no page bytes).
 const IDLE: Duration = Duration::from_secs(15);
@@ -71,6 +72,17 @@ pub async fn serve_incoming(
     conn: PeerConn,
     remote: String,
 ) {
+    // The span is entered at each poll, never held across an await.
+    let span = tracing::info_span!("incoming", peer = %remote);
+    serve(engine, identity, conn, remote).instrument(span).await;
+}
+
+async fn serve(
+    engine: Arc<Engine>,
+    identity: Option<Arc<HostIdentity>>,
+    conn: PeerConn,
+    remote: String,
+) {
     let (sink, source) = conn.split();
     let (demux, control) = Demux::spawn(source);
     let mut wire = Wire::new(
@@ -79,8 +91,6 @@ pub async fn serve_incoming(
         control,
         Machine::Receiver(ReceiverMachine::new()),
     );
-    let span = tracing::info_span!("incoming", peer = %remote);
-    let _g = span.enter();
     // Read past the machine: a `Hello` goes to the handshake, which checks it there.
     let first = super::wire::within("the first message", IDLE, async {
         Ok(wire.control.recv().await?)

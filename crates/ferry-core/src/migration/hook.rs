@@ -21,10 +21,8 @@ use std::time::{Duration, Instant};
 use super::record::Stage;
 use crate::runtime::freezer::Freezer;
 
-pub const HOOK_SOCKET_ENV: &str = "FERRY_HOOK_SOCKET";
+pub use crate::criu::HOOK_SOCKET_ENV;
 pub const HOOK_RECORD_ENV: &str = "FERRY_HOOK_RECORD";
-pub const HOOK_SCRIPT: &str = "criu-hook.sh";
-pub const CRIU_CONF: &str = "criu.conf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -38,22 +36,6 @@ pub enum HookError {
     Timeout { action: String, waited: Duration },
     #[error("the checkpoint ended before reaching {0}")]
     Ended(String),
-}
-
-/// Writes the container's CRIU config (named by the `org.criu.config` annotation) and the
-/// action script it points to.
-pub fn write_criu_config(ctr_dir: &Path, ferryd: &Path) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let script = ctr_dir.join(HOOK_SCRIPT);
-    let body = format!(
-        "#!/bin/sh\n# Written by ferryd: reports CRIU actions to a migration in progress.\n[ -n \"${HOOK_SOCKET_ENV}\" ] || exit 0\nexec '{}' criu-hook\n",
-        ferryd.display()
-    );
-    std::fs::write(&script, body)?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    let conf = ctr_dir.join(CRIU_CONF);
-    std::fs::write(&conf, format!("action-script {}\n", script.display()))?;
-    Ok(conf)
 }
 
 /// One CRIU action reported by the hook, with the time it arrived.

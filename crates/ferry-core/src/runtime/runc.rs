@@ -150,23 +150,10 @@ impl RestoreOpts {
     }
 }
 
-/// CRIU logs this on every restore here (no CAP_SYS_RESOURCE to raise its own NOFILE limit);
-/// it is not the reason anything failed.
-const HARMLESS_CRIU_ERROR: &str = "rlimit: Can't setup RLIMIT_";
-
-/// The last error lines of a CRIU log (lines with `Error` in them, minus the harmless rlimit
-/// one), for error messages. Empty when the log is missing or has none.
+/// The last error lines of a CRIU log, for runc's error messages (one classifier for every
+/// CRIU log: [`crate::criu::error_lines`]).
 pub fn criu_log_errors(log: &Path) -> Vec<String> {
-    const KEEP: usize = 8;
-    let Ok(text) = std::fs::read_to_string(log) else {
-        return Vec::new();
-    };
-    let errors: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains("Error") && !l.contains(HARMLESS_CRIU_ERROR))
-        .map(|l| l.trim().to_owned())
-        .collect();
-    errors[errors.len().saturating_sub(KEEP)..].to_vec()
+    crate::criu::error_lines(log, 8)
 }
 
 /// runc for one ferry host.
@@ -503,7 +490,7 @@ mod tests {
         std::fs::write(&log, &text).unwrap();
         let errors = criu_log_errors(&log);
         assert_eq!(errors.len(), 8);
-        assert!(errors[7].ends_with("bad 9"));
+        assert_eq!(errors[7], "Error (criu/x.c:9): bad 9");
         let (few, _) = text.split_at(text.find("(00.02)").unwrap());
         std::fs::write(&log, few).unwrap();
         assert_eq!(criu_log_errors(&log).len(), 2, "rlimit line is left out");
