@@ -43,8 +43,14 @@ mod tests {
             format!("action-script {}\n", script.display())
         );
         let body = std::fs::read_to_string(&script).unwrap();
-        assert!(body.contains("[ -n \"$FERRY_HOOK_SOCKET\" ] || exit 0"), "{body}");
-        assert!(body.ends_with("exec '/usr/bin/ferryd' criu-hook\n"), "{body}");
+        assert!(
+            body.contains("[ -n \"$FERRY_HOOK_SOCKET\" ] || exit 0"),
+            "{body}"
+        );
+        assert!(
+            body.ends_with("exec '/usr/bin/ferryd' criu-hook\n"),
+            "{body}"
+        );
         let mode = std::fs::metadata(&script).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
     }

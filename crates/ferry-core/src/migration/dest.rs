@@ -358,7 +358,7 @@ impl Incoming {
         let mut need = Vec::new();
         for b in &image.blobs {
             let d = Digest::parse(&b.digest)
-                .map_err(|e| MigrationError::Internal(format!("bad digest {}: {e}", b.digest)))?;
+                .map_err(|e| MigrationError::BadPeerData(format!("digest {}: {e}", b.digest)))?;
             if !self.engine.images().has_blob(&d) {
                 need.push(b.digest.clone());
             }
@@ -398,12 +398,10 @@ impl Incoming {
         let _alive = self.wire.heartbeat("image");
         let e = self.engine.clone();
         let d = Digest::parse(&digest)
-            .map_err(|e| MigrationError::Internal(format!("bad digest {digest}: {e}")))?;
+            .map_err(|e| MigrationError::BadPeerData(format!("digest {digest}: {e}")))?;
         blocking(move || {
             let f = std::fs::File::open(&tmp).map_err(|e| MigrationError::io(&tmp, e))?;
-            e.images()
-                .write_blob(&d, std::io::BufReader::new(f))
-                .map_err(|err| MigrationError::Image(err.to_string()))?;
+            e.images().write_blob(&d, std::io::BufReader::new(f))?;
             Ok(())
         })
         .await?;
@@ -421,13 +419,10 @@ impl Incoming {
             .ok_or_else(|| MigrationError::Internal("no image offer".into()))?;
         let e = self.engine.clone();
         blocking(move || {
-            let d = Digest::parse(&offer.manifest)
-                .map_err(|err| MigrationError::Image(format!("bad manifest digest: {err}")))?;
-            e.images().register(&d, &offer.names).map_err(|err| {
-                MigrationError::Image(format!(
-                    "the destination could not assemble the image: {err}"
-                ))
+            let d = Digest::parse(&offer.manifest).map_err(|err| {
+                MigrationError::BadPeerData(format!("manifest digest {}: {err}", offer.manifest))
             })?;
+            e.images().register(&d, &offer.names)?;
             Ok(())
         })
         .await?;
@@ -447,8 +442,10 @@ impl Incoming {
         let summary: DiffSummary = summary
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| MigrationError::Internal(format!("bad filesystem summary: {e}")))?
-            .ok_or_else(|| MigrationError::Internal("filesystem stream without summary".into()))?;
+            .map_err(|e| MigrationError::BadPeerData(format!("filesystem summary: {e}")))?
+            .ok_or_else(|| {
+                MigrationError::BadPeerData("a filesystem stream without its summary".into())
+            })?;
         let tar = self.work.path().join("fs.tar");
         self.wire.recv_file(stream, &tar, compression).await?;
         let _alive = self.wire.heartbeat("fs");
@@ -774,9 +771,7 @@ impl Incoming {
             let e = self.engine.clone();
             let removed = blocking(move || {
                 if !e.images_in_use().contains(&img) {
-                    e.images()
-                        .remove(&img)
-                        .map_err(|err| MigrationError::Image(err.to_string()))?;
+                    e.images().remove(&img)?;
                 }
                 Ok(())
             })
@@ -901,7 +896,7 @@ fn fs_target(
         FsTarget::Volume(name) if cfg.volumes.iter().any(|v| &v.name == name) => {
             Ok(engine.paths().volume_data(name))
         }
-        FsTarget::Volume(name) => Err(MigrationError::Internal(format!(
+        FsTarget::Volume(name) => Err(MigrationError::BadPeerData(format!(
             "volume {name} is not one of the container's volumes"
         ))),
     }

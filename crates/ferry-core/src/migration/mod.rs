@@ -112,7 +112,11 @@ pub enum MigrationError {
     #[error("{0}")]
     Unsupported(String),
     #[error("image: {0}")]
-    Image(String),
+    Image(#[from] crate::image::ImageError),
+    /// The peer sent something this side cannot use (a bad digest, summary or target): the
+    /// peer's fault, named as such.
+    #[error("the peer sent bad data: {0}")]
+    BadPeerData(String),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

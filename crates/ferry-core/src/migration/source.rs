@@ -365,7 +365,7 @@ impl Outgoing {
                 .find(|(d, _)| &d.to_string() == digest)
                 .cloned()
                 .ok_or_else(|| {
-                    MigrationError::Internal(format!("{digest} was asked for but not offered"))
+                    MigrationError::BadPeerData(format!("{digest} was asked for but not offered"))
                 })?;
             let path = self.engine.images().blob_path(&d);
             let w = self.wire()?;
