@@ -187,7 +187,8 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         .context("opening the engine")?;
     let engine = Arc::new(engine);
     let criu = tokio::task::spawn_blocking(|| match ferry_core::criu::probe() {
-        Ok(caps) => serde_json::to_value(caps).unwrap_or_default(),
+        // Kept: migrations ask it instead of running `criu check` again.
+        Ok(caps) => serde_json::to_value(ferry_core::criu::remember(caps)).unwrap_or_default(),
         Err(e) => serde_json::json!({ "error": e.to_string() }),
     })
     .await?;

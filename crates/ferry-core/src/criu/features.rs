@@ -210,8 +210,21 @@ pub fn probe() -> Result<Capabilities, CriuError> {
     })
 }
 
-/// Checks just `needed` on this host and refuses with a plain explanation if any is missing.
+/// What the daemon probed at its start ([`remember`]).
+static PROBED: std::sync::OnceLock<Capabilities> = std::sync::OnceLock::new();
+
+/// Keeps the capabilities ferryd probed at start, so that each operation's [`require`] answers
+/// from them instead of running `criu check` again. The first call wins.
+pub fn remember(caps: Capabilities) -> &'static Capabilities {
+    PROBED.get_or_init(|| caps)
+}
+
+/// Checks just `needed` on this host and refuses with a plain explanation if any is missing:
+/// from what ferryd probed at start when it did, else by asking CRIU now.
 pub fn require(needed: &[Feature]) -> Result<(), CriuError> {
+    if let Some(caps) = PROBED.get() {
+        return caps.require(needed);
+    }
     let mut missing = Vec::new();
     for &feature in needed {
         if let Some(reason) = check_feature(feature)? {
@@ -354,6 +367,13 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("userfaultfd"), "{err}");
+        require(&[Feature::LazyPages, Feature::Uffd]).unwrap();
+
+        // Once ferryd remembers its probe, `require` answers from it, the same way.
+        let kept = remember(caps.clone());
+        assert_eq!(kept, &caps);
+        let cached = require(&[Feature::Uffd, Feature::MemDirtyTrack]).unwrap_err();
+        assert_eq!(cached.to_string(), err);
         require(&[Feature::LazyPages, Feature::Uffd]).unwrap();
     }
 }

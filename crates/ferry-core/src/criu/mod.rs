@@ -22,7 +22,7 @@ use std::process::ExitStatus;
 
 pub use config::{write_criu_config, CRIU_CONF, HOOK_SCRIPT, HOOK_SOCKET_ENV};
 pub use cpuinfo::{cpuinfo_check, cpuinfo_dump};
-pub use features::{probe, require, Capabilities, Feature, MissingFeature};
+pub use features::{probe, remember, require, Capabilities, Feature, MissingFeature};
 pub use image::{
     read_image_entries, write_image_entries, ImageMagic, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC,
     STATS_MAGIC,
