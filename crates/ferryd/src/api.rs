@@ -14,7 +14,7 @@ use ferry_core::api::*;
 use ferry_core::container::checkpoint::{
     CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
 };
-use ferry_core::container::{ContainerRecord, Engine};
+use ferry_core::container::{ContainerRecord, Engine, RunReply};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -205,9 +205,32 @@ async fn containers_list(State(s): S) -> ApiResult<Json<Vec<ContainerRecord>>> {
 async fn containers_run(
     State(s): S,
     ApiJson(req): ApiJson<RunRequest>,
-) -> ApiResult<(StatusCode, Json<ContainerRecord>)> {
-    let rec = blocking(&s, move |e| Ok(e.run(&req)?)).await?;
-    Ok((StatusCode::CREATED, Json(rec)))
+) -> ApiResult<(StatusCode, Json<RunReply>)> {
+    // The peers are asked about `--ip` while the container starts: a slow peer costs `run`
+    // at most the question's timeout, and only a warning.
+    let asked = req.ip.as_deref().and_then(|ip| ip.parse().ok());
+    let check = tokio::spawn(crate::ipcheck::ask_peers(s.clone(), asked));
+    let rec = blocking(&s, move |e| Ok(e.run(&req)?)).await;
+    let record = match rec {
+        Ok(r) => r,
+        Err(e) => {
+            check.abort();
+            return Err(e);
+        }
+    };
+    let ip_check = check.await.unwrap_or_default();
+    let warnings: Vec<String> = ip_check.iter().filter_map(|r| r.warning()).collect();
+    for w in &warnings {
+        tracing::warn!(container = %record.config.name, "{w}");
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(RunReply {
+            record,
+            warnings,
+            ip_check,
+        }),
+    ))
 }
 
 async fn containers_inspect(

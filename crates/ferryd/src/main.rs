@@ -6,6 +6,7 @@ mod attach;
 mod error;
 mod events;
 mod exec;
+mod ipcheck;
 mod json;
 mod logs;
 mod registry;
@@ -82,6 +83,9 @@ pub struct DaemonArgs {
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
 }
+
+/// How long an authenticated peer may take to say what it wants (dest.rs allows the same).
+const FIRST_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
     let (ip, prefix) = s
@@ -220,14 +224,19 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                     // each): a silent client never holds up the next peer.
                     match listener.accept().await {
                         Ok((conn, remote)) => {
-                            tracing::info!(peer = %remote, "incoming migration");
-                            let engine = engine.clone();
-                            tokio::spawn(ferry_core::migration::dest::serve_incoming(
-                                engine,
-                                Some(me.clone()),
-                                conn,
-                                remote,
-                            ));
+                            let (engine, me) = (engine.clone(), me.clone());
+                            tokio::spawn(async move {
+                                // A short question (`run --ip` on a peer) is answered here;
+                                // anything else is a migration or a verdict inquiry.
+                                let Some(conn) =
+                                    ferry_core::peer::query::answer_if_asked(&engine, conn, FIRST_MESSAGE_WAIT).await
+                                else {
+                                    return;
+                                };
+                                tracing::info!(peer = %remote, "incoming migration");
+                                ferry_core::migration::dest::serve_incoming(engine, Some(me), conn, remote)
+                                    .await
+                            });
                         }
                         Err(e) => tracing::warn!(error = %e, "refused a peer connection"),
                     }

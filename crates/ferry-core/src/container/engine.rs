@@ -237,6 +237,20 @@ impl Engine {
         lock(&self.containers).contains_key(name)
     }
 
+    /// What on this host holds `ip` (a peer's `IpQuery`): a container, arrived or arriving,
+    /// or the bridge; `None` when it is free here.
+    pub fn ip_user(&self, ip: Ipv4Addr) -> Option<String> {
+        if ip == self.cfg.bridge.address {
+            return Some(format!("the bridge {} of host {}", self.cfg.bridge.name, self.cfg.host_name));
+        }
+        let owner = lock(&self.ipam).owner_of(ip)?.to_owned();
+        let name = lock(&self.views)
+            .values()
+            .find(|r| r.config.id == owner)
+            .map(|r| r.config.name.clone());
+        Some(format!("container {}", name.unwrap_or(owner)))
+    }
+
     pub fn container_dir(&self, id: &(impl PathComponent<ContainerId> + ?Sized)) -> PathBuf {
         self.cfg.paths.container(id)
     }
