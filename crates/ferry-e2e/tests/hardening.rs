@@ -778,3 +778,75 @@ fn pages_tmpfs_is_unmounted_when_ferryd_stops() {
         pages.display()
     );
 }
+
+/// `run --ip` asks every known peer about the address: one that uses it is named in a warning
+/// (stderr and `--json`), and the container runs anyway. A peer that is down, or cut off, costs
+/// `run` at most the question's timeout, and the warning says the address was not checked.
+#[test]
+fn run_ip_warns_when_a_peer_uses_the_address() {
+    use ferry_e2e::lab::lab;
+    let mut t = lab();
+    t.import("host-a", "busybox");
+    t.import("host-b", "busybox");
+    let ip = "10.77.1.65";
+    t.ok(
+        "host-b",
+        &[
+            "run", "-d", "--name", "squatter", "--ip", ip, "busybox", "sleep", "3600",
+        ],
+    );
+    let run = |t: &ferry_e2e::lab::TestLab, name: &str, ip: &str| {
+        let t0 = Instant::now();
+        let out = t.ferry(
+            "host-a",
+            &[
+                "--json", "run", "-d", "--name", name, "--ip", ip, "busybox", "sleep", "3600",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "run --ip {ip}: {err}\n{}", t.logs_tail());
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (reply, err, t0.elapsed())
+    };
+
+    let (reply, err, _) = run(&t, "twin", ip);
+    assert!(
+        err.contains("warning") && err.contains("host-b") && err.contains(ip),
+        "the warning names the peer and the address: {err}"
+    );
+    assert!(err.contains("squatter"), "and what uses it there: {err}");
+    assert_eq!(reply["config"]["name"], "twin", "{reply}");
+    assert_eq!(reply["ip_check"][0]["peer"], "host-b", "{reply}");
+    assert_eq!(reply["ip_check"][0]["answer"], "in-use", "{reply}");
+    assert!(reply["warnings"][0].as_str().unwrap().contains("host-b"));
+    assert_eq!(t.status("host-a", "twin").as_deref(), Some("running"));
+    let log = std::fs::read_to_string(&t.lab.host("host-a").unwrap().log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.contains("host-b") && l.contains(ip)),
+        "ferryd logs the warning"
+    );
+
+    // A free address: no warning.
+    let (reply, err, _) = run(&t, "free", "10.77.1.66");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(reply["ip_check"][0]["answer"], "free", "{reply}");
+    assert!(reply.get("warnings").is_none(), "{reply}");
+
+    // host-b cut off: its SYNs go unanswered, so only the timeout ends the question.
+    t.link("host-b", false);
+    let (reply, err, took) = run(&t, "cut", "10.77.1.67");
+    t.link("host-b", true);
+    assert!(took < Duration::from_secs(6), "run waited {took:?} on a silent peer");
+    assert!(
+        err.contains("could not ask peer host-b") && err.contains("not checked"),
+        "{err}"
+    );
+    assert_eq!(reply["ip_check"][0]["answer"], "unknown", "{reply}");
+
+    // host-b's ferryd down: refused at once.
+    t.lab.kill_ferryd("host-b").unwrap();
+    let (_, err, took) = run(&t, "down", "10.77.1.68");
+    assert!(took < Duration::from_secs(6), "run waited {took:?} on a dead peer");
+    assert!(err.contains("could not ask peer host-b"), "{err}");
+    t.lab.start_ferryd("host-b").unwrap();
+}

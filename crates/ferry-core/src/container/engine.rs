@@ -698,7 +698,9 @@ impl Engine {
                 Ok(None) => true,
                 Err(_) => false,
             };
-            if stopped && (exit_file.exists() || passed()) {
+            // No container dir: an `rm -f` removed it, exit file and all.
+            let removed = || !self.container_dir(id).exists();
+            if stopped && (exit_file.exists() || passed() || removed()) {
                 return true;
             }
             if passed() {
@@ -752,7 +754,8 @@ impl Engine {
 
     pub fn remove(&self, name: &str, force: bool) -> Result<ContainerRecord, ContainerError> {
         let slot = self.slot(name)?;
-        let mut rec = lock(&slot);
+        // Another operation may hold it: bounded, and `force` kills first (see `busy`).
+        let mut rec = self.lock_for_remove(name, &slot, force, super::RM_WAIT)?;
         self.refresh(&mut rec);
         if rec.status == Status::Running && force {
             let _ = self.runc.kill(&rec.config.id, "SIGKILL", true);
@@ -766,7 +769,11 @@ impl Engine {
         }
         self.forget(&mut rec)?;
         self.remove_all_checkpoints(&rec.config.id);
-        Ok(rec.clone())
+        // A `stop` in its grace period holds this slot too: it must not record an exit of
+        // (and so recreate) a container that is gone.
+        let removed = rec.clone();
+        rec.status = Status::Stopped;
+        Ok(removed)
     }
 
     /// Removes every trace of a container from this host (used by rm and after migrating away).

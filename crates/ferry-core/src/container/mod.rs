@@ -1,5 +1,6 @@
 //! Containers on one host: configuration, lifecycle and persisted state.
 
+mod busy;
 mod cancel;
 pub mod checkpoint;
 mod config;
@@ -11,6 +12,7 @@ mod stats;
 mod store;
 mod volume;
 
+pub use busy::RM_WAIT;
 pub use cancel::{Cancel, CancelOnDrop, CANCELLED};
 pub use checkpoint::{RestoredImages, LAZY_PAGES_LOG};
 pub use config::{
