@@ -850,3 +850,79 @@ fn run_ip_warns_when_a_peer_uses_the_address() {
     assert!(err.contains("could not ask peer host-b"), "{err}");
     t.lab.start_ferryd("host-b").unwrap();
 }
+
+/// A `ferry` command started in the background on `h`.
+fn spawn_ferry(h: &Host, args: &[&str]) -> std::process::Child {
+    Command::new(bin("ferry"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `rm -f` of a container in a stop's grace period, or in the middle of a checkpoint, kills it
+/// and removes it at once (Docker's `rm -f`), leaving nothing, and the other operation ends.
+#[test]
+fn rm_force_of_a_busy_container_kills_and_removes_it() {
+    let h = Host::start();
+    h.import("busybox");
+    let before = state(&h);
+
+    // A stop waiting out its grace period: PID 1 ignores SIGTERM.
+    h.run_counter("slow", &[], 2);
+    let stop = spawn_ferry(&h, &["stop", "-t", "30", "slow"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let t = Instant::now();
+    h.ferry_ok(&["rm", "-f", "slow"]);
+    assert!(t.elapsed() < Duration::from_secs(10), "rm -f took {:?}", t.elapsed());
+    let t = Instant::now();
+    let out = stop.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the stop went on for {:?} after its container was removed",
+        t.elapsed()
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Nothing comes back once both have ended (the stop used to rewrite the record).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&h), before, "rm -f during a stop left something");
+    assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
+
+    // A checkpoint of a few hundred MiB (`tail` keeps a line with no end in memory).
+    h.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "big",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 400m /dev/zero | tail",
+    ]);
+    let ckpts = h.root().join("checkpoints");
+    // `head` fills the pipe at memory speed: a few seconds leave `tail` holding all of it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(h.inspect("big")["status"], "running");
+    let mut ckpt = spawn_ferry(&h, &["checkpoint", "big"]);
+    h.wait_for("the checkpoint to start", Duration::from_secs(20), || {
+        !names(&ckpts).is_empty()
+    });
+    assert!(ckpt.try_wait().unwrap().is_none(), "the checkpoint ended too soon for the test");
+    let t = Instant::now();
+    let out = h.ferry(&["rm", "-f", "big"]);
+    assert!(
+        out.status.success(),
+        "rm -f during a checkpoint: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "rm -f took {:?}", t.elapsed());
+    let _ = ckpt.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&h), before, "rm -f during a checkpoint left something");
+    assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
+    h.ferry_ok(&["image", "ls"]);
+}
