@@ -926,3 +926,71 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
     assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
     h.ferry_ok(&["image", "ls"]);
 }
+
+/// Feeds `fifo` one byte every 100 ms until its reader goes away (EPIPE) or 60 s pass.
+fn slow_feeder(fifo: PathBuf) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(&fifo) else {
+            return;
+        };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if w.write_all(b"\0").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Ctrl-C of `ferry image import` or `ferry restore --import` reading an endless, slow stream
+/// (a FIFO) closes the API connection: ferryd stops the import, leaves nothing behind, keeps
+/// serving, and the image store's lock is free.
+#[test]
+fn an_import_is_cancelled_when_its_client_goes_away() {
+    let h = Host::start();
+    h.import("busybox");
+    let staging = h.root().join("images/tmp");
+    let leftovers = || (state(&h), names(&staging));
+    let before = leftovers();
+    for (i, cmd) in [&["image", "import"][..], &["restore", "--import"]]
+        .into_iter()
+        .enumerate()
+    {
+        let fifo = h.dir.path().join(format!("endless-{i}"));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let feeder = slow_feeder(fifo.clone());
+        let mut args = cmd.to_vec();
+        args.push(fifo.to_str().unwrap());
+        let cli = spawn_ferry(&h, &args);
+        h.wait_for("the import to be under way", Duration::from_secs(20), || {
+            leftovers() != before
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The CLI dies (as on Ctrl-C: SIGKILL here, because a test run in the background
+        // inherits SIGINT ignored), which closes its API connection.
+        let mut cli = cli;
+        assert!(cli.try_wait().unwrap().is_none(), "ferry {cmd:?} ended by itself");
+        cli.kill().unwrap();
+        cli.wait().unwrap();
+        let t0 = Instant::now();
+        h.wait_for("the cancelled import to clean up", Duration::from_secs(10), || {
+            leftovers() == before
+        });
+        eprintln!("ferry {cmd:?}: cleaned up {:?} after its client died", t0.elapsed());
+        feeder.join().unwrap();
+        assert!(
+            h.ferryd_log().contains("cancelled"),
+            "ferryd says it cancelled: {}",
+            ferry_e2e::tail(&h.ferryd_log(), 20)
+        );
+        // Responsive, and the store's lock is free: another import goes through at once.
+        let t = Instant::now();
+        h.ferry_ok(&["ps", "-a"]);
+        h.import("busybox");
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        std::fs::remove_file(&fifo).unwrap();
+    }
+    assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
+}

@@ -14,7 +14,7 @@ use ferry_core::api::*;
 use ferry_core::container::checkpoint::{
     CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
 };
-use ferry_core::container::{ContainerRecord, Engine, RunReply};
+use ferry_core::container::{Cancel, ContainerRecord, Engine, RunReply};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -128,6 +128,10 @@ async fn images_import(
     State(s): S,
     ApiJson(req): ApiJson<ImportImageRequest>,
 ) -> ApiResult<Json<ImageSummary>> {
+    // The client going away (Ctrl-C) drops this future, and with it the guard: the import
+    // sees the flag, stops and cleans up.
+    let cancel = Cancel::new();
+    let guard = cancel.on_drop();
     let img = blocking(&s, move |e| {
         let path = std::path::PathBuf::from(&req.path);
         if !path.is_absolute() {
@@ -142,10 +146,22 @@ async fn images_import(
                 path.display()
             )));
         }
-        Ok(e.images().import(&path, req.name.as_deref())?)
+        let img = e.images().import_cancellable(
+            &path,
+            req.name.as_deref(),
+            ferry_core::image::IMPORT_DEADLINE,
+            &cancel,
+        );
+        if let Err(err) = &img {
+            if cancel.is_cancelled() {
+                tracing::info!(path = %path.display(), error = %err, "image import cancelled");
+            }
+        }
+        Ok(img?)
     })
-    .await?;
-    Ok(Json(image_summary(&img)))
+    .await;
+    guard.disarm();
+    Ok(Json(image_summary(&img?)))
 }
 
 async fn images_rm(State(s): S, Path(reference): Path<String>) -> ApiResult<Json<ImageSummary>> {
@@ -324,9 +340,19 @@ async fn restore_import(
     State(s): S,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Json<RestoreReport>> {
-    Ok(Json(
-        blocking(&s, move |e| Ok(e.restore(None, &req)?)).await?,
-    ))
+    // As for an image import: a client that goes away cancels the import.
+    let cancel = Cancel::new();
+    let guard = cancel.on_drop();
+    let report = blocking(&s, move |e| {
+        let r = e.restore_cancellable(None, &req, &cancel);
+        if let (Err(err), true) = (&r, cancel.is_cancelled()) {
+            tracing::info!(error = %err, "restore --import cancelled");
+        }
+        Ok(r?)
+    })
+    .await;
+    guard.disarm();
+    Ok(Json(report?))
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@ mod json;
 mod logs;
 mod registry;
 mod stats;
+mod sweep;
 mod volumes;
 
 use std::net::Ipv4Addr;
@@ -82,6 +83,12 @@ pub struct DaemonArgs {
     /// <root>/registries.json: {"insecure": ["HOST[:PORT]"]}.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
+    /// Seconds between sweeps of stale scratch dirs (tests shorten it).
+    #[arg(long, hide = true, default_value_t = sweep::SweepPolicy::default().every.as_secs())]
+    scratch_sweep_every: u64,
+    /// Seconds a scratch dir must have been untouched for a periodic sweep to remove it.
+    #[arg(long, hide = true, default_value_t = sweep::SweepPolicy::default().min_age.as_secs())]
+    scratch_min_age: u64,
 }
 
 /// How long an authenticated peer may take to say what it wants (dest.rs allows the same).
@@ -249,6 +256,17 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             None
         }
     };
+    // After recovery, which settles what interrupted migrations still need: the rest of the
+    // scratch a killed ferryd left goes now, and whatever goes stale later, periodically.
+    let paths = engine.paths().clone();
+    tokio::task::spawn_blocking(move || sweep::sweep(&paths, None)).await?;
+    sweep::spawn_periodic(
+        engine.paths().clone(),
+        sweep::SweepPolicy {
+            every: std::time::Duration::from_secs(args.scratch_sweep_every.max(1)),
+            min_age: std::time::Duration::from_secs(args.scratch_min_age),
+        },
+    );
     let engine_for_exit = engine.clone();
     let state = Arc::new(api::AppState {
         engine,

@@ -1,7 +1,7 @@
 //! Containers on one host: configuration, lifecycle and persisted state.
 
 mod busy;
-mod cancel;
+pub mod cancel;
 pub mod checkpoint;
 mod config;
 pub(crate) mod engine;
