@@ -804,7 +804,11 @@ fn run_ip_warns_when_a_peer_uses_the_address() {
             ],
         );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "run --ip {ip}: {err}\n{}", t.logs_tail());
+        assert!(
+            out.status.success(),
+            "run --ip {ip}: {err}\n{}",
+            t.logs_tail()
+        );
         let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (reply, err, t0.elapsed())
     };
@@ -822,7 +826,8 @@ fn run_ip_warns_when_a_peer_uses_the_address() {
     assert_eq!(t.status("host-a", "twin").as_deref(), Some("running"));
     let log = std::fs::read_to_string(&t.lab.host("host-a").unwrap().log).unwrap();
     assert!(
-        log.lines().any(|l| l.contains("WARN") && l.contains("host-b") && l.contains(ip)),
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("host-b") && l.contains(ip)),
         "ferryd logs the warning"
     );
 
@@ -836,7 +841,10 @@ fn run_ip_warns_when_a_peer_uses_the_address() {
     t.link("host-b", false);
     let (reply, err, took) = run(&t, "cut", "10.77.1.67");
     t.link("host-b", true);
-    assert!(took < Duration::from_secs(6), "run waited {took:?} on a silent peer");
+    assert!(
+        took < Duration::from_secs(6),
+        "run waited {took:?} on a silent peer"
+    );
     assert!(
         err.contains("could not ask peer host-b") && err.contains("not checked"),
         "{err}"
@@ -846,7 +854,10 @@ fn run_ip_warns_when_a_peer_uses_the_address() {
     // host-b's ferryd down: refused at once.
     t.lab.kill_ferryd("host-b").unwrap();
     let (_, err, took) = run(&t, "down", "10.77.1.68");
-    assert!(took < Duration::from_secs(6), "run waited {took:?} on a dead peer");
+    assert!(
+        took < Duration::from_secs(6),
+        "run waited {took:?} on a dead peer"
+    );
     assert!(err.contains("could not ask peer host-b"), "{err}");
     t.lab.start_ferryd("host-b").unwrap();
 }
@@ -878,7 +889,11 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
     std::thread::sleep(Duration::from_millis(800));
     let t = Instant::now();
     h.ferry_ok(&["rm", "-f", "slow"]);
-    assert!(t.elapsed() < Duration::from_secs(10), "rm -f took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "rm -f took {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     let out = stop.wait_with_output().unwrap();
     assert!(
@@ -886,7 +901,11 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
         "the stop went on for {:?} after its container was removed",
         t.elapsed()
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing comes back once both have ended (the stop used to rewrite the record).
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(state(&h), before, "rm -f during a stop left something");
@@ -911,7 +930,10 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
     h.wait_for("the checkpoint to start", Duration::from_secs(20), || {
         !names(&ckpts).is_empty()
     });
-    assert!(ckpt.try_wait().unwrap().is_none(), "the checkpoint ended too soon for the test");
+    assert!(
+        ckpt.try_wait().unwrap().is_none(),
+        "the checkpoint ended too soon for the test"
+    );
     let t = Instant::now();
     let out = h.ferry(&["rm", "-f", "big"]);
     assert!(
@@ -919,10 +941,18 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
         "rm -f during a checkpoint: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(t.elapsed() < Duration::from_secs(20), "rm -f took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "rm -f took {:?}",
+        t.elapsed()
+    );
     let _ = ckpt.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(state(&h), before, "rm -f during a checkpoint left something");
+    assert_eq!(
+        state(&h),
+        before,
+        "rm -f during a checkpoint left something"
+    );
     assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
     h.ferry_ok(&["image", "ls"]);
 }
@@ -964,21 +994,31 @@ fn an_import_is_cancelled_when_its_client_goes_away() {
         let mut args = cmd.to_vec();
         args.push(fifo.to_str().unwrap());
         let cli = spawn_ferry(&h, &args);
-        h.wait_for("the import to be under way", Duration::from_secs(20), || {
-            leftovers() != before
-        });
+        h.wait_for(
+            "the import to be under way",
+            Duration::from_secs(20),
+            || leftovers() != before,
+        );
         std::thread::sleep(Duration::from_millis(500));
         // The CLI dies (as on Ctrl-C: SIGKILL here, because a test run in the background
         // inherits SIGINT ignored), which closes its API connection.
         let mut cli = cli;
-        assert!(cli.try_wait().unwrap().is_none(), "ferry {cmd:?} ended by itself");
+        assert!(
+            cli.try_wait().unwrap().is_none(),
+            "ferry {cmd:?} ended by itself"
+        );
         cli.kill().unwrap();
         cli.wait().unwrap();
         let t0 = Instant::now();
-        h.wait_for("the cancelled import to clean up", Duration::from_secs(10), || {
-            leftovers() == before
-        });
-        eprintln!("ferry {cmd:?}: cleaned up {:?} after its client died", t0.elapsed());
+        h.wait_for(
+            "the cancelled import to clean up",
+            Duration::from_secs(10),
+            || leftovers() == before,
+        );
+        eprintln!(
+            "ferry {cmd:?}: cleaned up {:?} after its client died",
+            t0.elapsed()
+        );
         feeder.join().unwrap();
         assert!(
             h.ferryd_log().contains("cancelled"),

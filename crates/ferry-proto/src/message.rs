@@ -411,7 +411,14 @@ mod tests {
         let free: Message =
             serde_json::from_str(r#"{"type":"ip_status","ip":"10.77.1.64","in_use":false}"#)
                 .unwrap();
-        assert!(matches!(free, Message::IpStatus { in_use: false, user: None, .. }));
+        assert!(matches!(
+            free,
+            Message::IpStatus {
+                in_use: false,
+                user: None,
+                ..
+            }
+        ));
 
         let m: Message = serde_json::from_str(r#"{"type":"commit"}"#).unwrap();
         assert_eq!(m, Message::Commit {});

@@ -84,10 +84,10 @@ pub struct DaemonArgs {
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
     /// Seconds between sweeps of stale scratch dirs (tests shorten it).
-    #[arg(long, hide = true, default_value_t = sweep::SweepPolicy::default().every.as_secs())]
+    #[arg(long, hide = true, env = "FERRY_SCRATCH_SWEEP_EVERY", default_value_t = sweep::SweepPolicy::default().every.as_secs())]
     scratch_sweep_every: u64,
     /// Seconds a scratch dir must have been untouched for a periodic sweep to remove it.
-    #[arg(long, hide = true, default_value_t = sweep::SweepPolicy::default().min_age.as_secs())]
+    #[arg(long, hide = true, env = "FERRY_SCRATCH_MIN_AGE", default_value_t = sweep::SweepPolicy::default().min_age.as_secs())]
     scratch_min_age: u64,
 }
 
@@ -235,14 +235,23 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                             tokio::spawn(async move {
                                 // A short question (`run --ip` on a peer) is answered here;
                                 // anything else is a migration or a verdict inquiry.
-                                let Some(conn) =
-                                    ferry_core::peer::query::answer_if_asked(&engine, conn, FIRST_MESSAGE_WAIT).await
+                                let Some(conn) = ferry_core::peer::query::answer_if_asked(
+                                    &engine,
+                                    conn,
+                                    FIRST_MESSAGE_WAIT,
+                                )
+                                .await
                                 else {
                                     return;
                                 };
                                 tracing::info!(peer = %remote, "incoming migration");
-                                ferry_core::migration::dest::serve_incoming(engine, Some(me), conn, remote)
-                                    .await
+                                ferry_core::migration::dest::serve_incoming(
+                                    engine,
+                                    Some(me),
+                                    conn,
+                                    remote,
+                                )
+                                .await
                             });
                         }
                         Err(e) => tracing::warn!(error = %e, "refused a peer connection"),

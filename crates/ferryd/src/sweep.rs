@@ -53,7 +53,10 @@ pub fn sweep(paths: &HostPaths, min_age: Option<Duration>) -> Vec<PathBuf> {
     let candidates = scratch_dirs(&paths.tmp(), &TMP_PREFIXES)
         .into_iter()
         .chain(scratch_dirs(&paths.page_scratch(), &["incoming-"]))
-        .chain(scratch_dirs(&paths.images().join("tmp"), &IMAGE_TMP_PREFIXES));
+        .chain(scratch_dirs(
+            &paths.images().join("tmp"),
+            &IMAGE_TMP_PREFIXES,
+        ));
     let mut open: Option<Vec<PathBuf>> = None;
     let mut removed = Vec::new();
     for dir in candidates {
@@ -133,14 +136,22 @@ fn paths_in_use() -> Vec<PathBuf> {
     };
     for p in procs.flatten() {
         let pid = p.path();
-        if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         if let Ok(cwd) = std::fs::read_link(pid.join("cwd")) {
             out.push(cwd);
         }
         if let Ok(fds) = std::fs::read_dir(pid.join("fd")) {
-            out.extend(fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()));
+            out.extend(
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok()),
+            );
         }
     }
     out

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{lock, Engine};
 use super::cancel::{self, Cancel};
+use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
 use crate::checkpoint::archive::{self, Compression, Limits};
 use crate::criu;

@@ -241,7 +241,10 @@ impl Engine {
     /// or the bridge; `None` when it is free here.
     pub fn ip_user(&self, ip: Ipv4Addr) -> Option<String> {
         if ip == self.cfg.bridge.address {
-            return Some(format!("the bridge {} of host {}", self.cfg.bridge.name, self.cfg.host_name));
+            return Some(format!(
+                "the bridge {} of host {}",
+                self.cfg.bridge.name, self.cfg.host_name
+            ));
         }
         let owner = lock(&self.ipam).owner_of(ip)?.to_owned();
         let name = lock(&self.views)

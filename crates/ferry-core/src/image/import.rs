@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::compress::{decompress, Compression};
-use crate::container::cancel::{is_fifo, spool_stream};
-use crate::container::{Cancel, CANCELLED};
 use super::digest::{Digest, HashingReader};
 use super::extract::normalize;
 use super::guard::ImportGuard;
@@ -18,6 +16,8 @@ use super::oci::{
 };
 use super::store::{parse_digest, read_small, Staging, MAX_JSON};
 use super::{io_err, normalize_name, Image, ImageError, ImageStore};
+use crate::container::cancel::{is_fifo, spool_stream};
+use crate::container::{Cancel, CANCELLED};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Layout files that say "this archive is an image, not a root filesystem".

@@ -32,7 +32,9 @@ pub enum IpAnswer {
         by: Option<String>,
     },
     /// No answer: the peer is down, too slow, or does not know the question.
-    Unknown { why: String },
+    Unknown {
+        why: String,
+    },
 }
 
 /// One peer's answer, for `run`'s warnings.

@@ -561,7 +561,11 @@ fn ip_question_is_one_question_and_one_answer() {
             let want = allowed(State::AskingIp, from, name, false, false);
             let (mut s2, mut r2) = (s.clone(), r.clone());
             let got = deliver(&mut s2, &mut r2, from, &m);
-            assert_eq!(got.is_ok(), want, "{name} from {from:?} while asking: {got:?}");
+            assert_eq!(
+                got.is_ok(),
+                want,
+                "{name} from {from:?} while asking: {got:?}"
+            );
         }
     }
     let answer = Message::IpStatus {
