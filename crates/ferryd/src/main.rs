@@ -235,10 +235,12 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                             tokio::spawn(async move {
                                 // A short question (`run --ip` on a peer) is answered here;
                                 // anything else is a migration or a verdict inquiry.
+                                let e = engine.clone();
+                                let user = move |ip| ferry_core::peer::query::ip_user(&e, ip);
                                 let Some(conn) = ferry_core::peer::query::answer_if_asked(
-                                    &engine,
                                     conn,
                                     FIRST_MESSAGE_WAIT,
+                                    user,
                                 )
                                 .await
                                 else {

@@ -410,16 +410,27 @@ impl Engine {
         name: Option<&str>,
         req: &RestoreRequest,
     ) -> Result<RestoreReport, ContainerError> {
-        self.restore_cancellable(name, req, &Cancel::new())
+        self.restore_bounded(name, req, None)
     }
 
-    /// [`Engine::restore`] whose import (`--import`) stops, leaving nothing, once `cancel` is
-    /// set (its client went away): while the archive streams in, and between the steps after.
+    /// [`Engine::restore`] for a client that is waiting for it (ferryd's API): its import
+    /// (`--import`) stops, leaving nothing, once `cancel` is set (the client went away), while
+    /// the archive comes in and between the steps after. Here the archive may also be a FIFO
+    /// (see `ImageStore::import_cancellable`).
     pub fn restore_cancellable(
         &self,
         name: Option<&str>,
         req: &RestoreRequest,
         cancel: &Cancel,
+    ) -> Result<RestoreReport, ContainerError> {
+        self.restore_bounded(name, req, Some(cancel))
+    }
+
+    fn restore_bounded(
+        &self,
+        name: Option<&str>,
+        req: &RestoreRequest,
+        cancel: Option<&Cancel>,
     ) -> Result<RestoreReport, ContainerError> {
         require_cr_support()?;
         match &req.import {
@@ -487,13 +498,15 @@ impl Engine {
         &self,
         file: &Path,
         req: &RestoreRequest,
-        cancel: &Cancel,
+        cancel: Option<&Cancel>,
     ) -> Result<RestoreReport, ContainerError> {
         let t0 = Instant::now();
-        let stream = cancel::is_fifo(file);
+        let never = Cancel::new();
+        let stream = cancel.is_some() && cancel::is_fifo(file);
+        let cancel = cancel.unwrap_or(&never);
         if !file.is_file() && !stream {
             return Err(ContainerError::Missing(format!(
-                "checkpoint archive {} does not exist or is not a file (or a FIFO)",
+                "checkpoint archive {} does not exist or is not a file",
                 file.display()
             )));
         }

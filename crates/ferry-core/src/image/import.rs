@@ -54,12 +54,14 @@ impl ImageStore {
         name: Option<&str>,
         deadline: Duration,
     ) -> Result<Image, ImageError> {
-        self.import_cancellable(src, name, deadline, &Cancel::new())
+        self.import_bounded(src, name, deadline, None)
     }
 
-    /// [`ImageStore::import_within`] that stops, leaving nothing, once `cancel` is set (its
-    /// client went away). `src` may also be a FIFO: it is copied into the staging dir first
-    /// (bounded by the free space, the deadline and `cancel`), and imported from there.
+    /// [`ImageStore::import_within`] for a client that is waiting for it (ferryd's API): it
+    /// stops, leaving nothing, once `cancel` is set (the client went away). Here `src` may
+    /// also be a FIFO: its client can end it, so a stream that never ends costs no more than
+    /// the client is willing to wait. It is copied into the staging dir first (bounded by the
+    /// free space, the deadline and `cancel`), and imported from there.
     pub fn import_cancellable(
         &self,
         src: &Path,
@@ -67,11 +69,26 @@ impl ImageStore {
         deadline: Duration,
         cancel: &Cancel,
     ) -> Result<Image, ImageError> {
+        self.import_bounded(src, name, deadline, Some(cancel))
+    }
+
+    fn import_bounded(
+        &self,
+        src: &Path,
+        name: Option<&str>,
+        deadline: Duration,
+        cancel: Option<&Cancel>,
+    ) -> Result<Image, ImageError> {
         let wanted = name.map(normalize_name).transpose()?;
         let mut staging = self.new_staging()?;
         let spooled = staging.path().join(SPOOLED_INPUT);
         let input = src;
-        let src = if is_fifo(src) {
+        let never = Cancel::new();
+        let (cancel, streams) = match cancel {
+            Some(c) => (c, true),
+            None => (&never, false),
+        };
+        let src = if streams && is_fifo(src) {
             let free = crate::fsutil::free_bytes(staging.path()).map_err(io_err(staging.path()))?;
             let room = free.saturating_sub(crate::fsutil::FREE_SPACE_RESERVE);
             let until = Instant::now()
@@ -92,7 +109,7 @@ impl ImageStore {
             return Err(ImageError::BadSource {
                 path: src.to_owned(),
                 why: format!(
-                    "it is a {}; import reads a regular file (an archive), a FIFO or a directory (an OCI layout)",
+                    "it is a {}; import reads a regular file (an archive) or a directory (an OCI layout)",
                     kind_of(&meta)
                 ),
             });

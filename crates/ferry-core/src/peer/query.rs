@@ -9,10 +9,10 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ferry_proto::{Message, ReceiverMachine, SenderMachine};
+use ferry_proto::{FrameKind, Message, ReceiverMachine, SenderMachine};
 use serde::{Deserialize, Serialize};
 
-use super::channel::{Demux, PeerConn};
+use super::channel::PeerConn;
 use super::registry::PeerEntry;
 use super::tls::HostIdentity;
 use super::PeerError;
@@ -98,13 +98,24 @@ pub async fn ask(
     ip: Ipv4Addr,
 ) -> Result<IpAnswer, PeerError> {
     let conn = PeerConn::connect(identity, &peer.name, peer.addr).await?;
-    let (sink, source) = conn.split();
-    let (_demux, mut control) = Demux::spawn(source);
+    // Read here, not through a demux task: when the caller gives up (its timeout), dropping
+    // this future closes the connection; a task would keep a silent peer's socket open.
+    let (sink, mut source) = conn.split();
     let mut machine = SenderMachine::new();
     let question = Message::IpQuery { ip: ip.to_string() };
     machine.on_send(&question)?;
     sink.send_message(&question).await?;
-    let reply = control.recv().await;
+    let reply = loop {
+        match source.recv().await {
+            Ok(Some(f)) if matches!(f.kind, FrameKind::Control | FrameKind::Abort) => {
+                break f.to_message().map_err(PeerError::from)
+            }
+            // No stream belongs to this conversation: ignore stray data.
+            Ok(Some(_)) => continue,
+            Ok(None) => break Err(PeerError::Closed),
+            Err(e) => break Err(e),
+        }
+    };
     let _ = sink.close().await;
     let reply = match reply {
         Ok(m) => m,
@@ -116,6 +127,11 @@ pub async fn ask(
         }
         Err(e) => return Err(e),
     };
+    if let Message::Abort { reason } = &reply {
+        return Ok(IpAnswer::Unknown {
+            why: format!("it did not take the question: {reason}"),
+        });
+    }
     machine.on_message(&reply)?;
     match reply {
         Message::IpStatus {
@@ -134,13 +150,14 @@ pub async fn ask(
     }
 }
 
-/// If `conn`'s first message is an address question, answers it from `engine` and returns
-/// `None` (the connection is done). Otherwise returns the connection untouched, its first
-/// frame still to be read, for the migration code. A peer silent for `wait` is dropped.
+/// If `conn`'s first message is an address question, answers it with `user` (what on this
+/// host uses an address: [`ip_user`] in ferryd) and returns `None`: the connection is done.
+/// Otherwise returns the connection untouched, its first frame still to be read, for the
+/// migration code. A peer silent for `wait` is dropped.
 pub async fn answer_if_asked(
-    engine: &Engine,
     mut conn: PeerConn,
     wait: Duration,
+    user: impl FnOnce(Ipv4Addr) -> Option<String>,
 ) -> Option<PeerConn> {
     let first = match tokio::time::timeout(wait, conn.first_message()).await {
         Ok(Ok(m)) => m,
@@ -167,7 +184,7 @@ pub async fn answer_if_asked(
         unreachable!("matched above")
     };
     let user = match ip.parse::<Ipv4Addr>() {
-        Ok(addr) => ip_user(engine, addr),
+        Ok(addr) => user(addr),
         Err(_) => {
             tracing::warn!(%peer, ip = %ip.escape_debug(), "an address question about no IPv4 address");
             return None;
