@@ -670,7 +670,13 @@ async fn address_question_is_answered_and_other_connections_pass_through() {
     });
     let used: Ipv4Addr = "10.77.1.64".parse().unwrap();
     let free: Ipv4Addr = "10.77.1.65".parse().unwrap();
-    let answers = query::ask_all(&c.a, &[entry.clone()], used, Duration::from_secs(5)).await;
+    let answers = query::ask_all(
+        &c.a,
+        std::slice::from_ref(&entry),
+        used,
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(
         answers[0].answer,
         query::IpAnswer::InUse {
@@ -682,7 +688,13 @@ async fn address_question_is_answered_and_other_connections_pass_through() {
         w.contains("host-b") && w.contains("10.77.1.64") && w.contains("squatter"),
         "{w}"
     );
-    let answers = query::ask_all(&c.a, &[entry.clone()], free, Duration::from_secs(5)).await;
+    let answers = query::ask_all(
+        &c.a,
+        std::slice::from_ref(&entry),
+        free,
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(answers[0].answer, query::IpAnswer::Free);
     assert!(answers[0].warning().is_none());
 
