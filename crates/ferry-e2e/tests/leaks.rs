@@ -179,7 +179,8 @@ fn fds_mounts_and_dirs_return_to_baseline_after_every_kind_of_operation() {
 /// goes at the next periodic sweep; scratch a process still uses stays.
 #[test]
 fn stale_scratch_is_swept_at_startup_and_periodically() {
-    // This test binary's own ferryds only: a sweep every second, of what is a minute old.
+    // A sweep every second, of what is a minute old. The lab test of this binary may start
+    // its ferryds with these too: harmless, as nothing of a live operation there is that old.
     std::env::set_var("FERRY_SCRATCH_SWEEP_EVERY", "1");
     std::env::set_var("FERRY_SCRATCH_MIN_AGE", "60");
     let mut h = Host::start();
