@@ -813,6 +813,17 @@ fn run_ip_warns_when_a_peer_uses_the_address() {
         (reply, err, t0.elapsed())
     };
 
+    let events = t
+        .lab
+        .host_command("host-a", "ferry")
+        .unwrap()
+        .args(["--json", "events"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let (reply, err, _) = run(&t, "twin", ip);
     assert!(
         err.contains("warning") && err.contains("host-b") && err.contains(ip),
@@ -829,6 +840,21 @@ fn run_ip_warns_when_a_peer_uses_the_address() {
         log.lines()
             .any(|l| l.contains("WARN") && l.contains("host-b") && l.contains(ip)),
         "ferryd logs the warning"
+    );
+
+    // And an event says it too.
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut events = events;
+    events.kill().unwrap();
+    let seen = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        seen.lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            e["action"] == "warning"
+                && e["name"] == "twin"
+                && e["detail"].as_str().is_some_and(|d| d.contains("host-b"))
+        }),
+        "no warning event: {seen}"
     );
 
     // A free address: no warning.

@@ -29,6 +29,8 @@ pub struct AppState {
     pub criu: serde_json::Value,
     /// This host's peer identity, when `--peer-listen` is set up.
     pub identity: Option<Arc<ferry_core::peer::tls::HostIdentity>>,
+    /// Events no record change shows (a warning of `run`), for every `/v1/events` stream.
+    pub notes: tokio::sync::broadcast::Sender<Event>,
 }
 
 pub(crate) type S = State<Arc<AppState>>;
@@ -238,6 +240,8 @@ async fn containers_run(
     let warnings: Vec<String> = ip_check.iter().filter_map(|r| r.warning()).collect();
     for w in &warnings {
         tracing::warn!(container = %record.config.name, "{w}");
+        // Nobody listening is fine: the warning is in the answer and the log too.
+        let _ = s.notes.send(crate::events::note(&record, "warning", w));
     }
     Ok((
         StatusCode::CREATED,

@@ -285,6 +285,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         args: args.clone(),
         criu,
         identity,
+        notes: tokio::sync::broadcast::channel(64).0,
     });
 
     if let Some(dir) = args.socket.parent() {
