@@ -951,7 +951,14 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
     let ckpts = h.root().join("checkpoints");
     // `head` fills the pipe at memory speed: a few seconds leave `tail` holding all of it.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(h.inspect("big")["status"], "running");
+    let big = h.inspect("big");
+    assert_eq!(
+        big["status"],
+        "running",
+        "{big}\n{}\n{}",
+        h.logs("big"),
+        ferry_e2e::tail(&h.ferryd_log(), 30)
+    );
     let mut ckpt = spawn_ferry(&h, &["checkpoint", "big"]);
     h.wait_for("the checkpoint to start", Duration::from_secs(20), || {
         !names(&ckpts).is_empty()
