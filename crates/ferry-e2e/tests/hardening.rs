@@ -778,3 +778,292 @@ fn pages_tmpfs_is_unmounted_when_ferryd_stops() {
         pages.display()
     );
 }
+
+/// `run --ip` asks every known peer about the address: one that uses it is named in a warning
+/// (stderr and `--json`), and the container runs anyway. A peer that is down, or cut off, costs
+/// `run` at most the question's timeout, and the warning says the address was not checked.
+#[test]
+fn run_ip_warns_when_a_peer_uses_the_address() {
+    use ferry_e2e::lab::lab;
+    let mut t = lab();
+    t.import("host-a", "busybox");
+    t.import("host-b", "busybox");
+    let ip = "10.77.1.65";
+    t.ok(
+        "host-b",
+        &[
+            "run", "-d", "--name", "squatter", "--ip", ip, "busybox", "sleep", "3600",
+        ],
+    );
+    let run = |t: &ferry_e2e::lab::TestLab, name: &str, ip: &str| {
+        let t0 = Instant::now();
+        let out = t.ferry(
+            "host-a",
+            &[
+                "--json", "run", "-d", "--name", name, "--ip", ip, "busybox", "sleep", "3600",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "run --ip {ip}: {err}\n{}",
+            t.logs_tail()
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (reply, err, t0.elapsed())
+    };
+
+    let events = t
+        .lab
+        .host_command("host-a", "ferry")
+        .unwrap()
+        .args(["--json", "events"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (reply, err, _) = run(&t, "twin", ip);
+    assert!(
+        err.contains("warning") && err.contains("host-b") && err.contains(ip),
+        "the warning names the peer and the address: {err}"
+    );
+    assert!(err.contains("squatter"), "and what uses it there: {err}");
+    assert_eq!(reply["config"]["name"], "twin", "{reply}");
+    assert_eq!(reply["ip_check"][0]["peer"], "host-b", "{reply}");
+    assert_eq!(reply["ip_check"][0]["answer"], "in-use", "{reply}");
+    assert!(reply["warnings"][0].as_str().unwrap().contains("host-b"));
+    assert_eq!(t.status("host-a", "twin").as_deref(), Some("running"));
+    let log = std::fs::read_to_string(&t.lab.host("host-a").unwrap().log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("host-b") && l.contains(ip)),
+        "ferryd logs the warning"
+    );
+
+    // And an event says it too.
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut events = events;
+    events.kill().unwrap();
+    let seen = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        seen.lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            e["action"] == "warning"
+                && e["name"] == "twin"
+                && e["detail"].as_str().is_some_and(|d| d.contains("host-b"))
+        }),
+        "no warning event: {seen}"
+    );
+
+    // A free address: no warning.
+    let (reply, err, _) = run(&t, "free", "10.77.1.66");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(reply["ip_check"][0]["answer"], "free", "{reply}");
+    assert!(reply.get("warnings").is_none(), "{reply}");
+
+    // host-b cut off: its SYNs go unanswered, so only the timeout ends the question.
+    t.link("host-b", false);
+    let (reply, err, took) = run(&t, "cut", "10.77.1.67");
+    t.link("host-b", true);
+    assert!(
+        took < Duration::from_secs(6),
+        "run waited {took:?} on a silent peer"
+    );
+    assert!(
+        err.contains("could not ask peer host-b") && err.contains("not checked"),
+        "{err}"
+    );
+    assert_eq!(reply["ip_check"][0]["answer"], "unknown", "{reply}");
+
+    // host-b's ferryd down: refused at once.
+    t.lab.kill_ferryd("host-b").unwrap();
+    let (_, err, took) = run(&t, "down", "10.77.1.68");
+    assert!(
+        took < Duration::from_secs(6),
+        "run waited {took:?} on a dead peer"
+    );
+    assert!(err.contains("could not ask peer host-b"), "{err}");
+    t.lab.start_ferryd("host-b").unwrap();
+}
+
+/// A `ferry` command started in the background on `h`.
+fn spawn_ferry(h: &Host, args: &[&str]) -> std::process::Child {
+    Command::new(bin("ferry"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `rm -f` of a container in a stop's grace period, or in the middle of a checkpoint, kills it
+/// and removes it at once (Docker's `rm -f`), leaving nothing, and the other operation ends.
+#[test]
+fn rm_force_of_a_busy_container_kills_and_removes_it() {
+    let h = Host::start();
+    h.import("busybox");
+    let before = state(&h);
+
+    // A stop waiting out its grace period: PID 1 ignores SIGTERM.
+    h.run_counter("slow", &[], 2);
+    let stop = spawn_ferry(&h, &["stop", "-t", "30", "slow"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let t = Instant::now();
+    h.ferry_ok(&["rm", "-f", "slow"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "rm -f took {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let out = stop.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the stop went on for {:?} after its container was removed",
+        t.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing comes back once both have ended (the stop used to rewrite the record).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&h), before, "rm -f during a stop left something");
+    assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
+
+    // A checkpoint of a few hundred MiB: `tail` keeps a line with no end in memory, and the
+    // pipe stays open (so `tail` waits, holding it) while `sleep` runs.
+    h.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "big",
+        "busybox",
+        "sh",
+        "-c",
+        "(head -c 300m /dev/zero; exec sleep 3600) | tail",
+    ]);
+    let ckpts = h.root().join("checkpoints");
+    // `head` fills the pipe at memory speed: a few seconds leave `tail` holding all of it.
+    std::thread::sleep(Duration::from_secs(4));
+    let big = h.inspect("big");
+    assert_eq!(
+        big["status"],
+        "running",
+        "{big}\n{}",
+        ferry_e2e::tail(&h.ferryd_log(), 30)
+    );
+    let mut ckpt = spawn_ferry(&h, &["checkpoint", "big"]);
+    h.wait_for("the checkpoint to start", Duration::from_secs(20), || {
+        !names(&ckpts).is_empty()
+    });
+    assert!(
+        ckpt.try_wait().unwrap().is_none(),
+        "the checkpoint ended too soon for the test"
+    );
+    let t = Instant::now();
+    let out = h.ferry(&["rm", "-f", "big"]);
+    assert!(
+        out.status.success(),
+        "rm -f during a checkpoint: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "rm -f took {:?}",
+        t.elapsed()
+    );
+    let _ = ckpt.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        state(&h),
+        before,
+        "rm -f during a checkpoint left something"
+    );
+    assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
+    h.ferry_ok(&["image", "ls"]);
+}
+
+/// Feeds `fifo` one byte every 100 ms until its reader goes away (EPIPE) or 60 s pass.
+fn slow_feeder(fifo: PathBuf) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(&fifo) else {
+            return;
+        };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if w.write_all(b"\0").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Ctrl-C of `ferry image import` or `ferry restore --import` reading an endless, slow stream
+/// (a FIFO) closes the API connection: ferryd stops the import, leaves nothing behind, keeps
+/// serving, and the image store's lock is free.
+#[test]
+fn an_import_is_cancelled_when_its_client_goes_away() {
+    let h = Host::start();
+    h.import("busybox");
+    let staging = h.root().join("images/tmp");
+    let leftovers = || (state(&h), names(&staging));
+    let before = leftovers();
+    for (i, cmd) in [&["image", "import"][..], &["restore", "--import"]]
+        .into_iter()
+        .enumerate()
+    {
+        let fifo = h.dir.path().join(format!("endless-{i}"));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let feeder = slow_feeder(fifo.clone());
+        let mut args = cmd.to_vec();
+        args.push(fifo.to_str().unwrap());
+        let cli = spawn_ferry(&h, &args);
+        h.wait_for(
+            "the import to be under way",
+            Duration::from_secs(20),
+            || leftovers() != before,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        // The CLI dies (as on Ctrl-C: SIGKILL here, because a test run in the background
+        // inherits SIGINT ignored), which closes its API connection.
+        let mut cli = cli;
+        assert!(
+            cli.try_wait().unwrap().is_none(),
+            "ferry {cmd:?} ended by itself"
+        );
+        cli.kill().unwrap();
+        cli.wait().unwrap();
+        let t0 = Instant::now();
+        h.wait_for(
+            "the cancelled import to clean up",
+            Duration::from_secs(10),
+            || leftovers() == before,
+        );
+        eprintln!(
+            "ferry {cmd:?}: cleaned up {:?} after its client died",
+            t0.elapsed()
+        );
+        feeder.join().unwrap();
+        assert!(
+            h.ferryd_log().contains("cancelled"),
+            "ferryd says it cancelled: {}",
+            ferry_e2e::tail(&h.ferryd_log(), 20)
+        );
+        // Responsive, and the store's lock is free: another import goes through at once.
+        let t = Instant::now();
+        h.ferry_ok(&["ps", "-a"]);
+        h.import("busybox");
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        std::fs::remove_file(&fifo).unwrap();
+    }
+    assert_eq!(h.ferry_ok(&["ps", "-a", "--json"]).trim(), "[]");
+}

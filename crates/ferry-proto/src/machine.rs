@@ -11,7 +11,7 @@
 //! id is used once; each filesystem is sent at most once per pass; the CRIU images go before
 //! `Restore`. `Abort` moves any non-final state to `Aborted`; final states accept nothing.
 //! A verdict inquiry is its own short conversation: `Inquire` from the side that connected,
-//! one `Verdict` back.
+//! one `Verdict` back. So is an address question: `IpQuery`, one `IpStatus` back.
 
 use std::collections::BTreeSet;
 
@@ -66,8 +66,10 @@ pub enum State {
     Aborted,
     /// A verdict inquiry: `Inquire` sent, the peer answers `Verdict`.
     Inquiring,
-    /// Final: the inquiry was answered.
+    /// Final: the inquiry (or the address question) was answered.
     Answered,
+    /// An address question: `IpQuery` sent, the peer answers `IpStatus`.
+    AskingIp,
 }
 
 impl State {
@@ -142,7 +144,7 @@ impl Conversation {
         self.check_stream(msg)?;
         let next = match (from, self.state, msg) {
             (_, _, Message::Abort { .. }) => Aborted,
-            (_, Start | Negotiating | Inquiring, Message::Progress { .. }) => {
+            (_, Start | Negotiating | Inquiring | AskingIp, Message::Progress { .. }) => {
                 return Err(unexpected())
             }
             (_, state, Message::Progress { .. }) => state,
@@ -175,6 +177,8 @@ impl Conversation {
             // The side that opens a connection is `Source` in these terms, whichever host it is.
             (S, Start, Message::Inquire { .. }) => Inquiring,
             (D, Inquiring, Message::Verdict { .. }) => Answered,
+            (S, Start, Message::IpQuery { .. }) => AskingIp,
+            (D, AskingIp, Message::IpStatus { .. }) => Answered,
             (S, Welcomed, Message::CpuInfo { .. }) => CheckingCpu,
             (D, CheckingCpu, Message::CpuOk {}) => CpuAccepted,
             (S, CpuAccepted, Message::Prepare { image, .. }) => {

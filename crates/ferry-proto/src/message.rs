@@ -25,6 +25,11 @@
 //! - A destination holding a restored copy that never got `Commit` asks the source: `Committed`
 //!   (the source sent `Commit`: commit), `NotCommitted` (the source resumed: discard), or
 //!   `Pending` (the source has not decided yet: ask again).
+//!
+//! **The address question (added within v2).** Before `ferry run --ip` takes an address, its
+//! ferryd may ask each known peer on a fresh connection: `IpQuery { ip }` as the first message,
+//! one `IpStatus` back, and the connection ends. A peer that predates the question closes the
+//! connection without an answer; the asking side then knows nothing, and says so.
 
 use serde::{Deserialize, Serialize};
 
@@ -276,6 +281,19 @@ pub enum Message {
         migration_id: String,
         verdict: Verdict,
     },
+    /// First message of an address question (a fresh connection, no `Hello`): does anything
+    /// on your side use this IPv4 address? Added within v2.
+    IpQuery {
+        ip: String,
+    },
+    /// The answer to `IpQuery`: whether the address is in use there, and by what (a container's
+    /// name, or the host itself), for the asking user.
+    IpStatus {
+        ip: String,
+        in_use: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
     /// Either side: stop, roll back. Valid in every non-final state.
     Abort {
         reason: String,
@@ -314,6 +332,8 @@ impl Message {
             Message::LazyComplete { .. } => "LazyComplete",
             Message::Inquire { .. } => "Inquire",
             Message::Verdict { .. } => "Verdict",
+            Message::IpQuery { .. } => "IpQuery",
+            Message::IpStatus { .. } => "IpStatus",
             Message::Abort { .. } => "Abort",
             Message::Progress { .. } => "Progress",
         }
@@ -376,6 +396,29 @@ mod tests {
         .unwrap();
         assert_eq!(v["type"], "verdict");
         assert_eq!(v["verdict"], "not-committed");
+
+        let v = serde_json::to_value(Message::IpStatus {
+            ip: "10.77.1.64".into(),
+            in_use: true,
+            user: Some("container squatter".into()),
+        })
+        .unwrap();
+        assert_eq!(v["type"], "ip_status");
+        assert_eq!(v["in_use"], true);
+        let q: Message = serde_json::from_str(r#"{"type":"ip_query","ip":"10.77.1.64"}"#).unwrap();
+        assert_eq!(q.name(), "IpQuery");
+        // An answer without `user` (nothing uses the address) parses.
+        let free: Message =
+            serde_json::from_str(r#"{"type":"ip_status","ip":"10.77.1.64","in_use":false}"#)
+                .unwrap();
+        assert!(matches!(
+            free,
+            Message::IpStatus {
+                in_use: false,
+                user: None,
+                ..
+            }
+        ));
 
         let m: Message = serde_json::from_str(r#"{"type":"commit"}"#).unwrap();
         assert_eq!(m, Message::Commit {});

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use ferry_core::api::{KillRequest, RunRequest};
-use ferry_core::container::{ContainerRecord, Status};
+use ferry_core::container::{ContainerRecord, RunReply, Status};
 use hyper::Method;
 
 use crate::client::Client;
@@ -148,13 +148,17 @@ pub async fn run(socket: &std::path::Path, a: RunArgs, json: bool) -> Result<()>
     } else {
         Some(SignalProxy::install()?)
     };
-    let rec: ContainerRecord = c.call(Method::POST, "/v1/containers", Some(req)).await?;
-    let name = rec.config.name.clone();
+    let reply: RunReply = c.call(Method::POST, "/v1/containers", Some(req)).await?;
+    // On stderr, before anything else: a peer that uses `--ip` (or could not be asked).
+    for w in &reply.warnings {
+        eprintln!("ferry: warning: {w}");
+    }
+    let name = reply.record.config.name.clone();
     if a.detach {
         if json {
-            output::print_json(&rec)?;
+            output::print_json(&reply)?;
         } else {
-            println!("{}", rec.config.id);
+            println!("{}", reply.record.config.id);
         }
         return Ok(());
     }

@@ -14,7 +14,7 @@ use ferry_core::api::*;
 use ferry_core::container::checkpoint::{
     CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
 };
-use ferry_core::container::{ContainerRecord, Engine};
+use ferry_core::container::{Cancel, ContainerRecord, Engine, RunReply};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -29,6 +29,8 @@ pub struct AppState {
     pub criu: serde_json::Value,
     /// This host's peer identity, when `--peer-listen` is set up.
     pub identity: Option<Arc<ferry_core::peer::tls::HostIdentity>>,
+    /// Events no record change shows (a warning of `run`), for every `/v1/events` stream.
+    pub notes: tokio::sync::broadcast::Sender<Event>,
 }
 
 pub(crate) type S = State<Arc<AppState>>;
@@ -128,6 +130,10 @@ async fn images_import(
     State(s): S,
     ApiJson(req): ApiJson<ImportImageRequest>,
 ) -> ApiResult<Json<ImageSummary>> {
+    // The client going away (Ctrl-C) drops this future, and with it the guard: the import
+    // sees the flag, stops and cleans up.
+    let cancel = Cancel::new();
+    let guard = cancel.on_drop();
     let img = blocking(&s, move |e| {
         let path = std::path::PathBuf::from(&req.path);
         if !path.is_absolute() {
@@ -142,10 +148,22 @@ async fn images_import(
                 path.display()
             )));
         }
-        Ok(e.images().import(&path, req.name.as_deref())?)
+        let img = e.images().import_cancellable(
+            &path,
+            req.name.as_deref(),
+            ferry_core::image::IMPORT_DEADLINE,
+            &cancel,
+        );
+        if let Err(err) = &img {
+            if cancel.is_cancelled() {
+                tracing::info!(path = %path.display(), error = %err, "image import cancelled");
+            }
+        }
+        Ok(img?)
     })
-    .await?;
-    Ok(Json(image_summary(&img)))
+    .await;
+    guard.disarm();
+    Ok(Json(image_summary(&img?)))
 }
 
 async fn images_rm(State(s): S, Path(reference): Path<String>) -> ApiResult<Json<ImageSummary>> {
@@ -205,9 +223,34 @@ async fn containers_list(State(s): S) -> ApiResult<Json<Vec<ContainerRecord>>> {
 async fn containers_run(
     State(s): S,
     ApiJson(req): ApiJson<RunRequest>,
-) -> ApiResult<(StatusCode, Json<ContainerRecord>)> {
-    let rec = blocking(&s, move |e| Ok(e.run(&req)?)).await?;
-    Ok((StatusCode::CREATED, Json(rec)))
+) -> ApiResult<(StatusCode, Json<RunReply>)> {
+    // The peers are asked about `--ip` while the container starts: a slow peer costs `run`
+    // at most the question's timeout, and only a warning.
+    let asked = req.ip.as_deref().and_then(|ip| ip.parse().ok());
+    let check = tokio::spawn(crate::ipcheck::ask_peers(s.clone(), asked));
+    let rec = blocking(&s, move |e| Ok(e.run(&req)?)).await;
+    let record = match rec {
+        Ok(r) => r,
+        Err(e) => {
+            check.abort();
+            return Err(e);
+        }
+    };
+    let ip_check = check.await.unwrap_or_default();
+    let warnings: Vec<String> = ip_check.iter().filter_map(|r| r.warning()).collect();
+    for w in &warnings {
+        tracing::warn!(container = %record.config.name, "{w}");
+        // Nobody listening is fine: the warning is in the answer and the log too.
+        let _ = s.notes.send(crate::events::note(&record, "warning", w));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(RunReply {
+            record,
+            warnings,
+            ip_check,
+        }),
+    ))
 }
 
 async fn containers_inspect(
@@ -301,9 +344,19 @@ async fn restore_import(
     State(s): S,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Json<RestoreReport>> {
-    Ok(Json(
-        blocking(&s, move |e| Ok(e.restore(None, &req)?)).await?,
-    ))
+    // As for an image import: a client that goes away cancels the import.
+    let cancel = Cancel::new();
+    let guard = cancel.on_drop();
+    let report = blocking(&s, move |e| {
+        let r = e.restore_cancellable(None, &req, &cancel);
+        if let (Err(err), true) = (&r, cancel.is_cancelled()) {
+            tracing::info!(error = %err, "restore --import cancelled");
+        }
+        Ok(r?)
+    })
+    .await;
+    guard.disarm();
+    Ok(Json(report?))
 }
 
 #[derive(Deserialize)]

@@ -135,8 +135,21 @@ fn detail(r: &ContainerRecord) -> Option<String> {
     }
 }
 
+/// An event about `r` that no record change shows (see `AppState::notes`).
+pub fn note(r: &ContainerRecord, action: &str, detail: &str) -> Event {
+    Event {
+        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        kind: "container".into(),
+        action: action.into(),
+        name: r.config.name.clone(),
+        id: r.config.id.clone(),
+        detail: Some(detail.to_owned()),
+    }
+}
+
 pub async fn stream(State(s): S) -> ApiResult<Response> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
+    let mut notes = s.notes.subscribe();
     tokio::spawn(async move {
         let take = |s: Arc<AppState>| async move {
             tokio::task::spawn_blocking(move || Snapshot::take(&s))
@@ -155,7 +168,17 @@ pub async fn stream(State(s): S) -> ApiResult<Response> {
                 return;
             };
             let mut out = Vec::new();
-            for e in diff(&last, &now, &migrations) {
+            // After the record changes of the tick: a note about a new container follows
+            // its `create`. A subscriber too slow for the notes' buffer loses the oldest.
+            let mut noted = Vec::new();
+            loop {
+                match notes.try_recv() {
+                    Ok(e) => noted.push(e),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+            for e in diff(&last, &now, &migrations).into_iter().chain(noted) {
                 if let Ok(mut line) = serde_json::to_vec(&e) {
                     line.push(b'\n');
                     out.extend(line);

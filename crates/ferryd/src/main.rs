@@ -6,10 +6,12 @@ mod attach;
 mod error;
 mod events;
 mod exec;
+mod ipcheck;
 mod json;
 mod logs;
 mod registry;
 mod stats;
+mod sweep;
 mod volumes;
 
 use std::net::Ipv4Addr;
@@ -81,7 +83,16 @@ pub struct DaemonArgs {
     /// <root>/registries.json: {"insecure": ["HOST[:PORT]"]}.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
+    /// Seconds between sweeps of stale scratch dirs (tests shorten it).
+    #[arg(long, hide = true, env = "FERRY_SCRATCH_SWEEP_EVERY", default_value_t = sweep::SweepPolicy::default().every.as_secs())]
+    scratch_sweep_every: u64,
+    /// Seconds a scratch dir must have been untouched for a periodic sweep to remove it.
+    #[arg(long, hide = true, env = "FERRY_SCRATCH_MIN_AGE", default_value_t = sweep::SweepPolicy::default().min_age.as_secs())]
+    scratch_min_age: u64,
 }
+
+/// How long an authenticated peer may take to say what it wants (dest.rs allows the same).
+const FIRST_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
     let (ip, prefix) = s
@@ -221,14 +232,30 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                     // each): a silent client never holds up the next peer.
                     match listener.accept().await {
                         Ok((conn, remote)) => {
-                            tracing::info!(peer = %remote, "incoming migration");
-                            let engine = engine.clone();
-                            tokio::spawn(ferry_core::migration::dest::serve_incoming(
-                                engine,
-                                Some(me.clone()),
-                                conn,
-                                remote,
-                            ));
+                            let (engine, me) = (engine.clone(), me.clone());
+                            tokio::spawn(async move {
+                                // A short question (`run --ip` on a peer) is answered here;
+                                // anything else is a migration or a verdict inquiry.
+                                let e = engine.clone();
+                                let user = move |ip| ferry_core::peer::query::ip_user(&e, ip);
+                                let Some(conn) = ferry_core::peer::query::answer_if_asked(
+                                    conn,
+                                    FIRST_MESSAGE_WAIT,
+                                    user,
+                                )
+                                .await
+                                else {
+                                    return;
+                                };
+                                tracing::info!(peer = %remote, "incoming migration");
+                                ferry_core::migration::dest::serve_incoming(
+                                    engine,
+                                    Some(me),
+                                    conn,
+                                    remote,
+                                )
+                                .await
+                            });
                         }
                         Err(e) => tracing::warn!(error = %e, "refused a peer connection"),
                     }
@@ -241,6 +268,17 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             None
         }
     };
+    // After recovery, which settles what interrupted migrations still need: the rest of the
+    // scratch a killed ferryd left goes now, and whatever goes stale later, periodically.
+    let paths = engine.paths().clone();
+    tokio::task::spawn_blocking(move || sweep::sweep(&paths, None)).await?;
+    sweep::spawn_periodic(
+        engine.paths().clone(),
+        sweep::SweepPolicy {
+            every: std::time::Duration::from_secs(args.scratch_sweep_every.max(1)),
+            min_age: std::time::Duration::from_secs(args.scratch_min_age),
+        },
+    );
     let engine_for_exit = engine.clone();
     let state = Arc::new(api::AppState {
         engine,
@@ -248,6 +286,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         args: args.clone(),
         criu,
         identity,
+        notes: tokio::sync::broadcast::channel(64).0,
     });
 
     if let Some(dir) = args.socket.parent() {

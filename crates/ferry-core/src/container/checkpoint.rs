@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::cancel::{self, Cancel};
 use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
 use crate::checkpoint::archive::{self, Compression, Limits};
@@ -409,9 +410,31 @@ impl Engine {
         name: Option<&str>,
         req: &RestoreRequest,
     ) -> Result<RestoreReport, ContainerError> {
+        self.restore_bounded(name, req, None)
+    }
+
+    /// [`Engine::restore`] for a client that is waiting for it (ferryd's API): its import
+    /// (`--import`) stops, leaving nothing, once `cancel` is set (the client went away), while
+    /// the archive comes in and between the steps after. Here the archive may also be a FIFO
+    /// (see `ImageStore::import_cancellable`).
+    pub fn restore_cancellable(
+        &self,
+        name: Option<&str>,
+        req: &RestoreRequest,
+        cancel: &Cancel,
+    ) -> Result<RestoreReport, ContainerError> {
+        self.restore_bounded(name, req, Some(cancel))
+    }
+
+    fn restore_bounded(
+        &self,
+        name: Option<&str>,
+        req: &RestoreRequest,
+        cancel: Option<&Cancel>,
+    ) -> Result<RestoreReport, ContainerError> {
         require_cr_support()?;
         match &req.import {
-            Some(file) => self.restore_import(Path::new(file), req),
+            Some(file) => self.restore_import(Path::new(file), req, cancel),
             None => {
                 let name = name.ok_or_else(|| {
                     invalid("restore needs a container name or --import FILE".into())
@@ -475,9 +498,13 @@ impl Engine {
         &self,
         file: &Path,
         req: &RestoreRequest,
+        cancel: Option<&Cancel>,
     ) -> Result<RestoreReport, ContainerError> {
         let t0 = Instant::now();
-        if !file.is_file() {
+        let never = Cancel::new();
+        let stream = cancel.is_some() && cancel::is_fifo(file);
+        let cancel = cancel.unwrap_or(&never);
+        if !file.is_file() && !stream {
             return Err(ContainerError::Missing(format!(
                 "checkpoint archive {} does not exist or is not a file",
                 file.display()
@@ -487,6 +514,21 @@ impl Engine {
         // from it let two concurrent imports delete each other's files.
         let scratch =
             ScratchDir::new_in(&self.paths().tmp(), "import-").map_err(io(&self.paths().tmp()))?;
+        // A stream is copied in first (within the archive limit and the free space), so the
+        // archive reader, which opens its input more than once, reads a regular file.
+        let spooled = scratch.path().join("archive");
+        let file = if stream {
+            let free = fsutil::free_bytes(scratch.path()).map_err(io(scratch.path()))?;
+            let room = free
+                .saturating_sub(fsutil::FREE_SPACE_RESERVE)
+                .min(Limits::default().max_total_bytes);
+            let until = Instant::now() + crate::image::IMPORT_DEADLINE;
+            cancel::spool_stream(file, &spooled, room, until, cancel)
+                .map_err(|e| ContainerError::Invalid(format!("reading {}: {e}", file.display())))?;
+            spooled.as_path()
+        } else {
+            file
+        };
         // `import` wants a destination that does not exist yet.
         let tmp = scratch.path().join("checkpoint");
         let key = req
@@ -495,6 +537,10 @@ impl Engine {
             .map(|k| archive::ArchiveKey::read(Path::new(k)))
             .transpose()?;
         let origin = archive::import_sealed(file, &tmp, &Limits::default(), key.as_ref())?;
+        // The last point where stopping leaves nothing to undo but the scratch dir.
+        cancel
+            .check()
+            .map_err(|e| ContainerError::Invalid(format!("restore of {}: {e}", file.display())))?;
         self.restore_staged(
             scratch,
             &tmp,

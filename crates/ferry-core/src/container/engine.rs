@@ -237,6 +237,23 @@ impl Engine {
         lock(&self.containers).contains_key(name)
     }
 
+    /// What on this host holds `ip` (a peer's `IpQuery`): a container, arrived or arriving,
+    /// or the bridge; `None` when it is free here.
+    pub fn ip_user(&self, ip: Ipv4Addr) -> Option<String> {
+        if ip == self.cfg.bridge.address {
+            return Some(format!(
+                "the bridge {} of host {}",
+                self.cfg.bridge.name, self.cfg.host_name
+            ));
+        }
+        let owner = lock(&self.ipam).owner_of(ip)?.to_owned();
+        let name = lock(&self.views)
+            .values()
+            .find(|r| r.config.id == owner)
+            .map(|r| r.config.name.clone());
+        Some(format!("container {}", name.unwrap_or(owner)))
+    }
+
     pub fn container_dir(&self, id: &(impl PathComponent<ContainerId> + ?Sized)) -> PathBuf {
         self.cfg.paths.container(id)
     }
@@ -684,7 +701,9 @@ impl Engine {
                 Ok(None) => true,
                 Err(_) => false,
             };
-            if stopped && (exit_file.exists() || passed()) {
+            // No container dir: an `rm -f` removed it, exit file and all.
+            let removed = || !self.container_dir(id).exists();
+            if stopped && (exit_file.exists() || passed() || removed()) {
                 return true;
             }
             if passed() {
@@ -738,7 +757,8 @@ impl Engine {
 
     pub fn remove(&self, name: &str, force: bool) -> Result<ContainerRecord, ContainerError> {
         let slot = self.slot(name)?;
-        let mut rec = lock(&slot);
+        // Another operation may hold it: bounded, and `force` kills first (see `busy`).
+        let mut rec = self.lock_for_remove(name, &slot, force, super::RM_WAIT)?;
         self.refresh(&mut rec);
         if rec.status == Status::Running && force {
             let _ = self.runc.kill(&rec.config.id, "SIGKILL", true);
@@ -752,7 +772,11 @@ impl Engine {
         }
         self.forget(&mut rec)?;
         self.remove_all_checkpoints(&rec.config.id);
-        Ok(rec.clone())
+        // A `stop` in its grace period holds this slot too: it must not record an exit of
+        // (and so recreate) a container that is gone.
+        let removed = rec.clone();
+        rec.status = Status::Stopped;
+        Ok(removed)
     }
 
     /// Removes every trace of a container from this host (used by rm and after migrating away).

@@ -1,5 +1,7 @@
 //! Containers on one host: configuration, lifecycle and persisted state.
 
+mod busy;
+pub mod cancel;
 pub mod checkpoint;
 mod config;
 pub(crate) mod engine;
@@ -10,6 +12,8 @@ mod stats;
 mod store;
 mod volume;
 
+pub use busy::RM_WAIT;
+pub use cancel::{Cancel, CancelOnDrop, CANCELLED};
 pub use checkpoint::{RestoredImages, LAZY_PAGES_LOG};
 pub use config::{
     merge_env, parse_volume, short_id, validate_env, validate_name, ContainerConfig,
@@ -22,6 +26,20 @@ pub use store::RecordStore;
 pub use volume::{VolumeError, VolumeInfo};
 
 use std::path::{Path, PathBuf};
+
+/// `POST /v1/containers`' answer: the new container's record (its fields at the top level, as
+/// before), and what the user should know about it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunReply {
+    #[serde(flatten)]
+    pub record: ContainerRecord,
+    /// Said to the user (on stderr) but not fatal: a peer that uses `--ip`, or could not be asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// What each known peer said about `--ip`, when it was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_check: Vec<crate::peer::query::PeerIpReport>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::compress::{decompress, Compression};
 use super::digest::{Digest, HashingReader};
@@ -16,6 +16,8 @@ use super::oci::{
 };
 use super::store::{parse_digest, read_small, Staging, MAX_JSON};
 use super::{io_err, normalize_name, Image, ImageError, ImageStore};
+use crate::container::cancel::{is_fifo, spool_stream};
+use crate::container::{Cancel, CANCELLED};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Layout files that say "this archive is an image, not a root filesystem".
@@ -52,7 +54,52 @@ impl ImageStore {
         name: Option<&str>,
         deadline: Duration,
     ) -> Result<Image, ImageError> {
+        self.import_bounded(src, name, deadline, None)
+    }
+
+    /// [`ImageStore::import_within`] for a client that is waiting for it (ferryd's API): it
+    /// stops, leaving nothing, once `cancel` is set (the client went away). Here `src` may
+    /// also be a FIFO: its client can end it, so a stream that never ends costs no more than
+    /// the client is willing to wait. It is copied into the staging dir first (bounded by the
+    /// free space, the deadline and `cancel`), and imported from there.
+    pub fn import_cancellable(
+        &self,
+        src: &Path,
+        name: Option<&str>,
+        deadline: Duration,
+        cancel: &Cancel,
+    ) -> Result<Image, ImageError> {
+        self.import_bounded(src, name, deadline, Some(cancel))
+    }
+
+    fn import_bounded(
+        &self,
+        src: &Path,
+        name: Option<&str>,
+        deadline: Duration,
+        cancel: Option<&Cancel>,
+    ) -> Result<Image, ImageError> {
         let wanted = name.map(normalize_name).transpose()?;
+        let mut staging = self.new_staging()?;
+        let spooled = staging.path().join(SPOOLED_INPUT);
+        let input = src;
+        let never = Cancel::new();
+        let (cancel, streams) = match cancel {
+            Some(c) => (c, true),
+            None => (&never, false),
+        };
+        let src = if streams && is_fifo(src) {
+            let free = crate::fsutil::free_bytes(staging.path()).map_err(io_err(staging.path()))?;
+            let room = free.saturating_sub(crate::fsutil::FREE_SPACE_RESERVE);
+            let until = Instant::now()
+                .checked_add(deadline)
+                .unwrap_or_else(|| Instant::now() + IMPORT_DEADLINE);
+            spool_stream(src, &spooled, room, until, cancel)
+                .map_err(|e| stream_error(input, e, cancel))?;
+            spooled.as_path()
+        } else {
+            src
+        };
         let meta = fs::metadata(src).map_err(io_err(src))?;
         let size = if meta.is_dir() {
             crate::container::checkpoint::dir_size(src)
@@ -67,7 +114,6 @@ impl ImageStore {
                 ),
             });
         };
-        let mut staging = self.new_staging()?;
         // Staging copies the input (at most its size); layers expand later, each bounded by
         // the free space then (see `unpack_layer`).
         let free = crate::fsutil::free_bytes(staging.path()).map_err(io_err(staging.path()))?;
@@ -86,17 +132,25 @@ impl ImageStore {
         let staged = self.stage_import(src, &meta, &staging, wanted.as_deref());
         let staged = staged.map_err(|e| match guard.why() {
             Some(why) => ImageError::OverLimit {
-                path: src.to_owned(),
+                path: input.to_owned(),
                 why,
             },
             None => e,
-        })?;
+        });
+        // Whatever the staging did, a cancelled import commits nothing.
+        if cancel.is_cancelled() {
+            return Err(cancelled(input));
+        }
+        let staged = staged?;
         let (image, found_names) = staged;
         let names = match wanted {
             Some(n) => vec![n],
             None => found_names,
         };
         let _lock = self.lock()?;
+        if cancel.is_cancelled() {
+            return Err(cancelled(input));
+        }
         self.commit(&staging, image, &names)
     }
 
@@ -126,6 +180,30 @@ impl ImageStore {
             }
         };
         Ok((self.prepare(staging, &manifest)?, found_names))
+    }
+}
+
+/// Where a FIFO's stream is copied, inside the import's staging dir.
+const SPOOLED_INPUT: &str = "input";
+
+fn cancelled(src: &Path) -> ImageError {
+    ImageError::OverLimit {
+        path: src.to_owned(),
+        why: CANCELLED.to_owned(),
+    }
+}
+
+/// Why copying the stream `src` failed, as the import reports it.
+fn stream_error(src: &Path, e: std::io::Error, cancel: &Cancel) -> ImageError {
+    if cancel.is_cancelled() {
+        return cancelled(src);
+    }
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::Other => ImageError::OverLimit {
+            path: src.to_owned(),
+            why: e.to_string(),
+        },
+        _ => io_err(src)(e),
     }
 }
 

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::{Frame, FrameKind, Header, Message, StreamEnd, HEADER_LEN, MAX_FRAME};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
@@ -54,6 +54,8 @@ type Tls = TlsStream<TcpStream>;
 pub struct PeerConn {
     stream: Tls,
     peer: String,
+    /// A frame read ahead by [`PeerConn::first_message`], handed out first after `split`.
+    pending: Option<Frame>,
 }
 
 impl std::fmt::Debug for PeerConn {
@@ -119,12 +121,34 @@ impl PeerConn {
         Ok(PeerConn {
             stream: tls.into(),
             peer: peer_name.to_string(),
+            pending: None,
         })
     }
 
     /// The authenticated name of the other host.
     pub fn peer_name(&self) -> &str {
         &self.peer
+    }
+
+    /// Reads the connection's first frame ahead, so the one who accepted it can tell what it
+    /// is for (a migration, or a short question: see [`super::query`]) before handing it on.
+    /// The frame stays queued: the receiving half of [`PeerConn::split`] yields it first.
+    /// `None` when the peer closed without a word, or the first frame is not a message.
+    pub async fn first_message(&mut self) -> Result<Option<Message>, PeerError> {
+        if self.pending.is_none() {
+            self.pending = read_frame(&mut self.stream).await?;
+        }
+        match &self.pending {
+            Some(f) if matches!(f.kind, FrameKind::Control | FrameKind::Abort) => {
+                Ok(Some(f.to_message()?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Drops the frame [`PeerConn::first_message`] read ahead: the caller has dealt with it.
+    pub fn consume_first(&mut self) {
+        self.pending = None;
     }
 
     /// Splits into a sending half (cloneable) and a receiving half (feed it to [`Demux::spawn`]).
@@ -136,6 +160,7 @@ impl PeerConn {
             },
             FrameSource {
                 inner: BufReader::with_capacity(256 * 1024, r),
+                pending: self.pending,
             },
         )
     }
@@ -305,6 +330,7 @@ async fn handshake(
         PeerConn {
             stream: tls.into(),
             peer: name.clone(),
+            pending: None,
         },
         name,
     ))
@@ -407,46 +433,55 @@ impl FrameSink {
 /// The receiving half: raw frames in order. Most users hand it to [`Demux::spawn`].
 pub struct FrameSource {
     inner: BufReader<ReadHalf<Tls>>,
+    /// A frame read before the split ([`PeerConn::first_message`]).
+    pending: Option<Frame>,
 }
 
 impl FrameSource {
     /// The next frame; `None` when the peer closed cleanly between frames.
     pub async fn recv(&mut self) -> Result<Option<Frame>, PeerError> {
-        let mut header = [0u8; HEADER_LEN];
-        // Read the first byte apart: EOF there is a clean close, anywhere later it is a cut.
-        match self.inner.read(&mut header[..1]).await {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(PeerError::Net(e)),
+        if let Some(f) = self.pending.take() {
+            return Ok(Some(f));
         }
-        self.inner
-            .read_exact(&mut header[1..])
-            .await
-            .map_err(PeerError::Net)?;
-        let h = Header::parse(&header)?;
-        // Read into spare capacity: no zeroing of a buffer that is overwritten at once, and a
-        // large payload bypasses the BufReader (read straight out of TLS, one copy less).
-        let len = h.length as usize;
-        let mut payload = Vec::with_capacity(len);
-        let got = (&mut self.inner)
-            .take(len as u64)
-            .read_to_end(&mut payload)
-            .await
-            .map_err(PeerError::Net)?;
-        if got < len {
-            return Err(PeerError::Net(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("the connection ended {} bytes into a frame of {len}", got),
-            )));
-        }
-        h.check_payload(&payload)?;
-        Ok(Some(Frame {
-            kind: h.kind,
-            stream: h.stream,
-            payload,
-        }))
+        read_frame(&mut self.inner).await
     }
+}
+
+/// One frame from `r`; `None` when the peer closed cleanly between frames.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, PeerError> {
+    let mut header = [0u8; HEADER_LEN];
+    // Read the first byte apart: EOF there is a clean close, anywhere later it is a cut.
+    match r.read(&mut header[..1]).await {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(PeerError::Net(e)),
+    }
+    r.read_exact(&mut header[1..])
+        .await
+        .map_err(PeerError::Net)?;
+    let h = Header::parse(&header)?;
+    // Read into spare capacity: no zeroing of a buffer that is overwritten at once, and a
+    // large payload bypasses the BufReader (read straight out of TLS, one copy less).
+    let len = h.length as usize;
+    let mut payload = Vec::with_capacity(len);
+    let got = r
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await
+        .map_err(PeerError::Net)?;
+    if got < len {
+        return Err(PeerError::Net(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the connection ended {} bytes into a frame of {len}", got),
+        )));
+    }
+    h.check_payload(&payload)?;
+    Ok(Some(Frame {
+        kind: h.kind,
+        stream: h.stream,
+        payload,
+    }))
 }
 
 /// What arrives on a bulk stream.

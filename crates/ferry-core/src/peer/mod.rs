@@ -8,11 +8,13 @@
 //! - [`handshake`]: Hello/Welcome with version negotiation.
 //! - [`bulk`]: stream a reader onto a channel stream (optional zstd) and back, checked by sha256.
 //! - [`tunnel`]: carry a local TCP connection (CRIU's page server) over a channel stream.
+//! - [`query`]: the address question `run --ip` asks every known peer.
 
 pub mod bulk;
 pub mod channel;
 mod der;
 pub mod handshake;
+pub mod query;
 pub mod registry;
 pub mod tls;
 pub mod tunnel;

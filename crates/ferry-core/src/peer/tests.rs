@@ -644,3 +644,88 @@ async fn silent_clients_do_not_stall_a_real_peer() {
         silent.len()
     );
 }
+
+/// The address question end to end over TLS: an address in use is named, a free one is free,
+/// and a connection that is not a question comes back with its first message still to read.
+#[tokio::test]
+async fn address_question_is_answered_and_other_connections_pass_through() {
+    let c = cluster();
+    let mut listener = PeerListener::bind(&c.b, any_port()).await.unwrap();
+    let entry = PeerEntry {
+        name: "host-b".into(),
+        addr: listener.local_addr(),
+    };
+    let server = tokio::spawn(async move {
+        let mut passed = Vec::new();
+        for _ in 0..3 {
+            let (conn, _) = listener.accept().await.unwrap();
+            let user = |ip: Ipv4Addr| (ip.octets()[3] == 64).then(|| "container squatter".into());
+            if let Some(conn) = query::answer_if_asked(conn, Duration::from_secs(5), user).await {
+                let (_sink, source) = conn.split();
+                let (_demux, mut control) = Demux::spawn(source);
+                passed.push(control.recv().await.unwrap());
+            }
+        }
+        passed
+    });
+    let used: Ipv4Addr = "10.77.1.64".parse().unwrap();
+    let free: Ipv4Addr = "10.77.1.65".parse().unwrap();
+    let answers = query::ask_all(
+        &c.a,
+        std::slice::from_ref(&entry),
+        used,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        answers[0].answer,
+        query::IpAnswer::InUse {
+            by: Some("container squatter".into())
+        }
+    );
+    let w = answers[0].warning().unwrap();
+    assert!(
+        w.contains("host-b") && w.contains("10.77.1.64") && w.contains("squatter"),
+        "{w}"
+    );
+    let answers = query::ask_all(
+        &c.a,
+        std::slice::from_ref(&entry),
+        free,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(answers[0].answer, query::IpAnswer::Free);
+    assert!(answers[0].warning().is_none());
+
+    // A migration's first message goes through to whoever serves migrations.
+    let conn = PeerConn::connect(&c.a, "host-b", entry.addr).await.unwrap();
+    let (sink, _source) = conn.split();
+    sink.send_message(&Message::Commit {}).await.unwrap();
+    assert_eq!(server.await.unwrap(), vec![Message::Commit {}]);
+}
+
+/// A peer that takes the connection but never answers costs the asker its timeout, no more.
+#[tokio::test]
+async fn a_silent_peer_is_reported_unknown_within_the_timeout() {
+    let c = cluster();
+    let mut listener = PeerListener::bind(&c.b, any_port()).await.unwrap();
+    let entry = PeerEntry {
+        name: "host-b".into(),
+        addr: listener.local_addr(),
+    };
+    let _server = tokio::spawn(async move {
+        let held = listener.accept().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(held);
+    });
+    let t0 = std::time::Instant::now();
+    let ip = "10.77.1.64".parse().unwrap();
+    let answers = query::ask_all(&c.a, &[entry], ip, Duration::from_millis(700)).await;
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    match &answers[0].answer {
+        query::IpAnswer::Unknown { why } => assert!(why.contains("no answer within"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(answers[0].warning().unwrap().contains("not checked"));
+}

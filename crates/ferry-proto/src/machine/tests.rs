@@ -314,6 +314,14 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
             migration_id: "m1".into(),
             verdict: crate::Verdict::Pending,
         },
+        Message::IpQuery {
+            ip: "10.77.1.64".into(),
+        },
+        Message::IpStatus {
+            ip: "10.77.1.64".into(),
+            in_use: true,
+            user: None,
+        },
         abort(),
         Message::Progress {
             phase: "p".into(),
@@ -332,10 +340,11 @@ fn allowed(state: State, from: Side, name: &str, blobs_left: bool, images_sent: 
     }
     match (state, from, name) {
         (_, _, "Abort") => true,
-        (Start | Negotiating | Inquiring, _, "Progress") => false,
+        (Start | Negotiating | Inquiring | AskingIp, _, "Progress") => false,
         (_, _, "Progress") => true,
-        (Start, S, "Hello" | "Inquire") => true,
+        (Start, S, "Hello" | "Inquire" | "IpQuery") => true,
         (Inquiring, D, "Verdict") => true,
+        (AskingIp, D, "IpStatus") => true,
         (Negotiating, D, "Welcome" | "Refuse") => true,
         (Welcomed, S, "CpuInfo") => true,
         (CheckingCpu, D, "CpuOk" | "Refuse") => true,
@@ -531,4 +540,43 @@ fn inquiry_is_one_question_and_one_answer() {
     assert_eq!(s.state(), State::Answered);
     assert!(s.state().is_final());
     assert!(s.on_send(&Message::Commit {}).is_err());
+}
+
+#[test]
+fn ip_question_is_one_question_and_one_answer() {
+    let ask = Message::IpQuery {
+        ip: "10.77.1.64".into(),
+    };
+    let (mut s, mut r) = (SenderMachine::new(), ReceiverMachine::new());
+    deliver(&mut s, &mut r, Side::Source, &ask).unwrap();
+    assert_eq!((s.state(), r.state()), (State::AskingIp, State::AskingIp));
+    // Every other message, from either side, is held to the same table as a migration's.
+    for m in every_message(BLOB_B) {
+        let name = match &m {
+            Message::FsStart { pass: 1, .. } => "FsStart1",
+            Message::FsStart { .. } => "FsStart2",
+            other => other.name(),
+        };
+        for from in [Side::Source, Side::Destination] {
+            let want = allowed(State::AskingIp, from, name, false, false);
+            let (mut s2, mut r2) = (s.clone(), r.clone());
+            let got = deliver(&mut s2, &mut r2, from, &m);
+            assert_eq!(
+                got.is_ok(),
+                want,
+                "{name} from {from:?} while asking: {got:?}"
+            );
+        }
+    }
+    let answer = Message::IpStatus {
+        ip: "10.77.1.64".into(),
+        in_use: false,
+        user: None,
+    };
+    // The answer cannot open a conversation, nor a question come back.
+    assert!(ReceiverMachine::new().on_send(&answer).is_err());
+    assert!(r.on_message(&ask).is_err());
+    deliver(&mut s, &mut r, Side::Destination, &answer).unwrap();
+    assert_eq!(s.state(), State::Answered);
+    assert!(s.on_send(&ask).is_err(), "one question per connection");
 }
