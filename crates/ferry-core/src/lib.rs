@@ -3,6 +3,7 @@
 //! Each module owns one job and has its own error enum; binaries turn them into anyhow.
 
 pub mod api;
+pub mod cancel;
 pub mod checkpoint;
 pub mod container;
 pub mod criu;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::cancel::{self, Cancel};
 use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
+use crate::cancel::{self, Cancel};
 use crate::checkpoint::archive::{self, Compression, Limits};
 use crate::criu;
 use crate::criu::preflight::{self, PreflightError};

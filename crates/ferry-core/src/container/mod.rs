@@ -1,7 +1,6 @@
 //! Containers on one host: configuration, lifecycle and persisted state.
 
 mod busy;
-pub mod cancel;
 pub mod checkpoint;
 mod config;
 pub(crate) mod engine;
@@ -12,8 +11,8 @@ mod stats;
 mod store;
 mod volume;
 
+pub use crate::cancel::{Cancel, CancelOnDrop, CANCELLED};
 pub use busy::RM_WAIT;
-pub use cancel::{Cancel, CancelOnDrop, CANCELLED};
 pub use checkpoint::{RestoredImages, LAZY_PAGES_LOG};
 pub use config::{
     merge_env, parse_volume, short_id, validate_env, validate_name, ContainerConfig,

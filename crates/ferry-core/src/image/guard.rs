@@ -1,10 +1,13 @@
-//! Bounds on an import's input: a deadline for the whole import and a cap on how much a
-//! compressed stream may expand. A reader past either fails, and the import names the bound.
+//! Bounds on an import's input: a deadline for the whole import, a cap on how much a
+//! compressed stream may expand, and the requester's cancel. A reader past any fails, and the
+//! import names the bound.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
 
 /// Which bound stopped an import (0: none).
 const DEADLINE: u8 = 1;
@@ -16,6 +19,7 @@ pub(crate) struct ImportGuard {
     deadline: Option<Instant>,
     limit: Duration,
     tripped: Arc<AtomicU8>,
+    cancel: Option<Cancel>,
 }
 
 impl ImportGuard {
@@ -24,7 +28,14 @@ impl ImportGuard {
             deadline: Instant::now().checked_add(limit),
             limit,
             tripped: Arc::new(AtomicU8::new(0)),
+            cancel: None,
         }
+    }
+
+    /// Also stops every read once `cancel` is set (the requester went away).
+    pub(crate) fn with_cancel(mut self, cancel: &Cancel) -> Self {
+        self.cancel = Some(cancel.clone());
+        self
     }
 
     /// A guard that never trips (images that arrive from a peer, under its own deadlines).
@@ -33,6 +44,7 @@ impl ImportGuard {
             deadline: None,
             limit: Duration::MAX,
             tripped: Arc::new(AtomicU8::new(0)),
+            cancel: None,
         }
     }
 
@@ -75,6 +87,9 @@ pub(crate) struct Guarded<R> {
 
 impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(c) = &self.guard.cancel {
+            c.check()?;
+        }
         if self.guard.deadline.is_some_and(|d| Instant::now() >= d) {
             self.guard.tripped.store(DEADLINE, Ordering::Relaxed);
             return Err(io::Error::new(
@@ -113,5 +128,17 @@ mod tests {
         let e = io::copy(&mut r, &mut io::sink()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(g.why().unwrap().contains("deadline"));
+    }
+
+    #[test]
+    fn a_cancelled_import_stops_reading_at_once() {
+        let cancel = Cancel::new();
+        let g = ImportGuard::new(Duration::from_secs(60)).with_cancel(&cancel);
+        let mut r = g.timed(io::repeat(0));
+        let mut buf = [0u8; 4096];
+        assert_eq!(r.read(&mut buf).unwrap(), 4096);
+        cancel.cancel();
+        let e = r.read(&mut buf).unwrap_err();
+        assert_eq!(e.to_string(), Cancel::error().to_string());
     }
 }

@@ -16,8 +16,7 @@ use super::oci::{
 };
 use super::store::{parse_digest, read_small, Staging, MAX_JSON};
 use super::{io_err, normalize_name, Image, ImageError, ImageStore};
-use crate::container::cancel::{is_fifo, spool_stream};
-use crate::container::{Cancel, CANCELLED};
+use crate::cancel::{is_fifo, spool_stream, Cancel, CANCELLED};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Layout files that say "this archive is an image, not a root filesystem".
@@ -127,7 +126,7 @@ impl ImageStore {
                 ),
             });
         }
-        staging.guard = ImportGuard::new(deadline);
+        staging.guard = ImportGuard::new(deadline).with_cancel(cancel);
         let guard = staging.guard.clone();
         let staged = self.stage_import(src, &meta, &staging, wanted.as_deref());
         let staged = staged.map_err(|e| match guard.why() {
