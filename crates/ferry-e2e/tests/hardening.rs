@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::checkpoint::archive::{self, Compression, Limits};
 use ferry_core::container::{ContainerConfig, ContainerError};
-use ferry_e2e::{bin, Host};
+use ferry_e2e::{bin, dir_names, Host};
 
 /// A container's state dir is root's: its record 0600, its log 0640 at most.
 fn assert_container_private(ctr: &Path) {
@@ -29,24 +29,11 @@ fn mode(p: &Path) -> u32 {
         & 0o7777
 }
 
-/// Names in `dir` (empty when it does not exist).
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// What an import may leave behind: the state dirs an import writes to.
 fn state(h: &Host) -> Vec<(String, Vec<String>)> {
     ["containers", "checkpoints", "volumes", "netns", "tmp"]
         .iter()
-        .map(|d| (d.to_string(), names(&h.root().join(d))))
+        .map(|d| (d.to_string(), dir_names(&h.root().join(d))))
         .collect()
 }
 
@@ -445,7 +432,7 @@ fn hostile_api_requests_are_refused_with_400() {
         );
     }
     // Nothing of that reached the disk, and the container still runs.
-    assert_eq!(names(&h.root().join("containers")).len(), 1);
+    assert_eq!(dir_names(&h.root().join("containers")).len(), 1);
     assert_eq!(h.inspect("api")["status"], "running");
     assert!(!h.root().join("volumes/a").exists());
 }
@@ -648,7 +635,7 @@ fn state_is_private_after_run_checkpoint_and_import() {
     // Nothing under the root is readable by others, and no tmp leftovers.
     let open = readable_by_others(&root);
     assert!(open.is_empty(), "readable by others: {open:?}");
-    assert!(names(&root.join("tmp"))
+    assert!(dir_names(&root.join("tmp"))
         .iter()
         .all(|n| !n.starts_with("import-")));
     // The socket: owner and group only.
@@ -961,7 +948,7 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
     );
     let mut ckpt = spawn_ferry(&h, &["checkpoint", "big"]);
     h.wait_for("the checkpoint to start", Duration::from_secs(20), || {
-        !names(&ckpts).is_empty()
+        !dir_names(&ckpts).is_empty()
     });
     assert!(
         ckpt.try_wait().unwrap().is_none(),
@@ -1015,7 +1002,7 @@ fn an_import_is_cancelled_when_its_client_goes_away() {
     let h = Host::start();
     h.import("busybox");
     let staging = h.root().join("images/tmp");
-    let leftovers = || (state(&h), names(&staging));
+    let leftovers = || (state(&h), dir_names(&staging));
     let before = leftovers();
     for (i, cmd) in [&["image", "import"][..], &["restore", "--import"]]
         .into_iter()

@@ -8,20 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::lab::{lab, wait_for, TestLab};
-use ferry_e2e::Host;
-
-/// Names in `dir` (empty when it does not exist).
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+use ferry_e2e::{dir_names, Host};
 
 /// What one ferryd holds: its open fds (by what they point to, counted), the mounts under
 /// its state root (as its mount namespace sees them), and its scratch and state dirs.
@@ -71,7 +58,7 @@ fn held(pid: i32, root: &Path) -> Held {
         "volumes",
     ]
     .iter()
-    .map(|d| (d.to_string(), names(&root.join(d))))
+    .map(|d| (d.to_string(), dir_names(&root.join(d))))
     .collect();
     Held { fds, mounts, dirs }
 }

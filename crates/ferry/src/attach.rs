@@ -11,7 +11,7 @@ use ferry_core::exec::{self as wire, AttachRequest, Frame};
 use tokio::sync::mpsc;
 
 use crate::error::CliError;
-use crate::exec::{forward_resizes, forward_stdin, terminal_size, upgrade, RawMode};
+use crate::exec::{forward_resizes, forward_stdin, frame_writer, terminal_size, upgrade, RawMode};
 
 #[derive(clap::Args, Debug)]
 pub struct AttachArgs {
@@ -67,18 +67,8 @@ pub async fn session(socket: &Path, container: &str, send_stdin: bool) -> Result
     } else {
         None
     };
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let (tx, mut rx) = mpsc::channel::<Frame>(64);
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if wire::write_frame(&mut wr, &f).await.is_err() {
-                break;
-            }
-        }
-        // The write half stays open: closing it would end the session.
-        std::future::pending::<()>().await;
-        drop(wr);
-    });
+    let (mut rd, wr) = tokio::io::split(io);
+    let tx = frame_writer(wr);
     let (detach_tx, mut detach_rx) = mpsc::channel::<()>(1);
     if send_stdin {
         forward_stdin(tx.clone(), tty.then_some(detach_tx));

@@ -85,18 +85,8 @@ pub async fn run(socket: &Path, a: ExecArgs) -> Result<i32> {
     } else {
         None
     };
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let (tx, mut rx) = mpsc::channel::<Frame>(64);
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if wire::write_frame(&mut wr, &f).await.is_err() {
-                break;
-            }
-        }
-        // The write half stays open: closing it would tell ferryd the client went away.
-        std::future::pending::<()>().await;
-        drop(wr);
-    });
+    let (mut rd, wr) = tokio::io::split(io);
+    let tx = frame_writer(wr);
     if a.interactive {
         forward_stdin(tx.clone(), None);
     }
@@ -186,6 +176,26 @@ pub(crate) async fn upgrade(
 /// stdin on a thread of its own: a blocking read cannot be cancelled, and the process exits
 /// when the command does, whatever the thread is doing. With `detach`, Docker's detach keys
 /// (Ctrl-P Ctrl-Q) are not sent but reported there.
+/// Sends the frames given to the returned channel on `wr`, in order, from a task of its own.
+/// The write half stays open after the last frame: closing it would tell ferryd the client
+/// went away, which ends the session.
+pub(crate) fn frame_writer<W>(mut wr: W) -> mpsc::Sender<Frame>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Frame>(64);
+    tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if wire::write_frame(&mut wr, &f).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+        drop(wr);
+    });
+    tx
+}
+
 pub(crate) fn forward_stdin(tx: mpsc::Sender<Frame>, detach: Option<mpsc::Sender<()>>) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
