@@ -542,8 +542,12 @@ impl Outgoing {
     ) -> Result<(), MigrationError> {
         let work = self.work.path().to_owned();
         let hook_path = work.join("hook.sock");
+        // Stop-and-copy only: a lazy dump ends with CRIU putting the cgroup back as it found it,
+        // and a post-copy source killed after a lost drain must not be left in a frozen cgroup,
+        // where SIGKILL waits for a thaw.
         let freezer = Freezer::for_container(&self.engine.config().cgroup_parent, &self.cfg.id);
-        let hook = HookServer::bind_freezing(&hook_path, freezer.exists().then_some(freezer))?;
+        let freeze_at_pre_dump = self.mode == MigrationMode::StopAndCopy && freezer.exists();
+        let hook = HookServer::bind_freezing(&hook_path, freeze_at_pre_dump.then_some(freezer))?;
         if self.mode == MigrationMode::PostCopy {
             // CRIU runs `post-dump` before it starts serving the lazy pages, so nothing can be
             // held there: the rollback point is the lazy server itself (see `drain`).
