@@ -4,7 +4,7 @@
 //! free page reporting, as on ferry's project machine), memory the guest has not used for a
 //! couple of seconds is handed back, and the next first touch of each page traps to the
 //! hypervisor: 0.4–0.7 s per GiB. A stop-and-copy destination writes the whole memory of the
-//! container inside the frozen window (the page server's scratch; the restore reuses it as it
+//! container inside the frozen window (the received pages' scratch; the restore reuses it as it
 //! reads, see `RestoreOpts::auto_dedup`), so that cost lands on the downtime. [`Warmed`]
 //! touches the memory the incoming pages will need while the source still runs, and gives it
 //! back in chunks just ahead of the pages as they arrive ([`Warmed::release_up_to`]): memory

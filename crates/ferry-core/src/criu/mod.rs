@@ -1,6 +1,7 @@
 //! ferry's view of CRIU: which binary, which version, which kernel features it can use, how to
-//! read its logs and statistics images, and the two long-running CRIU processes a migration
-//! destination needs (the page server and the lazy-pages daemon).
+//! read its logs and statistics images, the receiving end of its page-server protocol (ferry
+//! writes a stop-and-copy dump's pages itself), and the lazy-pages daemon a post-copy
+//! destination runs.
 //!
 //! Checkpoint and restore themselves go through runc (see `runtime`); this module covers what
 //! runc has no verb for.
@@ -10,6 +11,7 @@ mod cpuinfo;
 mod features;
 mod image;
 mod log;
+mod page_receiver;
 pub mod preflight;
 mod server;
 mod stats;
@@ -28,7 +30,8 @@ pub use image::{
     STATS_MAGIC,
 };
 pub use log::{error_lines, explain_log, lazy_bytes_in_dump_log, CriuLogExcerpt};
-pub use server::{free_loopback_port, LazyPagesDaemon, LazyTransfer, PageServer, ReadySignal};
+pub use page_receiver::{PageReceiver, ReceivedPages, PAGEMAP_MAGIC};
+pub use server::{free_loopback_port, LazyPagesDaemon, LazyTransfer, ReadySignal};
 pub use stats::{read_dump_stats, read_restore_stats, DumpStats, RestoreStats};
 pub use version::{require_supported_version, version, CriuVersion};
 
@@ -60,6 +63,9 @@ pub enum CriuError {
     MissingFeatures(Vec<MissingFeature>),
     #[error("{path}: {problem}")]
     Image { path: PathBuf, problem: String },
+    /// The sender's fault: what a dump sent to ferry's page receiver breaks the protocol.
+    #[error("the dump's page stream is malformed at byte {offset}: {problem}")]
+    PageStream { offset: u64, problem: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -1,7 +1,8 @@
-//! The long-running CRIU processes on a migration destination: the page server (receives the
-//! pages of a dump) and the lazy-pages daemon (pulls pages from the source on demand after a
-//! post-copy restore). Both report readiness through CRIU's `--status-fd`, so `spawn` returns
-//! only once they listen, and fails with CRIU's log excerpt if they die first.
+//! The long-running CRIU process on a post-copy destination, the lazy-pages daemon (pulls pages
+//! from the source on demand after the restore), and what runs CRIU processes that must signal
+//! readiness: CRIU's `--status-fd`, so `spawn` returns only once they listen, and fails with
+//! CRIU's log excerpt if they die first. (A stop-and-copy destination needs no CRIU process
+//! for the pages: ferryd receives them itself, see `page_receiver`.)
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -221,93 +222,6 @@ impl ReadySignal {
     }
 }
 
-/// `criu page-server` on the migration destination: receives `pages-*.img` and `pagemap-*.img`
-/// from `runc checkpoint --page-server` and writes them into its images directory, then exits.
-#[derive(Debug)]
-pub struct PageServer {
-    proc: CriuChild,
-    addr: SocketAddr,
-}
-
-impl PageServer {
-    /// Starts the server and returns once it listens. The log goes to `log` (verbosity 4).
-    ///
-    /// CRIU refuses port 0, so for port 0 ferry picks a free port itself (bind, release, hand it
-    /// to CRIU) and retries with another if something else took it meanwhile; [`addr`] tells
-    /// which port was used.
-    ///
-    /// [`addr`]: PageServer::addr
-    pub fn spawn(images_dir: &Path, addr: SocketAddr, log: &Path) -> Result<Self, CriuError> {
-        if addr.port() != 0 {
-            return Self::spawn_on(images_dir, addr, log);
-        }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let chosen = free_port(addr).map_err(|e| CriuError::Io {
-                path: PathBuf::from(addr.to_string()),
-                source: e,
-            })?;
-            match Self::spawn_on(images_dir, chosen, log) {
-                Err(CriuError::NotReady { excerpt, .. })
-                    if attempt < 5
-                        && excerpt
-                            .first_error
-                            .as_deref()
-                            .is_some_and(|e| e.contains("Can't bind")) =>
-                {
-                    tracing::debug!(%chosen, "page server port taken meanwhile; retrying");
-                }
-                other => return other,
-            }
-        }
-    }
-
-    fn spawn_on(images_dir: &Path, addr: SocketAddr, log: &Path) -> Result<Self, CriuError> {
-        let tool = criu_tool()
-            .arg("page-server")
-            .arg("--images-dir")
-            .arg(images_dir)
-            .arg("--address")
-            .arg(addr.ip().to_string())
-            .arg("--port")
-            .arg(addr.port().to_string())
-            .arg("-o")
-            .arg(log)
-            .arg("-v4");
-        let proc = CriuChild::spawn_ready("page-server", tool, log)?;
-        Ok(PageServer { proc, addr })
-    }
-
-    /// Where the server listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.proc.log_path
-    }
-
-    /// Waits until the dump's client has disconnected and the server exited.
-    pub fn wait(self) -> Result<(), CriuError> {
-        self.proc.wait()
-    }
-
-    /// `Some(())` once it exited successfully, `None` while it runs.
-    pub fn try_wait(&mut self) -> Result<Option<()>, CriuError> {
-        self.proc.try_wait()
-    }
-
-    /// Stops the server (also done on drop).
-    pub fn kill(&mut self) {
-        self.proc.kill()
-    }
-}
-
 /// A port on `addr`'s IP that is free right now.
 pub(super) fn free_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))?;
@@ -421,68 +335,12 @@ fn leading_number(s: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{copy_images, dump_sleeper, restore_detached, serial, Sleeper};
+    use super::super::testutil::{copy_images, restore_detached, serial, Sleeper};
     use super::super::{read_dump_stats, CriuError};
     use super::*;
 
     fn loopback_any_port() -> SocketAddr {
         "127.0.0.1:0".parse().unwrap()
-    }
-
-    fn page_images(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("pages-") || n.starts_with("pagemap-"))
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Stop-and-copy through the page server: pages land on the "destination", the rest is
-    /// copied over, and the process restores from there.
-    #[test]
-    fn page_server_receives_a_real_dump() {
-        let _turn = serial();
-        let src = tempfile::tempdir().unwrap();
-        let dst = tempfile::tempdir().unwrap();
-        let server =
-            PageServer::spawn(dst.path(), loopback_any_port(), &dst.path().join("ps.log")).unwrap();
-        let port = server.addr().port();
-        assert_ne!(port, 0);
-        assert_eq!(server.log_path(), dst.path().join("ps.log"));
-
-        let tag = dump_sleeper(
-            src.path(),
-            &[
-                "--page-server",
-                "--address",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ],
-        );
-        server.wait().unwrap();
-
-        assert!(
-            page_images(src.path()).is_empty(),
-            "{:?}",
-            page_images(src.path())
-        );
-        let received = page_images(dst.path());
-        assert!(
-            received.iter().any(|n| n.starts_with("pages-")),
-            "{received:?}"
-        );
-        assert!(
-            received.iter().any(|n| n.starts_with("pagemap-")),
-            "{received:?}"
-        );
-        assert!(read_dump_stats(src.path()).unwrap().pages_written > 0);
-
-        copy_images(src.path(), dst.path());
-        let restored = restore_detached(dst.path(), &tag, &[]);
-        assert!(restored.is_alive());
     }
 
     #[test]
@@ -505,13 +363,28 @@ mod tests {
         );
     }
 
+    /// A CRIU process that must be ready, for [`CriuChild`]'s own tests: a page server on `addr`.
+    fn page_server(dir: &Path, addr: SocketAddr, log: &Path) -> Result<CriuChild, CriuError> {
+        let tool = criu_tool()
+            .arg("page-server")
+            .arg("--images-dir")
+            .arg(dir)
+            .arg("--address")
+            .arg(addr.ip().to_string())
+            .arg("--port")
+            .arg(addr.port().to_string())
+            .arg("-o")
+            .arg(log)
+            .arg("-v4");
+        CriuChild::spawn_ready("page-server", tool, log)
+    }
+
     #[test]
-    fn page_server_that_cannot_listen_explains_why() {
+    fn a_criu_that_cannot_get_ready_explains_why() {
         let dst = tempfile::tempdir().unwrap();
         let log = dst.path().join("ps.log");
         // TEST-NET-1: not an address of this host, so bind fails.
-        let err =
-            PageServer::spawn(dst.path(), "192.0.2.1:7000".parse().unwrap(), &log).unwrap_err();
+        let err = page_server(dst.path(), "192.0.2.1:7000".parse().unwrap(), &log).unwrap_err();
         assert!(matches!(err, CriuError::NotReady { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(
@@ -526,16 +399,16 @@ mod tests {
     }
 
     #[test]
-    fn killed_page_server_reports_failure() {
+    fn a_killed_criu_is_reaped() {
         let dst = tempfile::tempdir().unwrap();
-        let mut server =
-            PageServer::spawn(dst.path(), loopback_any_port(), &dst.path().join("ps.log")).unwrap();
-        assert_eq!(server.try_wait().unwrap(), None);
-        let pid = server.pid();
+        let addr = free_port(loopback_any_port()).unwrap();
+        let mut child = page_server(dst.path(), addr, &dst.path().join("ps.log")).unwrap();
+        assert_eq!(child.try_wait().unwrap(), None);
+        let pid = child.pid();
         assert!(Path::new(&format!("/proc/{pid}")).exists());
-        server.kill();
-        assert!(server.try_wait().unwrap().is_some());
-        drop(server);
+        child.kill();
+        assert!(child.try_wait().unwrap().is_some());
+        drop(child);
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 

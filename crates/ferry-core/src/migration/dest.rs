@@ -1,8 +1,8 @@
 //! The destination side of a migration, as named steps over [`Incoming`].
 //!
 //! It registers the incoming container (name and IP reserved, marked uncommitted), takes the
-//! image blobs it lacks, fills the overlay upper dir and volumes, runs the page server behind
-//! the tunnel, restores the container with its traffic gated, and opens the gate only once the
+//! image blobs it lacks, fills the overlay upper dir and volumes, writes the dump's pages as
+//! they come out of the tunnel (stop-and-copy), restores the container with its traffic gated, and opens the gate only once the
 //! commit is recorded (see [`super::commit`]). A failure before the restore removes everything
 //! it made. A restored copy is discarded only once the source is known to have resumed.
 
@@ -18,17 +18,18 @@ use ferry_proto::{
 
 use super::commit;
 use super::fault::{self, Injected};
+use super::page_sink::PageSink;
 use super::record::{self, MigrationRecord, Role, Stage};
 use super::wire::{Machine, Wire};
 use super::{blocking, host_versions, MigrationError};
 use crate::container::{ContainerConfig, Engine, RootfsDirs};
-use crate::criu::{LazyPagesDaemon, PageServer};
+use crate::criu::LazyPagesDaemon;
 use crate::fsdiff::{self, DiffSummary};
 use crate::hostmem;
 use crate::image::Digest;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::tls::HostIdentity;
-use crate::peer::tunnel::{tunnel_connect, tunnel_listen, Codec, Hold, Tunnel};
+use crate::peer::tunnel::{tunnel_into, tunnel_listen, Codec, Hold, Tunnel};
 use tracing::Instrument;
 
 /// How long the source may stay silent (no message, no heartbeat, no page bytes).
@@ -51,7 +52,6 @@ struct Incoming {
     pending_blobs: usize,
     image_registered: bool,
     image_was_new: bool,
-    page_server: Option<PageServer>,
     tunnel: Option<Tunnel>,
     announcer: Option<tokio::task::JoinHandle<()>>,
     /// Post-copy: memory arrives after the restore, through `lazy_daemon`.
@@ -157,7 +157,6 @@ impl Incoming {
             pending_blobs: 0,
             image_registered: false,
             image_was_new: false,
-            page_server: None,
             tunnel: None,
             announcer: None,
             lazy: false,
@@ -460,7 +459,7 @@ impl Incoming {
 
     /// The freeze comes next: refuse a container this host has no room for, stage the gated
     /// network now, off the downtime path, warm the memory the pages will land in, and put
-    /// the page server behind the tunnel.
+    /// the page receiver behind the tunnel.
     async fn open_page_sink(&mut self, memory_bytes: u64, lz4: bool) -> Result<(), MigrationError> {
         self.step("dump").await?;
         if memory_bytes > 0 {
@@ -477,22 +476,12 @@ impl Incoming {
         let t = Instant::now();
         let warmed = blocking(move || Ok(hostmem::Warmed::touch(memory_bytes)?)).await?;
         self.memory_warming = (t.elapsed(), warmed.bytes());
-        let dir = self.images_dir()?;
-        let log = self.work.path().join("page-server.log");
-        let ps = blocking(move || {
-            Ok(PageServer::spawn(
-                &dir,
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                &log,
-            )?)
-        })
-        .await?;
         let rx = self.wire.demux.stream(TUNNEL_STREAM)?;
         let codec = if lz4 { Codec::Lz4 } else { Codec::Plain };
-        let tunnel = tunnel_connect(ps.addr(), self.wire.sink.clone(), rx, codec).await?;
+        let pages = PageSink::new(&self.images_dir()?);
+        let tunnel = tunnel_into(self.wire.sink.clone(), rx, codec, pages);
         self.announcer = Some(announce_when_frozen(&self.engine, self.name(), &tunnel));
         self.warm_release = Some(WarmRelease::start(warmed, &tunnel));
-        self.page_server = Some(ps);
         self.tunnel = Some(tunnel);
         self.wire.send(Message::PagesReady { lz4 }).await
     }
@@ -520,8 +509,11 @@ impl Incoming {
         let t = Instant::now();
         self.step("restore").await?;
         let alive = self.wire.heartbeat("restore");
-        if let Some(ps) = self.page_server.take() {
-            blocking(move || Ok(ps.wait()?)).await?;
+        if !self.lazy {
+            // The dump's last page is written once the page stream has ended cleanly.
+            if let Some(tunnel) = self.tunnel.take() {
+                tunnel.wait().await?;
+            }
         }
         // Every page is in: what is still warmed (the estimate was high) goes back now.
         self.warm_release = None;
@@ -737,9 +729,6 @@ impl Incoming {
     /// Removes everything an unfinished incoming migration made on this host (before a copy
     /// was restored, or after its restore failed).
     async fn undo(&mut self, why: &MigrationError) {
-        if let Some(mut ps) = self.page_server.take() {
-            ps.kill();
-        }
         let Some(id) = self.migration_id.clone() else {
             return;
         };

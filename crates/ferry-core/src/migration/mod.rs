@@ -11,6 +11,7 @@ mod drain;
 pub mod fault;
 pub mod hook;
 mod layers;
+mod page_sink;
 pub mod record;
 pub mod recovery;
 pub mod report;

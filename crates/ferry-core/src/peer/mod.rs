@@ -7,7 +7,8 @@
 //!   shared by every task that writes, and a demultiplexer that routes incoming frames by stream id.
 //! - [`handshake`]: Hello/Welcome with version negotiation.
 //! - [`bulk`]: stream a reader onto a channel stream (optional zstd) and back, checked by sha256.
-//! - [`tunnel`]: carry a local TCP connection (CRIU's page server) over a channel stream.
+//! - [`tunnel`]: carry a local TCP connection (CRIU's page-server protocol) over a channel
+//!   stream, or into an in-process [`tunnel::LocalSink`].
 //! - [`query`]: the address question `run --ip` asks every known peer.
 
 pub mod bulk;

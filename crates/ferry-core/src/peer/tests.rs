@@ -473,20 +473,41 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// An in-process far end that answers every byte with itself.
+struct EchoSink;
+
+impl tunnel::LocalSink for EchoSink {
+    fn take(&mut self, bytes: &[u8], answer: &mut Vec<u8>) -> Result<(), PeerError> {
+        answer.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), PeerError> {
+        Ok(())
+    }
+}
+
+/// Where the far end of a test tunnel is.
+#[derive(Clone, Copy)]
+enum Far {
+    /// A TCP server on loopback, reached with `tunnel_connect`.
+    Tcp,
+    /// A [`tunnel::LocalSink`] in this process, reached with `tunnel_into`.
+    InProcess,
+}
+
 /// Echoes `payload` through a tunnel with `codec`; returns the near and far stats.
-async fn tunnel_round_trip(codec: Codec, payload: Vec<u8>) -> (TunnelStats, TunnelStats) {
+async fn tunnel_round_trip(codec: Codec, far: Far, payload: Vec<u8>) -> (TunnelStats, TunnelStats) {
     let c = cluster();
     let (src, dst) = connected(&c).await;
     // Destination: the "page server" and the bridge to it.
-    let echo = echo_server().await;
-    let far = tunnel_connect(
-        echo,
-        dst.sink.clone(),
-        dst.demux.stream(TUNNEL_STREAM).unwrap(),
-        codec,
-    )
-    .await
-    .unwrap();
+    let rx = dst.demux.stream(TUNNEL_STREAM).unwrap();
+    let far = match far {
+        Far::Tcp => tunnel_connect(echo_server().await, dst.sink.clone(), rx, codec)
+            .await
+            .unwrap(),
+        Far::InProcess => tunnel::tunnel_into(dst.sink.clone(), rx, codec, EchoSink),
+    };
     // Source: the local port the "CRIU client" connects to.
     let listener = tunnel_listen(any_port()).await.unwrap();
     let port = listener.local_addr();
@@ -529,14 +550,16 @@ async fn tunnel_round_trip(codec: Codec, payload: Vec<u8>) -> (TunnelStats, Tunn
 #[tokio::test]
 async fn tunnel_carries_both_directions_and_counts() {
     let n = 5u64 << 20;
-    let (near, far) = tunnel_round_trip(Codec::Plain, random_bytes(n as usize)).await;
     let plain = TunnelStats {
         to_peer: n,
         from_peer: n,
         to_peer_wire: n,
     };
-    assert_eq!(near, plain);
-    assert_eq!(far, plain);
+    for end in [Far::Tcp, Far::InProcess] {
+        let (near, far) = tunnel_round_trip(Codec::Plain, end, random_bytes(n as usize)).await;
+        assert_eq!(near, plain);
+        assert_eq!(far, plain);
+    }
 }
 
 #[tokio::test]
@@ -551,13 +574,79 @@ async fn lz4_tunnel_carries_every_byte_and_compresses_only_what_pays() {
         }
     }
     let n = payload.len() as u64;
-    let (near, far) = tunnel_round_trip(Codec::Lz4, payload).await;
-    for s in [near, far] {
+    let (near, far) = tunnel_round_trip(Codec::Lz4, Far::Tcp, payload.clone()).await;
+    let (near_in, far_in) = tunnel_round_trip(Codec::Lz4, Far::InProcess, payload).await;
+    for s in [near, far, near_in, far_in] {
         assert_eq!((s.to_peer, s.from_peer), (n, n));
         // A third is random (sent raw, plus a tag per frame); the rest shrinks to almost nothing.
         assert!(s.to_peer_wire < n / 2, "{s:?}");
         assert!(s.to_peer_wire > n / 3, "{s:?}");
     }
+}
+
+/// Refuses the peer's bytes once it has taken `left` of them.
+struct FailingSink {
+    left: usize,
+}
+
+impl tunnel::LocalSink for FailingSink {
+    fn take(&mut self, bytes: &[u8], _answer: &mut Vec<u8>) -> Result<(), PeerError> {
+        if bytes.len() > self.left {
+            return Err(PeerError::StreamCheck {
+                stream: TUNNEL_STREAM,
+                reason: "the sink refused these bytes".into(),
+            });
+        }
+        self.left -= bytes.len();
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), PeerError> {
+        Ok(())
+    }
+}
+
+/// A failing in-process end fails its tunnel with its own reason and never ends its direction
+/// cleanly: the near client sees its conversation broken, not finished.
+#[tokio::test]
+async fn a_failing_in_process_end_breaks_the_conversation() {
+    let c = cluster();
+    let (src, dst) = connected(&c).await;
+    let rx = dst.demux.stream(TUNNEL_STREAM).unwrap();
+    let far = tunnel::tunnel_into(
+        dst.sink.clone(),
+        rx,
+        Codec::Lz4,
+        FailingSink { left: 1 << 20 },
+    );
+    let listener = tunnel_listen(any_port()).await.unwrap();
+    let port = listener.local_addr();
+    let near = listener.bridge(
+        src.sink.clone(),
+        src.demux.stream(TUNNEL_STREAM).unwrap(),
+        Codec::Lz4,
+    );
+    let client = tokio::net::TcpStream::connect(port).await.unwrap();
+    let (mut r, mut w) = client.into_split();
+    let writer = tokio::spawn(async move {
+        // The far end stops taking; later writes may fail once the near end gives up.
+        let _ = w.write_all(&random_bytes(4 << 20)).await;
+        let _ = w.shutdown().await;
+    });
+    let err = far.wait().await.unwrap_err().to_string();
+    assert!(err.contains("the sink refused these bytes"), "{err}");
+    // The destination driver ends the connection on such a failure.
+    dst.sink.close().await.unwrap();
+    drop(dst);
+    let mut got = Vec::new();
+    let read = r.read_to_end(&mut got).await;
+    assert!(got.is_empty(), "no answer bytes: {}", got.len());
+    let near_err = near.wait().await.unwrap_err().to_string();
+    assert!(
+        near_err.contains("connection ended"),
+        "{near_err}; client read {read:?}"
+    );
+    writer.await.unwrap();
 }
 
 #[tokio::test]

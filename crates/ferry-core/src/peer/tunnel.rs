@@ -1,14 +1,16 @@
 //! A local TCP connection carried over a channel stream, both directions.
 //!
-//! This is how CRIU's page server (stop-and-copy) and lazy-pages server (post-copy) talk across
+//! This is how CRIU's page-server protocol (stop-and-copy) and lazy-pages server (post-copy) talk across
 //! hosts without their plain-TCP traffic ever leaving the host: each end only ever connects to
 //! 127.0.0.1, and the bytes cross the network inside the authenticated TLS channel.
 //!
 //! - The side whose CRIU *connects* (source in stop-and-copy: `runc checkpoint --page-server
 //!   127.0.0.1:PORT`; destination in post-copy: `criu lazy-pages --page-server`) calls
 //!   [`tunnel_listen`] and gives CRIU the port.
-//! - The side whose CRIU *listens* (`criu page-server` on the destination; the lazy page server on
-//!   the source) calls [`tunnel_connect`] once that server is up.
+//! - The side whose CRIU *listens* (the lazy page server on the source) calls [`tunnel_connect`]
+//!   once that server is up.
+//! - A side that answers in-process (the stop-and-copy destination, which writes the pages
+//!   itself) calls [`tunnel_into`] with a [`LocalSink`].
 //!
 //! Both directions use the same stream id ([`ferry_proto::TUNNEL_STREAM`]); a `DataEnd` on it
 //! half-closes that direction, which becomes a TCP write shutdown at the far end. The tunnel is done
@@ -43,7 +45,7 @@ use super::channel::{FrameSink, StreamItem, StreamReceiver};
 use super::PeerError;
 
 /// Per-frame read size: a read returns what the socket holds, so a large buffer adds no
-/// latency to the page server's small requests and replies, while a bulk page stream goes in
+/// latency to the page-server protocol's small requests and replies, while a bulk page stream goes in
 /// few large frames (fewer syscalls, locks and wake-ups per byte; measured in bench/).
 const CHUNK: usize = ferry_proto::MAX_FRAME;
 
@@ -307,6 +309,13 @@ impl Encoder {
         }
     }
 
+    /// The payload for `bytes` (at most [`CHUNK`]) produced in-process rather than read.
+    fn encode(&mut self, bytes: &[u8]) -> &[u8] {
+        let n = bytes.len();
+        self.space()[..n].copy_from_slice(bytes);
+        self.payload(n)
+    }
+
     /// Where the next read goes.
     fn space(&mut self) -> &mut [u8] {
         match self.codec {
@@ -450,6 +459,172 @@ async fn peer_to_local(
             }
         }
     }
+}
+
+/// The local end of a tunnel that lives in this process: it takes the peer's bytes and may
+/// answer. Its calls run on a blocking thread of their own, so it may write files.
+pub trait LocalSink: Send + 'static {
+    /// Takes the peer's next bytes; what it appends to `answer` goes back to the peer.
+    fn take(&mut self, bytes: &[u8], answer: &mut Vec<u8>) -> Result<(), PeerError>;
+    /// The peer ended its direction after every byte arrived: the sink says whether that was
+    /// a complete conversation. Only then does the tunnel end its own direction.
+    fn end(&mut self) -> Result<(), PeerError>;
+}
+
+/// Bridges `rx.id()` to `local`, in this process. The tunnel ends when the peer has ended its
+/// direction and `local` accepted the end; if `local` fails, the tunnel fails with its error
+/// and never ends its direction cleanly, so the peer's client sees a broken conversation.
+pub fn tunnel_into(
+    sink: FrameSink,
+    rx: StreamReceiver,
+    codec: Codec,
+    local: impl LocalSink,
+) -> Tunnel {
+    let counters = Arc::new(Counters::default());
+    let c = counters.clone();
+    let task = tokio::spawn(async move {
+        let stream = rx.id();
+        // A few frames of slack: enough to keep the sink busy, little enough that a slow sink
+        // pushes back on the peer instead of piling frames up in memory.
+        let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(8);
+        let (answers_tx, answers_rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker_counters = c.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            sink_loop(
+                local,
+                frames_rx,
+                answers_tx,
+                &worker_counters,
+                codec,
+                stream,
+            )
+        });
+        let (forwarded, answered) = tokio::join!(
+            forward_frames(rx, frames_tx),
+            send_answers(answers_rx, &sink, stream, &c, codec)
+        );
+        let worked = worker.await.unwrap_or_else(|e| {
+            Err(PeerError::StreamCheck {
+                stream,
+                reason: format!("the local end of the tunnel failed: {e}"),
+            })
+        });
+        // The peer's failure explains the sink's (it was cut short), so it is reported first.
+        forwarded?;
+        worked?;
+        answered?;
+        Ok(c.stats())
+    });
+    Tunnel { counters, task }
+}
+
+/// Passes the peer's frames on to the sink's thread, up to and including the end.
+async fn forward_frames(
+    mut rx: StreamReceiver,
+    frames: tokio::sync::mpsc::Sender<StreamItem>,
+) -> Result<(), PeerError> {
+    let stream = rx.id();
+    loop {
+        let item = rx.recv().await.map_err(|_| PeerError::StreamCheck {
+            stream,
+            reason: "connection ended in the middle of the tunnel".into(),
+        })?;
+        let end = matches!(item, StreamItem::End(_));
+        if frames.send(item).await.is_err() || end {
+            // The sink stopped (its error is the one to report) or has everything.
+            return Ok(());
+        }
+    }
+}
+
+/// What the sink's thread says back.
+enum Answer {
+    Bytes(Vec<u8>),
+    /// The conversation is complete: end our direction.
+    Done,
+}
+
+// `answers` is taken by value on purpose: dropping it when the loop ends, however it ends, is
+// what tells `send_answers` that the sink stopped.
+#[allow(clippy::needless_pass_by_value)]
+fn sink_loop(
+    mut local: impl LocalSink,
+    mut frames: tokio::sync::mpsc::Receiver<StreamItem>,
+    answers: tokio::sync::mpsc::UnboundedSender<Answer>,
+    c: &Counters,
+    codec: Codec,
+    stream: u32,
+) -> Result<(), PeerError> {
+    let mut scratch = Vec::new();
+    let mut answer = Vec::new();
+    let mut total = 0u64;
+    while let Some(item) = frames.blocking_recv() {
+        match item {
+            StreamItem::Data(payload) => {
+                let bytes = match codec {
+                    Codec::Plain => &payload[..],
+                    Codec::Lz4 => decode(&payload, &mut scratch, stream)?,
+                };
+                local.take(bytes, &mut answer)?;
+                total += bytes.len() as u64;
+                c.from_peer.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if !answer.is_empty() {
+                    // The receiver only goes away when the tunnel is torn down.
+                    let _ = answers.send(Answer::Bytes(std::mem::take(&mut answer)));
+                }
+            }
+            StreamItem::End(end) => {
+                if end.bytes != total {
+                    return Err(PeerError::StreamCheck {
+                        stream,
+                        reason: format!("peer sent {} tunnel bytes, received {total}", end.bytes),
+                    });
+                }
+                local.end()?;
+                let _ = answers.send(Answer::Done);
+                return Ok(());
+            }
+        }
+    }
+    Err(PeerError::StreamCheck {
+        stream,
+        reason: format!("the tunnel stopped after {total} bytes, before the peer ended it"),
+    })
+}
+
+/// Sends the sink's answers to the peer; ends our direction once the sink is done.
+async fn send_answers(
+    mut answers: tokio::sync::mpsc::UnboundedReceiver<Answer>,
+    sink: &FrameSink,
+    stream: u32,
+    c: &Counters,
+    codec: Codec,
+) -> Result<(), PeerError> {
+    let mut enc = Encoder::new(codec);
+    let mut total = 0u64;
+    while let Some(answer) = answers.recv().await {
+        match answer {
+            Answer::Bytes(bytes) => {
+                for chunk in bytes.chunks(CHUNK) {
+                    let payload = enc.encode(chunk);
+                    sink.send_data(stream, payload).await?;
+                    c.to_peer_wire
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                }
+                total += bytes.len() as u64;
+                c.to_peer.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Answer::Done => {
+                let end = StreamEnd {
+                    bytes: total,
+                    sha256: None,
+                };
+                return sink.send_end(stream, &end).await;
+            }
+        }
+    }
+    // The sink failed: its error is reported; the peer must not see a clean end.
+    Ok(())
 }
 
 #[cfg(test)]

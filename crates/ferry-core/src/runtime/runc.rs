@@ -101,7 +101,7 @@ pub struct CheckpointOpts {
     pub tcp_established: bool,
     pub file_locks: bool,
     pub ext_unix_sk: bool,
-    /// Send memory pages to a `criu page-server` at this address.
+    /// Send memory pages to a page server (CRIU's protocol) at this address.
     pub page_server: Option<SocketAddr>,
     pub lazy_pages: bool,
     /// runc writes a byte to this fd when the lazy page server is ready; the caller must make the
