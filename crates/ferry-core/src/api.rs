@@ -4,12 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::container::{
+    parse_labels, parse_ports, parse_volume, ContainerError, RestartPolicy, RunOptions,
+};
+
 /// Every error body the daemon returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiErrorBody {
     pub error: String,
-    /// A stable machine-readable category: not_found, conflict, invalid, ambiguous (an ID
-    /// prefix of several containers), unavailable, internal.
+    /// A stable machine-readable category: `not_found`, `conflict`, `invalid` (the caller's
+    /// input), `ambiguous` (an ID prefix of several containers), `unauthorized` (a registry
+    /// refused the credentials), `unavailable` (a peer or registry could not be reached),
+    /// `peer` / `registry` (one answered wrongly or refused), `internal` (this host's fault).
     pub kind: String,
 }
 
@@ -122,6 +128,68 @@ pub struct RunRequest {
     /// `-i`: the container's stdin stays open for `ferry attach`.
     #[serde(default)]
     pub interactive: bool,
+}
+
+/// The API edge of `ferry run`: the request's strings parsed into the engine's terms. Parse
+/// errors are the caller's (`Invalid`); the rest is checked by [`RunOptions::validate`].
+impl TryFrom<&RunRequest> for RunOptions {
+    type Error = ContainerError;
+
+    fn try_from(req: &RunRequest) -> Result<Self, ContainerError> {
+        let ip = match &req.ip {
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| ContainerError::Invalid(format!("invalid IP address {s:?}")))?,
+            ),
+            None => None,
+        };
+        Ok(RunOptions {
+            name: Some(req.name.clone()).filter(|n| !n.is_empty()),
+            image: req.image.clone(),
+            cmd: req.cmd.clone(),
+            entrypoint: req.entrypoint.clone(),
+            env: req.env.clone(),
+            ip,
+            volumes: req
+                .volumes
+                .iter()
+                .map(|v| parse_volume(v))
+                .collect::<Result<_, _>>()?,
+            memory: req.memory,
+            hostname: req.hostname.clone(),
+            dns: req.dns.clone(),
+            add_hosts: req.add_hosts.clone(),
+            user: req.user.clone(),
+            workdir: req.workdir.clone(),
+            labels: parse_labels(&req.labels)?,
+            cpus: req.cpus,
+            read_only: req.read_only,
+            cap_add: req.cap_add.clone(),
+            cap_drop: req.cap_drop.clone(),
+            auto_remove: req.auto_remove,
+            restart: match &req.restart {
+                Some(r) => r.parse()?,
+                None => RestartPolicy::No,
+            },
+            ports: parse_ports(&req.publish)?,
+            tty: req.tty,
+            interactive: req.interactive,
+        })
+    }
+}
+
+/// `POST /v1/containers`' answer: the new container's record (its fields at the top level, as
+/// before), and what the user should know about it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunReply {
+    #[serde(flatten)]
+    pub record: crate::container::ContainerRecord,
+    /// Said to the user (on stderr) but not fatal: a peer that uses `--ip`, or could not be asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// What each known peer said about `--ip`, when it was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_check: Vec<crate::peer::query::PeerIpReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
