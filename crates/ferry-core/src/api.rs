@@ -1,12 +1,23 @@
 //! The ferryd HTTP/JSON API: request and response bodies shared by the daemon and the CLI.
 //!
-//! Paths (all under `/v1`) are listed in `ferryd`'s router; this module only holds the shapes.
+//! Paths (all under `/v1`) are listed in `ferryd`'s router; this module only holds the shapes,
+//! and is where the CLI and ferryd take them from. Bodies that are also an operation's own
+//! options or result (a checkpoint's, an exec's, a migration's) are defined beside that
+//! operation, which must not depend on the HTTP edge, and named here. Records the API returns
+//! as they are stored (`ContainerRecord`, `VolumeInfo`, `MigrationRecord`, ...) stay with
+//! their owners.
 
 use serde::{Deserialize, Serialize};
 
 use crate::container::{
     parse_labels, parse_ports, parse_volume, ContainerError, RestartPolicy, RunOptions,
 };
+
+pub use crate::container::checkpoint::{
+    CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
+};
+pub use crate::exec::{AttachRequest, ExecRequest};
+pub use crate::migration::MigrateRequest;
 
 /// Every error body the daemon returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,4 +322,73 @@ pub struct LogoutResponse {
     pub registry: String,
     /// False when ferryd had no credentials for it.
     pub removed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_request_parses_into_run_options() {
+        let req = RunRequest {
+            image: "alpine".into(),
+            ip: Some("10.88.0.9".into()),
+            volumes: vec!["data:/data:ro".into()],
+            labels: vec!["tier=web".into(), "bare".into()],
+            restart: Some("on-failure:3".into()),
+            publish: vec!["8080:80".into()],
+            ..Default::default()
+        };
+        let opts = RunOptions::try_from(&req).unwrap();
+        assert_eq!(opts.name, None, "no name: one is generated");
+        assert_eq!(opts.ip, Some(std::net::Ipv4Addr::new(10, 88, 0, 9)));
+        assert!(opts.volumes[0].readonly);
+        assert_eq!(opts.labels["tier"], "web");
+        assert_eq!(opts.labels["bare"], "");
+        assert_eq!(
+            opts.restart,
+            RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            }
+        );
+        assert_eq!(opts.ports.len(), 1);
+        opts.validate().unwrap();
+
+        for (bad, says) in [
+            (
+                RunRequest {
+                    ip: Some("10.88.0".into()),
+                    ..req.clone()
+                },
+                "invalid IP address",
+            ),
+            (
+                RunRequest {
+                    publish: vec!["8080:80".into(), "8080:81".into()],
+                    ..req.clone()
+                },
+                "published twice",
+            ),
+            (
+                RunRequest {
+                    labels: vec!["=x".into()],
+                    ..req.clone()
+                },
+                "invalid label",
+            ),
+        ] {
+            let err = RunOptions::try_from(&bad).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let mut named = RunOptions::try_from(&req).unwrap();
+        named.name = Some("../x".into());
+        assert!(named.validate().is_err());
+        named.name = None;
+        named.auto_remove = true;
+        let err = named.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--rm and --restart cannot be combined"),
+            "{err}"
+        );
+    }
 }

@@ -11,9 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ferry_core::api::*;
-use ferry_core::container::checkpoint::{
-    CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
-};
 use ferry_core::container::{Cancel, ContainerRecord, Engine, RunOptions};
 use serde::Deserialize;
 
@@ -385,7 +382,7 @@ async fn checkpoint_rm(
 async fn migrate(
     State(s): S,
     Path(name): Path<String>,
-    ApiJson(mut req): ApiJson<ferry_core::migration::MigrateRequest>,
+    ApiJson(mut req): ApiJson<MigrateRequest>,
 ) -> ApiResult<Response> {
     use ferry_core::migration::report::{MigrationEvent, Progress};
     req.container = name;

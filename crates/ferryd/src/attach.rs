@@ -5,8 +5,9 @@
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
+use ferry_core::api::AttachRequest;
 use ferry_core::container::{ContainerError, Engine, Status};
-use ferry_core::exec::{self as wire, AttachRequest, Frame};
+use ferry_core::exec::{self as wire, Frame};
 use ferry_core::runtime::shim::{ShimFiles, ShimIo};
 use tokio::net::UnixStream;
 

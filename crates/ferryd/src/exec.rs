@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
+use ferry_core::api::ExecRequest;
 use ferry_core::error_chain as chain;
-use ferry_core::exec::{self as wire, ExecError, ExecRequest, Frame, Prepared, WinSize};
+use ferry_core::exec::{self as wire, ExecError, Frame, Prepared, WinSize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin};
