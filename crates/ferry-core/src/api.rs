@@ -1,15 +1,32 @@
 //! The ferryd HTTP/JSON API: request and response bodies shared by the daemon and the CLI.
 //!
-//! Paths (all under `/v1`) are listed in `ferryd`'s router; this module only holds the shapes.
+//! Paths (all under `/v1`) are listed in `ferryd`'s router; this module only holds the shapes,
+//! and is where the CLI and ferryd take them from. Bodies that are also an operation's own
+//! options or result (a checkpoint's, an exec's, a migration's) are defined beside that
+//! operation, which must not depend on the HTTP edge, and named here. Records the API returns
+//! as they are stored (`ContainerRecord`, `VolumeInfo`, `MigrationRecord`, ...) stay with
+//! their owners.
 
 use serde::{Deserialize, Serialize};
+
+use crate::container::{
+    parse_labels, parse_ports, parse_volume, ContainerError, RestartPolicy, RunOptions,
+};
+
+pub use crate::container::checkpoint::{
+    CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
+};
+pub use crate::exec::{AttachRequest, ExecRequest};
+pub use crate::migration::MigrateRequest;
 
 /// Every error body the daemon returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiErrorBody {
     pub error: String,
-    /// A stable machine-readable category: not_found, conflict, invalid, ambiguous (an ID
-    /// prefix of several containers), unavailable, internal.
+    /// A stable machine-readable category: `not_found`, `conflict`, `invalid` (the caller's
+    /// input), `ambiguous` (an ID prefix of several containers), `unauthorized` (a registry
+    /// refused the credentials), `unavailable` (a peer or registry could not be reached),
+    /// `peer` / `registry` (one answered wrongly or refused), `internal` (this host's fault).
     pub kind: String,
 }
 
@@ -122,6 +139,68 @@ pub struct RunRequest {
     /// `-i`: the container's stdin stays open for `ferry attach`.
     #[serde(default)]
     pub interactive: bool,
+}
+
+/// The API edge of `ferry run`: the request's strings parsed into the engine's terms. Parse
+/// errors are the caller's (`Invalid`); the rest is checked by [`RunOptions::validate`].
+impl TryFrom<&RunRequest> for RunOptions {
+    type Error = ContainerError;
+
+    fn try_from(req: &RunRequest) -> Result<Self, ContainerError> {
+        let ip = match &req.ip {
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| ContainerError::Invalid(format!("invalid IP address {s:?}")))?,
+            ),
+            None => None,
+        };
+        Ok(RunOptions {
+            name: Some(req.name.clone()).filter(|n| !n.is_empty()),
+            image: req.image.clone(),
+            cmd: req.cmd.clone(),
+            entrypoint: req.entrypoint.clone(),
+            env: req.env.clone(),
+            ip,
+            volumes: req
+                .volumes
+                .iter()
+                .map(|v| parse_volume(v))
+                .collect::<Result<_, _>>()?,
+            memory: req.memory,
+            hostname: req.hostname.clone(),
+            dns: req.dns.clone(),
+            add_hosts: req.add_hosts.clone(),
+            user: req.user.clone(),
+            workdir: req.workdir.clone(),
+            labels: parse_labels(&req.labels)?,
+            cpus: req.cpus,
+            read_only: req.read_only,
+            cap_add: req.cap_add.clone(),
+            cap_drop: req.cap_drop.clone(),
+            auto_remove: req.auto_remove,
+            restart: match &req.restart {
+                Some(r) => r.parse()?,
+                None => RestartPolicy::No,
+            },
+            ports: parse_ports(&req.publish)?,
+            tty: req.tty,
+            interactive: req.interactive,
+        })
+    }
+}
+
+/// `POST /v1/containers`' answer: the new container's record (its fields at the top level, as
+/// before), and what the user should know about it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunReply {
+    #[serde(flatten)]
+    pub record: crate::container::ContainerRecord,
+    /// Said to the user (on stderr) but not fatal: a peer that uses `--ip`, or could not be asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// What each known peer said about `--ip`, when it was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_check: Vec<crate::peer::query::PeerIpReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,4 +322,73 @@ pub struct LogoutResponse {
     pub registry: String,
     /// False when ferryd had no credentials for it.
     pub removed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_request_parses_into_run_options() {
+        let req = RunRequest {
+            image: "alpine".into(),
+            ip: Some("10.88.0.9".into()),
+            volumes: vec!["data:/data:ro".into()],
+            labels: vec!["tier=web".into(), "bare".into()],
+            restart: Some("on-failure:3".into()),
+            publish: vec!["8080:80".into()],
+            ..Default::default()
+        };
+        let opts = RunOptions::try_from(&req).unwrap();
+        assert_eq!(opts.name, None, "no name: one is generated");
+        assert_eq!(opts.ip, Some(std::net::Ipv4Addr::new(10, 88, 0, 9)));
+        assert!(opts.volumes[0].readonly);
+        assert_eq!(opts.labels["tier"], "web");
+        assert_eq!(opts.labels["bare"], "");
+        assert_eq!(
+            opts.restart,
+            RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            }
+        );
+        assert_eq!(opts.ports.len(), 1);
+        opts.validate().unwrap();
+
+        for (bad, says) in [
+            (
+                RunRequest {
+                    ip: Some("10.88.0".into()),
+                    ..req.clone()
+                },
+                "invalid IP address",
+            ),
+            (
+                RunRequest {
+                    publish: vec!["8080:80".into(), "8080:81".into()],
+                    ..req.clone()
+                },
+                "published twice",
+            ),
+            (
+                RunRequest {
+                    labels: vec!["=x".into()],
+                    ..req.clone()
+                },
+                "invalid label",
+            ),
+        ] {
+            let err = RunOptions::try_from(&bad).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let mut named = RunOptions::try_from(&req).unwrap();
+        named.name = Some("../x".into());
+        assert!(named.validate().is_err());
+        named.name = None;
+        named.auto_remove = true;
+        let err = named.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--rm and --restart cannot be combined"),
+            "{err}"
+        );
+    }
 }

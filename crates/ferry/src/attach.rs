@@ -7,7 +7,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::Result;
-use ferry_core::exec::{self as wire, AttachRequest, Frame};
+use ferry_core::api::AttachRequest;
+use ferry_core::exec::{self as wire, Frame};
 use tokio::sync::mpsc;
 
 use crate::error::CliError;

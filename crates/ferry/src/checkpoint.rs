@@ -126,7 +126,7 @@ pub fn container_form(argv: &[OsString]) -> Option<(Vec<OsString>, String)> {
 }
 
 pub async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()> {
-    use ferry_core::container::checkpoint::SnapshotInfo;
+    use ferry_core::api::SnapshotInfo;
     match a.sub {
         Some(CheckpointSub::List { container }) => {
             let q = container
@@ -172,7 +172,7 @@ pub async fn checkpoint(c: &Client, a: CheckpointArgs, json: bool) -> Result<()>
 }
 
 async fn create_one(c: &Client, a: CreateArgs, json: bool) -> Result<()> {
-    use ferry_core::container::checkpoint::{CheckpointReport, CheckpointRequest};
+    use ferry_core::api::{CheckpointReport, CheckpointRequest};
     let name = a.container.ok_or_else(|| {
         CliError::new(
             "usage",
@@ -216,7 +216,7 @@ async fn create_one(c: &Client, a: CreateArgs, json: bool) -> Result<()> {
 }
 
 pub async fn restore(c: &Client, a: RestoreArgs, json: bool) -> Result<()> {
-    use ferry_core::container::checkpoint::{RestoreReport, RestoreRequest};
+    use ferry_core::api::{RestoreReport, RestoreRequest};
     let import = match &a.import {
         Some(p) => Some(absolute(p)?),
         None => None,

@@ -11,7 +11,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use ferry_core::exec::{self as wire, ExecRequest, Frame, WinSize};
+use ferry_core::api::ExecRequest;
+use ferry_core::exec::{self as wire, Frame, WinSize};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header;

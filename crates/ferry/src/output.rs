@@ -188,7 +188,7 @@ pub fn render_log_line(line: &[u8], timestamps: bool) -> (LogStream, Vec<u8>) {
     (entry.stream, out)
 }
 
-pub fn checkpoints_table(list: &[ferry_core::container::checkpoint::SnapshotInfo]) {
+pub fn checkpoints_table(list: &[ferry_core::api::SnapshotInfo]) {
     let mut t = Table::new(
         ["CONTAINER", "CHECKPOINT", "CREATED", "SIZE"]
             .map(str::to_owned)
@@ -209,7 +209,7 @@ fn ms_us(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
 
-pub fn checkpoint_stats(r: &ferry_core::container::checkpoint::CheckpointReport) {
+pub fn checkpoint_stats(r: &ferry_core::api::CheckpointReport) {
     let s = &r.stats;
     outln!("  freezing time     {}", ms_us(s.freezing_time_us));
     outln!("  frozen time       {}", ms_us(s.frozen_time_us));
@@ -228,7 +228,7 @@ pub fn checkpoint_stats(r: &ferry_core::container::checkpoint::CheckpointReport)
     );
 }
 
-pub fn restore_stats(r: &ferry_core::container::checkpoint::RestoreReport) {
+pub fn restore_stats(r: &ferry_core::api::RestoreReport) {
     if let Some(s) = &r.stats {
         outln!("  forking time      {}", ms_us(s.forking_time_us));
         outln!("  restore time      {}", ms_us(s.restore_time_us));

@@ -5,8 +5,8 @@
 //! to the container's pty (see [`crate::attach`]); with `-i` this process's stdin goes to it.
 
 use anyhow::{Context, Result};
-use ferry_core::api::{KillRequest, RunRequest};
-use ferry_core::container::{ContainerRecord, RunReply, Status};
+use ferry_core::api::{KillRequest, RunReply, RunRequest};
+use ferry_core::container::{ContainerRecord, Status};
 use hyper::Method;
 
 use crate::client::Client;

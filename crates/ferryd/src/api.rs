@@ -11,10 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ferry_core::api::*;
-use ferry_core::container::checkpoint::{
-    CheckpointReport, CheckpointRequest, RestoreReport, RestoreRequest, SnapshotInfo,
-};
-use ferry_core::container::{Cancel, ContainerRecord, Engine, RunReply};
+use ferry_core::container::{Cancel, ContainerRecord, Engine, RunOptions};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -226,9 +223,9 @@ async fn containers_run(
 ) -> ApiResult<(StatusCode, Json<RunReply>)> {
     // The peers are asked about `--ip` while the container starts: a slow peer costs `run`
     // at most the question's timeout, and only a warning.
-    let asked = req.ip.as_deref().and_then(|ip| ip.parse().ok());
-    let check = tokio::spawn(crate::ipcheck::ask_peers(s.clone(), asked));
-    let rec = blocking(&s, move |e| Ok(e.run(&req)?)).await;
+    let opts = RunOptions::try_from(&req)?;
+    let check = tokio::spawn(crate::ipcheck::ask_peers(s.clone(), opts.ip));
+    let rec = blocking(&s, move |e| Ok(e.run(&opts)?)).await;
     let record = match rec {
         Ok(r) => r,
         Err(e) => {
@@ -385,7 +382,7 @@ async fn checkpoint_rm(
 async fn migrate(
     State(s): S,
     Path(name): Path<String>,
-    ApiJson(mut req): ApiJson<ferry_core::migration::MigrateRequest>,
+    ApiJson(mut req): ApiJson<MigrateRequest>,
 ) -> ApiResult<Response> {
     use ferry_core::migration::report::{MigrationEvent, Progress};
     req.container = name;
@@ -458,8 +455,7 @@ async fn migrations_resolve(
 
 async fn hosts_ls(State(s): S) -> ApiResult<Json<Vec<HostEntry>>> {
     let list = blocking(&s, |e| {
-        let peers = ferry_core::peer::registry::Peers::load(e.paths())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let peers = ferry_core::peer::registry::Peers::load(e.paths())?;
         Ok(peers
             .list()
             .into_iter()
@@ -484,13 +480,8 @@ async fn hosts_add(
                 req.addr
             ))
         })?;
-        let mut peers = ferry_core::peer::registry::Peers::load(e.paths())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        peers.add(&req.name, addr).map_err(|err| match err {
-            ferry_core::peer::PeerError::PeerExists(_) => ApiError::conflict(err.to_string()),
-            ferry_core::peer::PeerError::BadName { .. } => ApiError::invalid(err.to_string()),
-            other => ApiError::internal(other.to_string()),
-        })?;
+        let mut peers = ferry_core::peer::registry::Peers::load(e.paths())?;
+        peers.add(&req.name, addr)?;
         Ok(HostEntry {
             name: req.name,
             addr: addr.to_string(),
@@ -502,12 +493,8 @@ async fn hosts_add(
 
 async fn hosts_rm(State(s): S, Path(name): Path<String>) -> ApiResult<StatusCode> {
     blocking(&s, move |e| {
-        let mut peers = ferry_core::peer::registry::Peers::load(e.paths())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        peers.remove(&name).map_err(|err| match err {
-            ferry_core::peer::PeerError::UnknownPeer(_) => ApiError::not_found(err.to_string()),
-            other => ApiError::internal(other.to_string()),
-        })?;
+        let mut peers = ferry_core::peer::registry::Peers::load(e.paths())?;
+        peers.remove(&name)?;
         Ok(())
     })
     .await?;

@@ -11,6 +11,7 @@ use ferry_core::image::ImageError;
 use ferry_core::network::dns::DnsError;
 use ferry_core::network::ports::PortError;
 use ferry_core::network::NetError;
+use ferry_core::peer::PeerError;
 
 pub struct ApiError {
     status: StatusCode,
@@ -84,9 +85,7 @@ impl From<ContainerError> for ApiError {
             ContainerError::NameInUse(_) | ContainerError::WrongState { .. } => {
                 ApiError::conflict(msg)
             }
-            ContainerError::InvalidName(_)
-            | ContainerError::InvalidId(_)
-            | ContainerError::Invalid(_) => ApiError::invalid(msg),
+            ContainerError::InvalidId(_) | ContainerError::Invalid(_) => ApiError::invalid(msg),
             // A damaged or hostile archive is the caller's input; a failed write is ours.
             ContainerError::Archive(ArchiveError::Io { .. }) => ApiError::internal(msg),
             ContainerError::Archive(_) | ContainerError::Podman(_) => ApiError::invalid(msg),
@@ -134,6 +133,53 @@ impl From<ferry_core::container::VolumeError> for ApiError {
             VolumeError::InUse { .. } => ApiError::conflict(msg),
             VolumeError::InvalidName(_) => ApiError::invalid(msg),
             VolumeError::Io { .. } => ApiError::internal(msg),
+        }
+    }
+}
+
+/// Whose fault a peer error is: the caller's input (400, 404, 409), the peer's, or the way to
+/// it (502, or 504 when it timed out), else ours (500).
+impl From<PeerError> for ApiError {
+    fn from(e: PeerError) -> Self {
+        let msg = chain(&e);
+        let timed_out = |io: &std::io::Error| io.kind() == std::io::ErrorKind::TimedOut;
+        match &e {
+            PeerError::BadName { .. } => ApiError::invalid(msg),
+            PeerError::UnknownPeer(_) => ApiError::not_found(msg),
+            PeerError::PeerExists(_) => ApiError::conflict(msg),
+            PeerError::Connect { source, .. }
+            | PeerError::Handshake { source, .. }
+            | PeerError::Net(source)
+                if timed_out(source) =>
+            {
+                ApiError::with_status(StatusCode::GATEWAY_TIMEOUT, "unavailable", msg)
+            }
+            PeerError::Connect { .. }
+            | PeerError::Handshake { .. }
+            | PeerError::Net(_)
+            | PeerError::Closed => {
+                ApiError::with_status(StatusCode::BAD_GATEWAY, "unavailable", msg)
+            }
+            // The peer said no, or said something it should not have.
+            PeerError::NoPeerName(_)
+            | PeerError::Proto(_)
+            | PeerError::Refused(_)
+            | PeerError::WeRefused(_)
+            | PeerError::Aborted(_)
+            | PeerError::UnexpectedMessage { .. }
+            | PeerError::StreamCheck { .. } => {
+                ApiError::with_status(StatusCode::BAD_GATEWAY, "peer", msg)
+            }
+            // Our key material, peer registry or local files.
+            PeerError::Io { .. }
+            | PeerError::Exists { .. }
+            | PeerError::Cert(_)
+            | PeerError::BadPem { .. }
+            | PeerError::TlsConfig(_)
+            | PeerError::Registry { .. }
+            | PeerError::StreamTaken(_)
+            | PeerError::StreamIo { .. }
+            | PeerError::Zstd { .. } => ApiError::internal(msg),
         }
     }
 }

@@ -11,13 +11,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
 use axum::response::Response;
+use ferry_core::api::ExecRequest;
 use ferry_core::error_chain as chain;
-use ferry_core::exec::{self as wire, ExecError, ExecRequest, Frame, Prepared, WinSize};
-use hyper_util::rt::TokioIo;
+use ferry_core::exec::{self as wire, ExecError, Frame, Prepared, WinSize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin};
@@ -25,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{ApiResult, S};
 use crate::error::ApiError;
+use crate::upgrade::{self, Protocol};
 
 /// How long output may keep coming after the command exited (a background child holding the
 /// pipes or the pty open must not hold the session forever).
@@ -59,41 +58,19 @@ fn exec_pid(p: &Prepared) -> Option<nix::unistd::Pid> {
         .map(nix::unistd::Pid::from_raw)
 }
 
-pub async fn exec(State(s): S, Path(name): Path<String>, mut req: Request) -> ApiResult<Response> {
-    let wants_upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(wire::UPGRADE_PROTOCOL));
-    if !wants_upgrade {
-        return Err(ApiError::invalid(format!(
-            "exec needs a connection upgrade to {:?} (use `ferry exec`)",
-            wire::UPGRADE_PROTOCOL
-        )));
-    }
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .map_err(|e| ApiError::invalid(format!("reading the exec request: {e}")))?;
-    let request: ExecRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("bad exec request: {e}")))?;
+static EXEC: Protocol = Protocol {
+    what: "exec",
+    name: wire::UPGRADE_PROTOCOL,
+    body_limit: 1 << 20,
+    empty_is_default: false,
+};
+
+pub async fn exec(State(s): S, Path(name): Path<String>, req: Request) -> ApiResult<Response> {
+    let (request, pending) = upgrade::accept::<ExecRequest>(&EXEC, req).await?;
     let engine = s.engine.clone();
     let started = tokio::task::spawn_blocking(move || start(&engine, &name, &request)).await??;
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => relay(TokioIo::new(upgraded), started).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "exec: the client did not upgrade; ending the session");
-                end(started).await;
-            }
-        }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, wire::UPGRADE_PROTOCOL)
-        .body(Body::empty())
-        .map_err(|e| ApiError::internal(format!("exec response: {e}")))
+    // A client that does not upgrade ends the session (its process is killed).
+    pending.switch(&[], started, relay::<upgrade::Client>, end)
 }
 
 /// Prepares and spawns `runc exec`. With a tty, runc's stdio is a pty of ours (see

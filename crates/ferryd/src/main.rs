@@ -12,6 +12,7 @@ mod logs;
 mod registry;
 mod stats;
 mod sweep;
+mod upgrade;
 mod volumes;
 
 use std::net::Ipv4Addr;

@@ -19,7 +19,7 @@ use crate::fsdiff::{self, DiffSummary};
 use crate::fsutil::{self, ScratchDir, MODE_PRIVATE};
 use crate::ids::SnapshotName;
 use crate::network::{self, GateKind};
-use crate::runtime::runc::{CheckpointOpts, RestoreOpts};
+use crate::runtime::runc::{CheckpointOpts, RestoreOpts, RuncError};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
 
 use crate::checkpoint::layout::{
@@ -127,6 +127,20 @@ pub struct SnapshotInfo {
     pub created: String,
     pub bytes: u64,
     pub dir: String,
+}
+
+/// A failed `runc checkpoint` as [`ContainerError::Criu`]: runc's own failure, and the CRIU
+/// log's excerpt once (a [`RuncError::Criu`] quotes the log too, for when it is shown alone).
+fn dump_failed(e: RuncError, log: &Path) -> ContainerError {
+    let reason = match e {
+        RuncError::Criu { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    ContainerError::Criu {
+        op: "checkpoint",
+        reason,
+        log: criu::explain_log(log).to_string(),
+    }
 }
 
 pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
@@ -326,11 +340,7 @@ impl Engine {
         if let Err(e) = dumped {
             // A failed dump resumes the container by itself; make sure the record says so.
             self.refresh(rec);
-            return Err(ContainerError::Criu {
-                op: "checkpoint",
-                reason: e.to_string(),
-                log: criu::explain_log(&work.join(DUMP_LOG)).to_string(),
-            });
+            return Err(dump_failed(e, &work.join(DUMP_LOG)));
         }
         if !leave_running {
             self.mark_exited(rec, Status::Checkpointed);
@@ -920,4 +930,45 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Conta
         path: path.to_owned(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tool::ToolError;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A failed dump names CRIU's first error once, though runc's error quotes the log too.
+    #[test]
+    fn a_failed_dump_quotes_the_criu_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(DUMP_LOG);
+        let first = "Error (criu/sk-inet.c:188): inet: Connected TCP socket, consider using --tcp-established option.";
+        std::fs::write(
+            &log,
+            format!("(00.001) Version: 4.2.1\n(00.002) {first}\n(00.003) Error (criu/cr-dump.c:2099): Dumping FAILED.\n"),
+        )
+        .unwrap();
+        let runc = RuncError::Criu {
+            source: Box::new(ToolError::Failed {
+                tool: "runc".into(),
+                args: "checkpoint c1".into(),
+                status: std::process::ExitStatus::from_raw(256),
+                stderr: format!(
+                    "criu failed: type NOTIFY errno 0\nlog file: {}",
+                    log.display()
+                ),
+            }),
+            log: log.clone(),
+            criu_errors: crate::runtime::runc::criu_log_errors(&log),
+        };
+        assert_eq!(runc.to_string().matches(first).count(), 1, "{runc}");
+        let msg = dump_failed(runc, &log).to_string();
+        assert_eq!(msg.matches(first).count(), 1, "{msg}");
+        assert!(
+            msg.starts_with("checkpoint failed: runc checkpoint c1 failed"),
+            "{msg}"
+        );
+        assert!(msg.contains("criu failed: type NOTIFY"), "{msg}");
+    }
 }

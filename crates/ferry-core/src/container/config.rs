@@ -18,6 +18,12 @@ use crate::network::ports::{self, PortMapping};
 /// a config checks each against its rule in [`crate::ids`]: a `config.dump` or a `Prepare`
 /// with `"id": "x/../../etc"` does not parse. A config built or edited in code is checked by
 /// [`ContainerConfig::validate`] before the engine registers it.
+///
+/// **Persisted and sent to peers.** This struct is written to disk (`container.json`, a
+/// checkpoint's `config.dump`) and carried by a migration's `Prepare` to another ferry, which
+/// may be older or newer. Changing its fields (adding, removing, renaming, or changing a
+/// type or a default) needs a protocol version bump: see the `ferry_proto` crate docs,
+/// Versioning.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerConfig {
     #[serde(deserialize_with = "ids::de::container_id")]
@@ -310,75 +316,148 @@ impl ContainerRecord {
     }
 }
 
-/// What `run` takes from its request beyond the image, checked before anything is created.
-pub(crate) struct RunOptions {
-    pub ports: Vec<PortMapping>,
+/// What `ferry run` asks for, in the engine's terms: the API edge parses a request into this
+/// (`TryFrom<&api::RunRequest>` in [`crate::api`]); [`RunOptions::validate`] checks it, and
+/// `Engine::run` calls that before anything is created, so bad input changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `None`: a Docker-like `adjective_noun` name is generated.
+    pub name: Option<String>,
+    /// The image reference the user gave.
+    pub image: String,
+    /// Overrides the image's CMD (the entrypoint stays).
+    pub cmd: Vec<String>,
+    /// Replaces the image's entrypoint, and drops its CMD (Docker's rule).
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` entries, over the image's.
+    pub env: Vec<String>,
+    /// `None`: the next free address of this host's range.
+    pub ip: Option<Ipv4Addr>,
+    pub volumes: Vec<VolumeMount>,
+    /// Bytes.
+    pub memory: Option<i64>,
+    /// Default: the container's short id, as Podman.
+    pub hostname: Option<String>,
+    /// Nameservers instead of the host's.
+    pub dns: Vec<String>,
+    /// `NAME:IP` entries added to /etc/hosts.
+    pub add_hosts: Vec<String>,
+    /// `user[:group]`, names or ids, instead of the image's user.
+    pub user: Option<String>,
+    /// Absolute working directory instead of the image's.
+    pub workdir: Option<String>,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// CPUs' worth of time, e.g. 0.5.
     pub cpus: Option<f64>,
+    pub read_only: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// Remove the container once it has stopped.
+    pub auto_remove: bool,
     pub restart: RestartPolicy,
+    pub ports: Vec<PortMapping>,
+    /// The container's stdio is a pty held by its shim.
+    pub tty: bool,
+    /// The container's stdin stays open for `ferry attach`.
+    pub interactive: bool,
 }
 
-pub(crate) fn run_options(req: &crate::api::RunRequest) -> Result<RunOptions, ContainerError> {
-    let invalid = |m: String| Err(ContainerError::Invalid(m));
-    let mut labels = std::collections::BTreeMap::new();
-    for l in &req.labels {
+impl RunOptions {
+    /// Checks everything that needs nothing of this host's state (the image and the other
+    /// containers are checked by `Engine::run`).
+    pub fn validate(&self) -> Result<(), ContainerError> {
+        let invalid = |m: String| Err(ContainerError::Invalid(m));
+        if let Some(n) = &self.name {
+            validate_name(n)?;
+        }
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') {
+                return invalid(format!("working directory {w:?} must be absolute"));
+            }
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.starts_with(':') || u.ends_with(':') {
+                return invalid(format!(
+                    "invalid user {u:?}: expected USER[:GROUP], names or ids"
+                ));
+            }
+        }
+        if let Some(c) = self.cpus {
+            let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            if !(0.01..=host).contains(&c) {
+                return invalid(format!(
+                    "--cpus {c} is out of range: from 0.01 to this host's {host} CPUs"
+                ));
+            }
+        }
+        for cap in self.cap_add.iter().chain(&self.cap_drop) {
+            if !cap.eq_ignore_ascii_case("all") {
+                crate::runtime::spec::parse_capability(cap)?;
+            }
+        }
+        if self.auto_remove && self.restart != RestartPolicy::No {
+            return invalid(
+                "--rm and --restart cannot be combined: a removed container cannot restart".into(),
+            );
+        }
+        for e in &self.env {
+            validate_env(e)?;
+        }
+        // Volume names become paths.
+        for v in &self.volumes {
+            validate_volume_name(&v.name)?;
+        }
+        if let Some(m) = self.memory {
+            if m < 4 * 1024 * 1024 {
+                return invalid(format!(
+                    "memory limit {m} bytes is too small (minimum 4 MiB)"
+                ));
+            }
+        }
+        if let Some(h) = &self.hostname {
+            dns::validate_hostname(h)?;
+        }
+        for d in &self.dns {
+            dns::parse_server(d)?;
+        }
+        for a in &self.add_hosts {
+            dns::parse_add_host(a)?;
+        }
+        Ok(())
+    }
+}
+
+/// `KEY=VALUE` (or `KEY`, empty value) labels, as `ferry run --label` gives them.
+pub fn parse_labels(
+    labels: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, ContainerError> {
+    let mut parsed = std::collections::BTreeMap::new();
+    for l in labels {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         if k.is_empty() || k.contains(char::is_whitespace) {
-            return invalid(format!("invalid label {l:?}: expected KEY=VALUE"));
+            return Err(ContainerError::Invalid(format!(
+                "invalid label {l:?}: expected KEY=VALUE"
+            )));
         }
-        labels.insert(k.to_owned(), v.to_owned());
+        parsed.insert(k.to_owned(), v.to_owned());
     }
-    if let Some(w) = &req.workdir {
-        if !w.starts_with('/') {
-            return invalid(format!("working directory {w:?} must be absolute"));
-        }
-    }
-    if let Some(u) = &req.user {
-        if u.is_empty() || u.starts_with(':') || u.ends_with(':') {
-            return invalid(format!(
-                "invalid user {u:?}: expected USER[:GROUP], names or ids"
-            ));
-        }
-    }
-    if let Some(c) = req.cpus {
-        let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        if !(0.01..=host).contains(&c) {
-            return invalid(format!(
-                "--cpus {c} is out of range: from 0.01 to this host's {host} CPUs"
-            ));
-        }
-    }
-    for cap in req.cap_add.iter().chain(&req.cap_drop) {
-        if !cap.eq_ignore_ascii_case("all") {
-            crate::runtime::spec::parse_capability(cap)?;
-        }
-    }
-    let restart = match &req.restart {
-        Some(r) => r.parse()?,
-        None => RestartPolicy::No,
-    };
-    if req.auto_remove && restart != RestartPolicy::No {
-        return invalid(
-            "--rm and --restart cannot be combined: a removed container cannot restart".into(),
-        );
-    }
+    Ok(parsed)
+}
+
+/// `ferry run -p` specs, each host port once.
+pub fn parse_ports(specs: &[String]) -> Result<Vec<PortMapping>, ContainerError> {
     let mut published: Vec<PortMapping> = Vec::new();
-    for p in &req.publish {
+    for p in specs {
         let m = ports::parse_publish(p)?;
         if let Some(other) = published.iter().find(|o| o.clashes_with(&m)) {
-            return invalid(format!(
+            return Err(ContainerError::Invalid(format!(
                 "-p {p}: host port {} is published twice ({other})",
                 m.host_port
-            ));
+            )));
         }
         published.push(m);
     }
-    Ok(RunOptions {
-        ports: published,
-        labels,
-        cpus: req.cpus,
-        restart,
-    })
+    Ok(published)
 }
 
 const ADJECTIVES: [&str; 32] = [

@@ -3,7 +3,9 @@
 //!
 //! Calls are blocking (runc, mounts, files); the daemon runs them on its blocking pool.
 //! A per-container lock serialises operations on one container; the map lock is held only
-//! briefly, and never while waiting for a container's lock. Readers (`ps`, `inspect`) that
+//! briefly, and never together with a container's lock (a container's `Arc` is taken out of
+//! the map, the map let go, then the container locked). Every save also publishes the record
+//! to `views`, the snapshot readers fall back on. Readers (`ps`, `inspect`) that
 //! find a container busy in a long operation (a checkpoint, a migration) show its last saved
 //! record instead of waiting; `stop` waits out its grace period without the lock at all.
 
@@ -13,17 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::config::{
-    generate_name, merge_env, parse_volume, restart_delay, run_options, short_id, validate_env,
-    validate_name,
-};
+use super::config::{generate_name, merge_env, restart_delay, short_id, RunOptions};
 use super::store::RecordStore;
 use super::{ContainerConfig, ContainerError, ContainerRecord, ExitInfo, RootfsDirs, Status};
-use crate::api::RunRequest;
 use crate::fsutil::{self, block_on_fresh};
 use crate::ids::{ContainerId, PathComponent};
 use crate::image::ImageStore;
-use crate::network::{self, dns, BridgeConfig, ContainerNet, Ipam};
+use crate::network::{self, BridgeConfig, ContainerNet, Ipam};
 use crate::paths::HostPaths;
 use crate::runtime::runc::{Runc, RuncStatus};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
@@ -154,23 +152,26 @@ impl Engine {
     /// any unique prefix of its ID (a name wins over an ID prefix). Returns the container's
     /// own name with its slot; a prefix of several IDs is refused, naming them.
     pub fn lookup(&self, name: &str) -> Result<(String, Slot), ContainerError> {
-        let map = lock(&self.containers);
-        if let Some(s) = map.get(name) {
-            return Ok((name.to_owned(), s.clone()));
+        // One lock at a time, and never a container's: each is taken, read and let go.
+        if let Some(s) = lock(&self.containers).get(name).cloned() {
+            return Ok((name.to_owned(), s));
         }
         if name.is_empty() {
             return Err(ContainerError::NotFound(String::new()));
         }
-        // IDs are found in the views: a busy container's lock is not for the taking here,
-        // with the map lock held.
-        let mut hits: Vec<(String, Slot)> = lock(&self.views)
+        // IDs are found in the views: a busy container's lock is not for the taking here.
+        let named: Vec<String> = lock(&self.views)
             .values()
             .filter(|r| r.config.id.starts_with(name))
-            .filter_map(|r| {
-                map.get(&r.config.name)
-                    .map(|s| (r.config.name.clone(), s.clone()))
-            })
+            .map(|r| r.config.name.clone())
             .collect();
+        let mut hits: Vec<(String, Slot)> = {
+            let map = lock(&self.containers);
+            named
+                .into_iter()
+                .filter_map(|n| map.get(&n).map(|s| (n, s.clone())))
+                .collect()
+        };
         match hits.len() {
             0 => Err(ContainerError::NotFound(name.to_owned())),
             1 => Ok(hits.remove(0)),
@@ -269,44 +270,9 @@ impl Engine {
     // ---- create / run ------------------------------------------------------------------
 
     /// `ferry run`: validates everything first, so bad input changes nothing.
-    pub fn run(&self, req: &RunRequest) -> Result<ContainerRecord, ContainerError> {
-        // No name: one is generated once the map is locked.
-        if !req.name.is_empty() {
-            validate_name(&req.name)?;
-        }
-        let opts = run_options(req)?;
+    pub fn run(&self, req: &RunOptions) -> Result<ContainerRecord, ContainerError> {
+        req.validate()?;
         let image = self.images.resolve(&req.image)?;
-        for e in &req.env {
-            validate_env(e)?;
-        }
-        let volumes = req
-            .volumes
-            .iter()
-            .map(|v| parse_volume(v))
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(m) = req.memory {
-            if m < 4 * 1024 * 1024 {
-                return Err(ContainerError::Invalid(format!(
-                    "memory limit {m} bytes is too small (minimum 4 MiB)"
-                )));
-            }
-        }
-        if let Some(h) = &req.hostname {
-            dns::validate_hostname(h)?;
-        }
-        for d in &req.dns {
-            dns::parse_server(d)?;
-        }
-        for a in &req.add_hosts {
-            dns::parse_add_host(a)?;
-        }
-        let ip: Option<Ipv4Addr> = match &req.ip {
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|_| ContainerError::Invalid(format!("invalid IP address {s:?}")))?,
-            ),
-            None => None,
-        };
         // Docker's rule: --entrypoint replaces the image's entrypoint and drops its CMD.
         let mut args = req
             .entrypoint
@@ -327,10 +293,10 @@ impl Engine {
         // Reserve the name before any side effect.
         let placeholder = {
             let mut map = lock(&self.containers);
-            let name = if req.name.is_empty() {
-                generate_name(|n| map.contains_key(n))
-            } else {
-                req.name.clone()
+            // No name: one is generated now the map is locked.
+            let name = match &req.name {
+                Some(n) => n.clone(),
+                None => generate_name(|n| map.contains_key(n)),
             };
             if map.contains_key(&name) {
                 return Err(ContainerError::NameInUse(name));
@@ -338,7 +304,7 @@ impl Engine {
             // A host port another container of this host publishes would never reach this one.
             for rec in lock(&self.views).values() {
                 for theirs in &rec.config.ports {
-                    if let Some(mine) = opts.ports.iter().find(|m| m.clashes_with(theirs)) {
+                    if let Some(mine) = req.ports.iter().find(|m| m.clashes_with(theirs)) {
                         return Err(ContainerError::Invalid(format!(
                             "host port {} is already published by container {} ({theirs})",
                             mine.host_port, rec.config.name
@@ -348,7 +314,7 @@ impl Engine {
             }
             let ip = {
                 let mut ipam = lock(&self.ipam);
-                match ip {
+                match req.ip {
                     Some(ip) => {
                         ipam.reserve(&id, ip)?;
                         ip
@@ -379,21 +345,21 @@ impl Engine {
                 ip,
                 prefix: self.cfg.bridge.prefix,
                 mac: network::format_mac(&network::mac_for_ip(ip)),
-                volumes,
+                volumes: req.volumes.clone(),
                 memory: req.memory,
                 created: now(),
                 podman_shm: false,
                 hostname,
                 dns: req.dns.clone(),
                 add_hosts: req.add_hosts.clone(),
-                labels: opts.labels,
+                labels: req.labels.clone(),
                 read_only: req.read_only,
-                cpus: opts.cpus,
+                cpus: req.cpus,
                 cap_add: req.cap_add.clone(),
                 cap_drop: req.cap_drop.clone(),
                 auto_remove: req.auto_remove,
-                restart: opts.restart,
-                ports: opts.ports,
+                restart: req.restart,
+                ports: req.ports.clone(),
             };
             let rec = ContainerRecord::created(config, None);
             let slot = Arc::new(Mutex::new(rec));
@@ -784,20 +750,15 @@ impl Engine {
         self.teardown(&rec.config);
         self.records.remove(&rec.config.id)?;
         lock(&self.ipam).release(&rec.config.id)?;
+        // The name may be another container's by now (one that came back, adopted under
+        // it): only this one's entries go. Whose it is, the view says: a container's lock is
+        // never taken under the map lock (the caller holds this one's anyway).
+        let name = &rec.config.name;
         let mut map = lock(&self.containers);
-        if map.get(&rec.config.name).is_some_and(|s| {
-            s.try_lock()
-                .map(|r| r.config.id == rec.config.id)
-                .unwrap_or(true)
-        }) {
-            map.remove(&rec.config.name);
-            let mut views = lock(&self.views);
-            if views
-                .get(&rec.config.name)
-                .is_some_and(|v| v.config.id == rec.config.id)
-            {
-                views.remove(&rec.config.name);
-            }
+        let mut views = lock(&self.views);
+        if views.get(name).is_none_or(|v| v.config.id == rec.config.id) {
+            map.remove(name);
+            views.remove(name);
         }
         Ok(())
     }
@@ -942,6 +903,8 @@ impl Engine {
             .is_ok_and(|r| r.status == Status::Running)
     }
 
+    /// The images of this host's containers, from their views (no container's lock is taken,
+    /// so a checkpoint does not hold up an image removal's check).
     pub fn images_in_use(&self) -> Vec<String> {
         let names: Vec<String> = lock(&self.containers).keys().cloned().collect();
         let views = lock(&self.views);
@@ -1055,4 +1018,116 @@ pub fn normalize_signal(s: &str) -> Result<String, ContainerError> {
     };
     nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())?;
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// An engine over a scratch root: records, images and addresses only (no bridge, no
+    /// mounts), enough for the bookkeeping.
+    fn scratch_engine(root: &Path) -> Engine {
+        let paths = HostPaths::new(root);
+        let bridge = BridgeConfig {
+            name: "ferry-test0".into(),
+            address: Ipv4Addr::new(10, 88, 0, 1),
+            prefix: 16,
+            mac: [2, 0, 0, 0, 0, 1],
+        };
+        let cfg = EngineConfig {
+            paths: paths.clone(),
+            host_name: "test".into(),
+            runc_binary: "runc".into(),
+            runc_root: root.join("runc"),
+            cgroup_parent: "ferry-test".into(),
+            bridge: bridge.clone(),
+            ip_range: None,
+            shim_exe: "/bin/false".into(),
+        };
+        Engine {
+            images: ImageStore::open(&paths).unwrap(),
+            runc: Runc::new(root.join("runc")),
+            records: RecordStore::new(paths.clone()),
+            ipam: Mutex::new(
+                Ipam::open(
+                    &paths,
+                    bridge.address,
+                    bridge.prefix,
+                    None,
+                    &[bridge.address],
+                )
+                .unwrap(),
+            ),
+            containers: Mutex::new(BTreeMap::new()),
+            views: Mutex::new(BTreeMap::new()),
+            stopping: Mutex::new(Default::default()),
+            holds: Mutex::new(BTreeMap::new()),
+            cfg,
+        }
+    }
+
+    fn record(id: &str, name: &str) -> ContainerRecord {
+        let config: ContainerConfig = serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "image": "sha256:00", "image_ref": "x", "args": ["sh"],
+            "env": [], "cwd": "/", "user": "", "ip": "10.88.0.5", "prefix": 16,
+            "mac": "02:00:00:00:00:01", "volumes": [], "memory": null, "created": "now"
+        }))
+        .unwrap();
+        ContainerRecord::created(config, None)
+    }
+
+    /// `ps` while a long operation (a checkpoint) holds a container's lock: it answers at once
+    /// with the container's last saved record, and so do `inspect` and the lookups.
+    #[test]
+    fn list_does_not_wait_for_a_busy_container() {
+        let root = tempfile::tempdir().unwrap();
+        let engine = Arc::new(scratch_engine(root.path()));
+        for (id, name) in [("a1b2c3", "busy"), ("d4e5f6", "idle")] {
+            let rec = record(id, name);
+            engine.save(&rec).unwrap();
+            lock(&engine.containers).insert(name.into(), Arc::new(Mutex::new(rec)));
+        }
+        let busy = engine.slot("busy").unwrap();
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut rec = lock(&busy);
+            // Unsaved, as before a dump's end: readers must not see it yet.
+            rec.status = Status::Checkpointed;
+            held_tx.send(()).unwrap();
+            // Until the test is done (or failed: the sender is dropped).
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        let reader = engine.clone();
+        std::thread::spawn(move || {
+            let listed = reader.list();
+            let inspected = reader.inspect("a1b2").map(|r| r.status);
+            let images = reader.images_in_use();
+            let _ = done_tx.send((listed, inspected, images));
+        });
+        // The timeout only detects a reader stuck behind the lock.
+        let (listed, inspected, images) = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("list() waited for a busy container's lock");
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let statuses: Vec<(String, Status)> = listed
+            .iter()
+            .map(|r| (r.config.name.clone(), r.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("busy".to_owned(), Status::Created),
+                ("idle".to_owned(), Status::Created)
+            ]
+        );
+        assert_eq!(inspected.unwrap(), Status::Created);
+        assert_eq!(images.len(), 2);
+        // Once let go, readers see the container itself again.
+        assert_eq!(engine.inspect("busy").unwrap().status, Status::Checkpointed);
+    }
 }

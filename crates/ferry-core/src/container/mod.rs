@@ -15,8 +15,8 @@ pub use crate::cancel::{Cancel, CancelOnDrop, CANCELLED};
 pub use busy::RM_WAIT;
 pub use checkpoint::{RestoredImages, LAZY_PAGES_LOG};
 pub use config::{
-    merge_env, parse_volume, short_id, validate_env, validate_name, ContainerConfig,
-    ContainerRecord, ExitInfo, RestartPolicy, Status, VolumeMount,
+    merge_env, parse_labels, parse_ports, parse_volume, short_id, validate_env, validate_name,
+    ContainerConfig, ContainerRecord, ExitInfo, RestartPolicy, RunOptions, Status, VolumeMount,
 };
 pub use engine::{Engine, EngineConfig};
 pub use rootfs::{is_mount_point, RootfsDirs};
@@ -25,20 +25,6 @@ pub use store::RecordStore;
 pub use volume::{VolumeError, VolumeInfo};
 
 use std::path::{Path, PathBuf};
-
-/// `POST /v1/containers`' answer: the new container's record (its fields at the top level, as
-/// before), and what the user should know about it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RunReply {
-    #[serde(flatten)]
-    pub record: ContainerRecord,
-    /// Said to the user (on stderr) but not fatal: a peer that uses `--ip`, or could not be asked.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// What each known peer said about `--ip`, when it was given.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ip_check: Vec<crate::peer::query::PeerIpReport>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -56,8 +42,6 @@ pub enum ContainerError {
     Missing(String),
     #[error("a container named {0:?} already exists")]
     NameInUse(String),
-    #[error("invalid container name {0:?}: use letters, digits, '_', '.', '-', starting with a letter or digit (max 63)")]
-    InvalidName(String),
     /// An id, name or volume name that would not be one safe path component.
     #[error(transparent)]
     InvalidId(#[from] crate::ids::IdError),
