@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Compression, FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, Verdict,
-    TUNNEL_STREAM,
+    FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, StreamCompression,
+    Verdict, TUNNEL_STREAM,
 };
 
 use super::commit;
@@ -287,7 +287,7 @@ impl Incoming {
     async fn check_cpu(
         &mut self,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<(), MigrationError> {
         self.step("cpu-check").await?;
         let dir = self.work.path().join("cpuinfo");
@@ -390,7 +390,7 @@ impl Incoming {
         &mut self,
         digest: String,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<(), MigrationError> {
         self.step("image").await?;
         let tmp = self.work.path().join("blob.tmp");
@@ -434,7 +434,7 @@ impl Incoming {
         &mut self,
         what: FsTarget,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
         summary: Option<serde_json::Value>,
     ) -> Result<(), MigrationError> {
         self.step("fs").await?;
@@ -500,7 +500,7 @@ impl Incoming {
     async fn receive_images(
         &mut self,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<(), MigrationError> {
         self.step("images").await?;
         let tar = self.work.path().join("images.tar");
@@ -528,7 +528,7 @@ impl Incoming {
         let page_server = t.elapsed();
         let lazy_source = self.lazy_tunnel().await?;
         let (e, name, dir) = (self.engine.clone(), self.name(), self.images_dir()?);
-        match blocking(move || Ok(e.restore_incoming(&name, &dir, lazy_source)?)).await {
+        match blocking(move || Ok(super::stats::restore(&e, &name, &dir, lazy_source)?)).await {
             Ok((mut stats, daemon)) => {
                 self.lazy_daemon = daemon;
                 let id = self.migration_id.clone().unwrap_or_default();
