@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_core::checkpoint::archive::{self, Compression, Limits};
+use ferry_core::checkpoint::archive::{self, ArchiveCompression, Limits};
 use ferry_core::container::{ContainerConfig, ContainerError};
 use ferry_e2e::{bin, dir_names, Host};
 
@@ -82,7 +82,7 @@ fn tamper(src: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let name = cfg["name"].as_str().unwrap_or("x").to_owned();
     archive::write_manifest(&dir, &name).expect("manifest");
     let _ = std::fs::remove_file(out);
-    archive::export(&dir, out, Compression::Zstd).expect("export");
+    archive::export(&dir, out, ArchiveCompression::Zstd).expect("export");
 }
 
 /// Rewrites `src` as Podman would have written it (no ferry manifest or config), after
@@ -305,7 +305,7 @@ fn a_failed_import_leaves_nothing_behind() {
         .path();
     std::fs::write(&pstree, b"not a CRIU image").unwrap();
     archive::write_manifest(&dir, "fail").unwrap();
-    archive::export(&dir, &bad, Compression::Zstd).unwrap();
+    archive::export(&dir, &bad, ArchiveCompression::Zstd).unwrap();
     let err = h.ferry_err(&["restore", "--import", bad.to_str().unwrap()]);
     assert!(err.contains("restore"), "{err}");
     assert_eq!(state(&h), before, "a failed import left something behind");

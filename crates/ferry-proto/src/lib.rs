@@ -24,8 +24,8 @@ pub use frame::{
 };
 pub use machine::{ReceiverMachine, SenderMachine, Side, State};
 pub use message::{
-    BlobRef, Compression, DumpStats, FsTarget, Hello, ImageOffer, Message, MigrationMode,
-    RestoreStats, Verdict, Welcome, FEATURE_LAZY_PAGES, FEATURE_PAGE_TUNNEL,
+    BlobRef, DumpStats, FsTarget, Hello, ImageOffer, Message, MigrationMode, RestoreStats,
+    StreamCompression, Verdict, Welcome, FEATURE_LAZY_PAGES, FEATURE_PAGE_TUNNEL,
     FEATURE_TCP_ESTABLISHED, FEATURE_ZSTD,
 };
 pub use version::{negotiate, VersionRange, MIN_SUPPORTED, PROTOCOL_VERSION};

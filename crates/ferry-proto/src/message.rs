@@ -52,9 +52,11 @@ pub enum MigrationMode {
     PostCopy,
 }
 
+/// How the bytes of one bulk stream are compressed on the wire (the announcing message's
+/// `compression` field; `"none"` or `"zstd"`, absent meaning none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Compression {
+pub enum StreamCompression {
     #[default]
     None,
     Zstd,
@@ -113,7 +115,9 @@ pub struct ImageOffer {
     pub blobs: Vec<BlobRef>,
 }
 
-/// CRIU dump statistics, as far as the source knows them. Times in microseconds.
+/// What the source tells the destination about its dump (`DumpDone`). Times in microseconds.
+/// CRIU's own statistics are `ferry_core::criu::CriuDumpStats` (other field names, kept apart
+/// so neither JSON changes); this build sends only `tunnel_bytes` and leaves the rest 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DumpStats {
@@ -127,7 +131,8 @@ pub struct DumpStats {
     pub tunnel_bytes: u64,
 }
 
-/// Restore statistics from the destination. Times in microseconds.
+/// What the destination tells the source about its restore (`Restored`): a few of CRIU's
+/// numbers (`stats-restore`) and ferry's own timings. Times in microseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RestoreStats {
@@ -180,7 +185,7 @@ pub enum Message {
     CpuInfo {
         stream: u32,
         #[serde(default)]
-        compression: Compression,
+        compression: StreamCompression,
     },
     /// dest: `criu cpuinfo check` accepted the source's CPU.
     CpuOk {},
@@ -204,7 +209,7 @@ pub enum Message {
         size: u64,
         stream: u32,
         #[serde(default)]
-        compression: Compression,
+        compression: StreamCompression,
     },
     /// A filesystem tar stream follows on `stream`: pass 1 while running, pass 2 the final
     /// delta (with deletions) after the dump.
@@ -213,7 +218,7 @@ pub enum Message {
         what: FsTarget,
         stream: u32,
         #[serde(default)]
-        compression: Compression,
+        compression: StreamCompression,
         /// What changed (owned by the fsdiff module), for logs and checks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         summary: Option<serde_json::Value>,
@@ -245,7 +250,7 @@ pub enum Message {
     ImagesStart {
         stream: u32,
         #[serde(default)]
-        compression: Compression,
+        compression: StreamCompression,
     },
     /// Everything is there: restore now (with the new copy's traffic gated).
     Restore {},
@@ -359,13 +364,71 @@ fn is_zero(n: &u64) -> bool {
 mod tests {
     use super::*;
 
+    /// The wire spelling of a stream's compression, and that an older peer's message without
+    /// the field still means none.
+    #[test]
+    fn stream_compression_json_is_pinned() {
+        for (c, json) in [
+            (StreamCompression::None, "\"none\""),
+            (StreamCompression::Zstd, "\"zstd\""),
+        ] {
+            assert_eq!(serde_json::to_string(&c).unwrap(), json);
+            assert_eq!(serde_json::from_str::<StreamCompression>(json).unwrap(), c);
+        }
+        let m: Message = serde_json::from_str(r#"{"type":"images_start","stream":5}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::ImagesStart {
+                stream: 5,
+                compression: StreamCompression::None
+            }
+        );
+        let m = Message::BlobStart {
+            digest: "sha256:ab".into(),
+            size: 3,
+            stream: 9,
+            compression: StreamCompression::Zstd,
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"blob_start","digest":"sha256:ab","size":3,"stream":9,"compression":"zstd"}"#
+        );
+    }
+
+    /// The field names of the statistics the peers exchange (`DumpDone`, `Restored`).
+    #[test]
+    fn stats_json_is_pinned() {
+        let v = serde_json::to_value(DumpStats {
+            tunnel_bytes: 7,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"freezing_us": 0, "frozen_us": 0, "memdump_us": 0,
+                "memwrite_us": 0, "pages_scanned": 0, "pages_written": 0, "tunnel_bytes": 7})
+        );
+        let v = serde_json::to_value(RestoreStats {
+            criu_restore_us: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"restore_us": 0, "forking_us": 0, "pages_restored": 0,
+                "lazy_remaining_bytes": 0, "criu_restore_us": 5, "page_server_us": 0,
+                "total_us": 0, "network_staging_us": 0, "memory_warming_us": 0,
+                "memory_warmed_bytes": 0})
+        );
+    }
+
     #[test]
     fn json_shape_is_tagged_and_round_trips() {
         let m = Message::FsStart {
             pass: 2,
             what: FsTarget::Volume("data".into()),
             stream: 17,
-            compression: Compression::Zstd,
+            compression: StreamCompression::Zstd,
             summary: None,
         };
         let v = serde_json::to_value(&m).unwrap();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::checkpoint::layout::{CONFIG_DUMP, IMAGES_DIR, SPEC_DUMP};
+use crate::checkpoint::layout::{CONFIG_DUMP, CRIU_IMAGES_DIR, SPEC_DUMP};
 use crate::image::{Digest, HashingWriter};
 
 /// Podman's annotations (libpod/define/annotations.go) and CRI-O's name annotation.
@@ -151,5 +151,5 @@ fn write_layer(dir: &Path, out: &Path) -> Result<(Digest, Digest, u64), Checkpoi
 pub fn is_checkpoint(root: &Path) -> bool {
     root.join(CONFIG_DUMP).is_file()
         && root.join(SPEC_DUMP).is_file()
-        && root.join(IMAGES_DIR).join("inventory.img").is_file()
+        && root.join(CRIU_IMAGES_DIR).join("inventory.img").is_file()
 }

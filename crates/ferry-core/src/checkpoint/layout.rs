@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::ids::{PathComponent, VolumeName};
 
-/// CRIU's images.
-pub const IMAGES_DIR: &str = "checkpoint";
+/// CRIU's images (not OCI images: those are the host's image store, `engine.images()`).
+pub const CRIU_IMAGES_DIR: &str = "checkpoint";
 /// The container's OCI runtime spec (config.json).
 pub const SPEC_DUMP: &str = "spec.dump";
 /// The container's configuration as Podman's libpod writes it (JSON), for Podman and the
@@ -45,8 +45,9 @@ impl CheckpointLayout {
         &self.root
     }
 
-    pub fn images(&self) -> PathBuf {
-        self.root.join(IMAGES_DIR)
+    /// CRIU's images ([`CRIU_IMAGES_DIR`]).
+    pub fn criu_images(&self) -> PathBuf {
+        self.root.join(CRIU_IMAGES_DIR)
     }
 
     pub fn spec(&self) -> PathBuf {
@@ -94,7 +95,7 @@ mod tests {
     #[test]
     fn podman_names() {
         let l = CheckpointLayout::new("/c");
-        assert_eq!(l.images(), Path::new("/c/checkpoint"));
+        assert_eq!(l.criu_images(), Path::new("/c/checkpoint"));
         assert_eq!(l.spec(), Path::new("/c/spec.dump"));
         assert_eq!(l.config(), Path::new("/c/config.dump"));
         assert_eq!(l.network_status(), Path::new("/c/network.status"));

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, RootfsDirs, Status};
 use crate::cancel::{self, Cancel};
-use crate::checkpoint::archive::{self, Compression, Limits};
+use crate::checkpoint::archive::{self, ArchiveCompression, Limits};
 use crate::criu;
 use crate::criu::preflight::{self, PreflightError};
 use crate::fsdiff::{self, DiffSummary};
@@ -23,8 +23,8 @@ use crate::runtime::runc::{CheckpointOpts, RestoreOpts, RuncError};
 use crate::runtime::shim::{self, ShimArgs, ShimMode};
 
 use crate::checkpoint::layout::{
-    CheckpointLayout, DELETED_FILES, FERRY_CONFIG, IMAGES_DIR, MANIFEST, ROOTFS_DIFF, STATS_DUMP,
-    VOLUMES_DIR,
+    CheckpointLayout, CRIU_IMAGES_DIR, DELETED_FILES, FERRY_CONFIG, MANIFEST, ROOTFS_DIFF,
+    STATS_DUMP, VOLUMES_DIR,
 };
 
 /// ferry's additions to Podman's layout: the full rootfs diff summary (opaque dirs, for an
@@ -60,7 +60,7 @@ pub struct CheckpointReport {
     #[serde(default)]
     pub image: Option<String>,
     pub leave_running: bool,
-    pub stats: criu::DumpStats,
+    pub stats: criu::CriuDumpStats,
     /// Wall time of `runc checkpoint`, rootfs + volumes, and the whole operation.
     pub checkpoint_ms: u64,
     pub files_ms: u64,
@@ -104,7 +104,7 @@ pub enum ImageUse {
 pub struct RestoredImages {
     pub pid: u32,
     pub restore_ms: u64,
-    pub stats: Option<criu::RestoreStats>,
+    pub stats: Option<criu::CriuRestoreStats>,
     /// Post-copy: the daemon still pulling pages; the restored process needs it until it exits.
     pub lazy: Option<criu::LazyPagesDaemon>,
 }
@@ -113,7 +113,7 @@ pub struct RestoredImages {
 pub struct RestoreReport {
     pub container: String,
     pub snapshot: String,
-    pub stats: Option<criu::RestoreStats>,
+    pub stats: Option<criu::CriuRestoreStats>,
     pub restore_ms: u64,
     pub total_ms: u64,
     pub pid: u32,
@@ -234,7 +234,7 @@ impl Engine {
         req: &CheckpointRequest,
     ) -> Result<CheckpointReport, ContainerError> {
         let t0 = Instant::now();
-        let compression: Compression = req
+        let compression: ArchiveCompression = req
             .compress
             .as_deref()
             .unwrap_or("zstd")
@@ -298,7 +298,7 @@ impl Engine {
             None => None,
         };
         let stats = criu::read_dump_stats(&dir)?;
-        let images = dir.join(IMAGES_DIR);
+        let images = dir.join(CRIU_IMAGES_DIR);
         Ok(CheckpointReport {
             container: rec.config.name.clone(),
             snapshot: snap.into_string(),
@@ -324,7 +324,7 @@ impl Engine {
         leave_running: bool,
     ) -> Result<(u64, u64), ContainerError> {
         let ctr_dir = self.container_dir(&rec.config.id);
-        let images = dir.join(IMAGES_DIR);
+        let images = dir.join(CRIU_IMAGES_DIR);
         let work = ctr_dir.join("criu-work");
         let _ = std::fs::remove_dir_all(&work);
         fsutil::create_private_dir_all(&images).map_err(io(&images))?;
@@ -579,7 +579,7 @@ impl Engine {
                 cfg.image_ref, cfg.image
             ))
         })?;
-        let established = has_established_tcp(&tmp.join(IMAGES_DIR));
+        let established = has_established_tcp(&tmp.join(CRIU_IMAGES_DIR));
         if let Some(ip) = &req.ip {
             let ip: std::net::Ipv4Addr = ip
                 .parse()
@@ -725,7 +725,7 @@ impl Engine {
         snapshot: &str,
         t0: Instant,
     ) -> Result<RestoreReport, ContainerError> {
-        let images = dir.join(IMAGES_DIR);
+        let images = dir.join(CRIU_IMAGES_DIR);
         let outcome =
             self.restore_images(rec, &images, ImageUse::Keep, Some(GateKind::RstOnly), None);
         let RestoredImages {

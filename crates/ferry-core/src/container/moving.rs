@@ -1,9 +1,9 @@
 //! The engine's side of a migration: claiming a container that leaves, and receiving,
 //! restoring (gated), committing or discarding one that arrives.
 
+use super::checkpoint::RestoredImages;
 use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, Status};
-use crate::criu::LazyPagesDaemon;
 use crate::network::{self, GateKind};
 
 impl Engine {
@@ -107,7 +107,7 @@ impl Engine {
         name: &str,
         images: &std::path::Path,
         lazy: Option<std::net::SocketAddr>,
-    ) -> Result<(ferry_proto::RestoreStats, Option<LazyPagesDaemon>), ContainerError> {
+    ) -> Result<RestoredImages, ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         // Fault-injection hook for the rollback tests: a restore that fails after the dump.
@@ -128,16 +128,7 @@ impl Engine {
             Ok(restored) => {
                 rec.status = Status::Migrating;
                 self.save(&rec)?;
-                let stats = restored.stats.as_ref();
-                Ok((
-                    ferry_proto::RestoreStats {
-                        restore_us: restored.restore_ms * 1000,
-                        forking_us: stats.map(|s| s.forking_time_us).unwrap_or(0),
-                        pages_restored: stats.and_then(|s| s.pages_restored).unwrap_or(0),
-                        ..Default::default()
-                    },
-                    restored.lazy,
-                ))
+                Ok(restored)
             }
             Err(e) => {
                 lock(&self.holds).remove(&rec.config.id);

@@ -32,7 +32,7 @@ pub use image::{
 pub use log::{error_lines, explain_log, lazy_bytes_in_dump_log, CriuLogExcerpt};
 pub use page_receiver::{PageReceiver, ReceivedPages, PAGEMAP_MAGIC};
 pub use server::{free_loopback_port, LazyPagesDaemon, LazyTransfer, ReadySignal};
-pub use stats::{read_dump_stats, read_restore_stats, DumpStats, RestoreStats};
+pub use stats::{read_dump_stats, read_restore_stats, CriuDumpStats, CriuRestoreStats};
 pub use version::{require_supported_version, version, CriuVersion};
 
 use crate::tool::{Tool, ToolError};

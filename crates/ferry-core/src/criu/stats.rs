@@ -1,5 +1,10 @@
 //! CRIU's statistics images: `stats-dump` (written by every dump, and by the page server) and
 //! `stats-restore` (written by restore into its work directory).
+//!
+//! [`CriuDumpStats`] and [`CriuRestoreStats`] are what CRIU wrote, field for field; their JSON is
+//! what `ferry checkpoint`/`restore` and a migration report's `criu_dump` show. What the peers
+//! tell each other about a dump or restore is `ferry_proto::{DumpStats, RestoreStats}`, a
+//! different thing with its own (fixed) field names; `migration::stats` builds it from these.
 
 use std::path::Path;
 
@@ -15,7 +20,7 @@ pub const STATS_RESTORE: &str = "stats-restore";
 
 /// What a dump cost. Times in microseconds, counts in pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DumpStats {
+pub struct CriuDumpStats {
     /// From the freeze request until every task was frozen.
     pub freezing_time_us: u64,
     /// How long the tasks stayed frozen: the downtime of a stop-and-copy dump.
@@ -38,7 +43,7 @@ pub struct DumpStats {
 
 /// What a restore cost. Times in microseconds, counts in pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreStats {
+pub struct CriuRestoreStats {
     pub pages_compared: u64,
     pub pages_skipped_cow: u64,
     pub forking_time_us: u64,
@@ -46,9 +51,9 @@ pub struct RestoreStats {
     pub pages_restored: Option<u64>,
 }
 
-impl From<proto::DumpStatsEntry> for DumpStats {
+impl From<proto::DumpStatsEntry> for CriuDumpStats {
     fn from(e: proto::DumpStatsEntry) -> Self {
-        DumpStats {
+        CriuDumpStats {
             freezing_time_us: e.freezing_time.into(),
             frozen_time_us: e.frozen_time.into(),
             memdump_time_us: e.memdump_time.into(),
@@ -67,9 +72,9 @@ impl From<proto::DumpStatsEntry> for DumpStats {
     }
 }
 
-impl From<proto::RestoreStatsEntry> for RestoreStats {
+impl From<proto::RestoreStatsEntry> for CriuRestoreStats {
     fn from(e: proto::RestoreStatsEntry) -> Self {
-        RestoreStats {
+        CriuRestoreStats {
             pages_compared: e.pages_compared,
             pages_skipped_cow: e.pages_skipped_cow,
             forking_time_us: e.forking_time.into(),
@@ -80,12 +85,12 @@ impl From<proto::RestoreStatsEntry> for RestoreStats {
 }
 
 /// Parses `images_dir/stats-dump`.
-pub fn read_dump_stats(images_dir: &Path) -> Result<DumpStats, CriuError> {
+pub fn read_dump_stats(images_dir: &Path) -> Result<CriuDumpStats, CriuError> {
     let path = images_dir.join(STATS_DUMP);
     let entry = read_stats_entry(&path)?;
     entry
         .dump
-        .map(DumpStats::from)
+        .map(CriuDumpStats::from)
         .ok_or_else(|| CriuError::Image {
             path,
             problem: "stats entry has no dump section".into(),
@@ -93,12 +98,12 @@ pub fn read_dump_stats(images_dir: &Path) -> Result<DumpStats, CriuError> {
 }
 
 /// Parses `dir/stats-restore` (`dir` is the restore's work directory, by default the images dir).
-pub fn read_restore_stats(dir: &Path) -> Result<RestoreStats, CriuError> {
+pub fn read_restore_stats(dir: &Path) -> Result<CriuRestoreStats, CriuError> {
     let path = dir.join(STATS_RESTORE);
     let entry = read_stats_entry(&path)?;
     entry
         .restore
-        .map(RestoreStats::from)
+        .map(CriuRestoreStats::from)
         .ok_or_else(|| CriuError::Image {
             path,
             problem: "stats entry has no restore section".into(),
@@ -190,7 +195,7 @@ mod tests {
         let s = read_restore_stats(dir.path()).unwrap();
         assert_eq!(
             s,
-            RestoreStats {
+            CriuRestoreStats {
                 pages_compared: 5,
                 pages_skipped_cow: 6,
                 forking_time_us: 700,

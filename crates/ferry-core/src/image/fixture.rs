@@ -352,17 +352,17 @@ fn write_file(p: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 pub fn layout_to_tar(
     layout: &Path,
     out: &Path,
-    compression: super::Compression,
+    compression: super::LayerCompression,
 ) -> Result<(), ImageError> {
     let f = File::create(out).map_err(io_err(out))?;
     let err = |e: std::io::Error| io_err(out)(e);
     let w: Box<dyn Write> = match compression {
-        super::Compression::None => Box::new(f),
-        super::Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
+        super::LayerCompression::None => Box::new(f),
+        super::LayerCompression::Gzip => Box::new(flate2::write::GzEncoder::new(
             f,
             flate2::Compression::fast(),
         )),
-        super::Compression::Zstd => Box::new(
+        super::LayerCompression::Zstd => Box::new(
             zstd::stream::write::Encoder::new(f, 3)
                 .map_err(err)?
                 .auto_finish(),

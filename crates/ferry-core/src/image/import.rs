@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::compress::{decompress, Compression};
+use super::compress::{decompress, LayerCompression};
 use super::digest::{Digest, HashingReader};
 use super::extract::normalize;
 use super::guard::ImportGuard;
@@ -379,7 +379,7 @@ fn select_from_index(
 /// What one read of an archive tells: layout or rootfs, and for a rootfs its digests.
 struct Scan {
     is_layout: bool,
-    compression: Compression,
+    compression: LayerCompression,
     blob: Digest,
     blob_size: u64,
     diff_id: Digest,
@@ -462,7 +462,7 @@ fn stage_rootfs(src: &Path, staging: &Staging, scan: &Scan) -> Result<Digest, Im
 pub(crate) fn write_manifest(
     staging: &Staging,
     config: &ConfigFile,
-    layers: Vec<(Compression, Digest, u64)>,
+    layers: Vec<(LayerCompression, Digest, u64)>,
 ) -> Result<Digest, ImageError> {
     let cbytes = to_json(config)?;
     let cdigest = staging.stage_bytes(&cbytes)?;
@@ -475,7 +475,7 @@ fn oci_manifest(
     config_media_type: &str,
     config_digest: &Digest,
     config_size: u64,
-    layers: Vec<(Compression, Digest, u64)>,
+    layers: Vec<(LayerCompression, Digest, u64)>,
 ) -> Manifest {
     Manifest {
         schema_version: 2,
@@ -637,7 +637,7 @@ fn docker_save_manifest(
         let mut f = File::open(&path).map_err(io_err(&path))?;
         let n = f.read(&mut head).map_err(io_err(&path))?;
         let size = f.metadata().map_err(io_err(&path))?.len();
-        layers.push((Compression::sniff(&head[..n]), d, size));
+        layers.push((LayerCompression::sniff(&head[..n]), d, size));
     }
     // Keep docker's config bytes (its digest is the image's config digest), wrap in OCI.
     let manifest = oci_manifest(

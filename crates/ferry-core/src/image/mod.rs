@@ -31,7 +31,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use compress::Compression;
+pub use compress::LayerCompression;
 pub use digest::{BadDigest, Digest, HashingReader, HashingWriter};
 pub use import::IMPORT_DEADLINE;
 pub use store::ImageStore;

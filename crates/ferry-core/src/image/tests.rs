@@ -189,9 +189,13 @@ fn import_layout_tar_plain_gzip_zstd() {
     let e = env();
     let layout = e.root.join("layout");
     let built = build_layout(&layout, &small_spec("tarred:1")).unwrap();
-    for (i, c) in [Compression::None, Compression::Gzip, Compression::Zstd]
-        .into_iter()
-        .enumerate()
+    for (i, c) in [
+        LayerCompression::None,
+        LayerCompression::Gzip,
+        LayerCompression::Zstd,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let t = e.root.join(format!("layout-{i}.tar"));
         layout_to_tar(&layout, &t, c).unwrap();
@@ -394,7 +398,7 @@ fn truncated_layout_tar_refused() {
     let layout = e.root.join("layout");
     build_layout(&layout, &small_spec("cut")).unwrap();
     let t = e.root.join("layout.tar");
-    layout_to_tar(&layout, &t, Compression::Gzip).unwrap();
+    layout_to_tar(&layout, &t, LayerCompression::Gzip).unwrap();
     let bytes = fs::read(&t).unwrap();
     fs::write(&t, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let before = state_listing(&e.store);

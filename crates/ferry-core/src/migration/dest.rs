@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Compression, FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, Verdict,
-    TUNNEL_STREAM,
+    FsTarget, Hello, ImageOffer, Message, MigrationMode, ReceiverMachine, StreamCompression,
+    Verdict, TUNNEL_STREAM,
 };
 
 use super::commit;
@@ -286,7 +286,7 @@ impl Incoming {
     async fn check_cpu(
         &mut self,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<(), MigrationError> {
         self.step("cpu-check").await?;
         let dir = self.work.path().join("cpuinfo");
@@ -389,7 +389,7 @@ impl Incoming {
         &mut self,
         digest: String,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<(), MigrationError> {
         self.step("image").await?;
         let tmp = self.work.path().join("blob.tmp");
@@ -433,7 +433,7 @@ impl Incoming {
         &mut self,
         what: FsTarget,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
         summary: Option<serde_json::Value>,
     ) -> Result<(), MigrationError> {
         self.step("fs").await?;
@@ -489,7 +489,7 @@ impl Incoming {
     async fn receive_images(
         &mut self,
         stream: u32,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<(), MigrationError> {
         self.step("images").await?;
         let tar = self.work.path().join("images.tar");
@@ -520,20 +520,12 @@ impl Incoming {
         let page_server = t.elapsed();
         let lazy_source = self.lazy_tunnel().await?;
         let (e, name, dir) = (self.engine.clone(), self.name(), self.images_dir()?);
-        match blocking(move || Ok(e.restore_incoming(&name, &dir, lazy_source)?)).await {
+        match blocking(move || Ok(super::stats::restore(&e, &name, &dir, lazy_source)?)).await {
             Ok((mut stats, daemon)) => {
                 self.lazy_daemon = daemon;
                 let id = self.migration_id.clone().unwrap_or_default();
                 record::transition(self.engine.paths(), &id, Stage::Restored, |_| {})?;
                 drop(alive);
-                let work = self
-                    .engine
-                    .container_dir(&self.config()?.id)
-                    .join("criu-work");
-                // Best effort: the restore worked; only its statistics would be missing.
-                if let Ok(criu) = crate::criu::read_restore_stats(&work) {
-                    stats.criu_restore_us = criu.restore_time_us;
-                }
                 stats.page_server_us = page_server.as_micros() as u64;
                 stats.network_staging_us = self.network_staging.as_micros() as u64;
                 stats.memory_warming_us = self.memory_warming.0.as_micros() as u64;

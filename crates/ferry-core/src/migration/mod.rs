@@ -17,6 +17,7 @@ pub mod recovery;
 pub mod report;
 pub mod resume;
 pub mod source;
+mod stats;
 mod wire;
 
 use std::path::Path;

@@ -11,10 +11,15 @@ pub enum Phase {
     Connect,
     CpuCheck,
     Prepare,
-    Image,
+    /// The OCI image's blobs the destination lacks. Called `image` in reports before it was
+    /// renamed (it read like `criu-images`), so an older record still reads.
+    #[serde(alias = "image")]
+    Layers,
     FsPass1,
     Dump,
-    Images,
+    /// CRIU's images other than the memory pages, after the dump. Called `images` before.
+    #[serde(alias = "images")]
+    CriuImages,
     FsPass2,
     Restore,
     Commit,
@@ -29,10 +34,10 @@ impl Phase {
             Phase::Connect => "connect + handshake",
             Phase::CpuCheck => "CPU check",
             Phase::Prepare => "prepare destination",
-            Phase::Image => "image layers",
+            Phase::Layers => "image layers",
             Phase::FsPass1 => "filesystem pass 1 (running)",
             Phase::Dump => "freeze + memory",
-            Phase::Images => "CRIU images",
+            Phase::CriuImages => "CRIU images",
             Phase::FsPass2 => "filesystem final delta",
             Phase::Restore => "restore on destination",
             Phase::Commit => "commit",
@@ -402,7 +407,7 @@ impl Downtime {
         self
     }
 
-    pub fn with_criu_dump(mut self, s: &crate::criu::DumpStats) -> Downtime {
+    pub fn with_criu_dump(mut self, s: &crate::criu::CriuDumpStats) -> Downtime {
         self.criu_dump = Some(CriuDumpTimes {
             freezing_ms: us_to_ms(s.freezing_time_us),
             frozen_ms: us_to_ms(s.frozen_time_us),
@@ -495,6 +500,21 @@ mod tests {
         }
     }
 
+    /// The phase names reports and `--json` carry: OCI layers and CRIU images say which they
+    /// are, and a record written before the rename still reads.
+    #[test]
+    fn phase_names_in_json() {
+        let name = |p: Phase| serde_json::to_value(p).unwrap();
+        assert_eq!(name(Phase::Layers), "layers");
+        assert_eq!(name(Phase::CriuImages), "criu-images");
+        assert_eq!(name(Phase::FsPass1), "fs-pass1");
+        let old: PhaseTime = serde_json::from_str(r#"{"phase":"image","ms":1,"bytes":2}"#).unwrap();
+        assert_eq!(old.phase, Some(Phase::Layers));
+        let old: PhaseTime =
+            serde_json::from_str(r#"{"phase":"images","ms":1,"bytes":2}"#).unwrap();
+        assert_eq!(old.phase, Some(Phase::CriuImages));
+    }
+
     #[test]
     fn parts_and_unaccounted_add_up_to_the_window() {
         let t0 = Instant::now();
@@ -556,7 +576,7 @@ mod tests {
             memory_warming_us: 150_000,
             memory_warmed_bytes: 64 << 20,
         })
-        .with_criu_dump(&crate::criu::DumpStats {
+        .with_criu_dump(&crate::criu::CriuDumpStats {
             freezing_time_us: 1_234,
             frozen_time_us: 590_000,
             memdump_time_us: 200_000,

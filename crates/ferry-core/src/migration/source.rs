@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    BlobRef, Compression, FsTarget, Hello, ImageOffer, Message, MigrationMode, SenderMachine,
+    BlobRef, FsTarget, Hello, ImageOffer, Message, MigrationMode, SenderMachine, StreamCompression,
     MIN_SUPPORTED, PROTOCOL_VERSION, TUNNEL_STREAM,
 };
 
@@ -297,11 +297,15 @@ impl Outgoing {
         let stream = w.new_stream();
         w.send(Message::CpuInfo {
             stream,
-            compression: Compression::None,
+            compression: StreamCompression::None,
         })
         .await?;
-        w.send_file(stream, &dir.join(super::CPUINFO_IMAGE), Compression::None)
-            .await?;
+        w.send_file(
+            stream,
+            &dir.join(super::CPUINFO_IMAGE),
+            StreamCompression::None,
+        )
+        .await?;
         w.await_reply("the CPU check", REPLY, |m| match m {
             Message::CpuOk {} => Some(()),
             _ => None,
@@ -356,7 +360,7 @@ impl Outgoing {
 
     /// Only the layers the destination lacks, by digest.
     async fn send_image(&mut self, need: &[String]) -> Result<(), MigrationError> {
-        self.step(Phase::Image, "image").await?;
+        self.step(Phase::Layers, "image").await?;
         let mut sent = 0u64;
         for digest in need {
             let (d, size) = self
@@ -375,15 +379,15 @@ impl Outgoing {
                     digest: digest.clone(),
                     size,
                     stream,
-                    compression: Compression::None,
+                    compression: StreamCompression::None,
                 })
                 .await?;
-                w.send_file(stream, &path, Compression::None).await?;
+                w.send_file(stream, &path, StreamCompression::None).await?;
                 Ok(())
             })
             .await?;
             sent += size;
-            self.progress.bytes(Phase::Image, sent);
+            self.progress.bytes(Phase::Layers, sent);
         }
         self.report.bytes.layers = sent;
         self.report.layers_sent = need.len();
@@ -711,7 +715,7 @@ impl Outgoing {
 
     /// The small CRIU images (the pages are already there).
     async fn send_images(&mut self) -> Result<(), MigrationError> {
-        self.step(Phase::Images, "images").await?;
+        self.step(Phase::CriuImages, "images").await?;
         let t = Instant::now();
         let images_tar = self.work.path().join("images.tar");
         let (src, dst) = (self.work.path().join("images"), images_tar.clone());
@@ -725,10 +729,11 @@ impl Outgoing {
         within("sending CRIU images", budget(bytes), async {
             w.send(Message::ImagesStart {
                 stream,
-                compression: Compression::Zstd,
+                compression: StreamCompression::Zstd,
             })
             .await?;
-            w.send_file(stream, &images_tar, Compression::Zstd).await?;
+            w.send_file(stream, &images_tar, StreamCompression::Zstd)
+                .await?;
             Ok(())
         })
         .await?;
@@ -828,11 +833,11 @@ impl Outgoing {
                 pass,
                 what: target.clone(),
                 stream,
-                compression: Compression::Zstd,
+                compression: StreamCompression::Zstd,
                 summary: Some(summary),
             })
             .await?;
-            w.send_file(stream, &tar, Compression::Zstd).await?;
+            w.send_file(stream, &tar, StreamCompression::Zstd).await?;
             Ok(())
         })
         .await?;

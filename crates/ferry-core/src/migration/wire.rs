@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{
-    Compression, Message, ReceiverMachine, SenderMachine, StreamEnd, FIRST_BULK_STREAM,
+    Message, ReceiverMachine, SenderMachine, StreamCompression, StreamEnd, FIRST_BULK_STREAM,
 };
 
 use super::MigrationError;
@@ -208,7 +208,7 @@ impl Wire {
         &self,
         stream: u32,
         path: &Path,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<StreamEnd, MigrationError> {
         let f = tokio::fs::File::open(path)
             .await
@@ -226,7 +226,7 @@ impl Wire {
         &self,
         stream: u32,
         path: &Path,
-        compression: Compression,
+        compression: StreamCompression,
     ) -> Result<StreamEnd, MigrationError> {
         let mut rx = self.demux.stream(stream)?;
         let f = tokio::fs::File::create(path)

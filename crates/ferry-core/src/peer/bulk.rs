@@ -2,7 +2,7 @@
 //! chunks (never the whole stream in memory), optionally zstd-compressed on the wire, and
 //! checked end to end by length and sha256 of the uncompressed bytes.
 
-use ferry_proto::{Compression, StreamEnd};
+use ferry_proto::{StreamCompression, StreamEnd};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zstd::stream::raw::{Decoder, Encoder, Operation, OutBuffer};
@@ -24,12 +24,12 @@ pub async fn send_stream<R: AsyncRead + Unpin>(
     sink: &FrameSink,
     stream: u32,
     mut reader: R,
-    compression: Compression,
+    compression: StreamCompression,
 ) -> Result<StreamEnd, PeerError> {
     let zerr = |source| PeerError::Zstd { stream, source };
     let mut encoder = match compression {
-        Compression::Zstd => Some(Encoder::new(ZSTD_LEVEL).map_err(zerr)?),
-        Compression::None => None,
+        StreamCompression::Zstd => Some(Encoder::new(ZSTD_LEVEL).map_err(zerr)?),
+        StreamCompression::None => None,
     };
     let mut input = vec![0u8; CHUNK];
     let mut out = vec![0u8; CHUNK];
@@ -87,14 +87,14 @@ pub async fn send_stream<R: AsyncRead + Unpin>(
 pub async fn recv_stream<W: AsyncWrite + Unpin>(
     source: &mut StreamReceiver,
     mut writer: W,
-    compression: Compression,
+    compression: StreamCompression,
 ) -> Result<StreamEnd, PeerError> {
     let stream = source.id();
     let zerr = |source| PeerError::Zstd { stream, source };
     let werr = |source| PeerError::StreamIo { stream, source };
     let mut decoder = match compression {
-        Compression::Zstd => Some(Decoder::new().map_err(zerr)?),
-        Compression::None => None,
+        StreamCompression::Zstd => Some(Decoder::new().map_err(zerr)?),
+        StreamCompression::None => None,
     };
     let mut out = vec![0u8; CHUNK];
     let mut hasher = Sha256::new();

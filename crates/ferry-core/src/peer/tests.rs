@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_proto::{
-    Compression, Hello, Message, MigrationMode, ReceiverMachine, SenderMachine, State, StreamEnd,
-    MIN_SUPPORTED, PROTOCOL_VERSION, TUNNEL_STREAM,
+    Hello, Message, MigrationMode, ReceiverMachine, SenderMachine, State, StreamCompression,
+    StreamEnd, MIN_SUPPORTED, PROTOCOL_VERSION, TUNNEL_STREAM,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -319,11 +319,15 @@ async fn bulk_streams_interleave_with_control_and_verify() {
     // Two streams and control messages at once, from different tasks sharing the sink.
     let s1 = {
         let (sink, data) = (src.sink.clone(), random.clone());
-        tokio::spawn(async move { send_stream(&sink, 16, &data[..], Compression::None).await })
+        tokio::spawn(
+            async move { send_stream(&sink, 16, &data[..], StreamCompression::None).await },
+        )
     };
     let s2 = {
         let (sink, data) = (src.sink.clone(), zeros.clone());
-        tokio::spawn(async move { send_stream(&sink, 17, &data[..], Compression::Zstd).await })
+        tokio::spawn(
+            async move { send_stream(&sink, 17, &data[..], StreamCompression::Zstd).await },
+        )
     };
     for i in 0..20 {
         src.sink
@@ -344,14 +348,14 @@ async fn bulk_streams_interleave_with_control_and_verify() {
     let mut rx17 = dst.demux.stream(17).unwrap();
     let r1 = tokio::spawn(async move {
         let mut out = Vec::new();
-        let end = recv_stream(&mut rx16, &mut out, Compression::None)
+        let end = recv_stream(&mut rx16, &mut out, StreamCompression::None)
             .await
             .unwrap();
         (end, out)
     });
     let r2 = tokio::spawn(async move {
         let mut out = Vec::new();
-        let end = recv_stream(&mut rx17, &mut out, Compression::Zstd)
+        let end = recv_stream(&mut rx17, &mut out, StreamCompression::Zstd)
             .await
             .unwrap();
         (end, out.len(), out.iter().all(|&b| b == 0))
@@ -376,7 +380,7 @@ async fn bulk_streams_interleave_with_control_and_verify() {
 async fn stream_that_arrives_before_its_consumer_is_kept() {
     let c = cluster();
     let (src, dst) = connected(&c).await;
-    send_stream(&src.sink, 20, &b"early bytes"[..], Compression::Zstd)
+    send_stream(&src.sink, 20, &b"early bytes"[..], StreamCompression::Zstd)
         .await
         .unwrap();
     src.sink.send_message(&Message::Commit {}).await.unwrap();
@@ -385,7 +389,7 @@ async fn stream_that_arrives_before_its_consumer_is_kept() {
     // Every frame of stream 20 is in by now; take it only now.
     let mut rx = dst.demux.stream(20).unwrap();
     let mut out = Vec::new();
-    recv_stream(&mut rx, &mut out, Compression::Zstd)
+    recv_stream(&mut rx, &mut out, StreamCompression::Zstd)
         .await
         .unwrap();
     assert_eq!(out, b"early bytes");
@@ -423,7 +427,7 @@ async fn corrupt_or_cut_streams_are_detected() {
     let err = recv_stream(
         &mut dst.demux.stream(30).unwrap(),
         &mut out,
-        Compression::None,
+        StreamCompression::None,
     )
     .await
     .unwrap_err();
@@ -431,7 +435,7 @@ async fn corrupt_or_cut_streams_are_detected() {
     let err = recv_stream(
         &mut dst.demux.stream(31).unwrap(),
         &mut out,
-        Compression::None,
+        StreamCompression::None,
     )
     .await
     .unwrap_err();
@@ -444,7 +448,7 @@ async fn corrupt_or_cut_streams_are_detected() {
     let mut rx32 = dst.demux.stream(32).unwrap();
     src.sink.close().await.unwrap();
     drop(src);
-    let err = recv_stream(&mut rx32, &mut out, Compression::None)
+    let err = recv_stream(&mut rx32, &mut out, StreamCompression::None)
         .await
         .unwrap_err();
     assert!(

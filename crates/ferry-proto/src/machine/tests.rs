@@ -1,5 +1,5 @@
 use super::*;
-use crate::{BlobRef, Compression, DumpStats, Hello, ImageOffer, RestoreStats, Welcome};
+use crate::{BlobRef, DumpStats, Hello, ImageOffer, RestoreStats, StreamCompression, Welcome};
 
 const BLOB_A: &str = "sha256:aaaa";
 const BLOB_B: &str = "sha256:bbbb";
@@ -49,7 +49,7 @@ fn blob(digest: &str, stream: u32) -> Message {
         digest: digest.into(),
         size: 10,
         stream,
-        compression: Compression::None,
+        compression: StreamCompression::None,
     }
 }
 
@@ -58,7 +58,7 @@ fn fs(pass: u8, what: FsTarget, stream: u32) -> Message {
         pass,
         what,
         stream,
-        compression: Compression::Zstd,
+        compression: StreamCompression::Zstd,
         summary: None,
     }
 }
@@ -79,7 +79,7 @@ fn happy_path(mode: MigrationMode) -> Vec<(Side, Message)> {
             S,
             Message::CpuInfo {
                 stream: 16,
-                compression: Compression::None,
+                compression: StreamCompression::None,
             },
         ),
         (D, Message::CpuOk {}),
@@ -121,7 +121,7 @@ fn happy_path(mode: MigrationMode) -> Vec<(Side, Message)> {
             S,
             Message::ImagesStart {
                 stream: 21,
-                compression: Compression::Zstd,
+                compression: StreamCompression::Zstd,
             },
         ),
         (S, fs(2, FsTarget::Upper, 22)),
@@ -272,7 +272,7 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
         },
         Message::CpuInfo {
             stream: 900,
-            compression: Compression::None,
+            compression: StreamCompression::None,
         },
         Message::CpuOk {},
         prepare(),
@@ -292,7 +292,7 @@ fn every_message(pending_blob: &str) -> Vec<Message> {
         },
         Message::ImagesStart {
             stream: 903,
-            compression: Compression::None,
+            compression: StreamCompression::None,
         },
         fs(2, FsTarget::Volume("logs".into()), 904),
         Message::Restore {},

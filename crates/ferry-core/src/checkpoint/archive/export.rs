@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::crypt::{ArchiveKey, EncryptWriter};
 use super::manifest::{read_manifest, HashingReader, Manifest};
-use super::{ArchiveError, Compression};
+use super::{ArchiveCompression, ArchiveError};
 use crate::checkpoint::layout::MANIFEST;
 
 /// zstd level 3: fast enough that the disk, not the compressor, sets the pace.
@@ -26,7 +26,7 @@ pub struct ExportSummary {
 pub fn export(
     dir: &Path,
     out: &Path,
-    compression: Compression,
+    compression: ArchiveCompression,
 ) -> Result<ExportSummary, ArchiveError> {
     export_sealed(dir, out, compression, None)
 }
@@ -35,7 +35,7 @@ pub fn export(
 pub fn export_sealed(
     dir: &Path,
     out: &Path,
-    compression: Compression,
+    compression: ArchiveCompression,
     key: Option<&ArchiveKey>,
 ) -> Result<ExportSummary, ArchiveError> {
     let manifest = read_manifest(dir)?;
@@ -56,8 +56,8 @@ pub fn export_sealed(
         None => Sink::Plain(file),
     };
     let sink = match compression {
-        Compression::None => write_tar(sink, dir, &manifest, &manifest_bytes, tmp.path())?,
-        Compression::Zstd => {
+        ArchiveCompression::None => write_tar(sink, dir, &manifest, &manifest_bytes, tmp.path())?,
+        ArchiveCompression::Zstd => {
             let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL).map_err(io_err)?;
             // The frame checksum lets a decompressor notice damage on its own.
             enc.include_checksum(true).map_err(io_err)?;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::import::{create_member, entry_name, owner_mode, read_error, refused_kind};
 use super::{ArchiveError, Limits};
-use crate::checkpoint::layout::{CONFIG_DUMP, IMAGES_DIR, SPEC_DUMP};
+use crate::checkpoint::layout::{CONFIG_DUMP, CRIU_IMAGES_DIR, SPEC_DUMP};
 
 /// Extracts `reader` (a tar stream) into the empty directory `root`.
 pub(super) fn extract(reader: impl Read, root: &Path, limits: &Limits) -> Result<(), ArchiveError> {
@@ -81,7 +81,7 @@ pub(super) fn extract(reader: impl Read, root: &Path, limits: &Limits) -> Result
             other => return Err(refused_kind(&name, other)),
         }
     }
-    for required in [CONFIG_DUMP, SPEC_DUMP, IMAGES_DIR] {
+    for required in [CONFIG_DUMP, SPEC_DUMP, CRIU_IMAGES_DIR] {
         if !seen.contains(required) && !seen.iter().any(|s| s.starts_with(&format!("{required}/")))
         {
             return Err(ArchiveError::NotACheckpoint { missing: required });

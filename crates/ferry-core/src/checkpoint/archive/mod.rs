@@ -109,22 +109,24 @@ impl ArchiveError {
     }
 }
 
-/// How an exported archive is compressed.
+/// How an exported checkpoint archive is compressed: the user's choice (`--compress`), spelled
+/// as `FromStr`/`Display` say. Not an image layer's ([`crate::image::LayerCompression`]) nor a
+/// bulk stream's on the wire (`ferry_proto::StreamCompression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
+pub enum ArchiveCompression {
     None,
     /// Podman's default too.
     #[default]
     Zstd,
 }
 
-impl FromStr for Compression {
+impl FromStr for ArchiveCompression {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "none" => Ok(Compression::None),
-            "zstd" => Ok(Compression::Zstd),
+            "none" => Ok(ArchiveCompression::None),
+            "zstd" => Ok(ArchiveCompression::Zstd),
             other => Err(format!(
                 "unknown compression {other:?} (expected \"none\" or \"zstd\")"
             )),
@@ -132,11 +134,11 @@ impl FromStr for Compression {
     }
 }
 
-impl fmt::Display for Compression {
+impl fmt::Display for ArchiveCompression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Compression::None => "none",
-            Compression::Zstd => "zstd",
+            ArchiveCompression::None => "none",
+            ArchiveCompression::Zstd => "zstd",
         })
     }
 }

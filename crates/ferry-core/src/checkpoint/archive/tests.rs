@@ -24,11 +24,11 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn sample_checkpoint(root: &Path) -> PathBuf {
     let dir = root.join("ckpt");
     let l = CheckpointLayout::new(&dir);
-    std::fs::create_dir_all(l.images()).unwrap();
+    std::fs::create_dir_all(l.criu_images()).unwrap();
     std::fs::create_dir_all(l.volumes()).unwrap();
-    std::fs::write(l.images().join("pages-1.img"), noise(300_000, 1)).unwrap();
-    std::fs::write(l.images().join("core-1.img"), noise(1_000, 2)).unwrap();
-    std::fs::write(l.images().join("empty.img"), b"").unwrap();
+    std::fs::write(l.criu_images().join("pages-1.img"), noise(300_000, 1)).unwrap();
+    std::fs::write(l.criu_images().join("core-1.img"), noise(1_000, 2)).unwrap();
+    std::fs::write(l.criu_images().join("empty.img"), b"").unwrap();
     std::fs::write(l.spec(), br#"{"ociVersion":"1.0.2"}"#).unwrap();
     std::fs::write(l.config(), br#"{"name":"redis"}"#).unwrap();
     std::fs::write(l.network_status(), br#"{"ip":"10.77.0.5"}"#).unwrap();
@@ -39,7 +39,7 @@ fn sample_checkpoint(root: &Path) -> PathBuf {
     dir
 }
 
-fn export_sample(root: &Path, compression: Compression) -> PathBuf {
+fn export_sample(root: &Path, compression: ArchiveCompression) -> PathBuf {
     let dir = sample_checkpoint(root);
     let out = root.join(format!("ckpt.tar.{compression}"));
     let summary = export(&dir, &out, compression).unwrap();
@@ -203,28 +203,34 @@ fn write_manifest_refuses_symlinks_and_fifos() {
 
 #[test]
 fn compression_names() {
-    assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
-    assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd);
+    assert_eq!(
+        "none".parse::<ArchiveCompression>().unwrap(),
+        ArchiveCompression::None
+    );
+    assert_eq!(
+        "zstd".parse::<ArchiveCompression>().unwrap(),
+        ArchiveCompression::Zstd
+    );
     assert!("gzip"
-        .parse::<Compression>()
+        .parse::<ArchiveCompression>()
         .unwrap_err()
         .contains("\"gzip\""));
-    assert_eq!(Compression::Zstd.to_string(), "zstd");
+    assert_eq!(ArchiveCompression::Zstd.to_string(), "zstd");
 }
 
 #[test]
 fn round_trip_both_compressions() {
-    for compression in [Compression::None, Compression::Zstd] {
+    for compression in [ArchiveCompression::None, ArchiveCompression::Zstd] {
         let root = tempfile::tempdir().unwrap();
         let out = export_sample(root.path(), compression);
         let head = std::fs::read(&out).unwrap();
         assert_eq!(
             head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
-            compression == Compression::Zstd
+            compression == ArchiveCompression::Zstd
         );
 
         // manifest.json is the first entry.
-        if compression == Compression::None {
+        if compression == ArchiveCompression::None {
             let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
             let first = ar.entries().unwrap().next().unwrap().unwrap();
             assert_eq!(first.path().unwrap(), Path::new("manifest.json"));
@@ -261,7 +267,7 @@ fn export_refuses_a_member_changed_after_the_manifest() {
     data[500] ^= 0xff;
     std::fs::write(dir.join("checkpoint/core-1.img"), data).unwrap();
     let out = root.path().join("out.tar");
-    let err = export(&dir, &out, Compression::None)
+    let err = export(&dir, &out, ArchiveCompression::None)
         .unwrap_err()
         .to_string();
     assert_eq!(err, "member checkpoint/core-1.img: sha256 mismatch");
@@ -282,7 +288,7 @@ fn export_refuses_a_member_changed_after_the_manifest() {
 #[test]
 fn flipped_byte_plain_is_a_checksum_error() {
     let root = tempfile::tempdir().unwrap();
-    let out = export_sample(root.path(), Compression::None);
+    let out = export_sample(root.path(), ArchiveCompression::None);
     let mut bytes = std::fs::read(&out).unwrap();
     let pages = noise(300_000, 1);
     let at = bytes.windows(64).position(|w| w == &pages[..64]).unwrap() + 150_000;
@@ -295,7 +301,7 @@ fn flipped_byte_plain_is_a_checksum_error() {
 #[test]
 fn flipped_byte_zstd_is_detected() {
     let root = tempfile::tempdir().unwrap();
-    let out = export_sample(root.path(), Compression::Zstd);
+    let out = export_sample(root.path(), ArchiveCompression::Zstd);
     let mut bytes = std::fs::read(&out).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -309,7 +315,7 @@ fn flipped_byte_zstd_is_detected() {
 
 #[test]
 fn truncated_archives_are_refused() {
-    for compression in [Compression::None, Compression::Zstd] {
+    for compression in [ArchiveCompression::None, ArchiveCompression::Zstd] {
         let root = tempfile::tempdir().unwrap();
         let out = export_sample(root.path(), compression);
         let bytes = std::fs::read(&out).unwrap();
@@ -331,7 +337,7 @@ fn truncated_archives_are_refused() {
 #[test]
 fn plain_truncation_is_named() {
     let root = tempfile::tempdir().unwrap();
-    let out = export_sample(root.path(), Compression::None);
+    let out = export_sample(root.path(), ArchiveCompression::None);
     let bytes = std::fs::read(&out).unwrap();
     std::fs::write(&out, &bytes[..bytes.len() / 2]).unwrap();
     let err = import_fails(&out, root.path(), &Limits::default());
@@ -480,7 +486,7 @@ fn wrong_format_is_refused() {
 #[test]
 fn limits_are_enforced_before_extraction() {
     let root = tempfile::tempdir().unwrap();
-    let out = export_sample(root.path(), Compression::Zstd);
+    let out = export_sample(root.path(), ArchiveCompression::Zstd);
     let defaults = Limits::default();
     assert_eq!(defaults.max_total_bytes, 64 << 30);
 
@@ -583,7 +589,7 @@ fn encrypted_archives_need_their_key_and_refuse_any_change() {
     let root = tempfile::tempdir().unwrap();
     let dir = sample_checkpoint(root.path());
     let key = ArchiveKey::from_bytes([3; 32]);
-    for compression in [Compression::None, Compression::Zstd] {
+    for compression in [ArchiveCompression::None, ArchiveCompression::Zstd] {
         let out = root.path().join(format!("sealed-{compression}.tar"));
         export_sealed(&dir, &out, compression, Some(&key)).unwrap();
         let raw = std::fs::read(&out).unwrap();
@@ -632,7 +638,7 @@ fn encrypted_archives_need_their_key_and_refuse_any_change() {
         assert!(!dest.exists());
     }
     // A key for a plain archive: it was expected to be sealed.
-    let plain = export_sample(root.path(), Compression::Zstd);
+    let plain = export_sample(root.path(), ArchiveCompression::Zstd);
     let err = import_sealed(
         &plain,
         &root.path().join("p"),
