@@ -23,7 +23,7 @@ use super::spawn::{verb, READY_FD_ENV};
 use super::{
     write_json_atomic, ContainerExit, ShimArgs, ShimError, ShimFiles, ShimMode, StartStatus,
 };
-use crate::runtime::runc::{criu_log_errors, RestoreOpts};
+use crate::runtime::runc::RestoreOpts;
 use crate::tool::Tool;
 
 /// How long to wait for the output pipes to drain once runc failed or the init exited. Only a
@@ -233,18 +233,9 @@ fn start(args: &ShimArgs, files: &ShimFiles, diag: &mut Diag) -> Result<Running,
     })?;
     if !status.success() {
         pumps.drain(DRAIN_AFTER_FAILURE);
-        let mut message = runc_errors(&files.runc_log(), runc_log_offset)
+        // A failed restore's CRIU log is quoted once, by the caller (`ContainerError::Criu`).
+        let message = runc_errors(&files.runc_log(), runc_log_offset)
             .unwrap_or_else(|| format!("{} exited with {status}", tool.name()));
-        if let ShimMode::Restore(opts) = &args.mode {
-            let criu_log = opts.criu_log_path();
-            if criu_log.exists() {
-                message.push_str(&format!("; CRIU log {}", criu_log.display()));
-                let errors = criu_log_errors(&criu_log);
-                if !errors.is_empty() {
-                    message.push_str(&format!(": {}", errors.join(" | ")));
-                }
-            }
-        }
         return Err(ShimError::Start {
             id: args.id.clone(),
             verb: verb(&args.mode),
