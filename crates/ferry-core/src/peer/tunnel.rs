@@ -251,6 +251,11 @@ pub async fn tunnel_connect_with(
 }
 
 impl Counters {
+    fn count_to_peer(&self, read: usize, wire: usize) {
+        self.to_peer.fetch_add(read as u64, Ordering::Relaxed);
+        self.to_peer_wire.fetch_add(wire as u64, Ordering::Relaxed);
+    }
+
     fn stats(&self) -> TunnelStats {
         TunnelStats {
             to_peer: self.to_peer.load(Ordering::Relaxed),
@@ -328,21 +333,26 @@ impl Encoder {
     fn payload(&mut self, n: usize) -> &[u8] {
         match self.codec {
             Codec::Plain => &self.buf[..n],
-            Codec::Lz4 => {
-                let read = &self.buf[1..=n];
-                if let Ok(k) = lz4_flex::block::compress_into(read, &mut self.packed[LZ4_HEADER..])
-                {
-                    if LZ4_HEADER + k < 1 + n {
-                        self.packed[0] = LZ4;
-                        self.packed[1..LZ4_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
-                        return &self.packed[..LZ4_HEADER + k];
-                    }
-                }
-                self.buf[0] = RAW;
-                &self.buf[..=n]
-            }
+            Codec::Lz4 => match pack(&mut self.buf, n, &mut self.packed) {
+                Some(k) => &self.packed[..k],
+                None => &self.buf[..=n],
+            },
         }
     }
+}
+
+/// Packs the `n` bytes at `buf[1..=n]`: into `packed` as an LZ4 block when that is smaller
+/// (returns the payload's length there), else tags them [`RAW`] in place (`buf[..=n]`).
+fn pack(buf: &mut [u8], n: usize, packed: &mut [u8]) -> Option<usize> {
+    if let Ok(k) = lz4_flex::block::compress_into(&buf[1..=n], &mut packed[LZ4_HEADER..]) {
+        if LZ4_HEADER + k < 1 + n {
+            packed[0] = LZ4;
+            packed[1..LZ4_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+            return Some(LZ4_HEADER + k);
+        }
+    }
+    buf[0] = RAW;
+    None
 }
 
 /// The bytes a tagged payload stands for. A peer's bad payload is refused, never trusted:
@@ -379,34 +389,147 @@ async fn local_to_peer(
     c: &Counters,
     codec: Codec,
 ) -> Result<(), PeerError> {
-    let mut enc = Encoder::new(codec);
+    let total = match codec {
+        Codec::Plain => plain_to_peer(r, sink, stream, c).await?,
+        Codec::Lz4 => packed_to_peer(r, sink, stream, c).await?,
+    };
+    // The local side closed its write direction: pass the half-close on.
+    c.local_done.store(true, Ordering::Relaxed);
+    let end = StreamEnd {
+        bytes: total,
+        sha256: None,
+    };
+    sink.send_end(stream, &end).await
+}
+
+/// Reads, frames and sends, one after the other. Returns the bytes carried.
+async fn plain_to_peer(
+    r: &mut OwnedReadHalf,
+    sink: &FrameSink,
+    stream: u32,
+    c: &Counters,
+) -> Result<u64, PeerError> {
+    let mut enc = Encoder::new(Codec::Plain);
     let mut total = 0u64;
     loop {
-        let n = r
-            .read(enc.space())
-            .await
-            .map_err(|source| PeerError::StreamIo { stream, source })?;
+        let n = read_local(r, enc.space(), stream).await?;
         if n == 0 {
-            // The local side closed its write direction: pass the half-close on.
-            c.local_done.store(true, Ordering::Relaxed);
-            return sink
-                .send_end(
-                    stream,
-                    &StreamEnd {
-                        bytes: total,
-                        sha256: None,
-                    },
-                )
-                .await;
+            return Ok(total);
         }
         c.first_to_peer.get_or_init(Instant::now);
         let payload = enc.payload(n);
         sink.send_data(stream, payload).await?;
         total += n as u64;
-        c.to_peer.fetch_add(n as u64, Ordering::Relaxed);
-        c.to_peer_wire
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        c.count_to_peer(n, payload.len());
     }
+}
+
+/// Read buffers in flight between reading, packing and sending.
+const PIPELINE_DEPTH: usize = 4;
+
+/// A frame ready to send: an LZ4 payload (its read buffer already went back), or the read
+/// buffer itself, tagged raw, which goes back once sent.
+enum Packed {
+    Lz4 { payload: Vec<u8>, read: usize },
+    Raw { buf: Vec<u8>, read: usize },
+}
+
+/// Reads, packs and sends as a pipeline: packing runs on a thread of its own, so on two cores
+/// reading the next bytes and sending the last frame overlap with compressing this one (the
+/// three in one task made the source the slowest stage of a dump; measured in bench/).
+async fn packed_to_peer(
+    r: &mut OwnedReadHalf,
+    sink: &FrameSink,
+    stream: u32,
+    c: &Counters,
+) -> Result<u64, PeerError> {
+    use tokio::sync::mpsc;
+    let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
+    for _ in 0..PIPELINE_DEPTH {
+        free_tx
+            .try_send(vec![0u8; CHUNK])
+            .expect("the pool has room for its buffers");
+    }
+    let (read_tx, read_rx) = mpsc::channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
+    let (packed_tx, mut packed_rx) = mpsc::channel::<Packed>(PIPELINE_DEPTH);
+    let packer_free = free_tx.clone();
+    let packer = tokio::task::spawn_blocking(move || pack_loop(read_rx, packed_tx, packer_free));
+    let read = async move {
+        loop {
+            let Some(mut buf) = free_rx.recv().await else {
+                return Ok(());
+            };
+            let n = read_local(r, &mut buf[1..], stream).await?;
+            if n == 0 {
+                return Ok(()); // dropping `read_tx` lets the packer finish
+            }
+            c.first_to_peer.get_or_init(Instant::now);
+            if read_tx.send((buf, n)).await.is_err() {
+                return Ok(()); // the packer is gone: the send side says why
+            }
+        }
+    };
+    let send = async {
+        let mut total = 0u64;
+        while let Some(frame) = packed_rx.recv().await {
+            match frame {
+                Packed::Lz4 { payload, read } => {
+                    sink.send_data(stream, &payload).await?;
+                    total += read as u64;
+                    c.count_to_peer(read, payload.len());
+                }
+                Packed::Raw { buf, read } => {
+                    sink.send_data(stream, &buf[..=read]).await?;
+                    total += read as u64;
+                    c.count_to_peer(read, read + 1);
+                    let _ = free_tx.send(buf).await;
+                }
+            }
+        }
+        Ok::<u64, PeerError>(total)
+    };
+    let ((), total) = tokio::try_join!(read, send)?;
+    packer.await.map_err(|e| PeerError::StreamCheck {
+        stream,
+        reason: format!("the tunnel's packer failed: {e}"),
+    })?;
+    Ok(total)
+}
+
+// The senders are taken by value on purpose: dropping them when the loop ends is what ends the
+// send side and the pool.
+#[allow(clippy::needless_pass_by_value)]
+fn pack_loop(
+    mut read: tokio::sync::mpsc::Receiver<(Vec<u8>, usize)>,
+    packed: tokio::sync::mpsc::Sender<Packed>,
+    free: tokio::sync::mpsc::Sender<Vec<u8>>,
+) {
+    let mut scratch = vec![0u8; LZ4_HEADER + lz4_flex::block::get_maximum_output_size(CHUNK)];
+    while let Some((mut buf, n)) = read.blocking_recv() {
+        let frame = match pack(&mut buf, n, &mut scratch) {
+            Some(k) => {
+                let payload = scratch[..k].to_vec();
+                // The pool is as deep as the pipeline, so there is room; a closed pool means
+                // the tunnel is going away.
+                let _ = free.try_send(buf);
+                Packed::Lz4 { payload, read: n }
+            }
+            None => Packed::Raw { buf, read: n },
+        };
+        if packed.blocking_send(frame).is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_local(
+    r: &mut OwnedReadHalf,
+    buf: &mut [u8],
+    stream: u32,
+) -> Result<usize, PeerError> {
+    r.read(buf)
+        .await
+        .map_err(|source| PeerError::StreamIo { stream, source })
 }
 
 async fn peer_to_local(
