@@ -238,8 +238,9 @@ fn exec_tty_session_through_a_pty() {
     // ...and follows it: a new size and SIGWINCH (the kernel sends none here, ferry is not in
     // the pty's session) reach it through a resize frame.
     let ws = size(40, 120);
-    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
     assert_eq!(
+        // SAFETY: TIOCSWINSZ only reads one winsize through the pointer, and `ws` is a live,
+        // initialised winsize; `resize_fd` is an open pty descriptor we own.
         unsafe {
             nix::libc::ioctl(
                 std::os::fd::AsRawFd::as_raw_fd(&resize_fd),

@@ -1,6 +1,10 @@
 //! Real processes to checkpoint in tests: a `sleep` in its own session (so CRIU can dump it
 //! without --shell-job), dumped and restored with the installed CRIU.
 
+// Test workloads (sleepers, shells, the test binary as a shim) are processes to act on, not
+// tools whose failures ferry reports: they are spawned directly, not through Tool.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 

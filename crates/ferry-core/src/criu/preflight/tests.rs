@@ -1,6 +1,10 @@
 //! Real processes in each state the preflight refuses, and CRIU itself agreeing where a dump of
 //! a host process shows the failure quickly (a stopped task only hangs CRIU under the freezer).
 
+// Test workloads (sleepers, shells, the test binary as a shim) are processes to act on, not
+// tools whose failures ferry reports: they are spawned directly, not through Tool.
+#![allow(clippy::disallowed_methods)]
+
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
