@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
+use crate::criu::testutil::{absent, Need};
 use crate::criu::{criu_tool, testutil};
 
 /// A busybox sleep in its own session (so CRIU dumps it without --shell-job), killed on drop.
@@ -120,6 +121,9 @@ fn has_sys_resource() -> bool {
 
 #[test]
 fn a_plain_sleeper_passes_and_criu_dumps_it() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     let p = Proc::spawn(&[], None);
     assert_eq!(refusals(&[p.pid()]), Vec::new());
     p.criu_dump()
@@ -153,6 +157,9 @@ fn a_stopped_task_is_refused_by_pid_name_and_cause() {
 
 #[test]
 fn a_traced_task_is_refused_and_criu_agrees() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     let p = Proc::spawn(&[], None);
     // PTRACE_SEIZE attaches without stopping the tracee; the tracer is this test's thread.
     // SAFETY: PTRACE_SEIZE takes no memory from us (addr and data are null); the pid is our
@@ -178,6 +185,9 @@ fn a_traced_task_is_refused_and_criu_agrees() {
 
 #[test]
 fn another_uid_or_gid_is_refused_without_cap_sys_resource_and_criu_agrees() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     for (wrapper, uids, gids) in [
         (
             &[
@@ -247,6 +257,9 @@ fn make_io_uring() -> io::Result<()> {
 
 #[test]
 fn fds_criu_cannot_dump_are_refused_and_criu_agrees() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     for (setup, name) in [
         (
             make_userfaultfd as fn() -> io::Result<()>,
@@ -268,6 +281,9 @@ fn fds_criu_cannot_dump_are_refused_and_criu_agrees() {
 
 #[test]
 fn dumpable_anon_fds_pass() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     // An epoll fd and an inotify fd: CRIU dumps both.
     fn make_epoll_and_inotify() -> io::Result<()> {
         // SAFETY: epoll_create1 and inotify_init1 take only flag integers and return new fds
