@@ -95,7 +95,7 @@ fn exec_streams_exit_codes_options_and_errors() {
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
 
     // A stopped container, a missing one, a bad user: clear errors, JSON with --json.
-    h.ferry_ok(&["run", "-d", "--name", "done", "busybox", "true"]);
+    h.run_detached("done", &[], "busybox", &["true"]);
     h.wait_for("done to exit", Duration::from_secs(20), || {
         h.inspect("done")["status"] != "running"
     });
