@@ -7,6 +7,8 @@
 //! - [`ScratchDir`]: a uniquely named directory removed on drop (two operations never share
 //!   one), with a failed removal logged instead of ignored.
 //! - [`block_on_fresh`]: a future run to completion on a private single-threaded runtime.
+//! - [`blocking`]: the other direction, blocking work (files with fsync, tools, locks) awaited
+//!   from async code on tokio's blocking pool, so it never stalls an async worker.
 //!
 //! Errors are `io::Error`s, so they fit every module's path-and-io error variant; inside each
 //! is an [`FsError`] that names the step that failed and whose fault it was.
@@ -227,6 +229,18 @@ pub fn block_on_fresh<F: Future>(fut: F) -> F::Output {
         .block_on(fut)
 }
 
+/// Runs blocking work (fsync'd writes, external tools, file locks) on tokio's blocking pool and
+/// awaits it, so an async worker thread never stalls on it. A panic in `f` is re-raised here,
+/// as if `f` had run inline. Must be called inside a tokio runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels a blocking task; nobody is left to wait for it.
+        Err(e) => panic!("blocking task cancelled: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +454,24 @@ mod tests {
             tokio::task::spawn(async { 41 }).await.unwrap() + 1
         });
         assert_eq!(n, 42);
+    }
+
+    #[test]
+    fn blocking_runs_off_the_worker_and_reraises_panics() {
+        let here = std::thread::current().id();
+        let (there, n) = block_on_fresh(blocking(move || (std::thread::current().id(), 6 * 7)));
+        assert_ne!(
+            here, there,
+            "ran on the blocking pool, not the caller's thread"
+        );
+        assert_eq!(n, 42);
+        let panicked = std::panic::catch_unwind(|| {
+            block_on_fresh(blocking(|| -> u32 { panic!("boom in blocking work") }))
+        })
+        .unwrap_err();
+        assert_eq!(
+            panicked.downcast_ref::<&str>(),
+            Some(&"boom in blocking work")
+        );
     }
 }

@@ -236,6 +236,22 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Waits (90 s at most) until the ferryd stopped by `pause-<role>-<step>` in `fault_dir` (a
+/// host's `inject-fault/`) says it got there. A ferryd built without the `fault-injection`
+/// feature never does; the panic says so.
+pub fn wait_fault_reached(fault_dir: &std::path::Path, role: &str, step: &str) {
+    let reached = fault_dir.join(format!("reached-{role}-{step}"));
+    wait_for(
+        &format!(
+            "the {role} reaching {step} ({} never appeared: is target/debug/ferryd built with \
+             `--features ferryd/fault-injection`, as scripts/test.sh does?)",
+            reached.display()
+        ),
+        Duration::from_secs(90),
+        || reached.exists(),
+    );
+}
+
 pub fn redis_args(ip: &str) -> Vec<String> {
     ["run", "-d", "--name", "redis", "--ip", ip, "redis"]
         .iter()

@@ -251,6 +251,16 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ferry run -d --name NAME OPTS... IMAGE CMD...`, which must succeed; returns stdout (the
+    /// container's id). The one way the tests start a detached container on a [`Host`].
+    pub fn run_detached(&self, name: &str, opts: &[&str], image: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(opts);
+        args.push(image);
+        args.extend_from_slice(cmd);
+        self.ferry_ok(&args)
+    }
+
     /// Runs ferry expecting failure; returns stderr.
     pub fn ferry_err(&self, args: &[&str]) -> String {
         let out = self.ferry(args);

@@ -244,18 +244,12 @@ fn run_i_streams_stdin_and_attach_feeds_an_open_stdin() {
 fn ps_shows_the_restart_count() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "flaky",
-        "--restart",
-        "on-failure:2",
+        &["--restart", "on-failure:2"],
         "busybox",
-        "sh",
-        "-c",
-        "exit 1",
-    ]);
+        &["sh", "-c", "exit 1"],
+    );
     h.wait_for("two restarts", Duration::from_secs(30), || {
         let r = h.inspect("flaky");
         r["restart_count"] == 2 && r["status"] == "stopped"

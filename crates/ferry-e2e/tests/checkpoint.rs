@@ -166,19 +166,17 @@ fn leave_running_snapshots_restore_the_older_one() {
 fn archive_roundtrip_with_rootfs_changes_and_volumes() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "arch",
-        "-v",
-        "vdata:/data",
+        &["-v", "vdata:/data"],
         "busybox",
-        "sh",
-        "-c",
-        "echo created > /made-inside; rm /etc/passwd; echo volume-data > /data/v; \
+        &[
+            "sh",
+            "-c",
+            "echo created > /made-inside; rm /etc/passwd; echo volume-data > /data/v; \
          i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done",
-    ]);
+        ],
+    );
     h.wait_for("ticks", Duration::from_secs(20), || {
         ticks(&h.logs("arch")).len() >= 5
     });

@@ -61,9 +61,7 @@ fn errors_names_prefixes_and_ps() {
 
     let a = sleeper(&h, "alpha");
     let b = sleeper(&h, "beta");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "gone", "busybox", "sh", "-c", "exit 3",
-    ]);
+    h.run_detached("gone", &[], "busybox", &["sh", "-c", "exit 3"]);
     h.wait_for("gone exits", Duration::from_secs(10), || {
         h.inspect("gone")["status"] == "stopped"
     });
@@ -202,16 +200,7 @@ fn clash(seen: &[(String, String)]) -> Option<(String, String, String)> {
 fn logs_tail_since_until_and_json() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "talker",
-        "busybox",
-        "sh",
-        "-c",
-        "for i in 1 2 3 4 5; do echo line $i; done; sleep 0.5; echo oops >&2; sleep 1.2; echo late; sleep 1000",
-    ]);
+    h.run_detached("talker", &[], "busybox", &["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; sleep 0.5; echo oops >&2; sleep 1.2; echo late; sleep 1000"]);
     h.wait_for("the late line", Duration::from_secs(15), || {
         h.logs("talker").contains("late")
     });
@@ -289,18 +278,12 @@ fn volumes_checkpoint_names_and_info() {
     let list = h.ferry_ok(&["checkpoint", "ls"]);
     assert!(list.starts_with("CONTAINER"), "{list}");
 
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "keeper",
-        "-v",
-        "data:/data",
+        &["-v", "data:/data"],
         "busybox",
-        "sh",
-        "-c",
-        "echo hello > /data/f; sleep 1000",
-    ]);
+        &["sh", "-c", "echo hello > /data/f; sleep 1000"],
+    );
     h.wait_for("the volume file", Duration::from_secs(10), || {
         h.ferry_ok(&["--json", "volume", "inspect", "data"])
             .contains("\"size\": 6")
@@ -509,18 +492,12 @@ fn events_and_stats() {
     // loaded machine).
     std::thread::sleep(Duration::from_millis(1500));
 
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "busy",
-        "--memory",
-        "64m",
+        &["--memory", "64m"],
         "busybox",
-        "sh",
-        "-c",
-        "while true; do :; done",
-    ]);
+        &["sh", "-c", "while true; do :; done"],
+    );
     let sample = h.ferry_ok(&["--json", "stats", "--no-stream", "busy"]);
     let s = json(sample.lines().next().expect("one line per container"));
     assert_eq!(s["name"], "busy");

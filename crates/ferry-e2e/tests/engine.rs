@@ -27,16 +27,7 @@ fn busybox_counter_logs() {
 fn exit_code_is_recorded() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "quick",
-        "busybox",
-        "sh",
-        "-c",
-        "echo bye; exit 7",
-    ]);
+    h.run_detached("quick", &[], "busybox", &["sh", "-c", "echo bye; exit 7"]);
     h.wait_for("exit", Duration::from_secs(15), || {
         h.inspect("quick")["status"] == "stopped"
     });
@@ -102,10 +93,7 @@ fn ferryd_restart_keeps_containers_running_and_logging() {
 fn volume_persists_across_stop_start() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "vol", "-v", "data:/data", "busybox", "sh", "-c",
-        "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; echo run $n; sleep 1000",
-    ]);
+    h.run_detached("vol", &["-v", "data:/data"], "busybox", &["sh", "-c", "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; echo run $n; sleep 1000"]);
     h.wait_for("first run", Duration::from_secs(15), || {
         h.logs("vol").contains("run 1")
     });
@@ -124,10 +112,7 @@ fn volume_persists_across_stop_start() {
 fn env_and_memory_limit_are_applied() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "envy", "-e", "GREETING=hi there", "--memory", "64m", "busybox", "sh", "-c",
-        "echo \"g=$GREETING\"; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; sleep 1000",
-    ]);
+    h.run_detached("envy", &["-e", "GREETING=hi there", "--memory", "64m"], "busybox", &["sh", "-c", "echo \"g=$GREETING\"; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; sleep 1000"]);
     h.wait_for("env line", Duration::from_secs(15), || {
         h.logs("envy").contains("g=hi there")
     });
@@ -139,17 +124,12 @@ fn env_and_memory_limit_are_applied() {
 fn bad_input_is_refused_and_changes_nothing() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "one",
-        "--ip",
-        "10.78.1.10",
+        &["--ip", "10.78.1.10"],
         "busybox",
-        "sleep",
-        "1000",
-    ]);
+        &["sleep", "1000"],
+    );
     let before = h.ferry_ok(&["ps", "-a", "--json"]);
 
     let e = h.ferry_err(&["run", "-d", "--name", "x", "nosuchimage", "true"]);

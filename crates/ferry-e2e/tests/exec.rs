@@ -95,7 +95,7 @@ fn exec_streams_exit_codes_options_and_errors() {
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
 
     // A stopped container, a missing one, a bad user: clear errors, JSON with --json.
-    h.ferry_ok(&["run", "-d", "--name", "done", "busybox", "true"]);
+    h.run_detached("done", &[], "busybox", &["true"]);
     h.wait_for("done to exit", Duration::from_secs(20), || {
         h.inspect("done")["status"] != "running"
     });
@@ -238,8 +238,9 @@ fn exec_tty_session_through_a_pty() {
     // ...and follows it: a new size and SIGWINCH (the kernel sends none here, ferry is not in
     // the pty's session) reach it through a resize frame.
     let ws = size(40, 120);
-    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
     assert_eq!(
+        // SAFETY: TIOCSWINSZ only reads one winsize through the pointer, and `ws` is a live,
+        // initialised winsize; `resize_fd` is an open pty descriptor we own.
         unsafe {
             nix::libc::ioctl(
                 std::os::fd::AsRawFd::as_raw_fd(&resize_fd),

@@ -137,14 +137,9 @@ fn cell(role: &str, step: &str, fault: Fault, winner: Winner, path: &[(&str, &st
     let at = host_of(role);
     let dir = fault_dir(&t, at);
     let pause = dir.join(format!("pause-{role}-{step}"));
-    let reached = dir.join(format!("reached-{role}-{step}"));
     std::fs::write(&pause, b"").unwrap();
     let mut child = spawn_migrate(&t, "redis");
-    wait_for(
-        &format!("the {role} reaching {step}"),
-        Duration::from_secs(90),
-        || reached.exists(),
-    );
+    wait_fault_reached(&dir, role, step);
     match fault {
         Fault::KillSource => t.lab.kill_ferryd("host-a").unwrap(),
         Fault::KillDest => t.lab.kill_ferryd("host-b").unwrap(),
@@ -362,9 +357,7 @@ fn in_doubt_until_the_operator_resolves() {
     let pause = dir.join("pause-source-commit");
     std::fs::write(&pause, b"").unwrap();
     let mut child = spawn_migrate(&t, "redis");
-    wait_for("the source at its commit", Duration::from_secs(90), || {
-        dir.join("reached-source-commit").exists()
-    });
+    wait_fault_reached(&dir, "source", "commit");
     t.lab.kill_ferryd("host-b").unwrap();
     std::fs::remove_file(&pause).unwrap();
     let in_doubt = || {

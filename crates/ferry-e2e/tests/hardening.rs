@@ -216,7 +216,7 @@ fn encrypted_exports_are_unreadable_and_need_the_right_untouched_file() {
     h.import("busybox");
     let secret = "password-4f1c9a";
     let script = format!("S={secret}; {}", ferry_e2e::COUNTER);
-    h.ferry_ok(&["run", "-d", "--name", "enc", "busybox", "sh", "-c", &script]);
+    h.run_detached("enc", &[], "busybox", &["sh", "-c", &script]);
     h.wait_for("ticks", Duration::from_secs(20), || {
         ferry_e2e::ticks(&h.logs("enc")).len() >= 5
     });
@@ -546,20 +546,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn state_is_private_after_run_checkpoint_and_import() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "priv",
-        "-e",
-        "SECRET=hunter2",
-        "-v",
-        "pdata:/data",
+        &["-e", "SECRET=hunter2", "-v", "pdata:/data"],
         "busybox",
-        "sh",
-        "-c",
-        "echo x > /data/f; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "echo x > /data/f; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done",
+        ],
+    );
     h.wait_for("ticks", Duration::from_secs(20), || {
         ferry_e2e::ticks(&h.logs("priv")).len() >= 3
     });
@@ -926,16 +922,16 @@ fn rm_force_of_a_busy_container_kills_and_removes_it() {
 
     // A checkpoint of a few hundred MiB: `tail` keeps a line with no end in memory, and the
     // pipe stays open (so `tail` waits, holding it) while `sleep` runs.
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "big",
+        &[],
         "busybox",
-        "sh",
-        "-c",
-        "(head -c 300m /dev/zero; exec sleep 3600) | tail",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "(head -c 300m /dev/zero; exec sleep 3600) | tail",
+        ],
+    );
     let ckpts = h.root().join("checkpoints");
     // `head` fills the pipe at memory speed: a few seconds leave `tail` holding all of it.
     std::thread::sleep(Duration::from_secs(4));

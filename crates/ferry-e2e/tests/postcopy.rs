@@ -94,11 +94,8 @@ fn lazy_link_cut_before_the_resume_rolls_back_to_the_source() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(
-        "the source about to ask for the restore",
-        Duration::from_secs(90),
-        || dir.join("reached-source-restore").exists(),
-    );
+    // The source about to ask for the restore.
+    wait_fault_reached(&dir, "source", "restore");
     t.link("host-b", false);
     std::fs::remove_file(&pause).unwrap();
     let status = child.wait().unwrap();

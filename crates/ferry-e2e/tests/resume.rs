@@ -29,9 +29,7 @@ fn start_redis(h: &Host, name: &str, ip: &str, with_sleeper: bool) {
     } else {
         format!("exec {REDIS_ARGS}")
     };
-    h.ferry_ok(&[
-        "run", "-d", "--name", name, "--ip", ip, "redis", "sh", "-c", &script,
-    ]);
+    h.run_detached(name, &["--ip", ip], "redis", &["sh", "-c", &script]);
     h.wait_for("redis PONG", Duration::from_secs(20), || answers(h, ip));
 }
 

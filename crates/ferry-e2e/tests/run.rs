@@ -127,20 +127,12 @@ fn dns_files_are_written_as_podman_writes_them() {
 fn dns_files_and_their_edits_survive_checkpoint_and_restore() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "resolver",
-        "--hostname",
-        "keeper",
-        "--add-host",
-        "db:10.0.0.5",
+        &["--hostname", "keeper", "--add-host", "db:10.0.0.5"],
         "busybox",
-        "sh",
-        "-c",
-        DNS_PRINTER,
-    ]);
+        &["sh", "-c", DNS_PRINTER],
+    );
     h.wait_for("ready", Duration::from_secs(20), || {
         h.logs("resolver").contains("ready")
     });
@@ -183,17 +175,17 @@ fn kill_signals_the_main_process_unless_all() {
     let h = Host::start();
     h.import("busybox");
     // PID 1 traps USR1; a background child (default action for USR1: die) ticks.
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "family",
+        &[],
         "busybox",
-        "sh",
-        "-c",
-        "trap 'echo usr1' USR1; (while :; do echo child; sleep 0.2; done) & \
+        &[
+            "sh",
+            "-c",
+            "trap 'echo usr1' USR1; (while :; do echo child; sleep 0.2; done) & \
          while :; do sleep 0.1; done",
-    ]);
+        ],
+    );
     let children = |h: &Host| h.logs("family").matches("child").count();
     h.wait_for("child ticks", Duration::from_secs(20), || children(&h) >= 2);
     h.ferry_ok(&["kill", "-s", "USR1", "family"]);
@@ -435,18 +427,12 @@ fn run_options_as_docker_has_them() {
     assert_eq!(changed & (NET_ADMIN | CHOWN), NET_ADMIN);
 
     // --label, shown by inspect.
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "labelled",
-        "--label",
-        "tier=web",
-        "--label",
-        "team=infra",
+        &["--label", "tier=web", "--label", "team=infra"],
         "busybox",
-        "true",
-    ]);
+        &["true"],
+    );
     let labels = &h.inspect("labelled")["config"]["labels"];
     assert_eq!(labels["tier"], "web");
     assert_eq!(labels["team"], "infra");
@@ -471,29 +457,18 @@ fn run_options_as_docker_has_them() {
 fn restart_policies_restart_what_exits_on_its_own() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "flaky",
-        "--restart",
-        "on-failure:2",
+        &["--restart", "on-failure:2"],
         "busybox",
-        "sh",
-        "-c",
-        "echo run; exit 1",
-    ]);
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+        &["sh", "-c", "echo run; exit 1"],
+    );
+    h.run_detached(
         "steady",
-        "--restart",
-        "always",
+        &["--restart", "always"],
         "busybox",
-        "sleep",
-        "1000",
-    ]);
+        &["sleep", "1000"],
+    );
     h.wait_for(
         "two restarts, then it stays down",
         Duration::from_secs(30),
@@ -605,9 +580,7 @@ fn http_get(ns: &std::path::Path, addr: &str) -> Option<String> {
 fn published_ports_reach_the_container_from_here_and_outside() {
     let h = Host::start();
     h.import("busybox");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c", WEB,
-    ]);
+    h.run_detached("web", &["-p", "8080:80"], "busybox", &["sh", "-c", WEB]);
     let outside = Outside::new(&h);
     let ip = h.inspect("web")["config"]["ip"]
         .as_str()

@@ -14,16 +14,12 @@ fn inotify_watches_in_the_rootfs_survive_export_and_import() {
     let layout = inotify_image(t.path());
     h.ferry_ok(&["image", "import", layout.to_str().unwrap()]);
     // Watches on a lower dir (copied up by the writes) and on a lower-only file.
-    h.ferry_ok(&[
-        "run",
-        "-d",
-        "--name",
+    h.run_detached(
         "watcher",
+        &[],
         "inotify",
-        "sh",
-        "-c",
-        ferry_e2e::INOTIFY_WATCHER,
-    ]);
+        &["sh", "-c", ferry_e2e::INOTIFY_WATCHER],
+    );
     h.wait_for("inotify events", Duration::from_secs(20), || {
         events(&h.logs("watcher")).len() >= 5
     });
@@ -95,9 +91,7 @@ fn checkpoint_refuses_a_stopped_task_before_freezing() {
     let h = Host::start();
     h.import("busybox");
     let script = format!("sleep 1000 & {COUNTER}");
-    h.ferry_ok(&[
-        "run", "-d", "--name", "halted", "busybox", "sh", "-c", &script,
-    ]);
+    h.run_detached("halted", &[], "busybox", &["sh", "-c", &script]);
     h.wait_for("ticks", Duration::from_secs(20), || {
         ticks(&h.logs("halted")).len() >= 3
     });

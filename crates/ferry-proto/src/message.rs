@@ -171,6 +171,13 @@ pub enum Verdict {
     Lost,
 }
 
+/// One control message (the JSON payload of a `Control` or `Abort` frame).
+///
+/// **Wire format: changing this needs a protocol version bump** unless it is additive by the
+/// versioning rule in the crate docs (a new optional field with a serde default, a capability
+/// negotiated in `Hello`/`Welcome`). That covers every type reachable from here ([`Hello`],
+/// [`Welcome`], [`ImageOffer`], [`DumpStats`], [`RestoreStats`], [`Verdict`], ...). The state
+/// machine's table test (`machine/tests.rs`) lists every message: a new one goes there too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {

@@ -284,6 +284,7 @@ fn lazy_pipe_size_problem() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::criu::testutil::{absent, Need};
 
     #[test]
     fn keys_round_trip_and_are_unique() {
@@ -347,6 +348,9 @@ mod tests {
     /// lazy pages, and lacks soft-dirty (DESIGN.md §9).
     #[test]
     fn probe_this_host() {
+        if absent(&[Need::Root, Need::Criu]) {
+            return;
+        }
         let caps = probe().unwrap();
         assert!(caps.version.is_supported(), "{:?}", caps.version);
         assert!(caps.checked, "criu check: {}", caps.check_message);

@@ -16,7 +16,7 @@ pub mod preflight;
 mod server;
 mod stats;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod version;
 
 use std::path::{Path, PathBuf};

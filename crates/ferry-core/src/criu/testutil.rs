@@ -1,12 +1,88 @@
 //! Real processes to checkpoint in tests: a `sleep` in its own session (so CRIU can dump it
 //! without --shell-job), dumped and restored with the installed CRIU.
 
+// Test workloads (sleepers, shells, the test binary as a shim) are processes to act on, not
+// tools whose failures ferry reports: they are spawned directly, not through Tool.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 use super::{criu_tool, explain_log};
 
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Something a unit test needs from the host that a plain `cargo test` may not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Effective uid 0 (namespaces, cgroups, CRIU dumps).
+    Root,
+    /// The CRIU binary ferry would run (`criu::criu_path`), answering `--version`.
+    Criu,
+    /// The runc binary ferry would run (`$FERRY_RUNC` or `runc`), answering `--version`.
+    Runc,
+}
+
+/// Set (to anything but empty or `0`) where every capability must be present, as in CI
+/// (`scripts/test.sh`): a test that would skip fails instead, so CI never passes by skipping.
+pub(crate) const NO_SKIP_ENV: &str = "FERRY_TEST_NO_SKIP";
+
+fn answers_version(tool: crate::tool::Tool) -> bool {
+    tool.arg("--version").run().is_ok()
+}
+
+fn present(need: Need) -> bool {
+    static CRIU: OnceLock<bool> = OnceLock::new();
+    static RUNC: OnceLock<bool> = OnceLock::new();
+    match need {
+        Need::Root => nix::unistd::geteuid().is_root(),
+        Need::Criu => *CRIU.get_or_init(|| answers_version(super::criu_tool())),
+        Need::Runc => *RUNC.get_or_init(|| {
+            answers_version(crate::tool::Tool::new(
+                crate::runtime::runc::Runc::new("/run/ferry-unused").binary,
+            ))
+        }),
+    }
+}
+
+/// True when the host lacks something in `needs`: the caller returns at once (the test is
+/// skipped), and this says loudly on stderr which test skipped and what is absent. Under
+/// [`NO_SKIP_ENV`] it panics instead.
+///
+/// ```ignore
+/// if absent(&[Need::Root, Need::Criu]) { return; }
+/// ```
+pub(crate) fn absent(needs: &[Need]) -> bool {
+    let missing: Vec<Need> = needs.iter().copied().filter(|n| !present(*n)).collect();
+    if missing.is_empty() {
+        return false;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    let what = missing
+        .iter()
+        .map(|n| match n {
+            Need::Root => "root (euid 0)".to_owned(),
+            Need::Criu => format!("CRIU ({} --version fails)", super::criu_path().display()),
+            Need::Runc => "runc (runc --version fails; set FERRY_RUNC)".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let forbid = std::env::var(NO_SKIP_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !forbid,
+        "{test}: needs {what}, and {NO_SKIP_ENV} forbids skipping"
+    );
+    // Straight to stderr, not eprintln!: libtest hides eprintln! of a passing test, and a
+    // skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs {what} (scripts/setup.sh installs CRIU and runc; run as root)"
+    );
+    true
+}
 
 static NEXT_SLEEPER: AtomicU32 = AtomicU32::new(0);
 

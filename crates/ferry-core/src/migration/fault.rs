@@ -7,9 +7,14 @@
 //! - `fail-<role>-<step>`: the step fails as if the work had failed;
 //! - `corrupt-<role>-<step>`: the driver sends a frame with a broken checksum at that step.
 //!
-//! Without the directory (every real host) each check is one failed `stat`.
+//! Compiled in only with the `fault-injection` Cargo feature (CI's ferryd: `scripts/test.sh`
+//! builds with `--features ferryd/fault-injection`). Without it [`at`] is a constant
+//! `Ok(Injected::None)` and the files are never looked at; with it, a host without the
+//! directory pays one failed `stat` per step.
 
+#[cfg(feature = "fault-injection")]
 use std::path::PathBuf;
+#[cfg(feature = "fault-injection")]
 use std::time::Duration;
 
 use super::record::Role;
@@ -24,6 +29,7 @@ pub enum Injected {
     Corrupt,
 }
 
+#[cfg(feature = "fault-injection")]
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Source => "source",
@@ -31,6 +37,7 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 fn file(paths: &HostPaths, kind: &str, role: Role, step: &str) -> PathBuf {
     paths
         .root()
@@ -38,7 +45,14 @@ fn file(paths: &HostPaths, kind: &str, role: Role, step: &str) -> PathBuf {
         .join(format!("{kind}-{}-{step}", role_name(role)))
 }
 
+/// Called at the start of each named step. Without the `fault-injection` feature: nothing.
+#[cfg(not(feature = "fault-injection"))]
+pub async fn at(_paths: &HostPaths, _role: Role, _step: &str) -> Result<Injected, MigrationError> {
+    Ok(Injected::None)
+}
+
 /// Called at the start of each named step.
+#[cfg(feature = "fault-injection")]
 pub async fn at(paths: &HostPaths, role: Role, step: &str) -> Result<Injected, MigrationError> {
     if !paths.root().join("inject-fault").exists() {
         return Ok(Injected::None);

@@ -166,13 +166,24 @@ pub fn logs_dir(paths: &crate::paths::HostPaths, id: &str) -> std::path::PathBuf
     paths.migrations().join(id)
 }
 
-/// Runs blocking engine work (runc, CRIU, files) off the async workers.
+/// Runs blocking engine work (runc, CRIU, files) off the async workers, through
+/// [`crate::fsutil::blocking`]. Unlike that, a panic in `f` comes back as
+/// [`MigrationError::Internal`]: a driver must still roll back (resume the source, release the
+/// destination) when its work panics.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, MigrationError> + Send + 'static,
 ) -> Result<T, MigrationError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MigrationError::Internal(format!("task failed: {e}")))?
+    let caught =
+        crate::fsutil::blocking(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+            .await;
+    caught.map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        MigrationError::Internal(format!("task failed: panicked: {why}"))
+    })?
 }
 
 pub fn new_migration_id() -> String {

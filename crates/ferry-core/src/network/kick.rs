@@ -46,6 +46,7 @@ fn pidfd_getfd(pidfd: &OwnedFd, target: i32) -> std::io::Result<OwnedFd> {
 
 /// (TCP state, unacknowledged segments) of a socket, or None if it is not TCP.
 fn tcp_state(fd: &OwnedFd) -> Option<(u8, u32)> {
+    // SAFETY: tcp_info is a plain C struct of integers; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: info and len describe a writable tcp_info.

@@ -1,4 +1,5 @@
 //! Links in the caller's network namespace: the host bridge and container veth pairs.
+//! Netlink handles come from [`super::netlink`].
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -13,7 +14,7 @@ use netlink_packet_route::link::{
 use rtnetlink::Handle;
 
 use super::error::{netlink_errno, NetError};
-use super::netns::netlink_in_netns;
+use super::netlink;
 use super::MAX_IFNAME_LEN;
 
 /// Name of the container's interface inside its netns.
@@ -39,12 +40,6 @@ pub struct ContainerNet {
     pub bridge: String,
     /// Host-side veth name, at most 15 characters.
     pub host_veth: String,
-}
-
-pub(crate) async fn connect() -> Result<Handle, NetError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::NetlinkSocket)?;
-    tokio::spawn(conn);
-    Ok(handle)
 }
 
 fn check_ifname(name: &str) -> Result<(), NetError> {
@@ -100,7 +95,7 @@ fn is_bridge(link: &LinkMessage) -> bool {
 
 /// The MAC address of interface `name` in the caller's namespace.
 pub async fn link_mac(name: &str) -> Result<[u8; 6], NetError> {
-    let handle = connect().await?;
+    let handle = netlink::handle().await?;
     let link = find_link(&handle, name)
         .await?
         .ok_or_else(|| NetError::LinkNotFound {
@@ -111,7 +106,7 @@ pub async fn link_mac(name: &str) -> Result<[u8; 6], NetError> {
     })
 }
 
-pub(crate) async fn set_link_up_with(handle: &Handle, name: &str) -> Result<(), NetError> {
+async fn set_link_up_with(handle: &Handle, name: &str) -> Result<(), NetError> {
     let index = link_index(handle, name).await?;
     handle
         .link()
@@ -123,14 +118,14 @@ pub(crate) async fn set_link_up_with(handle: &Handle, name: &str) -> Result<(), 
 }
 
 pub async fn set_link_up(name: &str) -> Result<(), NetError> {
-    set_link_up_with(&connect().await?, name).await
+    set_link_up_with(&netlink::handle().await?, name).await
 }
 
 /// Creates the bridge `name` with MAC `mac` if missing, or checks that the existing link is a
 /// bridge and pins its MAC to `mac`; then brings it up. No address is touched (fabric bridges
 /// have none). Idempotent.
 pub async fn ensure_bridge_link(name: &str, mac: [u8; 6]) -> Result<(), NetError> {
-    let handle = connect().await?;
+    let handle = netlink::handle().await?;
     ensure_bridge_link_with(&handle, name, mac).await?;
     Ok(())
 }
@@ -186,7 +181,7 @@ pub async fn ensure_bridge(cfg: &BridgeConfig) -> Result<(), NetError> {
     if cfg.prefix > 32 {
         return Err(NetError::InvalidPrefix { prefix: cfg.prefix });
     }
-    let handle = connect().await?;
+    let handle = netlink::handle().await?;
     let index = ensure_bridge_link_with(&handle, &cfg.name, cfg.mac).await?;
     add_address_if_missing(&handle, index, &cfg.name, cfg.address, cfg.prefix).await
 }
@@ -234,7 +229,7 @@ pub async fn create_veth(
 ) -> Result<(), NetError> {
     check_ifname(name)?;
     check_ifname(peer_name)?;
-    let handle = connect().await?;
+    let handle = netlink::handle().await?;
     let ns = File::open(peer_netns).map_err(|source| NetError::Netns {
         path: peer_netns.to_owned(),
         op: "open",
@@ -272,8 +267,8 @@ pub async fn setup_container_net(cn: &ContainerNet, attach: bool) -> Result<(), 
         return Err(NetError::InvalidPrefix { prefix: cn.prefix });
     }
     check_ifname(&cn.host_veth)?;
-    let host = connect().await?;
-    let inner = netlink_in_netns(&cn.netns_path).await?;
+    let host = netlink::handle().await?;
+    let inner = netlink::handle_in(&cn.netns_path).await?;
 
     delete_link_with(&host, &cn.host_veth).await?;
     delete_link_with(&inner, CONTAINER_IFNAME).await?;
@@ -334,13 +329,13 @@ async fn attach_with(handle: &Handle, host_veth: &str, bridge: &str) -> Result<(
 
 /// Enslaves `host_veth` to `bridge` and brings it up.
 pub async fn attach_veth(host_veth: &str, bridge: &str) -> Result<(), NetError> {
-    attach_with(&connect().await?, host_veth, bridge).await
+    attach_with(&netlink::handle().await?, host_veth, bridge).await
 }
 
 /// Takes `host_veth` off its bridge and down (the container becomes unreachable, its netns
 /// stays intact). Missing link is fine.
 pub async fn detach_veth(host_veth: &str) -> Result<(), NetError> {
-    let handle = connect().await?;
+    let handle = netlink::handle().await?;
     let Some(link) = find_link(&handle, host_veth).await? else {
         return Ok(());
     };
@@ -367,5 +362,5 @@ async fn delete_link_with(handle: &Handle, name: &str) -> Result<(), NetError> {
 
 /// Deletes link `name` in the caller's namespace (for a veth, its peer goes too). Idempotent.
 pub async fn delete_link(name: &str) -> Result<(), NetError> {
-    delete_link_with(&connect().await?, name).await
+    delete_link_with(&netlink::handle().await?, name).await
 }

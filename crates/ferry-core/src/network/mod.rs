@@ -4,10 +4,15 @@
 //! Netlink sockets belong to the network namespace of the thread that opened them. The async
 //! functions here act on the caller's namespace; to act on another one, run them through
 //! [`run_in_netns`] (a fresh thread that entered that namespace), as the tests and the lab do.
+//!
+//! Layering (arrows point down only): `netns` (namespace files: create, delete) → `link`
+//! (links, addresses, routes) → `netlink` (the one place a netlink handle is opened, here or in
+//! a namespace at a path) → `enter` (a thread inside a namespace).
 
 mod arp;
 mod criu_lock;
 pub mod dns;
+mod enter;
 mod error;
 mod gate;
 mod hold;
@@ -15,6 +20,7 @@ mod ipam;
 mod kick;
 mod link;
 mod mac;
+mod netlink;
 mod netns;
 pub mod ports;
 
@@ -25,6 +31,7 @@ pub use arp::{garp_frame, send_gratuitous_arp, ArpOp};
 pub use criu_lock::{
     install_criu_lock_like_criu, remove_criu_lock, CriuLockError, LockRemoval, CRIU_CHAIN,
 };
+pub use enter::{in_netns, run_in_netns};
 pub use error::NetError;
 pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind, LoopbackOnlyPort};
 pub use hold::{PacketHold, HOLD_QUEUE};
@@ -35,7 +42,7 @@ pub use link::{
     link_mac, set_link_up, setup_container_net, BridgeConfig, ContainerNet, CONTAINER_IFNAME,
 };
 pub use mac::{format_mac, mac_for_ip, parse_mac};
-pub use netns::{create_netns, delete_netns, in_netns, netlink_in_netns, run_in_netns};
+pub use netns::{create_netns, delete_netns};
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;

@@ -1,76 +1,20 @@
-//! Network namespaces as bind-mounted files, and running code inside one.
+//! Network namespaces as bind-mounted files: creating (with loopback up) and deleting them.
+//! Running code inside one is [`super::enter`]'s job.
 //!
 //! A namespace file lives wherever the caller says (a host's state dir), not in /run/netns,
 //! because several ferryd share one machine in the lab.
 
-use std::fs::File;
-use std::future::Future;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::{unshare, CloneFlags};
 
 use super::error::NetError;
 use crate::fsutil::block_on_fresh;
 
 /// `statfs` magic of nsfs, the filesystem behind /proc/*/ns/*.
 const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
-
-/// Runs `f` on a fresh OS thread that has entered the network namespace at `path`. The thread
-/// ends with `f`, so no pooled thread is ever left in a foreign namespace. A panic in `f` is
-/// propagated to the caller.
-pub fn in_netns<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, NetError> {
-    let ns = File::open(path).map_err(|source| NetError::Netns {
-        path: path.to_owned(),
-        op: "open",
-        source,
-    })?;
-    let ns_path = path.to_owned();
-    let worker = std::thread::Builder::new()
-        .name("ferry-netns".into())
-        .spawn(move || -> Result<T, NetError> {
-            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Netns {
-                path: ns_path,
-                op: "setns",
-                source: e.into(),
-            })?;
-            drop(ns);
-            Ok(f())
-        })
-        .map_err(NetError::Thread)?;
-    match worker.join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Runs the future made by `f` to completion on a private single-threaded runtime, on a thread
-/// inside the namespace at `path`. Usable from sync code and from inside another runtime.
-pub fn run_in_netns<T, F, Fut>(path: &Path, f: F) -> Result<T, NetError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, NetError>>,
-{
-    in_netns(path, move || block_on_fresh(f()))?
-}
-
-/// A netlink handle whose socket lives in the namespace at `path`, driven by the caller's tokio
-/// runtime. The socket is opened on a thread inside that namespace, then used from anywhere.
-pub async fn netlink_in_netns(path: &Path) -> Result<rtnetlink::Handle, NetError> {
-    let runtime = tokio::runtime::Handle::current();
-    let (conn, handle, _) = in_netns(path, move || {
-        let _entered = runtime.enter();
-        rtnetlink::new_connection()
-    })?
-    .map_err(NetError::NetlinkSocket)?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
 
 fn is_nsfs_mount(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
@@ -138,11 +82,8 @@ fn new_netns_on_this_thread(target: &Path) -> Result<(), NetError> {
             Err(e) => return Err(NetError::io("write", p)(e)),
         }
     }
-    block_on_fresh(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::NetlinkSocket)?;
-        tokio::spawn(conn);
-        super::link::set_link_up_with(&handle, "lo").await
-    })
+    // set_link_up opens its netlink socket on this thread, so in the new namespace.
+    block_on_fresh(super::link::set_link_up("lo"))
 }
 
 /// Unmounts (lazily) and removes a namespace file. Missing or already unmounted is fine.

@@ -239,7 +239,9 @@ fn arp_listener(ns: &Path, ifname: &str) -> OwnedFd {
     in_netns(ns, move || {
         let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
         let proto = 0x0806u16.to_be();
-        // SAFETY: plain syscalls with checked results and valid buffers.
+        // SAFETY: socket(2)'s result is checked before OwnedFd takes it (a fresh fd nobody
+        // else owns); sockaddr_ll and timeval are plain C structs (all-zero is valid), live on
+        // this stack for the bind/setsockopt calls, and are passed with their own sizes.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
             assert!(fd >= 0, "{}", std::io::Error::last_os_error());
@@ -282,7 +284,8 @@ fn gratuitous_arp_reaches_the_peer() {
     let mut seen = Vec::new();
     while Instant::now() < deadline && seen.len() < 2 {
         let mut buf = [0u8; 128];
-        // SAFETY: buf is valid for its length.
+        // SAFETY: recv writes at most buf.len() bytes into `buf`, a live stack buffer; the
+        // listener fd is open for the whole call.
         let n = unsafe { libc::recv(listener.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 42 {
             continue;

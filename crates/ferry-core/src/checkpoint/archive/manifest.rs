@@ -13,6 +13,14 @@ use crate::checkpoint::layout::MANIFEST;
 /// Above this, a manifest is not a manifest.
 pub(super) const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
+/// The checkpoint archive's `manifest.json`.
+///
+/// **Persisted format: changing this needs a version bump** ([`super::VERSION`]) by the
+/// versioning rule in the `ferry_proto` crate docs: a new optional field with a serde default
+/// is a minor bump; anything an older ferry would misread (a new required field, a renamed or
+/// retyped one, a new meaning) is a major bump, and [`super::OLDEST_MAJOR`] says what is still
+/// read. The same holds for [`Member`] and for the layout the manifest lists
+/// (`crate::checkpoint::layout`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,

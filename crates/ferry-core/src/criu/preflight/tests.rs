@@ -1,11 +1,16 @@
 //! Real processes in each state the preflight refuses, and CRIU itself agreeing where a dump of
 //! a host process shows the failure quickly (a stopped task only hangs CRIU under the freezer).
 
+// Test workloads (sleepers, shells, the test binary as a shim) are processes to act on, not
+// tools whose failures ferry reports: they are spawned directly, not through Tool.
+#![allow(clippy::disallowed_methods)]
+
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
+use crate::criu::testutil::{absent, Need};
 use crate::criu::{criu_tool, testutil};
 
 /// A busybox sleep in its own session (so CRIU dumps it without --shell-job), killed on drop.
@@ -24,7 +29,10 @@ impl Proc {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(setup) = setup {
-            // SAFETY: the closure only makes raw syscalls, which are async-signal-safe.
+            // SAFETY: pre_exec runs `setup` between fork and exec of a multithreaded process,
+            // where only async-signal-safe code may run. Every `setup` given here
+            // (make_userfaultfd, make_io_uring, make_epoll_and_inotify, ...) makes raw syscalls
+            // only: no allocation, no locks.
             unsafe {
                 cmd.pre_exec(setup);
             }
@@ -113,6 +121,9 @@ fn has_sys_resource() -> bool {
 
 #[test]
 fn a_plain_sleeper_passes_and_criu_dumps_it() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     let p = Proc::spawn(&[], None);
     assert_eq!(refusals(&[p.pid()]), Vec::new());
     p.criu_dump()
@@ -146,9 +157,13 @@ fn a_stopped_task_is_refused_by_pid_name_and_cause() {
 
 #[test]
 fn a_traced_task_is_refused_and_criu_agrees() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     let p = Proc::spawn(&[], None);
     // PTRACE_SEIZE attaches without stopping the tracee; the tracer is this test's thread.
-    // SAFETY: plain syscall on a child we own.
+    // SAFETY: PTRACE_SEIZE takes no memory from us (addr and data are null); the pid is our
+    // own child, alive until `p` drops.
     let rc = unsafe {
         libc::ptrace(
             libc::PTRACE_SEIZE,
@@ -170,6 +185,9 @@ fn a_traced_task_is_refused_and_criu_agrees() {
 
 #[test]
 fn another_uid_or_gid_is_refused_without_cap_sys_resource_and_criu_agrees() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     for (wrapper, uids, gids) in [
         (
             &[
@@ -215,7 +233,8 @@ fn another_uid_or_gid_is_refused_without_cap_sys_resource_and_criu_agrees() {
 }
 
 fn make_userfaultfd() -> io::Result<()> {
-    // SAFETY: a raw syscall with no pointers.
+    // SAFETY: userfaultfd(2) takes only a flags integer; the fd it makes is left open on
+    // purpose (the sleeper inherits it).
     if unsafe { libc::syscall(libc::SYS_userfaultfd, 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -228,7 +247,8 @@ fn make_io_uring() -> io::Result<()> {
     // SAFETY: the kernel writes the ring's parameters into `params`, which is large enough.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
     // The ring is always close-on-exec: clear that so the sleeper inherits it.
-    // SAFETY: fcntl on the fd just created.
+    // SAFETY: fcntl(F_SETFD) on the fd io_uring_setup just returned (checked non-negative by
+    // short-circuit); it passes no pointers.
     if fd < 0 || unsafe { libc::fcntl(fd as i32, libc::F_SETFD, 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -237,6 +257,9 @@ fn make_io_uring() -> io::Result<()> {
 
 #[test]
 fn fds_criu_cannot_dump_are_refused_and_criu_agrees() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     for (setup, name) in [
         (
             make_userfaultfd as fn() -> io::Result<()>,
@@ -258,9 +281,13 @@ fn fds_criu_cannot_dump_are_refused_and_criu_agrees() {
 
 #[test]
 fn dumpable_anon_fds_pass() {
+    if absent(&[Need::Root, Need::Criu]) {
+        return;
+    }
     // An epoll fd and an inotify fd: CRIU dumps both.
     fn make_epoll_and_inotify() -> io::Result<()> {
-        // SAFETY: raw syscalls with no pointers.
+        // SAFETY: epoll_create1 and inotify_init1 take only flag integers and return new fds
+        // (left open on purpose for the sleeper to inherit).
         unsafe {
             if libc::epoll_create1(0) < 0 || libc::inotify_init1(0) < 0 {
                 return Err(io::Error::last_os_error());

@@ -106,9 +106,13 @@ pub async fn login(
     auth::verify_login(&client, &format!("{}://{host}", t.scheme()), &key, creds)
         .await
         .map_err(|e| session::hint_insecure(e, &t))?;
-    let files = cfg.auth_files();
-    files.store(&key, creds)?;
-    Ok(files.own)
+    let (files, creds) = (cfg.auth_files(), creds.clone());
+    // An atomic, fsync'd write: off the async workers.
+    crate::fsutil::blocking(move || {
+        files.store(&key, &creds)?;
+        Ok(files.own)
+    })
+    .await
 }
 
 /// `ferry logout`: forgets the registry's credentials in ferryd's own file; false when there

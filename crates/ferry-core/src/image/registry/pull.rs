@@ -13,9 +13,10 @@ use super::platform;
 use super::progress::{BlobInfo, TransferEvent, TransferProgress, TransferResult};
 use super::session::Session;
 use super::{io_err, ImageRef, RegistryConfig, RegistryError};
+use crate::fsutil::blocking;
 use crate::image::oci::{self, Descriptor, Index, Manifest};
 use crate::image::store::MAX_JSON;
-use crate::image::{Digest, Image, ImageStore, RegistrySource};
+use crate::image::{Digest, Image, ImageError, ImageStore, RegistrySource};
 
 const MANIFEST_TYPES: [&str; 2] = [oci::OCI_MANIFEST, oci::DOCKER_MANIFEST];
 const ANY_TYPES: [&str; 4] = [
@@ -51,8 +52,16 @@ pub async fn pull(
         (top_bytes, top.clone())
     };
     let m: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| corrupt(&r, &e))?;
-    let staging = store.new_staging()?;
-    staging.stage_bytes(&manifest_bytes)?;
+    // The manifest is fsync'd into a new staging dir: off the async workers.
+    let staging = {
+        let (store, bytes) = (store.clone(), manifest_bytes.clone());
+        blocking(move || {
+            let staging = store.new_staging()?;
+            staging.stage_bytes(&bytes)?;
+            Ok::<_, ImageError>(staging)
+        })
+        .await?
+    };
 
     let blobs: Vec<(&Descriptor, &str)> = std::iter::once((&m.config, "config"))
         .chain(m.layers.iter().map(|l| (l, "layer")))
@@ -105,18 +114,14 @@ pub async fn pull(
     };
     let names = r.store_names(typed);
     let store2 = store.clone();
-    let image = tokio::task::spawn_blocking(move || {
+    let image = blocking(move || {
         // Unpacks the new layers into staging, checking each diff_id; then one commit.
         let mut image = store2.prepare(&staging, &manifest_digest)?;
         image.source = Some(source);
         let _lock = store2.lock()?;
         store2.commit(&staging, image, &names)
     })
-    .await
-    .map_err(|e| RegistryError::Io {
-        path: store.root().to_owned(),
-        source: std::io::Error::other(format!("the pull's commit task failed: {e}")),
-    })??;
+    .await?;
     result.names = image.names.clone();
     result.ms = started.elapsed().as_millis() as u64;
     Ok((image, result))
@@ -144,7 +149,8 @@ pub async fn fetch_blobs(
         }
         if d == manifest {
             let (bytes, _) = fetch_manifest(&s, &r, &ANY_TYPES, Some(d)).await?;
-            let n = store.write_blob(d, &bytes[..])?;
+            let (store, d) = (store.clone(), d.clone());
+            let n = blocking(move || store.write_blob(&d, &bytes[..])).await?;
             total += n;
         } else {
             let desc = Descriptor {

@@ -10,6 +10,7 @@ use oci_client::RegistryOperation;
 use super::progress::{BlobInfo, TransferEvent, TransferProgress, TransferResult};
 use super::session::Session;
 use super::{io_err, ImageRef, RegistryConfig, RegistryError};
+use crate::fsutil::blocking;
 use crate::image::oci;
 use crate::image::{Digest, Image, ImageStore, RegistrySource};
 
@@ -106,7 +107,9 @@ pub async fn push(
         repository: r.repository().to_owned(),
         digest: img.digest.clone(),
     };
-    let img = store.set_source(&img.digest, source)?;
+    // Takes the store's lock, which a concurrent pull holds while it unpacks: off the workers.
+    let store = store.clone();
+    let img = blocking(move || store.set_source(&img.digest, source)).await?;
     result.ms = started.elapsed().as_millis() as u64;
     Ok((img, result))
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 
 use super::{running_shim_pid, ShimArgs, ShimError, ShimMode, StartStatus};
+use crate::tool::Tool;
 
 /// How long [`spawn_shim`] waits for runc run/restore to return (a restore of a large image can
 /// take seconds).
@@ -30,8 +31,7 @@ pub struct ShimStarted {
 /// /dev/null) and waits until it reports that runc run/restore returned. A runc failure comes
 /// back as [`ShimError::Start`] with runc's (and CRIU's) error text.
 pub fn spawn_shim(exe: &Path, args: &ShimArgs) -> Result<ShimStarted, ShimError> {
-    let mut cmd = Command::new(exe);
-    cmd.arg("shim").arg(args.to_json());
+    let cmd = Tool::new(exe).arg("shim").arg(args.to_json()).command();
     spawn_with(cmd, exe, args, START_TIMEOUT)
 }
 

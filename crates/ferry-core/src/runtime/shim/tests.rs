@@ -1,6 +1,10 @@
 //! Shim tests against real runc and CRIU. The shim runs as a separate, detached process: the test
 //! binary re-executes itself with only [`shim_entrypoint`] selected.
 
+// Test workloads (sleepers, shells, the test binary as a shim) are processes to act on, not
+// tools whose failures ferry reports: they are spawned directly, not through Tool.
+#![allow(clippy::disallowed_methods)]
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
@@ -8,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::spawn::spawn_with;
 use super::*;
+use crate::criu::testutil::{absent, Need};
 use crate::runtime::runc::{CheckpointOpts, RuncStatus};
 use crate::runtime::testutil::TestContainer;
 
@@ -116,6 +121,9 @@ fn args_round_trip_and_validate() {
 
 #[test]
 fn output_and_exit_code_are_recorded() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     let c = TestContainer::new("echo out1; echo err1 >&2; echo out2; printf partial; exit 3");
     let started = spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
     assert!(started.init_pid > 0 && started.shim_pid > 0);
@@ -157,6 +165,9 @@ fn output_and_exit_code_are_recorded() {
 
 #[test]
 fn spec_is_accepted_by_runc() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     let host_dir = tempfile::tempdir().unwrap();
     std::fs::write(host_dir.path().join("file"), "from the host").unwrap();
     let script = "ulimit -Sn; ulimit -Hn; id -u; id -g; echo $FOO; cat /data/file; echo; \
@@ -200,6 +211,9 @@ fn spec_is_accepted_by_runc() {
 
 #[test]
 fn memory_limit_lands_in_the_cgroup() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     let c = TestContainer::with("sleep 100", |input| input.memory_limit = Some(96 << 20));
     spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
     let limit = std::fs::read_to_string(c.cgroup_dir("memory").join("memory.limit_in_bytes"))
@@ -209,6 +223,9 @@ fn memory_limit_lands_in_the_cgroup() {
 
 #[test]
 fn kill_pause_resume_through_runc() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     let c = TestContainer::new("sleep 1000");
     let started = spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
 
@@ -249,6 +266,9 @@ fn kill_pause_resume_through_runc() {
 
 #[test]
 fn shim_is_detached_from_its_spawner() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     let c = TestContainer::new("sleep 1; echo after-spawner-returned");
     let started = spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
 
@@ -277,6 +297,9 @@ fn shim_is_detached_from_its_spawner() {
 
 #[test]
 fn runc_errors_come_back_from_spawn() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     let c = TestContainer::with("unused", |input| {
         input.args = vec!["/no-such-binary".into()];
     });
@@ -293,6 +316,9 @@ fn runc_errors_come_back_from_spawn() {
 
 #[test]
 fn restore_errors_carry_criu_errors() {
+    if absent(&[Need::Root, Need::Runc, Need::Criu]) {
+        return;
+    }
     let c = TestContainer::new("sleep 1000");
     spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
     let images = c.dir.path().join("images");
@@ -340,6 +366,9 @@ fn restore_errors_carry_criu_errors() {
 
 #[test]
 fn checkpoint_and_restore_keep_counting_into_the_log() {
+    if absent(&[Need::Root, Need::Runc, Need::Criu]) {
+        return;
+    }
     let c = TestContainer::new("i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done");
     spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
     let count = |c: &TestContainer| texts(&entries(&c.ctrdir), LogStream::Stdout).len();
@@ -403,6 +432,9 @@ fn checkpoint_and_restore_keep_counting_into_the_log() {
 
 #[test]
 fn checkpoint_leave_running_keeps_the_container() {
+    if absent(&[Need::Root, Need::Runc, Need::Criu]) {
+        return;
+    }
     let c = TestContainer::new("sleep 1000");
     let started = spawn_test_shim(&shim_args(&c, ShimMode::Run)).unwrap();
     let opts = CheckpointOpts {
@@ -440,6 +472,9 @@ fn checkpoint_leave_running_keeps_the_container() {
 
 #[test]
 fn checkpoint_failures_name_criu_errors() {
+    if absent(&[Need::Root, Need::Runc, Need::Criu]) {
+        return;
+    }
     // An established TCP connection inside the container, dumped without --tcp-established.
     let c = TestContainer::new(
         "sleep 1000 | nc -l -p 9000 & sleep 0.3; sleep 1000 | nc 127.0.0.1 9000",
@@ -513,6 +548,9 @@ fn send(conn: &mut std::os::unix::net::UnixStream, f: &crate::exec::Frame) {
 
 #[test]
 fn attach_drives_a_pty_held_by_the_shim() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     use crate::exec::{Frame, WinSize};
     let c = TestContainer::new("read line; stty size; echo got-$line; exit 5");
     let mut args = shim_args(&c, ShimMode::Run);
@@ -537,6 +575,9 @@ fn attach_drives_a_pty_held_by_the_shim() {
 
 #[test]
 fn attach_feeds_an_open_stdin_pipe() {
+    if absent(&[Need::Root, Need::Runc]) {
+        return;
+    }
     use crate::exec::Frame;
     let c = TestContainer::new("read line; echo got-$line; read more || exit 6");
     let mut args = shim_args(&c, ShimMode::Run);
