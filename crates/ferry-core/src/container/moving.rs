@@ -110,13 +110,17 @@ impl Engine {
     ) -> Result<RestoredImages, ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
-        // Fault-injection hook for the rollback tests: a restore that fails after the dump.
-        let fault = self.paths().root().join("inject-fault").join("restore");
-        if fault.exists() {
-            return Err(ContainerError::Invalid(format!(
-                "restore refused by injected fault ({})",
-                fault.display()
-            )));
+        // Fault-injection hook for the rollback tests: a restore that fails after the dump
+        // (test builds only, like `migration::fault`).
+        #[cfg(feature = "fault-injection")]
+        {
+            let fault = self.paths().root().join("inject-fault").join("restore");
+            if fault.exists() {
+                return Err(ContainerError::Invalid(format!(
+                    "restore refused by injected fault ({})",
+                    fault.display()
+                )));
+            }
         }
         match self.restore_images(
             &mut rec,

@@ -5,7 +5,7 @@ use std::path::Path;
 use prost::Message as _;
 
 use super::super::image::{read_image_entries, ImageMagic};
-use super::super::testutil::{restore_detached, serial, Sleeper};
+use super::super::testutil::{absent, restore_detached, serial, Need, Sleeper};
 use super::super::{criu_tool, explain_log};
 use super::*;
 
@@ -182,11 +182,7 @@ fn pagemaps(dir: &Path) -> Vec<String> {
 /// and CRIU restores from what the receiver wrote.
 #[test]
 fn a_real_dump_restores_from_what_the_receiver_wrote() {
-    if criu_tool().args(["--version"]).run().is_err() || !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED: this test needs root and CRIU ({})",
-            super::super::DEFAULT_CRIU
-        );
+    if absent(&[Need::Root, Need::Criu]) {
         return;
     }
     let _turn = serial();

@@ -335,7 +335,7 @@ fn leading_number(s: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{copy_images, restore_detached, serial, Sleeper};
+    use super::super::testutil::{absent, copy_images, restore_detached, serial, Need, Sleeper};
     use super::super::{read_dump_stats, CriuError};
     use super::*;
 
@@ -381,6 +381,9 @@ mod tests {
 
     #[test]
     fn a_criu_that_cannot_get_ready_explains_why() {
+        if absent(&[Need::Criu]) {
+            return;
+        }
         let dst = tempfile::tempdir().unwrap();
         let log = dst.path().join("ps.log");
         // TEST-NET-1: not an address of this host, so bind fails.
@@ -400,6 +403,9 @@ mod tests {
 
     #[test]
     fn a_killed_criu_is_reaped() {
+        if absent(&[Need::Criu]) {
+            return;
+        }
         let dst = tempfile::tempdir().unwrap();
         let addr = free_port(loopback_any_port()).unwrap();
         let mut child = page_server(dst.path(), addr, &dst.path().join("ps.log")).unwrap();
@@ -416,6 +422,9 @@ mod tests {
     /// them through the lazy-pages daemon.
     #[test]
     fn lazy_pages_daemon_serves_a_real_post_copy_restore() {
+        if absent(&[Need::Root, Need::Criu]) {
+            return;
+        }
         let _turn = serial();
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();

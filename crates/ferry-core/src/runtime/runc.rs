@@ -499,6 +499,10 @@ mod tests {
 
     #[test]
     fn unknown_container() {
+        use crate::criu::testutil::{absent, Need};
+        if absent(&[Need::Root, Need::Runc]) {
+            return;
+        }
         let root = tempfile::tempdir().unwrap();
         let r = Runc::new(root.path());
         assert_eq!(r.state("ferry-no-such").unwrap(), None);
