@@ -127,18 +127,8 @@ pub async fn feed_stdin(socket: &Path, container: &str) -> Result<()> {
     let path = format!("/v1/containers/{}/attach", crate::enc(container));
     let body = serde_json::to_vec(&AttachRequest::default())?;
     let (io, _) = upgrade(socket, &path, wire::ATTACH_PROTOCOL, body).await?;
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let (tx, mut rx) = mpsc::channel::<Frame>(64);
-    forward_stdin(tx, None);
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if wire::write_frame(&mut wr, &f).await.is_err() {
-                return;
-            }
-        }
-        std::future::pending::<()>().await;
-        drop(wr);
-    });
+    let (mut rd, wr) = tokio::io::split(io);
+    forward_stdin(frame_writer(wr), None);
     // The output frames repeat the log; drain them so the shim never waits on this client.
     tokio::spawn(async move { while let Ok(Some(_)) = wire::read_frame(&mut rd).await {} });
     Ok(())

@@ -178,7 +178,7 @@ fn window(w: &Downtime, to: &str) {
                 c.frozen_ms
             ),
             (Part::Restore, _, Some(d)) => outln!(
-                "      {to}: {:.1} ms: page server {:.1}, runc restore {:.1} (CRIU forking {:.1}, \
+                "      {to}: {:.1} ms: last page in {:.1}, runc restore {:.1} (CRIU forking {:.1}, \
                  restore {:.1}), {} pages; wire {:.1} ms; before the freeze: network staged \
                  ({:.1} ms), {} MiB of memory warmed ({:.1} ms)",
                 d.destination_ms,

@@ -2,8 +2,8 @@
 //!
 //! It registers the incoming container (name and IP reserved, marked uncommitted), takes the
 //! image blobs it lacks, fills the overlay upper dir and volumes, writes the dump's pages as
-//! they come out of the tunnel (stop-and-copy), restores the container with its traffic gated, and opens the gate only once the
-//! commit is recorded (see [`super::commit`]). A failure before the restore removes everything
+//! they come out of the tunnel (stop-and-copy), restores the container with its traffic gated,
+//! and opens the gate only once the commit is recorded (see [`super::commit`]). A failure before the restore removes everything
 //! it made. A restored copy is discarded only once the source is known to have resumed.
 
 use std::net::SocketAddr;
@@ -517,7 +517,8 @@ impl Incoming {
         }
         // Every page is in: what is still warmed (the estimate was high) goes back now.
         self.warm_release = None;
-        let page_server = t.elapsed();
+        // `page_server_us` on the wire: the wait for the last page (now the page receiver's).
+        let pages_in = t.elapsed();
         let lazy_source = self.lazy_tunnel().await?;
         let (e, name, dir) = (self.engine.clone(), self.name(), self.images_dir()?);
         match blocking(move || Ok(super::stats::restore(&e, &name, &dir, lazy_source)?)).await {
@@ -526,7 +527,7 @@ impl Incoming {
                 let id = self.migration_id.clone().unwrap_or_default();
                 record::transition(self.engine.paths(), &id, Stage::Restored, |_| {})?;
                 drop(alive);
-                stats.page_server_us = page_server.as_micros() as u64;
+                stats.page_server_us = pages_in.as_micros() as u64;
                 stats.network_staging_us = self.network_staging.as_micros() as u64;
                 stats.memory_warming_us = self.memory_warming.0.as_micros() as u64;
                 stats.memory_warmed_bytes = self.memory_warming.1;

@@ -12,31 +12,23 @@ use crate::peer::PeerError;
 
 /// A [`PageReceiver`] behind the tunnel.
 #[derive(Debug)]
-pub(super) struct PageSink(Option<PageReceiver>);
+pub(super) struct PageSink(PageReceiver);
 
 impl PageSink {
     pub(super) fn new(images_dir: &Path) -> PageSink {
-        PageSink(Some(PageReceiver::new(images_dir)))
+        PageSink(PageReceiver::new(images_dir))
     }
 }
 
 impl LocalSink for PageSink {
     fn take(&mut self, bytes: &[u8], answer: &mut Vec<u8>) -> Result<(), PeerError> {
-        match self.0.as_mut() {
-            Some(r) => r.feed(bytes, answer).map_err(whose_fault),
-            None => Err(stream_error("page bytes after the stream ended".into())),
-        }
+        self.0.feed(bytes, answer).map_err(whose_fault)
     }
 
-    fn end(&mut self) -> Result<(), PeerError> {
-        match self.0.take() {
-            Some(r) => {
-                let got = r.finish().map_err(whose_fault)?;
-                tracing::debug!(pages = got.pages, pagemaps = got.pagemaps, "pages received");
-                Ok(())
-            }
-            None => Err(stream_error("the page stream ended twice".into())),
-        }
+    fn end(self) -> Result<(), PeerError> {
+        let got = self.0.finish().map_err(whose_fault)?;
+        tracing::debug!(pages = got.pages, pagemaps = got.pagemaps, "pages received");
+        Ok(())
     }
 }
 
@@ -45,13 +37,9 @@ impl LocalSink for PageSink {
 fn whose_fault(e: CriuError) -> PeerError {
     match e {
         CriuError::Io { path, source } => PeerError::Io { path, source },
-        other => stream_error(other.to_string()),
-    }
-}
-
-fn stream_error(reason: String) -> PeerError {
-    PeerError::StreamCheck {
-        stream: TUNNEL_STREAM,
-        reason,
+        other => PeerError::StreamCheck {
+            stream: TUNNEL_STREAM,
+            reason: other.to_string(),
+        },
     }
 }

@@ -486,7 +486,7 @@ impl tunnel::LocalSink for EchoSink {
         Ok(())
     }
 
-    fn end(&mut self) -> Result<(), PeerError> {
+    fn end(self) -> Result<(), PeerError> {
         Ok(())
     }
 }
@@ -605,7 +605,7 @@ impl tunnel::LocalSink for FailingSink {
         Ok(())
     }
 
-    fn end(&mut self) -> Result<(), PeerError> {
+    fn end(self) -> Result<(), PeerError> {
         Ok(())
     }
 }

@@ -591,7 +591,9 @@ pub trait LocalSink: Send + 'static {
     fn take(&mut self, bytes: &[u8], answer: &mut Vec<u8>) -> Result<(), PeerError>;
     /// The peer ended its direction after every byte arrived: the sink says whether that was
     /// a complete conversation. Only then does the tunnel end its own direction.
-    fn end(&mut self) -> Result<(), PeerError>;
+    fn end(self) -> Result<(), PeerError>
+    where
+        Self: Sized;
 }
 
 /// Bridges `rx.id()` to `local`, in this process. The tunnel ends when the peer has ended its
