@@ -122,6 +122,11 @@ impl Engine {
                 )));
             }
         }
+        // Nothing locked this netns (see the function); a failure only costs the unlock's time,
+        // and a damaged inventory is CRIU's to report.
+        if let Err(e) = crate::criu::skip_restore_network_unlock(images) {
+            tracing::warn!(error = %e, "the restore will run CRIU's network unlock");
+        }
         match self.restore_images(
             &mut rec,
             images,

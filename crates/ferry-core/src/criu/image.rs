@@ -3,7 +3,7 @@
 //! byte order of the host that wrote the image, which is always this host's for the images ferry
 //! reads (stats are read where CRIU ran).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 use super::CriuError;
@@ -35,16 +35,40 @@ impl ImageMagic {
 /// Reads every entry's raw protobuf bytes. Images from CRIU releases that wrote no head magic
 /// (the kind magic first) are accepted too.
 pub fn read_image_entries(path: &Path, magic: ImageMagic) -> Result<Vec<Vec<u8>>, CriuError> {
+    let data = std::fs::read(path).map_err(|e| CriuError::io(path, e))?;
+    Ok(parse(path, &data, magic)?.1)
+}
+
+/// Rewrites an image's entries with `edit`, keeping its head bytes exactly as they were (CRIU
+/// writes some images, the inventory among them, with no head magic), and replaces the file
+/// atomically.
+pub fn rewrite_image_entries(
+    path: &Path,
+    magic: ImageMagic,
+    edit: impl FnOnce(&mut Vec<Vec<u8>>) -> Result<(), CriuError>,
+) -> Result<(), CriuError> {
+    let data = std::fs::read(path).map_err(|e| CriuError::io(path, e))?;
+    let (head_len, mut entries) = parse(path, &data, magic)?;
+    edit(&mut entries)?;
+    let mut out = data[..head_len].to_vec();
+    for e in &entries {
+        let len = u32::try_from(e.len()).map_err(|_| CriuError::Image {
+            path: path.to_owned(),
+            problem: "an edited entry is over 4 GiB".into(),
+        })?;
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(e);
+    }
+    crate::fsutil::write_atomic(path, &out, 0o600).map_err(|e| CriuError::io(path, e))
+}
+
+/// The length of the head (one or two magics) and every entry.
+fn parse(path: &Path, data: &[u8], magic: ImageMagic) -> Result<(usize, Vec<Vec<u8>>), CriuError> {
     let bad = |problem: String| CriuError::Image {
         path: path.to_owned(),
         problem,
     };
-    let mut file = std::fs::File::open(path).map_err(|e| CriuError::io(path, e))?;
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)
-        .map_err(|e| CriuError::io(path, e))?;
-
-    let mut rest = data.as_slice();
+    let mut rest = data;
     let first = take_u32(&mut rest).ok_or_else(|| bad("empty or shorter than its magic".into()))?;
     if first == magic.head {
         let kind =
@@ -61,6 +85,7 @@ pub fn read_image_entries(path: &Path, magic: ImageMagic) -> Result<Vec<Vec<u8>>
             magic.head
         )));
     }
+    let head_len = data.len() - rest.len();
 
     let mut entries = Vec::new();
     while !rest.is_empty() {
@@ -81,7 +106,7 @@ pub fn read_image_entries(path: &Path, magic: ImageMagic) -> Result<Vec<Vec<u8>>
         entries.push(entry.to_vec());
         rest = tail;
     }
-    Ok(entries)
+    Ok((head_len, entries))
 }
 
 /// Writes an image the way CRIU does (for tests and tools that fabricate images).
