@@ -169,6 +169,22 @@ pub async fn run_async(tool: &Tool) -> Result<Vec<u8>, ToolError> {
     tool.check_output(out)
 }
 
+/// Lets the child of `cmd` (and only it) inherit `fd` at the same number: `fd` stays
+/// close-on-exec in this process, so no other child spawned meanwhile gets a copy.
+pub fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

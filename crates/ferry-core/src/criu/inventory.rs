@@ -37,12 +37,13 @@ pub fn skip_restore_network_unlock(images: &Path) -> Result<(), CriuError> {
                 problem: format!("{} entries, an inventory has one", entries.len()),
             });
         };
-        *entry = with_varint_field(entry, NETWORK_LOCK_FIELD, NETWORK_LOCK_SKIP).map_err(
-            |problem| CriuError::Image {
-                path: path.clone(),
-                problem,
-            },
-        )?;
+        *entry =
+            with_varint_field(entry, NETWORK_LOCK_FIELD, NETWORK_LOCK_SKIP).map_err(|problem| {
+                CriuError::Image {
+                    path: path.clone(),
+                    problem,
+                }
+            })?;
         Ok(())
     })
 }
@@ -117,12 +118,19 @@ mod tests {
         // The entry claims a 10-byte string that is not there.
         let damaged = [&INVENTORY_4_2_1[..4], &[4, 0, 0, 0, 0x6a, 0x0a, b'a', b'b']].concat();
         std::fs::write(&path, &damaged).unwrap();
-        let err = skip_restore_network_unlock(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("inventory.img") && err.contains("field 13"), "{err}");
+        let err = skip_restore_network_unlock(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("inventory.img") && err.contains("field 13"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), damaged);
 
         std::fs::remove_file(&path).unwrap();
-        let err = skip_restore_network_unlock(dir.path()).unwrap_err().to_string();
+        let err = skip_restore_network_unlock(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("inventory.img"), "{err}");
     }
 }

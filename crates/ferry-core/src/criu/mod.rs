@@ -13,6 +13,7 @@ mod image;
 mod inventory;
 mod log;
 mod page_receiver;
+mod page_socket;
 pub mod preflight;
 mod server;
 mod stats;
@@ -33,6 +34,7 @@ pub use image::{
 pub use inventory::{skip_restore_network_unlock, INVENTORY_MAGIC};
 pub use log::{error_lines, explain_log, lazy_bytes_in_dump_log, CriuLogExcerpt};
 pub use page_receiver::{PageReceiver, ReceivedPages, PAGEMAP_MAGIC};
+pub use page_socket::{PageSocket, CONFIG_FILE_ENV};
 pub use server::{free_loopback_port, LazyPagesDaemon, LazyTransfer, ReadySignal};
 pub use stats::{read_dump_stats, read_restore_stats, CriuDumpStats, CriuRestoreStats};
 pub use version::{require_supported_version, version, CriuVersion};

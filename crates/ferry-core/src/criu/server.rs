@@ -7,7 +7,6 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -185,18 +184,7 @@ impl ReadySignal {
 
     /// Lets the child of `cmd` (and only it) inherit the write end.
     pub fn pass_to(&self, cmd: &mut Command) {
-        let fd = self.fd();
-        // SAFETY: runs in the forked child before exec and only calls fcntl, which is
-        // async-signal-safe. The pipe is close-on-exec everywhere else, so only this child
-        // inherits it.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::tool::inherit_fd(cmd, self.fd());
     }
 
     /// Drops our write end once the child has it, so its exit reads as end of file.

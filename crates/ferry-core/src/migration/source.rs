@@ -27,14 +27,14 @@ use super::resume::CheckpointProcess;
 use super::wire::{budget, within, Machine, Wire};
 use super::{blocking, host_versions, MigrateRequest, MigrationError};
 use crate::container::{ContainerConfig, Engine, RootfsDirs};
-use crate::criu::ReadySignal;
+use crate::criu::{PageSocket, ReadySignal, CONFIG_FILE_ENV};
 use crate::fsdiff::{self, UpperSnapshot};
 use crate::image::Digest;
 use crate::network;
 use crate::peer::channel::{Demux, PeerConn};
 use crate::peer::registry::Peers;
 use crate::peer::tls::HostIdentity;
-use crate::peer::tunnel::{tunnel_connect_with, tunnel_listen, Codec, Hold, Tunnel};
+use crate::peer::tunnel::{tunnel_connect_with, tunnel_unix, Codec, Hold, Tunnel};
 use crate::runtime::freezer::Freezer;
 
 /// How long a reply may take when the peer sends no heartbeat either.
@@ -64,6 +64,8 @@ pub(crate) struct Outgoing {
     /// Set from the freeze on: the held checkpoint.
     pub frozen: Option<Frozen>,
     pub tunnel: Option<Tunnel>,
+    /// Stop-and-copy: the socket the dump's CRIU sends its pages into, ended at `post-dump`.
+    page_socket: Option<PageSocket>,
     /// Post-copy: keeps CRIU's lazy page server (it binds 0.0.0.0) off the network.
     pub lazy_port: Option<network::LoopbackOnlyPort>,
     /// Post-copy: the memory CRIU left to be pulled after the resume (from its dump log).
@@ -176,6 +178,7 @@ impl Outgoing {
             frozen: None,
             tunnel: None,
             lazy_port: None,
+            page_socket: None,
             lazy_total: None,
             spans: Vec::new(),
             restored: None,
@@ -451,16 +454,29 @@ impl Outgoing {
         if self.mode == MigrationMode::PostCopy {
             return self.dump_lazy().await;
         }
-        let listener = tunnel_listen(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let tunnel_addr = listener.local_addr();
+        let mut opts = self.checkpoint_opts()?;
+        let mut socket = PageSocket::new(&opts.work_path)?;
+        let local = socket
+            .take_local()
+            .and_then(|s| {
+                s.set_nonblocking(true).ok()?;
+                tokio::net::UnixStream::from_std(s).ok()
+            })
+            .ok_or_else(|| MigrationError::Internal("could not use the page socket".into()))?;
         let w = self.wire()?;
         let rx = w.demux.stream(TUNNEL_STREAM)?;
         let codec = if lz4 { Codec::Lz4 } else { Codec::Plain };
-        self.tunnel = Some(listener.bridge(w.sink.clone(), rx, codec));
-        let mut opts = self.checkpoint_opts()?;
-        opts.page_server = Some(tunnel_addr);
-        self.start_checkpoint(opts, None).await?;
+        self.tunnel = Some(tunnel_unix(local, w.sink.clone(), rx, codec));
+        opts.page_server = Some(PageSocket::ADDR);
+        self.start_checkpoint(opts, PagesOut::Socket(&mut socket))
+            .await?;
+        self.page_socket = Some(socket);
         self.await_post_dump().await?;
+        if let Some(socket) = self.page_socket.take() {
+            socket.end_stream().map_err(|e| {
+                MigrationError::Internal(format!("ending the page stream after the dump: {e}"))
+            })?;
+        }
         let carried = self.tunnel.as_ref().map(|t| t.stats()).unwrap_or_default();
         let pages = carried.to_peer;
         self.report.bytes.pages = pages;
@@ -538,11 +554,11 @@ impl Outgoing {
     }
 
     /// Starts `runc checkpoint` in its own process group (so a stuck CRIU can be killed with
-    /// it), its hook at this migration. `ready` is CRIU's `--status-fd` (post-copy).
+    /// it), its hook at this migration, with what its CRIU sends the pages through.
     async fn start_checkpoint(
         &mut self,
         mut opts: crate::runtime::runc::CheckpointOpts,
-        ready: Option<&mut ReadySignal>,
+        mut pages: PagesOut<'_>,
     ) -> Result<(), MigrationError> {
         let work = self.work.path().to_owned();
         let hook_path = work.join("hook.sock");
@@ -557,14 +573,19 @@ impl Outgoing {
             // held there: the rollback point is the lazy server itself (see `drain`).
             hook.verdict(true);
         }
-        opts.status_fd = ready.as_ref().map(|r| r.fd());
+        if let PagesOut::Lazy(ready) = &pages {
+            opts.status_fd = Some(ready.fd());
+        }
         let record_path = record::path(self.engine.paths(), self.id());
-        let tool = self
+        let mut tool = self
             .engine
             .runc()
             .checkpoint_command(&self.cfg.id, &opts)
             .env(HOOK_SOCKET_ENV, hook.path())
             .env(HOOK_RECORD_ENV, &record_path);
+        if let PagesOut::Socket(socket) = &pages {
+            tool = tool.env(CONFIG_FILE_ENV, socket.config_file());
+        }
         let err_path = work.join("runc-checkpoint.err");
         let err_file =
             std::fs::File::create(&err_path).map_err(|e| MigrationError::io(&err_path, e))?;
@@ -575,8 +596,9 @@ impl Outgoing {
         })?;
         let mut cmd = tool.command();
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        if let Some(r) = ready.as_ref() {
-            r.pass_to(&mut cmd);
+        match &pages {
+            PagesOut::Socket(socket) => socket.pass_to(&mut cmd),
+            PagesOut::Lazy(ready) => ready.pass_to(&mut cmd),
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -585,8 +607,9 @@ impl Outgoing {
             .spawn()
             .map_err(|e| MigrationError::Internal(format!("starting runc checkpoint: {e}")))?;
         drop(cmd);
-        if let Some(r) = ready {
-            r.spawned();
+        match &mut pages {
+            PagesOut::Socket(socket) => socket.spawned(),
+            PagesOut::Lazy(ready) => ready.spawned(),
         }
         let group = super::resume::GroupRecord::of_child(&child);
         record::update(self.engine.paths(), self.id(), |r| r.checkpoint = group)?;
@@ -615,7 +638,8 @@ impl Outgoing {
         opts.lazy_pages = true;
         opts.page_server = Some(server);
         let mut ready = ReadySignal::new()?;
-        self.start_checkpoint(opts, Some(&mut ready)).await?;
+        self.start_checkpoint(opts, PagesOut::Lazy(&mut ready))
+            .await?;
         let waited = blocking(move || Ok(ready.wait(LAZY_READY))).await?;
         if let Err(why) = waited {
             let log =
@@ -876,4 +900,12 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// How a dump's CRIU sends the memory.
+enum PagesOut<'a> {
+    /// Stop-and-copy: into this socket, as a page-server client.
+    Socket(&'a mut PageSocket),
+    /// Post-copy: CRIU serves the pages itself and signals here once it listens.
+    Lazy(&'a mut ReadySignal),
 }

@@ -1,19 +1,20 @@
-//! A local TCP connection carried over a channel stream, both directions.
+//! A local connection carried over a channel stream, both directions.
 //!
 //! This is how CRIU's page-server protocol (stop-and-copy) and lazy-pages server (post-copy) talk across
-//! hosts without their plain-TCP traffic ever leaving the host: each end only ever connects to
-//! 127.0.0.1, and the bytes cross the network inside the authenticated TLS channel.
+//! hosts without their plain traffic ever leaving the host: each end only ever talks to a local
+//! socket, and the bytes cross the network inside the authenticated TLS channel.
 //!
-//! - The side whose CRIU *connects* (source in stop-and-copy: `runc checkpoint --page-server
-//!   127.0.0.1:PORT`; destination in post-copy: `criu lazy-pages --page-server`) calls
-//!   [`tunnel_listen`] and gives CRIU the port.
+//! - The stop-and-copy source hands its dump's CRIU one end of a unix socket pair
+//!   (`criu::PageSocket`) and calls [`tunnel_unix`] with the other: no loopback TCP leg.
+//! - The side whose CRIU *connects* over TCP (the post-copy destination: `criu lazy-pages
+//!   --page-server`) calls [`tunnel_listen`] and gives CRIU the port.
 //! - The side whose CRIU *listens* (the lazy page server on the source) calls [`tunnel_connect`]
 //!   once that server is up.
 //! - A side that answers in-process (the stop-and-copy destination, which writes the pages
 //!   itself) calls [`tunnel_into`] with a [`LocalSink`].
 //!
 //! Both directions use the same stream id ([`ferry_proto::TUNNEL_STREAM`]); a `DataEnd` on it
-//! half-closes that direction, which becomes a TCP write shutdown at the far end. The tunnel is done
+//! half-closes that direction, which becomes a write shutdown of the local socket at the far end. The tunnel is done
 //! when both directions have ended. Bytes are counted each way, live, for progress and stats.
 //! CRIU's client speaks first, so the connecting end never has to hold data before the local
 //! client arrives.
@@ -36,9 +37,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ferry_proto::StreamEnd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::task::JoinHandle;
 
 use super::channel::{FrameSink, StreamItem, StreamReceiver};
@@ -215,7 +215,7 @@ impl TunnelListener {
                     "tunnel accepted a non-loopback client {from}"
                 ))));
             }
-            run(tcp, sink, rx, c, hold, codec).await
+            run_tcp(tcp, sink, rx, c, hold, codec).await
         });
         Tunnel { counters, task }
     }
@@ -246,8 +246,17 @@ pub async fn tunnel_connect_with(
             source,
         })?;
     let counters = Arc::new(Counters::default());
-    let task = tokio::spawn(run(tcp, sink, rx, counters.clone(), hold, codec));
+    let task = tokio::spawn(run_tcp(tcp, sink, rx, counters.clone(), hold, codec));
     Ok(Tunnel { counters, task })
+}
+
+/// Bridges `local`, a connected unix socket whose other end a local client was given (CRIU's
+/// dump with `--ps-socket`, see `criu::PageSocket`), to `rx.id()`.
+pub fn tunnel_unix(local: UnixStream, sink: FrameSink, rx: StreamReceiver, codec: Codec) -> Tunnel {
+    let counters = Arc::new(Counters::default());
+    let (r, w) = local.into_split();
+    let task = tokio::spawn(run(r, w, sink, rx, counters.clone(), Hold::Never, codec));
+    Tunnel { counters, task }
 }
 
 impl Counters {
@@ -265,7 +274,7 @@ impl Counters {
     }
 }
 
-async fn run(
+async fn run_tcp(
     tcp: TcpStream,
     sink: FrameSink,
     rx: StreamReceiver,
@@ -274,8 +283,24 @@ async fn run(
     codec: Codec,
 ) -> Result<TunnelStats, PeerError> {
     tcp.set_nodelay(true).map_err(PeerError::Net)?;
+    let (r, w) = tcp.into_split();
+    run(r, w, sink, rx, c, hold, codec).await
+}
+
+async fn run<R, W>(
+    mut r: R,
+    mut w: W,
+    sink: FrameSink,
+    rx: StreamReceiver,
+    c: Arc<Counters>,
+    hold: Hold,
+    codec: Codec,
+) -> Result<TunnelStats, PeerError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let stream = rx.id();
-    let (mut r, mut w) = tcp.into_split();
     let carried = tokio::try_join!(
         local_to_peer(&mut r, &sink, stream, &c, codec),
         peer_to_local(rx, &mut w, &c, hold, codec)
@@ -383,7 +408,7 @@ fn decode<'a>(
 }
 
 async fn local_to_peer(
-    r: &mut OwnedReadHalf,
+    r: &mut (impl AsyncRead + Unpin + Send),
     sink: &FrameSink,
     stream: u32,
     c: &Counters,
@@ -404,7 +429,7 @@ async fn local_to_peer(
 
 /// Reads, frames and sends, one after the other. Returns the bytes carried.
 async fn plain_to_peer(
-    r: &mut OwnedReadHalf,
+    r: &mut (impl AsyncRead + Unpin),
     sink: &FrameSink,
     stream: u32,
     c: &Counters,
@@ -438,7 +463,7 @@ enum Packed {
 /// reading the next bytes and sending the last frame overlap with compressing this one (the
 /// three in one task made the source the slowest stage of a dump; measured in bench/).
 async fn packed_to_peer(
-    r: &mut OwnedReadHalf,
+    r: &mut (impl AsyncRead + Unpin + Send),
     sink: &FrameSink,
     stream: u32,
     c: &Counters,
@@ -523,7 +548,7 @@ fn pack_loop(
 }
 
 async fn read_local(
-    r: &mut OwnedReadHalf,
+    r: &mut (impl AsyncRead + Unpin),
     buf: &mut [u8],
     stream: u32,
 ) -> Result<usize, PeerError> {
@@ -534,7 +559,7 @@ async fn read_local(
 
 async fn peer_to_local(
     mut rx: StreamReceiver,
-    w: &mut OwnedWriteHalf,
+    w: &mut (impl AsyncWrite + Unpin),
     c: &Counters,
     hold: Hold,
     codec: Codec,
