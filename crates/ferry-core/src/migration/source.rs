@@ -458,11 +458,11 @@ impl Outgoing {
         let mut socket = PageSocket::new(&opts.work_path)?;
         let local = socket
             .take_local()
-            .and_then(|s| {
-                s.set_nonblocking(true).ok()?;
-                tokio::net::UnixStream::from_std(s).ok()
-            })
-            .ok_or_else(|| MigrationError::Internal("could not use the page socket".into()))?;
+            .ok_or_else(|| MigrationError::Internal("the page socket was used already".into()))?;
+        let local = local
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(local))
+            .map_err(|e| MigrationError::io(&opts.work_path, e))?;
         let w = self.wire()?;
         let rx = w.demux.stream(TUNNEL_STREAM)?;
         let codec = if lz4 { Codec::Lz4 } else { Codec::Plain };
