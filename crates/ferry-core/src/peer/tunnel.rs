@@ -167,7 +167,7 @@ pub struct TunnelListener {
     listener: TcpListener,
 }
 
-/// Binds the local end for a client such as `runc checkpoint --page-server 127.0.0.1:PORT`.
+/// Binds the local end for a client such as `criu lazy-pages --page-server 127.0.0.1:PORT`.
 /// Refuses non-loopback addresses: the point is that nothing plain leaves the host.
 pub async fn tunnel_listen(addr: SocketAddr) -> Result<TunnelListener, PeerError> {
     if !addr.ip().is_loopback() {
