@@ -491,38 +491,57 @@ impl tunnel::LocalSink for EchoSink {
     }
 }
 
-/// Where the far end of a test tunnel is.
+/// Where the far end of a test tunnel is, and so what the near end is, as in a migration.
 #[derive(Clone, Copy)]
 enum Far {
-    /// A TCP server on loopback, reached with `tunnel_connect`.
+    /// A TCP server on loopback, reached with `tunnel_connect`; the near client connects to a
+    /// `tunnel_listen` port (post-copy's shape).
     Tcp,
-    /// A [`tunnel::LocalSink`] in this process, reached with `tunnel_into`.
+    /// A [`tunnel::LocalSink`] in this process, reached with `tunnel_into`; the near client holds
+    /// one end of a unix socket pair given to `tunnel_unix` (stop-and-copy's shape).
     InProcess,
 }
 
 /// Echoes `payload` through a tunnel with `codec`; returns the near and far stats.
-async fn tunnel_round_trip(codec: Codec, far: Far, payload: Vec<u8>) -> (TunnelStats, TunnelStats) {
+async fn tunnel_round_trip(
+    codec: Codec,
+    far_kind: Far,
+    payload: Vec<u8>,
+) -> (TunnelStats, TunnelStats) {
     let c = cluster();
     let (src, dst) = connected(&c).await;
     // Destination: the "page server" and the bridge to it.
     let rx = dst.demux.stream(TUNNEL_STREAM).unwrap();
-    let far = match far {
+    let far = match far_kind {
         Far::Tcp => tunnel_connect(echo_server().await, dst.sink.clone(), rx, codec)
             .await
             .unwrap(),
         Far::InProcess => tunnel::tunnel_into(dst.sink.clone(), rx, codec, EchoSink),
     };
-    // Source: the local port the "CRIU client" connects to.
-    let listener = tunnel_listen(any_port()).await.unwrap();
-    let port = listener.local_addr();
-    let near = listener.bridge(
-        src.sink.clone(),
-        src.demux.stream(TUNNEL_STREAM).unwrap(),
-        codec,
+    // Source: what the "CRIU client" talks to.
+    let near_rx = src.demux.stream(TUNNEL_STREAM).unwrap();
+    type Halves = (
+        Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     );
-
-    let client = tokio::net::TcpStream::connect(port).await.unwrap();
-    let (mut r, mut w) = client.into_split();
+    let (near, (mut r, mut w)): (Tunnel, Halves) = match far_kind {
+        Far::Tcp => {
+            let listener = tunnel_listen(any_port()).await.unwrap();
+            let port = listener.local_addr();
+            let near = listener.bridge(src.sink.clone(), near_rx, codec);
+            let (r, w) = tokio::net::TcpStream::connect(port)
+                .await
+                .unwrap()
+                .into_split();
+            (near, (Box::new(r), Box::new(w)))
+        }
+        Far::InProcess => {
+            let (ours, client) = tokio::net::UnixStream::pair().unwrap();
+            let near = tunnel::tunnel_unix(ours, src.sink.clone(), near_rx, codec);
+            let (r, w) = client.into_split();
+            (near, (Box::new(r), Box::new(w)))
+        }
+    };
     let data = payload.clone();
     let writer = tokio::spawn(async move {
         w.write_all(&data).await.unwrap();

@@ -14,8 +14,8 @@
 //!   itself) calls [`tunnel_into`] with a [`LocalSink`].
 //!
 //! Both directions use the same stream id ([`ferry_proto::TUNNEL_STREAM`]); a `DataEnd` on it
-//! half-closes that direction, which becomes a write shutdown of the local socket at the far end. The tunnel is done
-//! when both directions have ended. Bytes are counted each way, live, for progress and stats.
+//! half-closes that direction, which becomes a write shutdown of the local socket at the far end.
+//! The tunnel is done when both directions have ended. Bytes are counted each way, live, for progress and stats.
 //! CRIU's client speaks first, so the connecting end never has to hold data before the local
 //! client arrives.
 //!
