@@ -8,7 +8,7 @@ use super::image::{rewrite_image_entries, ImageMagic, IMG_COMMON_MAGIC};
 use super::CriuError;
 
 /// Kind magic of `inventory.img` (CRIU writes it with no head magic).
-pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
+const INVENTORY_MAGIC: u32 = 0x5831_3116;
 const INVENTORY: &str = "inventory.img";
 /// `network_lock_method` of `inventory_entry` (CRIU's `images/inventory.proto`).
 const NETWORK_LOCK_FIELD: u32 = 11;

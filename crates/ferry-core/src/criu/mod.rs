@@ -31,7 +31,7 @@ pub use image::{
     read_image_entries, write_image_entries, ImageMagic, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC,
     STATS_MAGIC,
 };
-pub use inventory::{skip_restore_network_unlock, INVENTORY_MAGIC};
+pub use inventory::skip_restore_network_unlock;
 pub use log::{error_lines, explain_log, lazy_bytes_in_dump_log, CriuLogExcerpt};
 pub use page_receiver::{PageReceiver, ReceivedPages, PAGEMAP_MAGIC};
 pub use page_socket::{PageSocket, CONFIG_FILE_ENV};

@@ -11,8 +11,8 @@
 //! work dir says `ps-socket N`.
 //!
 //! runc keeps its copy of CRIU's end until it exits, so CRIU closing its own never reads as the
-//! end of the stream here; the owner ends it with [`PageSocket::end_stream`] once CRIU reports
-//! `post-dump` (which it runs after the page server answered its CLOSE).
+//! end of the stream here; the owner ends the tunnel's input (`peer::tunnel::EndInput`) once CRIU
+//! reports `post-dump` (which it runs after the page server answered its CLOSE).
 //!
 //! runc still needs `--page-server` (it is what turns the page server on, and runc drops it when
 //! the port is 0); [`PageSocket::ADDR`] is never connected to. Should a CRIU ever ignore the
@@ -36,9 +36,6 @@ const CONFIG_FILE: &str = "criu-page-socket.conf";
 /// A unix socket pair for CRIU's page stream; see the module docs.
 #[derive(Debug)]
 pub struct PageSocket {
-    ours: Option<UnixStream>,
-    /// Another handle on our end, to end the stream with.
-    closer: UnixStream,
     /// CRIU's end, close-on-exec here: only the dump's child inherits it ([`Self::pass_to`]).
     criu: Option<OwnedFd>,
     config: PathBuf,
@@ -50,9 +47,9 @@ impl PageSocket {
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
 
     /// The pair, and the config file naming CRIU's end, in `work` (the dump's CRIU work dir).
-    pub fn new(work: &Path) -> Result<Self, CriuError> {
+    /// Returns ferryd's end alongside.
+    pub fn new(work: &Path) -> Result<(Self, UnixStream), CriuError> {
         let (ours, criu) = UnixStream::pair().map_err(|e| CriuError::io(work, e))?;
-        let closer = ours.try_clone().map_err(|e| CriuError::io(work, e))?;
         let criu = OwnedFd::from(criu);
         let config = work.join(CONFIG_FILE);
         crate::fsutil::write_atomic(
@@ -61,12 +58,11 @@ impl PageSocket {
             0o600,
         )
         .map_err(|e| CriuError::io(&config, e))?;
-        Ok(PageSocket {
-            ours: Some(ours),
-            closer,
+        let socket = PageSocket {
             criu: Some(criu),
             config,
-        })
+        };
+        Ok((socket, ours))
     }
 
     /// The config file for [`CONFIG_FILE_ENV`] in runc's environment.
@@ -81,21 +77,10 @@ impl PageSocket {
         }
     }
 
-    /// Drops our copy of CRIU's end once the child has it, so CRIU closing it reads as the end
-    /// of the stream.
+    /// Drops our copy of CRIU's end once the child has it: then only the child's copies keep it
+    /// open (runc's among them, see the module docs).
     pub fn spawned(&mut self) {
         self.criu = None;
-    }
-
-    /// Ends the stream on our side: a read of our end returns end of file once what CRIU sent
-    /// is read. Call it once CRIU is done with the socket.
-    pub fn end_stream(&self) -> std::io::Result<()> {
-        self.closer.shutdown(std::net::Shutdown::Read)
-    }
-
-    /// ferryd's end (once).
-    pub fn take_local(&mut self) -> Option<UnixStream> {
-        self.ours.take()
     }
 }
 
@@ -104,21 +89,28 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// bash, not sh: dash cannot redirect to an fd above 9, which CRIU's end often is.
     fn sh(script: &str) -> Command {
-        crate::tool::Tool::new("sh").args(["-c", script]).command()
+        crate::tool::Tool::new("bash")
+            .args(["-c", script])
+            .command()
+    }
+
+    /// The fd number the config file names.
+    fn named_fd(ps: &PageSocket) -> i32 {
+        let conf = std::fs::read_to_string(ps.config_file()).unwrap();
+        conf.strip_prefix("ps-socket ")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     #[test]
     fn the_config_names_the_fd_the_child_inherits() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ps = PageSocket::new(dir.path()).unwrap();
-        let conf = std::fs::read_to_string(ps.config_file()).unwrap();
-        let fd: i32 = conf
-            .strip_prefix("ps-socket ")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let (mut ps, mut ours) = PageSocket::new(dir.path()).unwrap();
+        let fd = named_fd(&ps);
 
         // A child writes into the fd the config names; we read it on our end.
         let mut cmd = sh(&format!("printf pages >&{fd}"));
@@ -126,35 +118,31 @@ mod tests {
         let status = cmd.status().unwrap();
         ps.spawned();
         assert!(status.success());
-        let mut ours = ps.take_local().unwrap();
         let mut got = String::new();
         ours.read_to_string(&mut got).unwrap(); // EOF: no copy of CRIU's end is left here
         assert_eq!(got, "pages");
 
-        // A child that keeps CRIU's end open (as runc does) does not stop the stream's end.
-        let mut ps3 = PageSocket::new(dir.path()).unwrap();
-        let conf = std::fs::read_to_string(ps3.config_file()).unwrap();
-        let fd3 = conf.strip_prefix("ps-socket ").unwrap().trim().to_owned();
-        let mut cmd = sh(&format!("printf last >&{fd3}; exec sleep 5"));
+        // A child that keeps CRIU's end open (as runc does): we read what it sent; the end of
+        // the stream is then the tunnel's to declare (see `peer::tunnel::EndInput`).
+        let (mut ps3, mut ours) = PageSocket::new(dir.path()).unwrap();
+        let mut cmd = sh(&format!("printf last >&{}; exec sleep 5", named_fd(&ps3)));
         ps3.pass_to(&mut cmd);
         let mut holder = cmd.spawn().unwrap();
         ps3.spawned();
-        let mut ours = ps3.take_local().unwrap();
         let mut first = [0u8; 4];
         ours.read_exact(&mut first).unwrap();
         assert_eq!(&first, b"last");
-        ps3.end_stream().unwrap();
-        let mut rest = Vec::new();
-        ours.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty());
         holder.kill().unwrap();
         holder.wait().unwrap();
+        let mut rest = Vec::new();
+        ours.read_to_end(&mut rest).unwrap(); // the holder gone, so is the last copy
+        assert!(rest.is_empty());
 
         // A child spawned without pass_to does not get it.
-        let ps2 = PageSocket::new(dir.path()).unwrap();
-        let conf = std::fs::read_to_string(ps2.config_file()).unwrap();
-        let fd2 = conf.strip_prefix("ps-socket ").unwrap().trim().to_owned();
-        let out = sh(&format!("printf x >&{fd2}")).output().unwrap();
+        let (ps2, _ours) = PageSocket::new(dir.path()).unwrap();
+        let out = sh(&format!("printf x >&{}", named_fd(&ps2)))
+            .output()
+            .unwrap();
         assert!(
             !out.status.success(),
             "the fd leaked into an unrelated child"

@@ -3,8 +3,9 @@
 //! It registers the incoming container (name and IP reserved, marked uncommitted), takes the
 //! image blobs it lacks, fills the overlay upper dir and volumes, writes the dump's pages as
 //! they come out of the tunnel (stop-and-copy), restores the container with its traffic gated,
-//! and opens the gate only once the commit is recorded (see [`super::commit`]). A failure before the restore removes everything
-//! it made. A restored copy is discarded only once the source is known to have resumed.
+//! and opens the gate only once the commit is recorded (see [`super::commit`]). A failure before
+//! the restore removes everything it made. A restored copy is discarded only once the source is
+//! known to have resumed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

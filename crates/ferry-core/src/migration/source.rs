@@ -64,8 +64,6 @@ pub(crate) struct Outgoing {
     /// Set from the freeze on: the held checkpoint.
     pub frozen: Option<Frozen>,
     pub tunnel: Option<Tunnel>,
-    /// Stop-and-copy: the socket the dump's CRIU sends its pages into, ended at `post-dump`.
-    page_socket: Option<PageSocket>,
     /// Post-copy: keeps CRIU's lazy page server (it binds 0.0.0.0) off the network.
     pub lazy_port: Option<network::LoopbackOnlyPort>,
     /// Post-copy: the memory CRIU left to be pulled after the resume (from its dump log).
@@ -178,7 +176,6 @@ impl Outgoing {
             frozen: None,
             tunnel: None,
             lazy_port: None,
-            page_socket: None,
             lazy_total: None,
             spans: Vec::new(),
             restored: None,
@@ -455,10 +452,7 @@ impl Outgoing {
             return self.dump_lazy().await;
         }
         let mut opts = self.checkpoint_opts()?;
-        let mut socket = PageSocket::new(&opts.work_path)?;
-        let local = socket
-            .take_local()
-            .ok_or_else(|| MigrationError::Internal("the page socket was used already".into()))?;
+        let (mut socket, local) = PageSocket::new(&opts.work_path)?;
         let local = local
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UnixStream::from_std(local))
@@ -466,17 +460,14 @@ impl Outgoing {
         let w = self.wire()?;
         let rx = w.demux.stream(TUNNEL_STREAM)?;
         let codec = if lz4 { Codec::Lz4 } else { Codec::Plain };
-        self.tunnel = Some(tunnel_unix(local, w.sink.clone(), rx, codec));
+        let (tunnel, end_input) = tunnel_unix(local, w.sink.clone(), rx, codec);
+        self.tunnel = Some(tunnel);
         opts.page_server = Some(PageSocket::ADDR);
         self.start_checkpoint(opts, PagesOut::Socket(&mut socket))
             .await?;
-        self.page_socket = Some(socket);
         self.await_post_dump().await?;
-        if let Some(socket) = self.page_socket.take() {
-            socket.end_stream().map_err(|e| {
-                MigrationError::Internal(format!("ending the page stream after the dump: {e}"))
-            })?;
-        }
+        // runc still holds CRIU's end, so CRIU closing it is no end of file (see PageSocket).
+        end_input.end();
         let carried = self.tunnel.as_ref().map(|t| t.stats()).unwrap_or_default();
         let pages = carried.to_peer;
         self.report.bytes.pages = pages;

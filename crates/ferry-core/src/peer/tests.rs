@@ -537,7 +537,8 @@ async fn tunnel_round_trip(
         }
         Far::InProcess => {
             let (ours, client) = tokio::net::UnixStream::pair().unwrap();
-            let near = tunnel::tunnel_unix(ours, src.sink.clone(), near_rx, codec);
+            // The client shuts its end down itself here, so the input ends without `EndInput`.
+            let (near, _end) = tunnel::tunnel_unix(ours, src.sink.clone(), near_rx, codec);
             let (r, w) = client.into_split();
             (near, (Box::new(r), Box::new(w)))
         }

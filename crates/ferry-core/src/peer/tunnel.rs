@@ -15,7 +15,8 @@
 //!
 //! Both directions use the same stream id ([`ferry_proto::TUNNEL_STREAM`]); a `DataEnd` on it
 //! half-closes that direction, which becomes a write shutdown of the local socket at the far end.
-//! The tunnel is done when both directions have ended. Bytes are counted each way, live, for progress and stats.
+//! The tunnel is done when both directions have ended. Bytes are counted each way, live, for
+//! progress and stats.
 //! CRIU's client speaks first, so the connecting end never has to hold data before the local
 //! client arrives.
 //!
@@ -251,12 +252,93 @@ pub async fn tunnel_connect_with(
 }
 
 /// Bridges `local`, a connected unix socket whose other end a local client was given (CRIU's
-/// dump with `--ps-socket`, see `criu::PageSocket`), to `rx.id()`.
-pub fn tunnel_unix(local: UnixStream, sink: FrameSink, rx: StreamReceiver, codec: Codec) -> Tunnel {
+/// dump with `--ps-socket`, see `criu::PageSocket`), to `rx.id()`. The client may not be able
+/// to close its end (runc keeps a copy of CRIU's), so the owner ends the local input with the
+/// returned [`EndInput`] instead.
+pub fn tunnel_unix(
+    local: UnixStream,
+    sink: FrameSink,
+    rx: StreamReceiver,
+    codec: Codec,
+) -> (Tunnel, EndInput) {
     let counters = Arc::new(Counters::default());
     let (r, w) = local.into_split();
+    let (tx, end) = tokio::sync::oneshot::channel();
+    let r = EndableRead {
+        inner: r,
+        end: Some(end),
+        ended: false,
+    };
     let task = tokio::spawn(run(r, w, sink, rx, counters.clone(), Hold::Never, codec));
-    Tunnel { counters, task }
+    (Tunnel { counters, task }, EndInput(tx))
+}
+
+/// Ends a [`tunnel_unix`]'s local input: the tunnel reads what the client already sent, then
+/// takes it as the end of the input. Dropped without [`EndInput::end`], it ends nothing (a
+/// failure is not a complete stream). No second handle on the socket is kept for this, so the
+/// socket still closes with the tunnel and a client writing into a dead tunnel fails at once,
+/// as with a TCP connection.
+#[derive(Debug)]
+pub struct EndInput(tokio::sync::oneshot::Sender<()>);
+
+impl EndInput {
+    pub fn end(self) {
+        // The tunnel is gone already if nobody receives: nothing is left to end.
+        let _ = self.0.send(());
+    }
+}
+
+/// The local input of a [`tunnel_unix`]: once told to end, it reads what is still waiting in
+/// the socket directly (not through the reactor's readiness, which may not have seen the last
+/// bytes yet), and then reports end of file.
+struct EndableRead {
+    inner: tokio::net::unix::OwnedReadHalf,
+    end: Option<tokio::sync::oneshot::Receiver<()>>,
+    ended: bool,
+}
+
+impl AsyncRead for EndableRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if !self.ended {
+            if let Poll::Ready(r) = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+                return Poll::Ready(r);
+            }
+            let Some(end) = self.end.as_mut() else {
+                return Poll::Pending;
+            };
+            match std::pin::Pin::new(end).poll(cx) {
+                Poll::Ready(Ok(())) => self.ended = true,
+                // The owner dropped its handle: never a clean end; keep reading.
+                Poll::Ready(Err(_)) => {
+                    self.end = None;
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Told to end: what is waiting, then end of file. A plain non-blocking recv, since
+        // tokio's own reads trust the cached readiness.
+        use std::os::fd::AsRawFd;
+        let fd = self.inner.as_ref().as_raw_fd();
+        match nix::sys::socket::recv(
+            fd,
+            buf.initialize_unfilled(),
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Err(nix::errno::Errno::EAGAIN) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
 }
 
 impl Counters {
@@ -780,6 +862,51 @@ async fn send_answers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_ended_input_reads_what_was_sent_then_ends_while_the_client_keeps_its_end() {
+        let (ours, mut client) = UnixStream::pair().unwrap();
+        let (tx, end) = tokio::sync::oneshot::channel();
+        let (ours, _w) = ours.into_split();
+        let mut r = EndableRead {
+            inner: ours,
+            end: Some(end),
+            ended: false,
+        };
+        client.write_all(b"last").await.unwrap();
+        let mut first = [0u8; 4];
+        r.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"last");
+        // The client keeps its end open (as runc keeps CRIU's): no end of file yet.
+        let mut byte = [0u8; 1];
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(100), r.read(&mut byte)).await;
+        assert!(waited.is_err(), "ended before it was told to");
+        client.write_all(b"more").await.unwrap();
+        EndInput(tx).end();
+        // What was sent before the end is still read, then end of file.
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"more");
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_end_handle_is_no_end_of_file() {
+        let (ours, _client) = UnixStream::pair().unwrap();
+        let (tx, end) = tokio::sync::oneshot::channel::<()>();
+        let (ours, _w) = ours.into_split();
+        let mut r = EndableRead {
+            inner: ours,
+            end: Some(end),
+            ended: false,
+        };
+        drop(tx);
+        let mut byte = [0u8; 1];
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(100), r.read(&mut byte)).await;
+        assert!(waited.is_err(), "a dropped handle ended the input");
+    }
 
     fn encode(bytes: &[u8]) -> Vec<u8> {
         let mut enc = Encoder::new(Codec::Lz4);
