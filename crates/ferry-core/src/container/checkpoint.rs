@@ -741,7 +741,7 @@ impl Engine {
             }
         };
         let cn = self.container_net(&rec.config);
-        network::remove_gate(&cn.netns_path, GateKind::RstOnly)?;
+        network::remove_gates(&cn.netns_path, &[GateKind::RstOnly])?;
         self.kick_connections(rec);
         let _ =
             network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);

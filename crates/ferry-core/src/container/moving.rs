@@ -6,6 +6,10 @@ use super::engine::{lock, Engine};
 use super::{ContainerConfig, ContainerError, ContainerRecord, Status};
 use crate::network::{self, GateKind};
 
+/// The gates an incoming copy can have at its commit: the hold, and the full gate it is staged
+/// behind.
+const INCOMING_GATES: &[GateKind] = &[GateKind::Hold, GateKind::Full];
+
 impl Engine {
     /// Marks a running container as migrating, so no other operation touches it.
     pub fn begin_migration(&self, name: &str) -> Result<ContainerRecord, ContainerError> {
@@ -184,7 +188,7 @@ impl Engine {
         network::set_arp_replies(&cn.netns_path, network::CONTAINER_IFNAME, false)?;
         let hold = network::PacketHold::start(&cn.netns_path)?;
         network::install_gate(&cn.netns_path, GateKind::Hold)?;
-        network::remove_gate(&cn.netns_path, GateKind::Full)?;
+        network::remove_gates(&cn.netns_path, &[GateKind::Full])?;
         lock(&self.holds).insert(rec.config.id.clone(), hold);
         Ok(())
     }
@@ -202,13 +206,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Opens the gate of a restored incoming container and announces its MAC: it lives here now.
+    /// Opens the gate of a restored incoming container: it lives here now. What can wait for
+    /// the commit's reply waits, in [`Engine::settle_incoming`].
     pub fn commit_incoming(&self, name: &str) -> Result<(), ContainerError> {
         let slot = self.slot(name)?;
         let mut rec = lock(&slot);
         let cn = self.container_net(&rec.config);
-        network::remove_gate(&cn.netns_path, GateKind::Hold)?;
-        network::remove_gate(&cn.netns_path, GateKind::Full)?;
+        network::open_gates(&cn.netns_path, INCOMING_GATES)?;
         network::set_arp_replies(&cn.netns_path, network::CONTAINER_IFNAME, true)?;
         if let Some(hold) = lock(&self.holds).remove(&rec.config.id) {
             match hold.release() {
@@ -217,11 +221,23 @@ impl Engine {
             }
         }
         self.kick_connections(&rec);
-        let _ =
-            network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
         rec.status = Status::Running;
         rec.incoming_uncommitted = false;
         self.save(&rec)
+    }
+
+    /// The rest of a commit, once it is answered, because each part costs the downtime 10 ms or
+    /// more and is not needed for the first packets to flow:
+    /// - one more gratuitous ARP (the announcer sent them since the freeze; closing the packet
+    ///   socket waits for an RCU grace period);
+    /// - the opened gates' chains removed (see [`network::open_gates`]).
+    pub fn settle_incoming(&self, name: &str) -> Result<(), ContainerError> {
+        let slot = self.slot(name)?;
+        let rec = lock(&slot);
+        let cn = self.container_net(&rec.config);
+        let _ =
+            network::send_gratuitous_arp(&cn.netns_path, network::CONTAINER_IFNAME, cn.ip, cn.mac);
+        Ok(network::remove_gates(&cn.netns_path, INCOMING_GATES)?)
     }
 
     /// Makes the container's restored TCP connections resend what the freeze swallowed now,

@@ -193,7 +193,7 @@ pub async fn answer_inquiry(engine: Arc<Engine>, mut wire: Wire, id: String) {
 /// This host's definite answer, deciding where it is still this host's to decide: a waiting
 /// destination copy is committed (the source only asks once it sent `Commit`), a destination
 /// still receiving is discarded.
-fn verdict_for_peer(engine: &Engine, id: &str) -> Verdict {
+fn verdict_for_peer(engine: &Arc<Engine>, id: &str) -> Verdict {
     let rec = match record::load(engine.paths(), id) {
         Ok(Some(r)) => r,
         // Never recorded here: nothing of it ever ran here.
@@ -232,7 +232,11 @@ fn stage_verdict(engine: &Engine, id: &str, role: Role) -> Verdict {
 
 /// Destination: records `Committed` (post-copy: `Draining`, the pages still to come), then
 /// opens the gate. Idempotent; refuses a discarded copy. Returns the stage recorded.
-pub fn commit_destination(engine: &Engine, id: &str, name: &str) -> Result<Stage, MigrationError> {
+pub fn commit_destination(
+    engine: &Arc<Engine>,
+    id: &str,
+    name: &str,
+) -> Result<Stage, MigrationError> {
     let post_copy = record::load(engine.paths(), id)?.is_some_and(|r| r.post_copy);
     let target = if post_copy {
         Stage::Draining
@@ -250,14 +254,29 @@ pub fn commit_destination(engine: &Engine, id: &str, name: &str) -> Result<Stage
     // The verdict is durable: from here on this copy is the container, whatever happens.
     engine.commit_incoming(name).map_err(|e| {
         let msg = format!("opening the gate after the commit: {e}");
-        if let Err(re) =
-            record::update(engine.paths(), id, |r| r.cleanup_failures.push(msg.clone()))
-        {
-            tracing::warn!(error = %re, "recording a commit failure");
-        }
+        record::note_cleanup_failure(engine.paths(), id, &msg);
         MigrationError::Container(e)
     })?;
+    settle_later(engine.clone(), id.to_owned(), name.to_owned());
     Ok(target)
+}
+
+/// The rest of the commit ([`Engine::settle_incoming`]) on a thread of its own, so that the
+/// reply does not wait for it.
+fn settle_later(engine: Arc<Engine>, id: String, name: String) {
+    let (paths, failed_id) = (engine.paths().clone(), id.clone());
+    let spawned = std::thread::Builder::new()
+        .name("ferry-settle".into())
+        .spawn(move || {
+            if let Err(e) = engine.settle_incoming(&name) {
+                let msg = format!("removing the opened gates after the commit: {e}");
+                record::note_cleanup_failure(engine.paths(), &id, &msg);
+            }
+        });
+    if let Err(e) = spawned {
+        let msg = format!("starting the removal of the opened gates: {e}");
+        record::note_cleanup_failure(&paths, &failed_id, &msg);
+    }
 }
 
 /// Destination: records `Discarded`, then removes the copy. Refuses a committed one.

@@ -766,13 +766,9 @@ impl Incoming {
     }
 
     fn note_cleanup(&self, msg: &str) {
-        tracing::warn!("{msg}");
-        if let Some(id) = &self.migration_id {
-            if let Err(e) = record::update(self.engine.paths(), id, |r| {
-                r.cleanup_failures.push(msg.to_owned())
-            }) {
-                tracing::warn!(error = %e, "recording a cleanup failure");
-            }
+        match &self.migration_id {
+            Some(id) => record::note_cleanup_failure(self.engine.paths(), id, msg),
+            None => tracing::warn!("{msg}"),
         }
     }
 

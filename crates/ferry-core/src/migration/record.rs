@@ -284,6 +284,14 @@ pub fn update(
     Ok(rec)
 }
 
+/// Logs a cleanup that failed and keeps it in the record (`ferry migration ls` shows it).
+pub fn note_cleanup_failure(paths: &HostPaths, id: &str, msg: &str) {
+    tracing::warn!(migration = %id, "{msg}");
+    if let Err(e) = update(paths, id, |r| r.cleanup_failures.push(msg.to_owned())) {
+        tracing::warn!(error = %e, "recording a cleanup failure");
+    }
+}
+
 fn write(paths: &HostPaths, rec: &MigrationRecord) -> Result<(), RecordError> {
     let mut rec = rec.clone();
     rec.updated_at = chrono::Utc::now().to_rfc3339();

@@ -33,7 +33,9 @@ pub use criu_lock::{
 };
 pub use enter::{in_netns, run_in_netns};
 pub use error::NetError;
-pub use gate::{install_gate, remove_gate, set_arp_replies, GateKind, LoopbackOnlyPort};
+pub use gate::{
+    install_gate, open_gates, remove_gates, set_arp_replies, GateKind, LoopbackOnlyPort,
+};
 pub use hold::{PacketHold, HOLD_QUEUE};
 pub use ipam::{same_subnet, Ipam};
 pub use kick::{kick_tcp_retransmits, leave_tcp_repair};

@@ -181,7 +181,7 @@ fn iptables_save(ns: &Path) -> String {
 }
 
 #[test]
-fn full_gate_blocks_and_removal_restores() {
+fn full_gate_blocks_until_opened_or_removed() {
     let t = topo(true);
     let listener = listen(&t.c2.path, IP2, 7010);
     listener.set_nonblocking(false).unwrap();
@@ -206,11 +206,27 @@ fn full_gate_blocks_and_removal_restores() {
     assert_eq!(greeting(s), "hello");
     server.join().unwrap();
 
-    remove_gate(&t.c2.path, GateKind::Full).unwrap();
-    remove_gate(&t.c2.path, GateKind::Full).unwrap();
-    assert!(!iptables_save(&t.c2.path).contains("FERRY-GATE"));
+    // Opened (as a commit does), the chain stays but lets everything through.
+    open_gates(&t.c2.path, &[GateKind::Full, GateKind::Hold]).unwrap();
+    open_gates(&t.c2.path, &[GateKind::Full]).unwrap(); // once is enough
+    let saved = iptables_save(&t.c2.path);
+    assert_eq!(
+        saved.matches("-A FERRY-GATE -j RETURN").count(),
+        1,
+        "{saved}"
+    );
+    assert_eq!(saved.matches("-j FERRY-GATE").count(), 2, "{saved}");
+    assert!(!saved.contains("FERRY-HOLD"), "{saved}");
     let server = serve_once(listener);
-    let s = connect(&t.c1.path, IP2, 7010, Duration::from_secs(5)).expect("gate removed");
+    let s = connect(&t.c1.path, IP2, 7010, Duration::from_secs(5)).expect("gate opened");
+    assert_eq!(greeting(s), "hello");
+    server.join().unwrap();
+
+    remove_gates(&t.c2.path, &[GateKind::Full, GateKind::Hold]).unwrap();
+    remove_gates(&t.c2.path, &[GateKind::Full]).unwrap();
+    assert!(!iptables_save(&t.c2.path).contains("FERRY-GATE"));
+    let server = serve_once(listen(&t.c2.path, IP2, 7012));
+    let s = connect(&t.c1.path, IP2, 7012, Duration::from_secs(5)).expect("gate removed");
     assert_eq!(greeting(s), "hello");
     server.join().unwrap();
 }
@@ -228,7 +244,7 @@ fn rst_guard_swallows_connection_refused() {
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     assert!(start.elapsed() >= Duration::from_millis(900));
 
-    remove_gate(&t.c2.path, GateKind::RstOnly).unwrap();
+    remove_gates(&t.c2.path, &[GateKind::RstOnly]).unwrap();
     let refused = connect(&t.c1.path, IP2, 7020, Duration::from_secs(3)).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 }
@@ -376,7 +392,8 @@ fn hold_gate_keeps_packets_and_delivers_them_on_release() {
         "the connect waits while its SYN is held"
     );
     let server = serve_once(listener);
-    remove_gate(&t.c2.path, GateKind::Hold).unwrap();
+    // As the commit does: open the gate, release, and remove the chains afterwards.
+    open_gates(&t.c2.path, &[GateKind::Hold]).unwrap();
     let released = Instant::now();
     let held = hold.release().unwrap();
     assert!(held >= 1, "the SYN was held");
@@ -393,4 +410,6 @@ fn hold_gate_keeps_packets_and_delivers_them_on_release() {
         "connected after {waited:?}"
     );
     server.join().unwrap();
+    remove_gates(&t.c2.path, &[GateKind::Hold]).unwrap();
+    assert!(!iptables_save(&t.c2.path).contains("FERRY-HOLD"));
 }
