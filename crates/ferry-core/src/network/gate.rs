@@ -94,7 +94,7 @@ fn removal_script<'a>(chains: impl IntoIterator<Item = &'a str>, saved: &str) ->
             body += &format!("-F {chain}\n-X {chain}\n");
         }
     }
-    script(body)
+    script(&body)
 }
 
 /// The input that puts a `RETURN` first in each of these chains found in `saved` that does
@@ -112,7 +112,7 @@ fn opening_script<'a>(chains: impl IntoIterator<Item = &'a str>, saved: &str) ->
             body += &format!("-I {chain} 1 -j RETURN\n");
         }
     }
-    script(body)
+    script(&body)
 }
 
 fn chain_exists(chain: &str, saved: &str) -> bool {
@@ -122,7 +122,7 @@ fn chain_exists(chain: &str, saved: &str) -> bool {
         .any(|l| l.split_whitespace().next() == Some(declaration.as_str()))
 }
 
-fn script(body: String) -> Option<String> {
+fn script(body: &str) -> Option<String> {
     (!body.is_empty()).then(|| format!("*filter\n{body}COMMIT\n"))
 }
 
